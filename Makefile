@@ -1,0 +1,34 @@
+# The README's two commands. Each does its own set-up on a fresh machine.
+#   make run    the built-in training job (torchrun -m trainer.main)
+#   make test   the whole test suite
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+# The pin: on the development and CI machines it resolves to a local CPU wheel; elsewhere it is the CUDA build.
+# Installing torch first, alone, means the project's own `torch>=...` range then installs nothing more.
+TORCH_SPEC ?= torch==2.13.0
+NPROC ?= 1
+STAMP := $(VENV)/.installed
+
+.PHONY: run test lint format clean
+
+$(STAMP): pyproject.toml setup.py $(wildcard csrc/*.cpp)
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q "$(TORCH_SPEC)"
+	$(PY) -m pip install -q -e ".[dev]"
+	touch $@
+
+run: $(STAMP)
+	$(VENV)/bin/torchrun --standalone --nproc_per_node=$(NPROC) -m trainer.main $(ARGS)
+
+test: $(STAMP)
+	$(PY) -m pytest tests -q $(PYTEST_ARGS)
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check . && $(VENV)/bin/ruff format --check .
+
+format: $(STAMP)
+	$(VENV)/bin/ruff check --fix . && $(VENV)/bin/ruff format .
+
+clean:
+	rm -rf $(VENV) build *.egg-info kernels/*.so

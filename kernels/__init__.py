@@ -1,0 +1,23 @@
+"""fastslow kernels: fused Triton ops for GRPO-style RL updates, usable from any trainer.
+
+    from kernels import grpo_loss, low_var_kl, reposition_, snapshot
+
+Each op runs its Triton kernel on CUDA, its native or torch implementation on CPU (`kernels._dispatch`), is a
+torch custom op (so `torch.compile` traces through it), and has a plain-torch `*_ref` beside it.
+"""
+
+from kernels.grpo_loss import LOSS_AGGS, grpo_loss, grpo_loss_ref
+from kernels.low_var_kl import low_var_kl, low_var_kl_ref
+from kernels.reposition import Snapshot, reposition_, reposition_ref, snapshot
+
+__all__ = [
+    "LOSS_AGGS",
+    "Snapshot",
+    "grpo_loss",
+    "grpo_loss_ref",
+    "low_var_kl",
+    "low_var_kl_ref",
+    "reposition_",
+    "reposition_ref",
+    "snapshot",
+]

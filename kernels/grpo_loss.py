@@ -1,0 +1,441 @@
+"""Clipped GRPO policy loss with clip-higher, dual clip and per-sequence k3 KL, fused forward and backward.
+
+One kernel pass over the tokens computes, per token, the loss term `l = pg + beta * kl` and its derivative
+w.r.t. `logp` already scaled by the aggregation weight, plus per-row partial sums for the loss and metrics.
+The backward is then a single scale of that saved gradient by the incoming scalar gradient.
+
+Every `loss_agg` mode weights token (b, t) by `mask[b, t] * w[b]` with one weight per row, so the weights are
+computed from the mask's row sums before the kernel runs:
+- "token-mean":              w[b] = 1 / max(sum(mask), 1), or 1 / num_tokens when given (global denominator);
+- "seq-mean-token-mean":     w[b] = 1 / (n_rows * sum_t mask[b]) over rows with any mask, 0 for empty rows;
+- "seq-mean-token-sum-norm": w[b] = 1 / (B * norm_len), norm_len defaulting to T (Dr. GRPO).
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import torch
+
+from kernels._checks import check_device, check_finite_number, check_float, check_shape
+from kernels._dispatch import backend_for
+from kernels.low_var_kl import _kl_terms, low_var_kl_ref
+from kernels._triton import tl, triton
+
+LossAgg = Literal["token-mean", "seq-mean-token-mean", "seq-mean-token-sum-norm"]
+LOSS_AGGS: tuple[str, ...] = ("token-mean", "seq-mean-token-mean", "seq-mean-token-sum-norm")
+
+# Per-row partial sums the kernel writes, in this order (all over masked tokens, mask-weighted).
+_STATS = ("loss", "pg_loss", "kl", "ratio", "clip_frac", "dual_clip_frac")
+_N_STATS = len(_STATS)
+# BLOCK_T=1024, 4 warps: a tile of one row per program; memory-bound, so any tile >= 512 saturates in theory.
+# Not yet tuned on a GPU (bench/ measures it).
+_BLOCK_T = 1024
+_NUM_WARPS = 4
+
+
+@triton.jit(do_not_specialize=["T"])
+def _grpo_loss_fwd_kernel(
+    logp_ptr,  # [B, T]
+    old_ptr,  # [B, T]
+    adv_ptr,  # [B] or [B, T]
+    mask_ptr,  # [B, T] any numeric dtype (bool passed as uint8)
+    ref_ptr,  # [B, T] (unused without HAS_REF)
+    beta_ptr,  # [B] float32 (unused unless BETA_PER_ROW)
+    row_w_ptr,  # [B] float32 aggregation weight per row
+    grad_ptr,  # out [B, T] d loss / d logp, in logp's dtype
+    stats_ptr,  # out [B, n_tiles, _N_STATS] float32 partial sums
+    T,
+    n_tiles,
+    kl_coef,
+    clip_low,
+    clip_high,
+    dual_clip,
+    ADV_PER_TOKEN: tl.constexpr,
+    HAS_REF: tl.constexpr,
+    BETA_PER_ROW: tl.constexpr,
+    DUAL_CLIP: tl.constexpr,
+    N_STATS: tl.constexpr,
+    BLOCK_T: tl.constexpr,
+):
+    row = tl.program_id(0).to(tl.int64)
+    tile = tl.program_id(1)
+    offs = tile * BLOCK_T + tl.arange(0, BLOCK_T)
+    inb = offs < T
+    idx = row * T + offs
+
+    logp = tl.load(logp_ptr + idx, mask=inb, other=0.0).to(tl.float32)
+    old = tl.load(old_ptr + idx, mask=inb, other=0.0).to(tl.float32)
+    m = tl.load(mask_ptr + idx, mask=inb, other=0).to(tl.float32)
+    if ADV_PER_TOKEN:
+        adv = tl.load(adv_ptr + idx, mask=inb, other=0.0).to(tl.float32)
+    else:
+        # broadcast to the tile so the comparisons below are tile-shaped, as in the per-token case
+        adv = tl.load(adv_ptr + row).to(tl.float32) + tl.zeros([BLOCK_T], dtype=tl.float32)
+
+    # ratio with torch.clamp's gradient rule: the derivative passes where the clamp is inactive (ends included).
+    log_ratio = logp - old
+    ratio = tl.exp(tl.minimum(tl.maximum(log_ratio, -20.0), 20.0))
+    dratio = tl.where((log_ratio >= -20.0) & (log_ratio <= 20.0), ratio, 0.0)
+    pg_unclipped = -adv * ratio
+    pg_clipped = -adv * tl.minimum(tl.maximum(ratio, 1.0 - clip_low), 1.0 + clip_high)
+    # max(): where the two are equal the ratio is inside the clip range and both branches have this derivative.
+    pg = tl.maximum(pg_unclipped, pg_clipped)
+    dpg = tl.where(pg_unclipped >= pg_clipped, -adv * dratio, 0.0)
+    clipped = (pg_clipped > pg_unclipped).to(tl.float32)
+    dual = tl.zeros_like(pg)
+    if DUAL_CLIP:
+        lower = -adv * dual_clip
+        dual_on = (adv < 0.0) & (pg > lower)
+        pg = tl.where(dual_on, lower, pg)
+        dpg = tl.where(dual_on, 0.0, dpg)
+        dual = dual_on.to(tl.float32)
+
+    loss = pg
+    dloss = dpg
+    kl = tl.zeros_like(pg)
+    if HAS_REF:
+        ref = tl.load(ref_ptr + idx, mask=inb, other=0.0).to(tl.float32)
+        kl, dkl = _kl_terms(logp, ref)
+        if BETA_PER_ROW:
+            beta = tl.load(beta_ptr + row)
+        else:
+            beta = kl_coef
+        loss = loss + beta * kl
+        dloss = dloss + beta * dkl
+
+    w = tl.load(row_w_ptr + row)
+    tl.store(grad_ptr + idx, (dloss * m * w).to(grad_ptr.dtype.element_ty), mask=inb)
+
+    out = stats_ptr + (row * n_tiles + tile) * N_STATS
+    tl.store(out + 0, tl.sum(loss * m, axis=0))
+    tl.store(out + 1, tl.sum(pg * m, axis=0))
+    tl.store(out + 2, tl.sum(kl * m, axis=0))
+    tl.store(out + 3, tl.sum(ratio * m, axis=0))
+    tl.store(out + 4, tl.sum(clipped * m, axis=0))
+    tl.store(out + 5, tl.sum(dual * m, axis=0))
+
+
+def _launch(
+    logp: torch.Tensor,
+    old_logp: torch.Tensor,
+    adv: torch.Tensor,
+    mask: torch.Tensor,
+    ref_logp: torch.Tensor | None,
+    beta: torch.Tensor | None,
+    row_w: torch.Tensor,
+    kl_coef: float,
+    clip_low: float,
+    clip_high: float,
+    dual_clip: float,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    B, T = logp.shape
+    n_tiles = max(triton.cdiv(T, _BLOCK_T), 1)
+    grad = torch.empty_like(logp)
+    stats = torch.empty(B, n_tiles, _N_STATS, dtype=torch.float32, device=logp.device)
+    if B * T:
+        _grpo_loss_fwd_kernel[(B, n_tiles)](
+            logp, old_logp, adv, mask.view(torch.uint8) if mask.dtype == torch.bool else mask,
+            ref_logp if ref_logp is not None else logp,
+            beta if beta is not None else row_w,
+            row_w, grad, stats, T, n_tiles, kl_coef, clip_low, clip_high, dual_clip,
+            ADV_PER_TOKEN=adv.dim() == 2, HAS_REF=ref_logp is not None, BETA_PER_ROW=beta is not None,
+            DUAL_CLIP=dual_clip > 0.0, N_STATS=_N_STATS, BLOCK_T=_BLOCK_T, num_warps=_NUM_WARPS,
+        )  # fmt: skip
+    else:
+        stats.zero_()
+    return grad, stats.sum(1)
+
+
+def _torch_terms(
+    logp: torch.Tensor,
+    old_logp: torch.Tensor,
+    adv: torch.Tensor,
+    mask: torch.Tensor,
+    ref_logp: torch.Tensor | None,
+    beta: torch.Tensor | None,
+    row_w: torch.Tensor,
+    kl_coef: float,
+    clip_low: float,
+    clip_high: float,
+    dual_clip: float,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The CPU path: the kernel's float32 math in torch, returning (grad [B, T], row stats [B, _N_STATS])."""
+    logp, m = logp.float(), mask.float()
+    adv = adv.float() if adv.dim() == 2 else adv.float()[:, None]
+    log_ratio = logp - old_logp.float()
+    ratio = log_ratio.clamp(-20.0, 20.0).exp()
+    dratio = torch.where((log_ratio >= -20.0) & (log_ratio <= 20.0), ratio, 0.0)
+    pg_unclipped = -adv * ratio
+    pg_clipped = -adv * ratio.clamp(1.0 - clip_low, 1.0 + clip_high)
+    pg = torch.maximum(pg_unclipped, pg_clipped)
+    dpg = torch.where(pg_unclipped >= pg_clipped, -adv * dratio, 0.0)
+    clipped = (pg_clipped > pg_unclipped).float()
+    dual = torch.zeros_like(pg)
+    if dual_clip > 0.0:
+        lower = -adv * dual_clip
+        dual_on = (adv < 0.0) & (pg > lower)
+        pg = torch.where(dual_on, lower, pg)
+        dpg = torch.where(dual_on, 0.0, dpg)
+        dual = dual_on.float()
+    loss, dloss, kl = pg, dpg, torch.zeros_like(pg)
+    if ref_logp is not None:
+        from kernels.low_var_kl import _torch_terms as kl_terms
+
+        kl, dkl = kl_terms(logp, ref_logp)
+        b = beta[:, None] if beta is not None else kl_coef
+        loss, dloss = loss + b * kl, dloss + b * dkl
+    grad = dloss * m * row_w[:, None]
+    stats = torch.stack([(x * m).sum(-1) for x in (loss, pg, kl, ratio, clipped, dual)], dim=-1)
+    return grad, stats
+
+
+@torch.library.custom_op("fastslow::grpo_loss_fwd", mutates_args=())
+def _grpo_loss_fwd(
+    logp: torch.Tensor,
+    old_logp: torch.Tensor,
+    advantages: torch.Tensor,
+    mask: torch.Tensor,
+    ref_logp: torch.Tensor | None,
+    beta: torch.Tensor | None,
+    row_w: torch.Tensor,
+    kl_coef: float,
+    clip_low: float,
+    clip_high: float,
+    dual_clip: float,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Returns (loss [], row stats [B, _N_STATS], d loss / d logp [B, T] in logp's dtype)."""
+    args = (logp, old_logp, advantages, mask, ref_logp, beta, row_w, kl_coef, clip_low, clip_high, dual_clip)
+    if backend_for(logp.device) == "triton":
+        grad, stats = _launch(*args)
+    else:
+        grad, stats = _torch_terms(*args)
+        grad = grad.to(logp.dtype)
+    return (stats[:, 0] * row_w).sum(), stats, grad
+
+
+@_grpo_loss_fwd.register_fake
+def _(logp, old_logp, advantages, mask, ref_logp, beta, row_w, kl_coef, clip_low, clip_high, dual_clip):  # noqa: ANN001, ANN202
+    B = logp.shape[0]
+    return (
+        logp.new_empty((), dtype=torch.float32),
+        logp.new_empty((B, _N_STATS), dtype=torch.float32),
+        torch.empty_like(logp),
+    )
+
+
+class GRPOLossFunction(torch.autograd.Function):
+    """Forward runs the fused kernel and keeps its gradient; backward scales it by the incoming gradient."""
+
+    @staticmethod
+    def forward(ctx, logp, old_logp, advantages, mask, ref_logp, beta, row_w, kl_coef, clip_low, clip_high, dual_clip):  # noqa: ANN001, ANN205
+        loss, stats, grad = torch.ops.fastslow.grpo_loss_fwd(
+            logp, old_logp, advantages, mask, ref_logp, beta, row_w, kl_coef, clip_low, clip_high, dual_clip
+        )
+        ctx.save_for_backward(grad)
+        ctx.mark_non_differentiable(stats)
+        return loss, stats
+
+    @staticmethod
+    def backward(ctx, grad_loss: torch.Tensor, _grad_stats: torch.Tensor | None):  # noqa: ANN001, ANN205
+        (grad,) = ctx.saved_tensors
+        return (grad * grad_loss).to(grad.dtype), *([None] * 10)
+
+
+def _row_weights(
+    mask: torch.Tensor, loss_agg: str, num_tokens: float | torch.Tensor | None, norm_len: float | None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-row aggregation weight `w [B]` (float32) and the row token counts `[B]`."""
+    B, T = mask.shape
+    counts = mask.sum(-1, dtype=torch.float32)
+    if loss_agg == "token-mean":
+        denom = counts.sum() if num_tokens is None else torch.as_tensor(num_tokens, dtype=torch.float32)
+        w = (1.0 / denom.to(mask.device).clamp(min=1.0)).expand(B)
+    elif loss_agg == "seq-mean-token-mean":
+        has_tokens = counts > 0
+        n_rows = has_tokens.sum().clamp(min=1).float()
+        w = torch.where(has_tokens, 1.0 / (counts.clamp(min=1.0) * n_rows), 0.0)
+    else:
+        w = torch.full((B,), 1.0 / (B * (T if norm_len is None else norm_len)), device=mask.device)
+    return w.contiguous(), counts
+
+
+def _validate(
+    logp: torch.Tensor,
+    old_logp: torch.Tensor,
+    advantages: torch.Tensor,
+    mask: torch.Tensor,
+    ref_logp: torch.Tensor | None,
+    kl_coef: float | torch.Tensor,
+    loss_agg: str,
+) -> None:
+    check_float("logp", logp)
+    if logp.dim() != 2:
+        raise ValueError(f"logp must be [B, T], got shape {tuple(logp.shape)}")
+    for name, t in (("old_logp", old_logp), ("ref_logp", ref_logp)):
+        if t is not None:
+            check_float(name, t)
+            check_shape(name, t, logp.shape, like="logp")
+            check_device(name, t, logp.device, like="logp")
+    check_float("advantages", advantages)
+    if tuple(advantages.shape) not in (tuple(logp.shape[:1]), tuple(logp.shape)):
+        raise ValueError(f"advantages must be [B] or [B, T] with B, T = {tuple(logp.shape)}, got {tuple(advantages.shape)}")
+    check_device("advantages", advantages, logp.device, like="logp")
+    if not isinstance(mask, torch.Tensor) or mask.is_complex():
+        raise ValueError("mask must be a real or bool torch.Tensor of shape [B, T]")
+    check_shape("mask", mask, logp.shape, like="logp")
+    check_device("mask", mask, logp.device, like="logp")
+    if isinstance(kl_coef, torch.Tensor):
+        check_float("kl_coef", kl_coef)
+        if tuple(kl_coef.shape) != tuple(logp.shape[:1]):
+            raise ValueError(f"kl_coef as a tensor must be [B] = [{logp.shape[0]}], got {tuple(kl_coef.shape)}")
+        check_device("kl_coef", kl_coef, logp.device, like="logp")
+    if loss_agg not in LOSS_AGGS:
+        raise ValueError(f"loss_agg must be one of {LOSS_AGGS}, got {loss_agg!r}")
+
+
+def grpo_loss(
+    logp: torch.Tensor,
+    old_logp: torch.Tensor,
+    advantages: torch.Tensor,
+    mask: torch.Tensor,
+    *,
+    ref_logp: torch.Tensor | None = None,
+    kl_coef: float | torch.Tensor = 0.0,
+    clip_low: float = 0.2,
+    clip_high: float = 0.2,
+    dual_clip: float | None = None,
+    loss_agg: LossAgg = "token-mean",
+    num_tokens: float | torch.Tensor | None = None,
+    norm_len: float | None = None,
+) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """Clipped GRPO/PPO policy loss plus per-token k3 KL, aggregated over masked tokens.
+
+    Per token: `ratio = exp(clamp(logp - old_logp, -20, 20))`,
+    `pg = max(-A * ratio, -A * clamp(ratio, 1 - clip_low, 1 + clip_high))`, and with `dual_clip = c` (c > 1)
+    `pg = min(pg, -A * c)` where `A < 0`; `l = pg + beta * low_var_kl(logp, ref_logp)`.
+
+    Args:
+        logp: `[B, T]` float log-probs of the sampled tokens under the current policy (gets the gradient).
+        old_logp: `[B, T]` log-probs under the policy that sampled (no gradient).
+        advantages: `[B]` (one per sequence) or `[B, T]` float advantages.
+        mask: `[B, T]` bool or numeric; 1 for response tokens that count, 0 for padding and prompt.
+        ref_logp: `[B, T]` reference-model log-probs; required when `kl_coef` is non-zero.
+        kl_coef: the KL weight beta: a float, or a float tensor `[B]` with each sequence's (group's) coefficient.
+        clip_low, clip_high: the clip range `[1 - clip_low, 1 + clip_high]` (clip-higher when they differ).
+        dual_clip: `c > 1` enables the dual clip for negative advantages; None disables it.
+        loss_agg: "token-mean", "seq-mean-token-mean" or "seq-mean-token-sum-norm" (Dr. GRPO).
+        num_tokens: for "token-mean", a global token count replacing `sum(mask)` (shared across micro-batches
+            and ranks).
+        norm_len: for "seq-mean-token-sum-norm", the length normaliser (default T).
+
+    Returns:
+        `(loss, metrics)`: `loss` is a float32 scalar differentiable w.r.t. `logp`; `metrics` holds detached
+        float32 scalars, token means over masked tokens: "pg_loss", "kl", "ratio", "clip_frac",
+        "dual_clip_frac", and "tokens" (the masked-token count).
+    """
+    _validate(logp, old_logp, advantages, mask, ref_logp, kl_coef, loss_agg)
+    clip_low = check_finite_number("clip_low", clip_low)
+    clip_high = check_finite_number("clip_high", clip_high)
+    if clip_low <= 0 or clip_low >= 1:
+        raise ValueError(f"clip_low must be in (0, 1), got {clip_low}")
+    if clip_high <= 0:
+        raise ValueError(f"clip_high must be > 0, got {clip_high}")
+    dual = 0.0
+    if dual_clip is not None:
+        dual = check_finite_number("dual_clip", dual_clip)
+        if dual <= 1.0:
+            raise ValueError(f"dual_clip must be > 1 (or None to disable), got {dual}")
+    beta = None
+    coef = 0.0
+    if isinstance(kl_coef, torch.Tensor):
+        beta = kl_coef.detach().float().contiguous()
+    else:
+        coef = check_finite_number("kl_coef", kl_coef)
+    if ref_logp is None and (beta is not None or coef != 0.0):
+        raise ValueError("ref_logp is required when kl_coef is non-zero")
+    if num_tokens is not None and loss_agg != "token-mean":
+        raise ValueError(f"num_tokens only applies to loss_agg='token-mean', got loss_agg={loss_agg!r}")
+    if norm_len is not None:
+        norm_len = check_finite_number("norm_len", norm_len)
+        if norm_len <= 0:
+            raise ValueError(f"norm_len must be > 0, got {norm_len}")
+
+    row_w, counts = _row_weights(mask, loss_agg, num_tokens, norm_len)
+    loss, stats = GRPOLossFunction.apply(
+        logp.contiguous(),
+        old_logp.detach().contiguous(),
+        advantages.detach().contiguous(),
+        mask.detach().contiguous(),
+        None if ref_logp is None else ref_logp.detach().contiguous(),
+        beta,
+        row_w,
+        coef,
+        clip_low,
+        clip_high,
+        dual,
+    )
+    tokens = counts.sum()
+    totals = stats.sum(0) / tokens.clamp(min=1.0)
+    metrics = {name: totals[i] for i, name in enumerate(_STATS) if name != "loss"}
+    metrics["tokens"] = tokens
+    return loss, metrics
+
+
+def grpo_loss_ref(
+    logp: torch.Tensor,
+    old_logp: torch.Tensor,
+    advantages: torch.Tensor,
+    mask: torch.Tensor,
+    *,
+    ref_logp: torch.Tensor | None = None,
+    kl_coef: float | torch.Tensor = 0.0,
+    clip_low: float = 0.2,
+    clip_high: float = 0.2,
+    dual_clip: float | None = None,
+    loss_agg: LossAgg = "token-mean",
+    num_tokens: float | torch.Tensor | None = None,
+    norm_len: float | None = None,
+) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """Plain-torch GRPO loss written straight from the formulas (autograd does the backward).
+
+    Same arguments and results as `grpo_loss`; computes in the inputs' dtype (use float64 for a reference).
+    """
+    m = mask.to(logp.dtype)
+    adv = advantages if advantages.dim() == 2 else advantages[:, None]
+    ratio = (logp - old_logp).clamp(-20.0, 20.0).exp()
+    pg_unclipped = -adv * ratio
+    pg_clipped = -adv * ratio.clamp(1.0 - clip_low, 1.0 + clip_high)
+    pg = torch.maximum(pg_unclipped, pg_clipped)
+    dual_on = torch.zeros_like(pg, dtype=torch.bool)
+    if dual_clip is not None:
+        lower = -adv * dual_clip
+        dual_on = (adv < 0) & (pg > lower)
+        pg = torch.where(adv < 0, torch.minimum(pg, lower), pg)
+    kl = torch.zeros_like(pg) if ref_logp is None else low_var_kl_ref(logp, ref_logp)
+    beta = kl_coef[:, None] if isinstance(kl_coef, torch.Tensor) else kl_coef
+    per_token = pg + beta * kl
+
+    counts = m.sum(-1)
+    if loss_agg == "token-mean":
+        denom = counts.sum() if num_tokens is None else torch.as_tensor(num_tokens, dtype=logp.dtype)
+        loss = (per_token * m).sum() / denom.clamp(min=1.0)
+    elif loss_agg == "seq-mean-token-mean":
+        has = counts > 0
+        row = (per_token * m).sum(-1)[has] / counts[has]
+        loss = row.mean() if has.any() else (per_token * m).sum() * 0.0
+    else:
+        T = logp.shape[1] if norm_len is None else norm_len
+        loss = ((per_token * m).sum(-1) / T).mean()
+
+    tokens = counts.sum()
+    mean = lambda x: ((x.to(logp.dtype) * m).sum() / tokens.clamp(min=1.0)).detach()
+    metrics = {
+        "pg_loss": mean(pg),
+        "kl": mean(kl),
+        "ratio": mean(ratio),
+        "clip_frac": mean(pg_clipped > pg_unclipped),
+        "dual_clip_frac": mean(dual_on),
+        "tokens": tokens.detach(),
+    }
+    return loss, metrics
