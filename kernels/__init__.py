@@ -6,8 +6,8 @@ Each op runs its Triton kernel on CUDA, its native or torch implementation on CP
 torch custom op (so `torch.compile` traces through it), and has a plain-torch `*_ref` beside it.
 """
 
-from kernels.grpo_loss import LOSS_AGGS, grpo_loss, grpo_loss_ref
-from kernels.low_var_kl import low_var_kl, low_var_kl_ref
+from kernels.grpo import LOSS_AGGS, grpo_loss, grpo_loss_ref
+from kernels.kl import low_var_kl, low_var_kl_ref
 from kernels.reposition import Snapshot, reposition_, reposition_ref, snapshot
 
 __all__ = [

@@ -37,4 +37,22 @@ except ImportError:  # pragma: no cover - exercised only on machines without Tri
     triton = _MissingTriton()  # type: ignore[assignment]
     tl = _MissingLanguage()  # type: ignore[assignment]
 
-__all__ = ["HAS_TRITON", "tl", "triton"]
+
+@triton.jit
+def cast_rtne(x, DTYPE: tl.constexpr):
+    """Cast float32 `x` to DTYPE rounding to nearest-even, as torch's `.to()` does.
+
+    bfloat16 is rounded by hand on the bits: compiled Triton would round to nearest-even by itself, but the
+    interpreter truncates, and CI tests the Triton code through the interpreter. A few integer ops per element
+    cost nothing in a memory-bound kernel. NaN stays a (quiet) NaN.
+    """
+    if tl.bfloat16 == DTYPE:
+        bits = x.to(tl.uint32, bitcast=True)
+        rounded = (bits + 0x7FFF + ((bits >> 16) & 1)) >> 16
+        out = tl.where(x != x, 0x7FC0, rounded).to(tl.uint16)
+        return out.to(tl.bfloat16, bitcast=True)
+    else:
+        return x.to(DTYPE)
+
+
+__all__ = ["HAS_TRITON", "cast_rtne", "tl", "triton"]

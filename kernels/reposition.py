@@ -18,7 +18,7 @@ import torch
 
 from kernels._checks import check_finite_number
 from kernels._dispatch import backend_for
-from kernels._triton import tl, triton
+from kernels._triton import cast_rtne, tl, triton
 
 try:
     from torch.distributed.tensor import DTensor
@@ -55,7 +55,7 @@ def _reposition_kernel(
     inb = offs < n
     p = tl.load(p_base + offs, mask=inb).to(tl.float32)
     s = tl.load(s_base + offs, mask=inb).to(tl.float32)
-    tl.store(p_base + offs, (s + alpha * (p - s)).to(P_DTYPE), mask=inb)
+    tl.store(p_base + offs, cast_rtne(s + alpha * (p - s), P_DTYPE), mask=inb)
 
 
 def _tl_dtype(dtype: torch.dtype) -> object:
@@ -205,8 +205,7 @@ def snapshot(params: Iterable[torch.Tensor]) -> Snapshot:
         total += -(-t.numel() * t.element_size() // _ALIGN) * _ALIGN
     buffer = torch.empty(total, dtype=torch.uint8, device=device)
     views = [
-        buffer[off : off + t.numel() * t.element_size()].view(t.dtype).view(t.shape)
-        for off, t in zip(offsets, src)
+        buffer[off : off + t.numel() * t.element_size()].view(t.dtype).view(t.shape) for off, t in zip(offsets, src)
     ]
     _copy_all(views, src)
     return Snapshot(buffer, views)

@@ -19,8 +19,9 @@ import torch
 
 from kernels._checks import check_device, check_finite_number, check_float, check_shape
 from kernels._dispatch import backend_for
-from kernels.low_var_kl import _kl_terms, low_var_kl_ref
 from kernels._triton import tl, triton
+from kernels.kl import _kl_terms, low_var_kl_ref
+from kernels.kl import _torch_terms as _kl_torch_terms
 
 LossAgg = Literal["token-mean", "seq-mean-token-mean", "seq-mean-token-sum-norm"]
 LOSS_AGGS: tuple[str, ...] = ("token-mean", "seq-mean-token-mean", "seq-mean-token-sum-norm")
@@ -43,7 +44,7 @@ def _grpo_loss_fwd_kernel(
     ref_ptr,  # [B, T] (unused without HAS_REF)
     beta_ptr,  # [B] float32 (unused unless BETA_PER_ROW)
     row_w_ptr,  # [B] float32 aggregation weight per row
-    grad_ptr,  # out [B, T] d loss / d logp, in logp's dtype
+    grad_ptr,  # out [B, T] float32 d loss / d logp
     stats_ptr,  # out [B, n_tiles, _N_STATS] float32 partial sums
     T,
     n_tiles,
@@ -105,7 +106,7 @@ def _grpo_loss_fwd_kernel(
         dloss = dloss + beta * dkl
 
     w = tl.load(row_w_ptr + row)
-    tl.store(grad_ptr + idx, (dloss * m * w).to(grad_ptr.dtype.element_ty), mask=inb)
+    tl.store(grad_ptr + idx, dloss * m * w, mask=inb)
 
     out = stats_ptr + (row * n_tiles + tile) * N_STATS
     tl.store(out + 0, tl.sum(loss * m, axis=0))
@@ -131,7 +132,7 @@ def _launch(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     B, T = logp.shape
     n_tiles = max(triton.cdiv(T, _BLOCK_T), 1)
-    grad = torch.empty_like(logp)
+    grad = torch.empty(B, T, dtype=torch.float32, device=logp.device)
     stats = torch.empty(B, n_tiles, _N_STATS, dtype=torch.float32, device=logp.device)
     if B * T:
         _grpo_loss_fwd_kernel[(B, n_tiles)](
@@ -180,9 +181,7 @@ def _torch_terms(
         dual = dual_on.float()
     loss, dloss, kl = pg, dpg, torch.zeros_like(pg)
     if ref_logp is not None:
-        from kernels.low_var_kl import _torch_terms as kl_terms
-
-        kl, dkl = kl_terms(logp, ref_logp)
+        kl, dkl = _kl_torch_terms(logp, ref_logp)
         b = beta[:, None] if beta is not None else kl_coef
         loss, dloss = loss + b * kl, dloss + b * dkl
     grad = dloss * m * row_w[:, None]
@@ -204,23 +203,25 @@ def _grpo_loss_fwd(
     clip_high: float,
     dual_clip: float,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Returns (loss [], row stats [B, _N_STATS], d loss / d logp [B, T] in logp's dtype)."""
+    """Returns (loss [], row stats [B, _N_STATS], d loss / d logp [B, T] float32).
+
+    The gradient stays float32 until the backward has scaled it, so bf16 logp sees one rounding, not two.
+    """
     args = (logp, old_logp, advantages, mask, ref_logp, beta, row_w, kl_coef, clip_low, clip_high, dual_clip)
     if backend_for(logp.device) == "triton":
         grad, stats = _launch(*args)
     else:
         grad, stats = _torch_terms(*args)
-        grad = grad.to(logp.dtype)
     return (stats[:, 0] * row_w).sum(), stats, grad
 
 
 @_grpo_loss_fwd.register_fake
-def _(logp, old_logp, advantages, mask, ref_logp, beta, row_w, kl_coef, clip_low, clip_high, dual_clip):  # noqa: ANN001, ANN202
+def _(logp, old_logp, advantages, mask, ref_logp, beta, row_w, kl_coef, clip_low, clip_high, dual_clip):
     B = logp.shape[0]
     return (
         logp.new_empty((), dtype=torch.float32),
         logp.new_empty((B, _N_STATS), dtype=torch.float32),
-        torch.empty_like(logp),
+        torch.empty_like(logp, dtype=torch.float32),
     )
 
 
@@ -228,18 +229,19 @@ class GRPOLossFunction(torch.autograd.Function):
     """Forward runs the fused kernel and keeps its gradient; backward scales it by the incoming gradient."""
 
     @staticmethod
-    def forward(ctx, logp, old_logp, advantages, mask, ref_logp, beta, row_w, kl_coef, clip_low, clip_high, dual_clip):  # noqa: ANN001, ANN205
+    def forward(ctx, logp, old_logp, advantages, mask, ref_logp, beta, row_w, kl_coef, clip_low, clip_high, dual_clip):
         loss, stats, grad = torch.ops.fastslow.grpo_loss_fwd(
             logp, old_logp, advantages, mask, ref_logp, beta, row_w, kl_coef, clip_low, clip_high, dual_clip
         )
         ctx.save_for_backward(grad)
+        ctx.logp_dtype = logp.dtype
         ctx.mark_non_differentiable(stats)
         return loss, stats
 
     @staticmethod
-    def backward(ctx, grad_loss: torch.Tensor, _grad_stats: torch.Tensor | None):  # noqa: ANN001, ANN205
+    def backward(ctx, grad_loss: torch.Tensor, _grad_stats: torch.Tensor | None):
         (grad,) = ctx.saved_tensors
-        return (grad * grad_loss).to(grad.dtype), *([None] * 10)
+        return (grad * grad_loss).to(ctx.logp_dtype), *([None] * 10)
 
 
 def _row_weights(
@@ -279,7 +281,9 @@ def _validate(
             check_device(name, t, logp.device, like="logp")
     check_float("advantages", advantages)
     if tuple(advantages.shape) not in (tuple(logp.shape[:1]), tuple(logp.shape)):
-        raise ValueError(f"advantages must be [B] or [B, T] with B, T = {tuple(logp.shape)}, got {tuple(advantages.shape)}")
+        raise ValueError(
+            f"advantages must be [B] or [B, T] with [B, T] = {list(logp.shape)}, got {list(advantages.shape)}"
+        )
     check_device("advantages", advantages, logp.device, like="logp")
     if not isinstance(mask, torch.Tensor) or mask.is_complex():
         raise ValueError("mask must be a real or bool torch.Tensor of shape [B, T]")

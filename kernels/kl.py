@@ -10,7 +10,7 @@ import torch
 
 from kernels._checks import check_device, check_float, check_shape
 from kernels._dispatch import backend_for
-from kernels._triton import tl, triton
+from kernels._triton import cast_rtne, tl, triton
 
 # BLOCK=1024, 4 warps: the usual choice for a memory-bound elementwise kernel; not yet tuned on a GPU.
 _BLOCK = 1024
@@ -48,7 +48,7 @@ def _low_var_kl_bwd_kernel(grad_ptr, logp_ptr, ref_ptr, dlogp_ptr, n, BLOCK: tl.
     ref = tl.load(ref_ptr + offs, mask=inb, other=0.0).to(tl.float32)
     g = tl.load(grad_ptr + offs, mask=inb, other=0.0).to(tl.float32)
     _, dkl = _kl_terms(logp, ref)
-    tl.store(dlogp_ptr + offs, (g * dkl).to(dlogp_ptr.dtype.element_ty), mask=inb)
+    tl.store(dlogp_ptr + offs, cast_rtne(g * dkl, dlogp_ptr.dtype.element_ty), mask=inb)
 
 
 def _launch_fwd(logp: torch.Tensor, ref: torch.Tensor) -> torch.Tensor:
@@ -107,12 +107,12 @@ class LowVarKLFunction(torch.autograd.Function):
     """Forward writes the estimate; backward recomputes the derivative from logp and ref (no saved extra)."""
 
     @staticmethod
-    def forward(ctx, logp: torch.Tensor, ref_logp: torch.Tensor) -> torch.Tensor:  # noqa: ANN001
+    def forward(ctx, logp: torch.Tensor, ref_logp: torch.Tensor) -> torch.Tensor:
         ctx.save_for_backward(logp, ref_logp)
         return torch.ops.fastslow.low_var_kl_fwd(logp, ref_logp)
 
     @staticmethod
-    def backward(ctx, grad: torch.Tensor) -> tuple[torch.Tensor | None, None]:  # noqa: ANN001
+    def backward(ctx, grad: torch.Tensor) -> tuple[torch.Tensor | None, None]:
         logp, ref_logp = ctx.saved_tensors
         return torch.ops.fastslow.low_var_kl_bwd(grad, logp, ref_logp), None
 
