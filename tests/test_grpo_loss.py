@@ -175,7 +175,7 @@ def test_global_denominator_splits_micro_batches(backend):
 
 
 def test_norm_len(backend):
-    logp, old, ref, adv, mask, _ = make_inputs(3, 10, torch.float32)
+    logp, old, _, adv, mask, _ = make_inputs(3, 10, torch.float32)
     kw = dict(loss_agg="seq-mean-token-sum-norm")
     default, _ = grpo_loss(logp, old, adv, mask, **kw)
     halved, _ = grpo_loss(logp, old, adv, mask, norm_len=20, **kw)
@@ -206,7 +206,7 @@ def test_clip_values_are_runtime_arguments():
 def test_no_recompilation_on_gpu():
     from kernels.grpo import _grpo_loss_fwd_kernel
 
-    logp, old, ref, adv, mask, beta = make_inputs(4, 64, torch.float32)
+    logp, old, ref, adv, mask, _ = make_inputs(4, 64, torch.float32)
     grpo_loss(logp, old, adv, mask, ref_logp=ref, kl_coef=0.01, clip_low=0.2, clip_high=0.2, dual_clip=3.0)
     compiled = lambda: sum(len(entry[0]) for entry in _grpo_loss_fwd_kernel.device_caches.values())
     before = compiled()
