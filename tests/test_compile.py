@@ -1,0 +1,83 @@
+"""Each public op traces under torch.compile(fullgraph=True) (custom ops with fake impls: no graph breaks)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from conftest import DEVICE
+
+from kernels import grpo_loss, low_var_kl, reposition_, snapshot
+
+# aot_eager runs dynamo, fake tensors and AOT autograd (what fullgraph needs the fake impls for) without
+# inductor's C++ compile, which would add minutes on a 2-core CI machine and test nothing of ours.
+COMPILE_BACKEND = "aot_eager"
+
+
+@pytest.fixture(autouse=True)
+def _fresh_dynamo():
+    torch._dynamo.reset()
+    yield
+    torch._dynamo.reset()
+
+
+def test_grpo_loss_compiles(backend):
+    B, T = 3, 11
+    logp = -torch.rand(B, T, device=DEVICE) - 0.1
+    old, ref = logp + 0.1 * torch.randn_like(logp), logp + 0.1 * torch.randn_like(logp)
+    adv, mask, beta = torch.randn(B, device=DEVICE), torch.rand(B, T, device=DEVICE) > 0.2, torch.rand(B) * 0.01
+
+    def step(x):
+        loss, metrics = grpo_loss(x, old, adv, mask, ref_logp=ref, kl_coef=beta.to(DEVICE), dual_clip=3.0)
+        return loss, metrics["clip_frac"]
+
+    compiled = torch.compile(step, fullgraph=True, backend=COMPILE_BACKEND)
+    x1, x2 = logp.clone().requires_grad_(), logp.clone().requires_grad_()
+    (l1, c1), (l2, c2) = step(x1), compiled(x2)
+    l1.backward()
+    l2.backward()
+    torch.testing.assert_close(l2, l1)
+    torch.testing.assert_close(c2, c1)
+    torch.testing.assert_close(x2.grad, x1.grad)
+
+
+def test_low_var_kl_compiles(backend):
+    logp = -torch.rand(4, 9, device=DEVICE) - 0.1
+    ref = logp + 0.3 * torch.randn_like(logp)
+    compiled = torch.compile(lambda x: low_var_kl(x, ref).sum(), fullgraph=True, backend=COMPILE_BACKEND)
+    x1, x2 = logp.clone().requires_grad_(), logp.clone().requires_grad_()
+    low_var_kl(x1, ref).sum().backward()
+    out = compiled(x2)
+    out.backward()
+    torch.testing.assert_close(out, low_var_kl(logp, ref).sum())
+    torch.testing.assert_close(x2.grad, x1.grad)
+
+
+def test_reposition_compiles(backend):
+    params = [torch.randn(5, device=DEVICE), torch.randn(3, 4, device=DEVICE).bfloat16()]
+    slow = snapshot(params)
+    fast = [p + 1.0 for p in params]
+    eager = [f.clone() for f in fast]
+    reposition_(eager, slow, 0.8)
+
+    def step(ps, ss):
+        reposition_(ps, ss, 0.8)
+
+    compiled_params = [f.clone() for f in fast]
+    torch.compile(step, fullgraph=True, backend=COMPILE_BACKEND)(compiled_params, list(slow))
+    for a, b in zip(compiled_params, eager):
+        assert torch.equal(a, b)
+
+
+def test_custom_ops_pass_opcheck():
+    """Schema, fake-tensor and AOT-dispatch checks of the registered ops (torch.library.opcheck)."""
+    B, T = 2, 7
+    logp = -torch.rand(B, T, device=DEVICE) - 0.1
+    ref = logp + 0.2
+    row_w = torch.full((B,), 1.0 / (B * T), device=DEVICE)
+    args = (logp, logp - 0.1, torch.randn(B, device=DEVICE), torch.ones(B, T, device=DEVICE), ref, None, row_w)
+    utils = ("test_schema", "test_faketensor", "test_aot_dispatch_dynamic")
+    torch.library.opcheck(torch.ops.fastslow.grpo_loss_fwd, (*args, 0.01, 0.2, 0.28, 3.0), test_utils=utils)
+    torch.library.opcheck(torch.ops.fastslow.low_var_kl_fwd, (logp, ref), test_utils=utils)
+    torch.library.opcheck(torch.ops.fastslow.low_var_kl_bwd, (torch.randn_like(logp), logp, ref), test_utils=utils)
+    ps = [torch.randn(6, device=DEVICE), torch.randn(3, device=DEVICE)]
+    torch.library.opcheck(torch.ops.fastslow.reposition_, (ps, [p + 1 for p in ps], 0.5), test_utils=utils)
