@@ -29,7 +29,7 @@ class OptionalNativeBuild(build_ext):
             try:
                 super().build_extension(ext)
                 return
-            except Exception as err:  # noqa: BLE001 - any compiler failure means "fall back"
+            except Exception as err:  # any compiler failure means "fall back"
                 print(f"fastslow: native build with {flags or 'no OpenMP'} failed: {err}", file=sys.stderr)
         print("fastslow: native CPU kernel not built; the torch fallback will be used", file=sys.stderr)
 

@@ -2,7 +2,7 @@
 
 The library is optional (setup.py builds it when a compiler is there). `available()` says whether it loads;
 `reposition_native_` runs p <- s + alpha * (p - s) over a whole list of tensors in one multi-threaded call,
-with the same result, bit for bit, as the torch formula in `reposition_ref_`. Set `FASTSLOW_NO_NATIVE=1` to
+with the same result, bit for bit, as the torch loop `kernels.reposition.reposition_ref`. Set `FASTSLOW_NO_NATIVE=1` to
 pretend the library is not there.
 """
 
@@ -45,6 +45,8 @@ def _library() -> ctypes.CDLL | None:
                 ctypes.c_int32,  # num_threads
             ]
             lib.fs_reposition.restype = ctypes.c_int
+            lib.fs_native_isa.argtypes = [ctypes.c_int32]
+            lib.fs_native_isa.restype = ctypes.c_int
             return lib
         except (OSError, AttributeError):  # not loadable, or not our library
             continue
@@ -54,6 +56,22 @@ def _library() -> ctypes.CDLL | None:
 def available() -> bool:
     """True when the native library is built, loads and has the expected ABI version. Never raises."""
     return _library() is not None
+
+
+ISA_NAMES = ("baseline", "avx2", "avx512")
+"""Instruction-set levels of fs_native_isa, by number: the library picks the best the CPU has at load."""
+
+
+def isa_level(cap: int | None = None) -> int:
+    """The instruction-set level the library uses (an index into ISA_NAMES), or -1 when it is not available.
+
+    With `cap`, first lower the level to at most `cap` (a hook for tests and benchmarks; every level gives
+    identical results). A cap above what the CPU has gives the CPU's best.
+    """
+    lib = _library()
+    if lib is None:
+        return -1
+    return lib.fs_native_isa(-1 if cap is None else max(cap, 0))
 
 
 def reposition_native_(
@@ -71,9 +89,7 @@ def reposition_native_(
     """
     lib = _library()
     if lib is None:
-        raise RuntimeError(
-            "the native CPU library is not available (not built, broken, or FASTSLOW_NO_NATIVE=1)"
-        )
+        raise RuntimeError("native CPU library not available (not built, broken or FASTSLOW_NO_NATIVE=1)")
     if len(params) != len(slow):
         raise ValueError(f"params and slow must have the same length, got {len(params)} and {len(slow)}")
     for i, (p, s) in enumerate(zip(params, slow, strict=True)):
@@ -94,16 +110,7 @@ def reposition_native_(
     rc = lib.fs_reposition(n, p_ptrs, s_ptrs, numels, p_codes, s_codes, alpha, threads)
     if rc != 0:
         dtypes = sorted({str(t.dtype) for t in (*params, *slow)})
-        raise RuntimeError(
-            f"fs_reposition failed with code {rc} ({_ERRORS.get(rc, 'unknown')}); dtypes {dtypes}"
-        )
+        reason = _ERRORS.get(rc, "unknown")
+        raise RuntimeError(f"fs_reposition failed with code {rc} ({reason}); dtypes {dtypes}")
     # The writes went around torch; tell autograd, as any in-place torch op would.
     torch.autograd.graph.increment_version(params)
-
-
-def reposition_ref_(params: list[torch.Tensor], slow: list[torch.Tensor], alpha: float) -> None:
-    """Plain-torch reference for `reposition_native_`: float32 math, result cast to each param's dtype."""
-    with torch.no_grad():
-        for p, s in zip(params, slow, strict=True):
-            s32 = s.float()
-            p.copy_(s32 + alpha * (p.float() - s32))

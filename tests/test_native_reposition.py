@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import functools
+from collections.abc import Iterator
+
 import pytest
 import torch
 
@@ -11,24 +14,43 @@ from kernels import _native
 if not _native.available():
     pytest.skip("native CPU library not built (python setup.py build_ext --inplace)", allow_module_level=True)
 
+BEST_ISA = _native.isa_level()
+ISA_LEVELS = range(BEST_ISA + 1)  # every instruction-set path this CPU can run, baseline first
 DTYPES = (torch.float32, torch.bfloat16, torch.float16)
+DTYPE_IDS = ("f32", "bf16", "f16")
 ALPHAS = (0.0, 0.3, 0.8, 1.0)
 NUMELS = (1, 7, 1_000_003)  # length 1, odd, and large enough (16 chunks) for several threads
 
 # Agreement with the float64 formula, as a multiple of the output dtype's eps times (|p| + |s|), which
-# bounds |result| for alpha in [0, 1]. float32: sub, mul and add each round once (half an eps each) and
-# alpha is rounded to float32 once more, so 2 eps is a bound with room. bfloat16 / float16: the final
-# cast's half eps dominates the float32 error (~2**-22 relative), so 1 eps.
+# bounds |p - s| and |result| for alpha in [0, 1]. float32: sub, mul, add and the rounding of alpha each
+# cost at most half an eps of that, so 2 eps bounds the worst case. bfloat16 / float16: the final cast's
+# half eps dominates the float32 part (2**-16 / 2**-13 of it), so 1 eps. Plus half the subnormal spacing,
+# for results that underflow.
 F64_TOL = {torch.float32: 2.0, torch.bfloat16: 1.0, torch.float16: 1.0}
 
 
-def _inputs(numel: int, p_dtype: torch.dtype, s_dtype: torch.dtype, seed: int) -> tuple[torch.Tensor, ...]:
-    """Random (p, s): s is p plus noise, small (1e-3: cancellation in p - s) at even indices, large at odd."""
+@functools.cache
+def _base_pair(numel: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Random float32 (p, s), cached (never handed out, only copied): s is p plus noise, small (1e-3:
+    cancellation in p - s) at even indices and large at odd ones."""
     gen = torch.Generator().manual_seed(seed)
     p = torch.randn(numel, generator=gen)
     scale = torch.where(torch.arange(numel) % 2 == 0, 1e-3, 1.0)
-    s = p + scale * torch.randn(numel, generator=gen)
-    return p.to(p_dtype), s.to(s_dtype)
+    return p, p + scale * torch.randn(numel, generator=gen)
+
+
+def _inputs(numel: int, p_dtype: torch.dtype, s_dtype: torch.dtype, seed: int) -> tuple[torch.Tensor, ...]:
+    """Fresh copies of the cached pair in the requested dtypes."""
+    p, s = _base_pair(numel, seed)
+    return p.to(p_dtype, copy=True), s.to(s_dtype, copy=True)
+
+
+@pytest.fixture(params=ISA_LEVELS, ids=lambda level: _native.ISA_NAMES[level])
+def isa(request: pytest.FixtureRequest) -> Iterator[int]:
+    """Run the test on one instruction-set path, then restore the best."""
+    assert _native.isa_level(request.param) == request.param
+    yield request.param
+    _native.isa_level(BEST_ISA)
 
 
 def _torch_formula(p: torch.Tensor, s: torch.Tensor, alpha: float) -> torch.Tensor:
@@ -47,8 +69,8 @@ def _assert_bitwise_equal(out: torch.Tensor, ref: torch.Tensor) -> None:
 
 @pytest.mark.parametrize("numel", NUMELS)
 @pytest.mark.parametrize("alpha", ALPHAS)
-@pytest.mark.parametrize("s_dtype", DTYPES)
-@pytest.mark.parametrize("p_dtype", DTYPES)
+@pytest.mark.parametrize("s_dtype", DTYPES, ids=DTYPE_IDS)
+@pytest.mark.parametrize("p_dtype", DTYPES, ids=DTYPE_IDS)
 def test_matches_torch_formula(p_dtype: torch.dtype, s_dtype: torch.dtype, alpha: float, numel: int) -> None:
     # Exact for every dtype, float32 included: torch runs sub, mul and add as three separately rounded
     # kernels, and the C++ does the same float32 operations with fma contraction switched off.
@@ -60,13 +82,25 @@ def test_matches_torch_formula(p_dtype: torch.dtype, s_dtype: torch.dtype, alpha
     assert torch.equal(s, s_before)
 
 
+@pytest.mark.parametrize("s_dtype", DTYPES, ids=DTYPE_IDS)
+@pytest.mark.parametrize("p_dtype", DTYPES, ids=DTYPE_IDS)
+def test_every_isa_matches_torch(p_dtype: torch.dtype, s_dtype: torch.dtype, isa: int) -> None:
+    """The baseline, AVX2 and AVX-512 loops are separate code; each must give the torch bits."""
+    p, s = _inputs(100_003, p_dtype, s_dtype, seed=2)
+    ref = _torch_formula(p, s, 0.3)
+    _native.reposition_native_([p], [s], 0.3)
+    _assert_bitwise_equal(p, ref)
+
+
 @pytest.mark.parametrize("alpha", ALPHAS)
 @pytest.mark.parametrize("s_dtype", ["fp32", "same"])
-@pytest.mark.parametrize("p_dtype", DTYPES)
+@pytest.mark.parametrize("p_dtype", DTYPES, ids=DTYPE_IDS)
 def test_close_to_float64(p_dtype: torch.dtype, s_dtype: str, alpha: float) -> None:
     p, s = _inputs(100_003, p_dtype, torch.float32 if s_dtype == "fp32" else p_dtype, seed=1)
     ref = s.double() + alpha * (p.double() - s.double())
-    bound = F64_TOL[p_dtype] * torch.finfo(p_dtype).eps * (p.double().abs() + s.double().abs())
+    info = torch.finfo(p_dtype)
+    scale = p.double().abs() + s.double().abs()
+    bound = F64_TOL[p_dtype] * info.eps * scale + info.smallest_normal * info.eps / 2
     _native.reposition_native_([p], [s], alpha)
     err = (p.double() - ref).abs()
     assert (err <= bound).all(), f"worst error / bound: {float((err / bound).max()):.3f}"
@@ -92,9 +126,9 @@ def test_mixed_list_one_call() -> None:
         _assert_bitwise_equal(p, ref)
 
 
-@pytest.mark.parametrize("s_dtype", DTYPES)
-@pytest.mark.parametrize("p_dtype", DTYPES)
-def test_special_values(p_dtype: torch.dtype, s_dtype: torch.dtype) -> None:
+@pytest.mark.parametrize("s_dtype", DTYPES, ids=DTYPE_IDS)
+@pytest.mark.parametrize("p_dtype", DTYPES, ids=DTYPE_IDS)
+def test_special_values(p_dtype: torch.dtype, s_dtype: torch.dtype, isa: int) -> None:
     """inf, NaN, signed zeros, subnormals, float16 overflow and rounding ties follow torch exactly."""
     values = [
         float("inf"), float("-inf"), float("nan"), -0.0, 0.0, 1e-40, -3e-39, 6e-8, 3e-5, -6.1e-5,
