@@ -1,6 +1,6 @@
 """fastslow kernels: fused Triton ops for GRPO-style RL updates, usable from any trainer.
 
-    from kernels import grpo_loss, low_var_kl, reposition_, snapshot
+    from kernels import token_logprobs, linear_grpo_loss, grpo_loss, low_var_kl, reposition_, snapshot
 
 Each op runs its Triton kernel on CUDA, its native or torch implementation on CPU (`kernels._dispatch`), is a
 torch custom op (so `torch.compile` traces through it), and has a plain-torch `*_ref` beside it.
@@ -8,16 +8,23 @@ torch custom op (so `torch.compile` traces through it), and has a plain-torch `*
 
 from kernels.grpo import LOSS_AGGS, grpo_loss, grpo_loss_ref
 from kernels.kl import low_var_kl, low_var_kl_ref
+from kernels.linear_grpo import linear_grpo_loss, linear_grpo_loss_ref
+from kernels.logprobs import IGNORE_INDEX, token_logprobs, token_logprobs_ref
 from kernels.reposition import Snapshot, reposition_, reposition_ref, snapshot
 
 __all__ = [
+    "IGNORE_INDEX",
     "LOSS_AGGS",
     "Snapshot",
     "grpo_loss",
     "grpo_loss_ref",
+    "linear_grpo_loss",
+    "linear_grpo_loss_ref",
     "low_var_kl",
     "low_var_kl_ref",
     "reposition_",
     "reposition_ref",
     "snapshot",
+    "token_logprobs",
+    "token_logprobs_ref",
 ]

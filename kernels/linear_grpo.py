@@ -1,0 +1,230 @@
+"""The GRPO loss formed straight from hidden states: LM head, log-probs, `grpo_loss` and backward in one pass.
+
+For each chunk of tokens the forward computes the chunk's logits once, its log-probs and entropies (the row pass
+of `kernels.logprobs`), the per-token GRPO gradient (the fused op of `kernels.grpo`, unchanged), and right away
+`dL/dlogits` and the two gradient GEMMs. So the whole forward+backward costs three GEMMs of `2*N*H*V` FLOPs, and
+the backward is a scale of the saved `dL/dhidden` and `dL/dweight` by the incoming scalar gradient.
+
+The loss is `grpo_loss(logp, ...) - entropy_coef * agg(entropy)`, where `agg` weights tokens exactly as the
+GRPO loss's `loss_agg` does (so an entropy bonus follows the same normalisation).
+"""
+
+from __future__ import annotations
+
+import torch
+
+from kernels._checks import check_finite_number
+from kernels.grpo import _N_STATS, GRPOTerms, LossAgg, _row_weights, grpo_loss, grpo_metrics, prepare_grpo
+from kernels.logprobs import (
+    _row_stats,
+    backward_chunk,
+    check_logprob_inputs,
+    chunk_logits,
+    chunk_rows,
+    token_logprobs,
+)
+
+
+def _blocks(B: int, T: int, chunk: int) -> list[tuple[slice, slice]]:
+    """Cover the `[B, T]` token grid with contiguous blocks of at most `chunk` tokens.
+
+    Whole rows when a row fits in a chunk (`[r0:r1, :]`), else pieces of one row (`[r, t0:t1]`), so each block
+    is one contiguous range of the flattened tokens and a valid argument of the row-structured GRPO op.
+    """
+    if T == 0 or B == 0:
+        return []
+    if chunk >= T:
+        rows = chunk // T
+        return [(slice(r, min(r + rows, B)), slice(0, T)) for r in range(0, B, rows)]
+    return [(slice(r, r + 1), slice(t, min(t + chunk, T))) for r in range(B) for t in range(0, T, chunk)]
+
+
+def _forward_backward(
+    hidden: torch.Tensor,
+    weight: torch.Tensor,
+    targets: torch.Tensor,
+    terms_args: tuple,
+    inv_temp: float,
+    entropy_coef: float,
+    chunk: int,
+    need_hidden: bool,
+    need_weight: bool,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Returns (loss [], row stats [B, _N_STATS + 1] with the masked entropy sum last, d hidden, d weight)."""
+    terms = GRPOTerms(*terms_args)
+    B, T = targets.shape
+    h3 = hidden.view(B, T, -1)
+    dh = torch.empty_like(hidden) if need_hidden else hidden.new_empty(0)
+    dh3 = dh.view(B, T, -1) if need_hidden else None
+    dw = torch.zeros_like(weight) if need_weight else weight.new_empty(0)
+    stats = torch.zeros(B, _N_STATS + 1, dtype=torch.float32, device=hidden.device)
+    loss = torch.zeros((), dtype=torch.float32, device=hidden.device)
+    for rows, cols in _blocks(B, T, chunk):
+        h_blk = h3[rows, cols].reshape(-1, h3.shape[-1])
+        t_blk = targets[rows, cols].reshape(-1)
+        logits = chunk_logits(h_blk, weight)
+        logp, ent, lse = _row_stats(logits, t_blk, inv_temp)
+        n_rows, n_cols = targets[rows, cols].shape
+        blk_loss, blk_stats, g_logp = torch.ops.fastslow.grpo_loss_fwd(
+            logp.view(n_rows, n_cols), *terms.block(rows, cols)
+        )
+        m = terms.mask[rows, cols].float()
+        w = terms.row_w[rows, None]
+        ent_sum = (ent.view(n_rows, n_cols) * m).sum(-1)
+        loss = loss + blk_loss - entropy_coef * (ent_sum * terms.row_w[rows]).sum()
+        stats[rows, :_N_STATS] += blk_stats
+        stats[rows, _N_STATS] += ent_sum
+        if need_hidden or need_weight:
+            g_ent = (-entropy_coef * m * w).reshape(-1) if entropy_coef != 0.0 else None
+            backward_chunk(
+                h_blk, weight, logits, t_blk, lse, ent, g_logp.reshape(-1), g_ent, inv_temp,
+                dh3[rows, cols].reshape(-1, h3.shape[-1]) if need_hidden else None, dw if need_weight else None,
+            )  # fmt: skip
+    return loss, stats, dh, dw
+
+
+@torch.library.custom_op("fastslow::linear_grpo_fwd", mutates_args=())
+def _linear_grpo_fwd(
+    hidden: torch.Tensor,
+    weight: torch.Tensor,
+    targets: torch.Tensor,
+    old_logp: torch.Tensor,
+    advantages: torch.Tensor,
+    mask: torch.Tensor,
+    ref_logp: torch.Tensor | None,
+    beta: torch.Tensor | None,
+    row_w: torch.Tensor,
+    counts: torch.Tensor,
+    kl_coef: float,
+    clip_low: float,
+    clip_high: float,
+    dual_clip: float,
+    inv_temp: float,
+    entropy_coef: float,
+    chunk: int,
+    need_hidden: bool,
+    need_weight: bool,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(loss [], row stats [B, n_stats + 1], d hidden [N, H] or empty, d weight [V, H] or empty)."""
+    terms = (old_logp, advantages, mask, ref_logp, beta, row_w, counts, kl_coef, clip_low, clip_high, dual_clip)
+    return _forward_backward(hidden, weight, targets, terms, inv_temp, entropy_coef, chunk, need_hidden, need_weight)
+
+
+@_linear_grpo_fwd.register_fake
+def _(hidden, weight, targets, *args):
+    need_hidden, need_weight = args[-2], args[-1]
+    B = targets.shape[0]
+    return (
+        hidden.new_empty((), dtype=torch.float32),
+        hidden.new_empty((B, _N_STATS + 1), dtype=torch.float32),
+        torch.empty_like(hidden) if need_hidden else hidden.new_empty(0),
+        torch.empty_like(weight) if need_weight else weight.new_empty(0),
+    )
+
+
+class LinearGRPOFunction(torch.autograd.Function):
+    """Forward does all the work and keeps the two gradients; backward scales them."""
+
+    @staticmethod
+    def forward(ctx, hidden, weight, targets, *rest):
+        need_hidden, need_weight = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
+        loss, stats, dh, dw = torch.ops.fastslow.linear_grpo_fwd(
+            hidden, weight, targets, *rest, need_hidden, need_weight
+        )
+        ctx.save_for_backward(dh, dw)
+        ctx.need = (need_hidden, need_weight)
+        ctx.n_rest = len(rest)
+        ctx.mark_non_differentiable(stats)
+        return loss, stats
+
+    @staticmethod
+    def backward(ctx, grad_loss, _grad_stats):
+        dh, dw = ctx.saved_tensors
+        need_hidden, need_weight = ctx.need
+        grad_h = (dh * grad_loss).to(dh.dtype) if need_hidden else None
+        grad_w = (dw * grad_loss).to(dw.dtype) if need_weight else None
+        return grad_h, grad_w, None, *([None] * ctx.n_rest)
+
+
+def linear_grpo_loss(
+    hidden: torch.Tensor,
+    weight: torch.Tensor,
+    targets: torch.Tensor,
+    old_logp: torch.Tensor,
+    advantages: torch.Tensor,
+    mask: torch.Tensor,
+    *,
+    ref_logp: torch.Tensor | None = None,
+    kl_coef: float | torch.Tensor = 0.0,
+    clip_low: float = 0.2,
+    clip_high: float = 0.2,
+    dual_clip: float | None = None,
+    loss_agg: LossAgg = "token-mean",
+    num_tokens: float | torch.Tensor | None = None,
+    norm_len: float | None = None,
+    temperature: float = 1.0,
+    entropy_coef: float = 0.0,
+    chunk_tokens: int | None = None,
+) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """`grpo_loss(token_logprobs(hidden, weight, targets), ...)` minus an optional entropy bonus, fused.
+
+    Args:
+        hidden: `[B, T, H]` float32/bf16/fp16 final hidden states at the positions that predict `targets`.
+        weight: `[V, H]` LM head, same dtype and device as `hidden`.
+        targets: `[B, T]` int64/int32 sampled token ids (or -100 where `mask` is 0).
+        old_logp, advantages, mask, ref_logp, kl_coef, clip_low, clip_high, dual_clip, loss_agg, num_tokens,
+            norm_len: exactly as in `kernels.grpo_loss` (`[B, T]` token grid).
+        temperature: runtime float > 0 dividing the logits (the sampling temperature).
+        entropy_coef: weight of the entropy bonus, subtracted from the loss with the same token weights.
+        chunk_tokens: override the tokens per chunk (default from the workspace budget).
+
+    Returns:
+        `(loss, metrics)`: float32 scalar differentiable w.r.t. `hidden` and `weight`; metrics as `grpo_loss`'s
+        plus "entropy" (token mean over masked tokens).
+    """
+    V, inv_temp = check_logprob_inputs(hidden, weight, targets, temperature)
+    if hidden.dim() != 3:
+        raise ValueError(f"hidden must be [B, T, H], got shape {tuple(hidden.shape)}")
+    terms = prepare_grpo(
+        targets.shape, hidden.device, "targets", old_logp, advantages, mask, ref_logp=ref_logp, kl_coef=kl_coef,
+        clip_low=clip_low, clip_high=clip_high, dual_clip=dual_clip, loss_agg=loss_agg, num_tokens=num_tokens,
+        norm_len=norm_len,
+    )  # fmt: skip
+    entropy_coef = check_finite_number("entropy_coef", entropy_coef)
+    B, T, H = hidden.shape
+    chunk = chunk_rows(B * T, V, hidden.device, chunk_tokens)
+    loss, stats = LinearGRPOFunction.apply(
+        hidden.reshape(B * T, H).contiguous(), weight.contiguous(), targets.contiguous(),
+        terms.old_logp, terms.advantages, terms.mask, terms.ref_logp, terms.beta, terms.row_w, terms.counts,
+        terms.kl_coef, terms.clip_low, terms.clip_high, terms.dual_clip, inv_temp, entropy_coef, chunk,
+    )  # fmt: skip
+    metrics = grpo_metrics(stats[:, :_N_STATS], terms.counts)
+    metrics["entropy"] = stats[:, _N_STATS].sum() / terms.counts.sum().clamp(min=1.0)
+    return loss, metrics
+
+
+def linear_grpo_loss_ref(
+    hidden: torch.Tensor,
+    weight: torch.Tensor,
+    targets: torch.Tensor,
+    old_logp: torch.Tensor,
+    advantages: torch.Tensor,
+    mask: torch.Tensor,
+    *,
+    temperature: float = 1.0,
+    entropy_coef: float = 0.0,
+    chunk_tokens: int | None = None,
+    **grpo_kwargs,
+) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """The unfused composition this op must equal: `token_logprobs` then `grpo_loss` (plus the entropy term)."""
+    logp, ent = token_logprobs(
+        hidden, weight, targets, temperature=temperature, with_entropy=True, chunk_tokens=chunk_tokens
+    )
+    loss, metrics = grpo_loss(logp, old_logp, advantages, mask, **grpo_kwargs)
+    row_w, counts = _row_weights(
+        mask, grpo_kwargs.get("loss_agg", "token-mean"), grpo_kwargs.get("num_tokens"), grpo_kwargs.get("norm_len")
+    )
+    ent_rows = (ent * mask.float()).sum(-1)
+    loss = loss - entropy_coef * (ent_rows * row_w).sum()
+    metrics["entropy"] = (ent_rows.sum() / counts.sum().clamp(min=1.0)).detach()
+    return loss, metrics
