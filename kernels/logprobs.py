@@ -114,13 +114,14 @@ def _row_stats(logits: torch.Tensor, targets: torch.Tensor, inv_temp: float) -> 
                 IGNORE=IGNORE_INDEX, BLOCK_V=_BLOCK_V, num_warps=_NUM_WARPS,
             )  # fmt: skip
         return logp, ent, lse
+    # In place where possible: two chunk-sized temporaries (z and p) besides the logits.
     z = logits.float() * inv_temp
     lse = torch.logsumexp(z, dim=-1)
-    p = torch.exp(z - lse[:, None])
     valid = targets != IGNORE_INDEX
     z_t = z.gather(1, targets.clamp(min=0).long()[:, None]).squeeze(1)
+    p_z = (z - lse[:, None]).exp_().mul_(z)
     logp = torch.where(valid, z_t - lse, 0.0)
-    ent = torch.where(valid, lse - (p * z).sum(-1), 0.0)
+    ent = torch.where(valid, lse - p_z.sum(-1), 0.0)
     return logp, ent, lse
 
 
@@ -145,16 +146,19 @@ def _row_grad(
                 HAS_ENT=g_ent is not None, IGNORE=IGNORE_INDEX, BLOCK_V=_BLOCK_V, num_warps=_NUM_WARPS,
             )  # fmt: skip
         return dz
+    # In place where possible: two chunk-sized temporaries (z and p) besides the logits and the result.
     z = logits.float() * inv_temp
-    p = torch.exp(z - lse[:, None])
+    p = (z - lse[:, None]).exp_()
     valid = targets != IGNORE_INDEX
     g_logp = torch.where(valid, g_logp.float(), 0.0)
-    dz = -g_logp[:, None] * p
-    dz.scatter_add_(1, targets.clamp(min=0).long()[:, None], g_logp[:, None])
     if g_ent is not None:
         g_ent = torch.where(valid, g_ent.float(), 0.0)
-        dz -= g_ent[:, None] * p * (z - lse[:, None] + ent[:, None])
-    return (dz * inv_temp).to(out_dtype)
+        ent_term = z.sub_((lse - ent)[:, None]).mul_(p).mul_(g_ent[:, None])  # g_H * p * (z - lse + H)
+    dz = p.mul_(-g_logp[:, None])
+    dz.scatter_add_(1, targets.clamp(min=0).long()[:, None], g_logp[:, None])
+    if g_ent is not None:
+        dz.sub_(ent_term)
+    return dz.mul_(inv_temp).to(out_dtype)
 
 
 _FP32_OUT_MM: dict[str, bool] = {}
