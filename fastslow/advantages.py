@@ -1,0 +1,68 @@
+"""Group-relative advantages of GRPO (and Dr. GRPO's unnormalised variant), as used by FAST-GRPO (arXiv 2504.18458).
+
+Rewards arrive group by group: the `group_size` rollouts of prompt 0, then those of prompt 1, and so on, so a flat
+`[N]` tensor reshapes to `[G, group_size]`. Each response's advantage is its reward relative to its own group:
+
+    A_i = (r_i - mean_g) / (std_g + eps)        (std_normalize=True, GRPO; std_g unbiased, as torch.std)
+    A_i =  r_i - mean_g                         (std_normalize=False, Dr. GRPO)
+
+The advantage is per sequence; the loss broadcasts it over the sequence's tokens.
+
+Departures from the seed code: none in the formula. One definition the seed leaves to torch: with `group_size == 1`
+the unbiased std of a single value is NaN in torch; we define it as 0, so a lone response gets advantage 0 (it has
+nothing to be compared with) instead of NaN.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+__all__ = ["group_advantages"]
+
+
+def group_advantages(rewards: Tensor, group_size: int, *, std_normalize: bool = True, eps: float = 1e-6) -> Tensor:
+    """Per-response advantages relative to each group's mean (and unbiased std).
+
+    Args:
+        rewards: `[N]` real (float, int or bool) scalar rewards laid out group by group, `N = G * group_size`.
+        group_size: responses per prompt, `>= 1`.
+        std_normalize: divide by the group's unbiased std plus `eps` (GRPO); False gives Dr. GRPO's `r - mean`.
+        eps: added to the std so an all-equal group gives 0 rather than 0/0; finite and `> 0`.
+
+    Returns:
+        `[N]` float32 advantages on `rewards`' device.
+
+    Raises:
+        ValueError: naming the argument, if `rewards` is not a finite 1-D real tensor, `group_size < 1` or does not
+            divide `N`, or `eps` is not a finite positive number.
+    """
+    if isinstance(group_size, bool) or not isinstance(group_size, int) or group_size < 1:
+        raise ValueError(f"group_size must be an int >= 1, got {group_size!r}")
+    if not isinstance(eps, (int, float)) or isinstance(eps, bool) or not (0.0 < float(eps) < float("inf")):
+        raise ValueError(f"eps must be a finite number > 0, got {eps!r}")
+    if not isinstance(rewards, Tensor):
+        raise ValueError(f"rewards must be a torch.Tensor, got {type(rewards).__name__}")
+    if rewards.dim() != 1:
+        raise ValueError(f"rewards must be 1-D [N], got shape {tuple(rewards.shape)}")
+    if rewards.is_complex() or not (rewards.is_floating_point() or rewards.dtype == torch.bool or _is_int(rewards)):
+        raise ValueError(f"rewards must have a real dtype (float, int or bool), got {rewards.dtype}")
+    n = rewards.numel()
+    if n % group_size != 0:
+        raise ValueError(f"rewards has {n} entries, not a multiple of group_size={group_size}")
+    r_GS = rewards.to(torch.float32).view(-1, group_size)
+    if not bool(torch.isfinite(r_GS).all()):
+        # A NaN from one reward function would silently poison its whole group's advantages.
+        raise ValueError("rewards must be finite; got NaN or inf")
+
+    centred_GS = r_GS - r_GS.mean(dim=1, keepdim=True)
+    if not std_normalize or group_size == 1 or n == 0:
+        # group_size 1: torch.std of one value is NaN; we take std = 0, and the centred value is already 0.
+        # n == 0: nothing to normalise (torch.std warns on the empty view).
+        return centred_GS.reshape(-1)
+    std_G1 = r_GS.std(dim=1, keepdim=True)  # unbiased (n - 1), as the seed
+    return (centred_GS / (std_G1 + eps)).reshape(-1)
+
+
+def _is_int(t: Tensor) -> bool:
+    return t.dtype in (torch.uint8, torch.int8, torch.int16, torch.int32, torch.int64)
