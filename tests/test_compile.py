@@ -81,3 +81,53 @@ def test_custom_ops_pass_opcheck():
     torch.library.opcheck(torch.ops.fastslow.low_var_kl_bwd, (torch.randn_like(logp), logp, ref), test_utils=utils)
     ps = [torch.randn(6, device=DEVICE), torch.randn(3, device=DEVICE)]
     torch.library.opcheck(torch.ops.fastslow.reposition_, (ps, [p + 1 for p in ps], 0.5), test_utils=utils)
+
+
+def test_token_logprobs_compiles(backend):
+    from kernels import token_logprobs
+
+    hidden, weight = torch.randn(7, 8, device=DEVICE), torch.randn(30, 8, device=DEVICE)
+    targets = torch.randint(0, 30, (7,), device=DEVICE)
+
+    def f(h, w):
+        logp, ent = token_logprobs(h, w, targets, temperature=0.9, with_entropy=True, chunk_tokens=3)
+        return (logp + 0.1 * ent).sum()
+
+    grads = []
+    for fn in (f, torch.compile(f, fullgraph=True, backend=COMPILE_BACKEND)):
+        h, w = hidden.clone().requires_grad_(), weight.clone().requires_grad_()
+        fn(h, w).backward()
+        grads.append((h.grad, w.grad))
+    torch.testing.assert_close(grads[1], grads[0])
+
+
+def test_linear_grpo_loss_compiles(backend):
+    from kernels import linear_grpo_loss
+
+    B, T, H, V = 2, 5, 8, 30
+    hidden, weight = torch.randn(B, T, H, device=DEVICE), torch.randn(V, H, device=DEVICE)
+    targets = torch.randint(0, V, (B, T), device=DEVICE)
+    old = -torch.rand(B, T, device=DEVICE) - 3.0
+    adv, mask = torch.randn(B, device=DEVICE), torch.ones(B, T, dtype=torch.bool, device=DEVICE)
+
+    def f(h, w):
+        return linear_grpo_loss(h, w, targets, old, adv, mask, entropy_coef=0.01, chunk_tokens=4)[0]
+
+    grads = []
+    for fn in (f, torch.compile(f, fullgraph=True, backend=COMPILE_BACKEND)):
+        h, w = hidden.clone().requires_grad_(), weight.clone().requires_grad_()
+        fn(h, w).backward()
+        grads.append((h.grad, w.grad))
+    torch.testing.assert_close(grads[1], grads[0])
+
+
+def test_logprob_ops_pass_opcheck():
+    N, H, V = 6, 8, 20
+    hidden, weight = torch.randn(N, H, device=DEVICE), torch.randn(V, H, device=DEVICE)
+    targets = torch.randint(0, V, (N,), device=DEVICE)
+    utils = ("test_schema", "test_faketensor", "test_aot_dispatch_dynamic")
+    torch.library.opcheck(torch.ops.fastslow.token_logprobs_fwd, (hidden, weight, targets, 1.0, 4), test_utils=utils)
+    lse = torch.logsumexp(hidden @ weight.t(), -1)
+    g = torch.randn(N, device=DEVICE)
+    args = (hidden, weight, targets, lse, torch.rand(N, device=DEVICE), g, g, 1.0, 4, True, True)
+    torch.library.opcheck(torch.ops.fastslow.token_logprobs_bwd, args, test_utils=utils)
