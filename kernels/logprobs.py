@@ -165,10 +165,11 @@ _FP32_OUT_MM: dict[str, bool] = {}
 
 
 def chunk_logits(hidden: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
-    """Raw logits `[n, V]` in float32 for a chunk of hidden states `[n, H]` (float32 accumulation always).
+    """Raw logits `[n, V]` in float32 for a chunk of hidden states `[n, H]`.
 
-    bf16/fp16 inputs use the BLAS's float32-output GEMM where torch has one (`mm(..., out_dtype=float32)`), and
-    otherwise upcast the operands for this one GEMM.
+    bf16/fp16 inputs use the BLAS's float32-output GEMM (`mm(..., out_dtype=float32)`, CUDA in recent torch):
+    float32 accumulation and no rounding of the logits. Without it: on the CPU (whose runs are float32 anyway) the
+    operands are upcast for this GEMM; on a GPU the logits come out in the input dtype, as eager code has them.
     """
     if hidden.dtype == torch.float32:
         return hidden @ weight.t()
@@ -180,7 +181,9 @@ def chunk_logits(hidden: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
             return out
         except (TypeError, RuntimeError, NotImplementedError):
             _FP32_OUT_MM[key] = False
-    return hidden.float() @ weight.float().t()
+    if key == "cpu":
+        return hidden.float() @ weight.float().t()
+    return (hidden @ weight.t()).float()
 
 
 def chunk_rows(n_tokens: int, vocab: int, device: torch.device, chunk_tokens: int | None = None) -> int:
