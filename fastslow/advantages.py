@@ -18,6 +18,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from fastslow._checks import check_1d_real, check_finite_number, check_int
+
 __all__ = ["group_advantages"]
 
 
@@ -37,15 +39,11 @@ def group_advantages(rewards: Tensor, group_size: int, *, std_normalize: bool = 
         ValueError: naming the argument, if `rewards` is not a finite 1-D real tensor, `group_size < 1` or does not
             divide `N`, or `eps` is not a finite positive number.
     """
-    if isinstance(group_size, bool) or not isinstance(group_size, int) or group_size < 1:
-        raise ValueError(f"group_size must be an int >= 1, got {group_size!r}")
-    if not isinstance(eps, (int, float)) or isinstance(eps, bool) or not (0.0 < float(eps) < float("inf")):
+    check_int("group_size", group_size, minimum=1)
+    if check_finite_number("eps", eps) <= 0:
         raise ValueError(f"eps must be a finite number > 0, got {eps!r}")
-    if not isinstance(rewards, Tensor):
-        raise ValueError(f"rewards must be a torch.Tensor, got {type(rewards).__name__}")
-    if rewards.dim() != 1:
-        raise ValueError(f"rewards must be 1-D [N], got shape {tuple(rewards.shape)}")
-    if rewards.is_complex() or not (rewards.is_floating_point() or rewards.dtype == torch.bool or _is_int(rewards)):
+    check_1d_real("rewards", rewards)
+    if not (rewards.is_floating_point() or rewards.dtype == torch.bool or _is_int(rewards)):
         raise ValueError(f"rewards must have a real dtype (float, int or bool), got {rewards.dtype}")
     n = rewards.numel()
     if n % group_size != 0:

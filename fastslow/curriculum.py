@@ -16,7 +16,6 @@ its code does what is written here, and we follow the code (see DESIGN.md).
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar, NamedTuple
@@ -24,33 +23,16 @@ from typing import Any, ClassVar, NamedTuple
 import torch
 from torch import Tensor
 
+from fastslow._checks import check_accuracy, check_finite_number, check_int
+
 __all__ = ["DAPO", "SLOW2FAST", "FilterExhausted", "FilterResult", "FilterSchedule", "OnlineFilter"]
 
 
-# The checks come first because the presets below are built (and validated) at import time.
-def _is_finite_real(x: object) -> bool:
-    return not isinstance(x, bool) and isinstance(x, (int, float)) and math.isfinite(float(x))
-
-
 def _check_progress(progress: object) -> float:
-    if isinstance(progress, bool) or not isinstance(progress, (int, float)) or not 0 <= progress < math.inf:
+    progress = check_finite_number("progress", progress)
+    if progress < 0:
         raise ValueError(f"progress must be a finite number >= 0 (step / total_steps), got {progress!r}")
-    return float(progress)
-
-
-def _check_accuracy(name: str, t: object) -> Tensor:
-    """`t` (bool/int promoted to float32, floats as they are) after checking it is 1-D with values in [0, 1]."""
-    if not isinstance(t, Tensor):
-        raise ValueError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
-    if t.dim() != 1:
-        raise ValueError(f"{name} must be 1-D, got shape {tuple(t.shape)}")
-    if t.is_complex():
-        raise ValueError(f"{name} must have a real dtype, got {t.dtype}")
-    if not t.is_floating_point():
-        t = t.to(torch.float32)
-    if not bool(((t >= 0) & (t <= 1)).all()):  # also rejects NaN
-        raise ValueError(f"{name} must hold values in [0, 1]")
-    return t
+    return progress
 
 
 @dataclass(frozen=True)
@@ -70,9 +52,10 @@ class FilterSchedule:
         for i, entry in enumerate(entries):
             if isinstance(entry, (str, bytes)) or not isinstance(entry, Sequence) or len(entry) != 3:
                 raise ValueError(f"entries[{i}] must be (until_ratio, low, high), got {entry!r}")
-            if not all(_is_finite_real(x) for x in entry):
-                raise ValueError(f"entries[{i}] must hold three finite numbers, got {entry!r}")
-            until, low, high = (float(x) for x in entry)
+            try:
+                until, low, high = (check_finite_number(f"entries[{i}]", x) for x in entry)
+            except ValueError:
+                raise ValueError(f"entries[{i}] must hold three finite numbers, got {entry!r}") from None
             if until < 0:
                 raise ValueError(f"entries[{i}] until_ratio must be >= 0, got {entry!r}")
             if checked and until <= checked[-1][0]:
@@ -112,7 +95,7 @@ class FilterSchedule:
         Returns:
             `[G]` bool, on `group_accuracy`'s device.
         """
-        acc_G = _check_accuracy("group_accuracy", group_accuracy)
+        acc_G = check_accuracy("group_accuracy", group_accuracy)
         low, high = self.bounds(progress)
         return (acc_G > low) & (acc_G < high)
 
@@ -155,9 +138,8 @@ class OnlineFilter:
         """
         if not isinstance(schedule, FilterSchedule):
             raise ValueError(f"schedule must be a FilterSchedule, got {type(schedule).__name__}")
-        for name, value in (("target_groups", target_groups), ("max_chunks", max_chunks)):
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"{name} must be an int >= 1, got {value!r}")
+        check_int("target_groups", target_groups, minimum=1)
+        check_int("max_chunks", max_chunks, minimum=1)
         self.schedule = schedule
         self.target_groups = target_groups
         self.max_chunks = max_chunks
@@ -216,7 +198,7 @@ class OnlineFilter:
         """
         if not self._active or self._bounds is None or self._progress is None:
             raise RuntimeError("OnlineFilter.add before start(progress): call start at the beginning of each step")
-        acc_G = _check_accuracy("group_accuracy", group_accuracy).detach()
+        acc_G = check_accuracy("group_accuracy", group_accuracy).detach()
         g = acc_G.numel()
         if items is None:
             items = range(self._seen, self._seen + g)
@@ -286,9 +268,7 @@ class OnlineFilter:
             got = sorted(state) if isinstance(state, dict) else type(state).__name__
             raise ValueError(f"OnlineFilter state must have keys {sorted(keys)}, got {got}")
         for k in keys:
-            v = state[k]
-            if isinstance(v, bool) or not isinstance(v, int) or v < 0:
-                raise ValueError(f"OnlineFilter state {k!r} must be an int >= 0, got {v!r}")
+            check_int(f"OnlineFilter state {k!r}", state[k], minimum=0)
         for k in keys:
             setattr(self, k, state[k])
 

@@ -18,11 +18,12 @@ a fixed 0.01; we apply it per group, per token, as the paper intends (see DESIGN
 
 from __future__ import annotations
 
-import math
 from typing import Any
 
 import torch
 from torch import Tensor
+
+from fastslow._checks import check_accuracy, check_finite_number, check_int
 
 __all__ = ["KL_MODES", "KLController", "group_kl_coef"]
 
@@ -44,7 +45,7 @@ def group_kl_coef(group_accuracy: Tensor, beta_min: float = 0.001, beta_max: flo
         ValueError: naming the argument, for a bad tensor or out-of-range values.
     """
     beta_min, beta_max = _check_betas(beta_min, beta_max)
-    acc_G = _check_accuracy("group_accuracy", group_accuracy)
+    acc_G = check_accuracy("group_accuracy", group_accuracy, dtype=torch.float32)
     return (beta_min + (beta_max - beta_min) * (1.0 - acc_G.to(torch.float64))).to(torch.float32)
 
 
@@ -81,8 +82,8 @@ class KLController:
         Returns:
             `[B]` float32 coefficients, on `correct`'s device.
         """
-        _check_group_size(group_size)
-        acc_B = _check_accuracy("correct", correct)
+        check_int("group_size", group_size, minimum=1)
+        acc_B = check_accuracy("correct", correct, dtype=torch.float32)
         if acc_B.numel() % group_size != 0:
             raise ValueError(f"correct has {acc_B.numel()} entries, not a multiple of group_size={group_size}")
         return self.group_coefficients(acc_B.view(-1, group_size).mean(dim=1), group_size)
@@ -97,8 +98,8 @@ class KLController:
         Returns:
             `[G * group_size]` float32 coefficients, each group's value repeated over its sequences.
         """
-        _check_group_size(group_size)
-        acc_G = _check_accuracy("group_accuracy", group_accuracy)
+        check_int("group_size", group_size, minimum=1)
+        acc_G = check_accuracy("group_accuracy", group_accuracy, dtype=torch.float32)
         if acc_G.numel() == 0:
             raise ValueError("group_accuracy is empty: a step needs at least one group")
         b = acc_G.numel() * group_size
@@ -132,8 +133,7 @@ class KLController:
             keys = sorted(state) if isinstance(state, dict) else type(state).__name__
             raise ValueError(f"KLController state must have keys ['last', 'steps'], got {keys}")
         steps, last = state["steps"], state["last"]
-        if isinstance(steps, bool) or not isinstance(steps, int) or steps < 0:
-            raise ValueError(f"KLController state 'steps' must be an int >= 0, got {steps!r}")
+        check_int("KLController state 'steps'", steps, minimum=0)
         expected = {"coef_mean", "coef_min", "coef_max", "accuracy"}
         if last is not None and (not isinstance(last, dict) or set(last) != expected):
             raise ValueError(f"KLController state 'last' must be None or a dict with keys {sorted(expected)}")
@@ -142,9 +142,10 @@ class KLController:
 
 
 def _nonneg(name: str, x: object) -> float:
-    if isinstance(x, bool) or not isinstance(x, (int, float)) or not (0.0 <= float(x) < math.inf):
+    x = check_finite_number(name, x)
+    if x < 0:
         raise ValueError(f"{name} must be a finite number >= 0, got {x!r}")
-    return float(x)
+    return x
 
 
 def _check_betas(beta_min: object, beta_max: object) -> tuple[float, float]:
@@ -152,22 +153,3 @@ def _check_betas(beta_min: object, beta_max: object) -> tuple[float, float]:
     if lo > hi:
         raise ValueError(f"beta_min must be <= beta_max, got beta_min={lo}, beta_max={hi}")
     return lo, hi
-
-
-def _check_group_size(group_size: object) -> None:
-    if isinstance(group_size, bool) or not isinstance(group_size, int) or group_size < 1:
-        raise ValueError(f"group_size must be an int >= 1, got {group_size!r}")
-
-
-def _check_accuracy(name: str, t: object) -> Tensor:
-    """`t` as float32 after checking it is a 1-D real tensor with values in [0, 1]."""
-    if not isinstance(t, Tensor):
-        raise ValueError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
-    if t.dim() != 1:
-        raise ValueError(f"{name} must be 1-D, got shape {tuple(t.shape)}")
-    if t.is_complex():
-        raise ValueError(f"{name} must have a real dtype, got {t.dtype}")
-    t32 = t.to(torch.float32)
-    if not bool(((t32 >= 0) & (t32 <= 1)).all()):  # also rejects NaN
-        raise ValueError(f"{name} must hold values in [0, 1]")
-    return t32

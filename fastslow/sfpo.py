@@ -26,7 +26,6 @@ How this differs from the seed's code (`Urheen/SFPO`, `sfpo_update_actor` and th
 
 from __future__ import annotations
 
-import math
 import statistics
 from collections import deque
 from collections.abc import Callable, Iterable
@@ -34,33 +33,12 @@ from typing import Any, TypeVar
 
 import torch
 
+from fastslow._checks import check_finite_number, check_int
 from kernels import Snapshot, reposition_, snapshot
 
 M = TypeVar("M")
 
 __all__ = ["EntropySwitch", "sfpo_update"]
-
-
-def _check_int(name: str, x: object, *, minimum: int) -> int:
-    if isinstance(x, bool) or not isinstance(x, int):
-        raise ValueError(f"{name} must be an int, got {type(x).__name__}")
-    if x < minimum:
-        raise ValueError(f"{name} must be >= {minimum}, got {x}")
-    return x
-
-
-def _check_real(name: str, x: object) -> float:
-    """A finite real number: a python int/float or a one-element tensor."""
-    if isinstance(x, torch.Tensor):
-        if x.numel() != 1:
-            raise ValueError(f"{name} must be a number, got a tensor of shape {tuple(x.shape)}")
-        x = x.item()
-    if isinstance(x, bool) or not isinstance(x, (int, float)):
-        raise ValueError(f"{name} must be a real number, got {type(x).__name__}")
-    x = float(x)
-    if not math.isfinite(x):
-        raise ValueError(f"{name} must be finite, got {x}")
-    return x
 
 
 def sfpo_update(
@@ -100,8 +78,8 @@ def sfpo_update(
 
     The LR schedule is not stepped here: the caller steps it once per rollout batch, as for GRPO.
     """
-    inner_steps = _check_int("inner_steps", inner_steps, minimum=0)
-    alpha = _check_real("alpha", alpha)
+    inner_steps = check_int("inner_steps", inner_steps, minimum=0)
+    alpha = check_finite_number("alpha", alpha, tensor=True)
     if not 0.0 <= alpha <= 1.0:
         raise ValueError(f"alpha must be in [0, 1], got {alpha}")
     if not callable(update_fn):
@@ -141,9 +119,9 @@ class EntropySwitch:
     """
 
     def __init__(self, window: int = 30, threshold: float = 1.0, *, stop_step: int | None = None) -> None:
-        self.window = _check_int("window", window, minimum=2)
-        self.threshold = _check_real("threshold", threshold)
-        self.stop_step = None if stop_step is None else _check_int("stop_step", stop_step, minimum=0)
+        self.window = check_int("window", window, minimum=2)
+        self.threshold = check_finite_number("threshold", threshold, tensor=True)
+        self.stop_step = None if stop_step is None else check_int("stop_step", stop_step, minimum=0)
         self._history: deque[float] = deque(maxlen=self.window)  # the last W entropies, oldest first
         self._steps = 0
         self._switched_at: int | None = None
@@ -177,7 +155,7 @@ class EntropySwitch:
 
     def update(self, entropy: float) -> bool:
         """Record step `steps`'s mean token entropy; return whether the update that follows uses SFPO."""
-        h = _check_real("entropy", entropy)
+        h = check_finite_number("entropy", entropy, tensor=True)
         step = self._steps
         self._history.append(h)
         self._steps += 1
@@ -208,18 +186,20 @@ class EntropySwitch:
         missing = {"history", "steps", "switched_at", "reason", "last_z"} - set(state)
         if missing:
             raise ValueError(f"EntropySwitch state is missing {sorted(missing)}")
-        history = [_check_real(f"state['history'][{i}]", h) for i, h in enumerate(state["history"])]
-        steps = _check_int("state['steps']", state["steps"], minimum=len(history[-self.window :]))
+        history = [
+            check_finite_number(f"state['history'][{i}]", h, tensor=True) for i, h in enumerate(state["history"])
+        ]
+        steps = check_int("state['steps']", state["steps"], minimum=len(history[-self.window :]))
         switched_at, reason = state["switched_at"], state["reason"]
         if reason not in (None, "entropy", "stop_step"):
             raise ValueError(f"state['reason'] must be None, 'entropy' or 'stop_step', got {reason!r}")
         if (switched_at is None) != (reason is None):
             raise ValueError("state['switched_at'] and state['reason'] must both be set or both be None")
         if switched_at is not None:
-            _check_int("state['switched_at']", switched_at, minimum=0)
+            check_int("state['switched_at']", switched_at, minimum=0)
             if switched_at >= steps:
                 raise ValueError(f"state['switched_at'] ({switched_at}) must be < state['steps'] ({steps})")
         last_z = state["last_z"]
-        last_z = None if last_z is None else _check_real("state['last_z']", last_z)
+        last_z = None if last_z is None else check_finite_number("state['last_z']", last_z, tensor=True)
         self._history = deque(history, maxlen=self.window)
         self._steps, self._switched_at, self._reason, self._last_z = steps, switched_at, reason, last_z

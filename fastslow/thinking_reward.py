@@ -24,11 +24,12 @@ chosen by the caller). `L == 0` (every response empty) gives a length score of 0
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 import torch
 from torch import Tensor
+
+from fastslow._checks import check_1d_real, check_finite_number, check_int
 
 __all__ = ["ThinkingReward", "normalized_complexity", "thinking_reward"]
 
@@ -111,15 +112,14 @@ def thinking_reward(
     Raises:
         ValueError: naming the argument, for a wrong type, shape, dtype, device or value.
     """
-    if isinstance(group_size, bool) or not isinstance(group_size, int) or group_size < 1:
-        raise ValueError(f"group_size must be an int >= 1, got {group_size!r}")
-    percentile = _finite_number("percentile", percentile)
+    check_int("group_size", group_size, minimum=1)
+    percentile = check_finite_number("percentile", percentile)
     if not 0.0 <= percentile <= 100.0:
         raise ValueError(f"percentile must be in [0, 100], got {percentile}")
-    length_weight = _finite_number("length_weight", length_weight)
-    format_weight = _finite_number("format_weight", format_weight)
+    length_weight = check_finite_number("length_weight", length_weight)
+    format_weight = check_finite_number("format_weight", format_weight)
 
-    _check_1d_real("lengths", lengths)
+    check_1d_real("lengths", lengths)
     n = lengths.numel()
     if n == 0:
         raise ValueError("lengths is empty: a chunk needs at least one group")
@@ -135,7 +135,7 @@ def thinking_reward(
     if complexity is None:
         c_G = torch.full((g,), 0.5, dtype=torch.float64, device=device)
     else:
-        _check_1d_real("complexity", complexity)
+        check_1d_real("complexity", complexity)
         if complexity.numel() != g:
             raise ValueError(f"complexity has {complexity.numel()} entries, expected one per group ({g})")
         if complexity.device != device:
@@ -173,25 +173,9 @@ def thinking_reward(
     )
 
 
-def _finite_number(name: str, x: object) -> float:
-    if isinstance(x, bool) or not isinstance(x, (int, float)) or not math.isfinite(float(x)):
-        raise ValueError(f"{name} must be a finite real number, got {x!r}")
-    return float(x)
-
-
-def _check_1d_real(name: str, t: object) -> Tensor:
-    if not isinstance(t, Tensor):
-        raise ValueError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
-    if t.dim() != 1:
-        raise ValueError(f"{name} must be 1-D, got shape {tuple(t.shape)}")
-    if t.is_complex():
-        raise ValueError(f"{name} must have a real dtype, got {t.dtype}")
-    return t
-
-
 def _binary(name: str, t: object, n: int, device: torch.device) -> Tensor:
     """`t` as float64 `[n]` after checking it holds only 0 and 1 (or is bool)."""
-    t = _check_1d_real(name, t)
+    t = check_1d_real(name, t)
     if t.numel() != n:
         raise ValueError(f"{name} has {t.numel()} entries, expected {n} (as lengths)")
     if t.device != device:

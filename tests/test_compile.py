@@ -20,6 +20,16 @@ def _fresh_dynamo():
     torch._dynamo.reset()
 
 
+def _assert_compiled_grads_match(f, hidden: torch.Tensor, weight: torch.Tensor) -> None:
+    """`f(hidden, weight)` (a scalar) gives the same gradients eager and under torch.compile(fullgraph=True)."""
+    grads = []
+    for fn in (f, torch.compile(f, fullgraph=True, backend=COMPILE_BACKEND)):
+        h, w = hidden.clone().requires_grad_(), weight.clone().requires_grad_()
+        fn(h, w).backward()
+        grads.append((h.grad, w.grad))
+    torch.testing.assert_close(grads[1], grads[0])
+
+
 def test_grpo_loss_compiles(backend):
     B, T = 3, 11
     logp = -torch.rand(B, T, device=DEVICE) - 0.1
@@ -93,12 +103,7 @@ def test_token_logprobs_compiles(backend):
         logp, ent = token_logprobs(h, w, targets, temperature=0.9, with_entropy=True, chunk_tokens=3)
         return (logp + 0.1 * ent).sum()
 
-    grads = []
-    for fn in (f, torch.compile(f, fullgraph=True, backend=COMPILE_BACKEND)):
-        h, w = hidden.clone().requires_grad_(), weight.clone().requires_grad_()
-        fn(h, w).backward()
-        grads.append((h.grad, w.grad))
-    torch.testing.assert_close(grads[1], grads[0])
+    _assert_compiled_grads_match(f, hidden, weight)
 
 
 def test_linear_grpo_loss_compiles(backend):
@@ -113,12 +118,7 @@ def test_linear_grpo_loss_compiles(backend):
     def f(h, w):
         return linear_grpo_loss(h, w, targets, old, adv, mask, entropy_coef=0.01, chunk_tokens=4)[0]
 
-    grads = []
-    for fn in (f, torch.compile(f, fullgraph=True, backend=COMPILE_BACKEND)):
-        h, w = hidden.clone().requires_grad_(), weight.clone().requires_grad_()
-        fn(h, w).backward()
-        grads.append((h.grad, w.grad))
-    torch.testing.assert_close(grads[1], grads[0])
+    _assert_compiled_grads_match(f, hidden, weight)
 
 
 def test_logprob_ops_pass_opcheck():

@@ -8,20 +8,17 @@ interpreted kernel; so nothing here imports `kernels` at the top (the children i
 from __future__ import annotations
 
 import os
-import socket
-import time
 from typing import TYPE_CHECKING
 
 import pytest
 import torch
 import torch.distributed as dist
-import torch.multiprocessing as mp
+from _distributed import WORLD_SIZE, run_two_ranks
 from torch import nn
 
 if TYPE_CHECKING:
     from torch.distributed.device_mesh import DeviceMesh
 
-WORLD_SIZE = 2
 ALPHA = 0.8
 TIMEOUT_S = 120.0  # a healthy run takes ~10 s on 2 cores; a hung collective would wait forever
 
@@ -129,12 +126,9 @@ def _check_backend(backend: str, *, rank: int, mesh: DeviceMesh) -> None:
     assert torch.isfinite(model(x_B16)).all()
 
 
-def _worker(rank: int, port: int) -> None:
+def _worker(rank: int) -> None:
     # Before `kernels` is imported: the Triton kernel must be built as an interpreted one.
     os.environ["TRITON_INTERPRET"] = "1"
-    os.environ["MASTER_ADDR"] = "127.0.0.1"
-    os.environ["MASTER_PORT"] = str(port)
-    torch.set_num_threads(1)  # two ranks share a 2-core machine
 
     from torch.distributed.device_mesh import init_device_mesh
 
@@ -143,33 +137,15 @@ def _worker(rank: int, port: int) -> None:
 
     # Every backend in one process pair: spawning and importing cost more than the checks themselves.
     backends = ["torch", *(["triton"] if HAS_TRITON else []), *(["native"] if native_available() else [])]
-    dist.init_process_group("gloo", rank=rank, world_size=WORLD_SIZE)
-    try:
-        mesh = init_device_mesh("cpu", (WORLD_SIZE,))
-        for backend in backends:
-            _check_backend(backend, rank=rank, mesh=mesh)
-        dist.barrier()
-        if rank == 0:
-            print(f"checked backends: {backends}")  # shown with pytest -s
-    finally:
-        dist.destroy_process_group()
-
-
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+    mesh = init_device_mesh("cpu", (WORLD_SIZE,))
+    for backend in backends:
+        _check_backend(backend, rank=rank, mesh=mesh)
+    dist.barrier()
+    if rank == 0:
+        print(f"checked backends: {backends}")  # shown with pytest -s
 
 
 @pytest.mark.distributed
-@pytest.mark.timeout(2 * TIMEOUT_S)  # backstop; the join loop below fails sooner, and kills the ranks
+@pytest.mark.timeout(2 * TIMEOUT_S)  # backstop; run_two_ranks fails sooner, and kills the ranks
 def test_reposition_fsdp2_local_shards() -> None:
-    ctx = mp.start_processes(_worker, args=(_free_port(),), nprocs=WORLD_SIZE, join=False, start_method="spawn")
-    deadline = time.monotonic() + TIMEOUT_S
-    # join() re-raises a rank's exception (with its traceback) or exit code, and terminates the other rank.
-    while not ctx.join(timeout=1.0):
-        if time.monotonic() > deadline:
-            for proc in ctx.processes:
-                proc.kill()
-                proc.join(timeout=10.0)
-            pytest.fail(f"ranks still running after {TIMEOUT_S:.0f} s: a hung collective?")
+    run_two_ranks(_worker, timeout_s=TIMEOUT_S)

@@ -11,17 +11,12 @@ by test_reposition_fsdp.py; here the subject is SFPO's sequence of steps on shar
 
 from __future__ import annotations
 
-import os
-import socket
-import time
-
 import pytest
 import torch
 import torch.distributed as dist
-import torch.multiprocessing as mp
+from _distributed import WORLD_SIZE, run_two_ranks
 from torch import nn
 
-WORLD_SIZE = 2
 INNER_STEPS = 2
 ALPHA = 0.8
 OUTER_STEPS = 2  # two rollout batches, so the reused snapshot is refreshed once on sharded parameters
@@ -57,11 +52,7 @@ def _local_rows(t_N: torch.Tensor, rank: int) -> torch.Tensor:
     return torch.cat([mb.chunk(WORLD_SIZE)[rank] for mb in t_N.chunk(2)])
 
 
-def _worker(rank: int, port: int) -> None:
-    os.environ["MASTER_ADDR"] = "127.0.0.1"
-    os.environ["MASTER_PORT"] = str(port)
-    torch.set_num_threads(1)  # two ranks share a small machine
-
+def _worker(rank: int) -> None:
     from torch.distributed.device_mesh import init_device_mesh
     from torch.distributed.fsdp import fully_shard
     from torch.distributed.tensor import DTensor
@@ -70,65 +61,47 @@ def _worker(rank: int, port: int) -> None:
     from kernels import snapshot
     from kernels._dispatch import force_backend
 
-    dist.init_process_group("gloo", rank=rank, world_size=WORLD_SIZE)
-    try:
-        mesh = init_device_mesh("cpu", (WORLD_SIZE,))
-        torch.manual_seed(0)  # same initial weights and data on both ranks
-        model = _mlp()
-        single = _mlp()
-        single.load_state_dict(model.state_dict())
-        gen = torch.Generator().manual_seed(1)
-        x_N6 = torch.randn(16, 6, generator=gen)
-        y_N3 = torch.randn(16, 3, generator=gen)
+    mesh = init_device_mesh("cpu", (WORLD_SIZE,))
+    torch.manual_seed(0)  # same initial weights and data on both ranks
+    model = _mlp()
+    single = _mlp()
+    single.load_state_dict(model.state_dict())
+    gen = torch.Generator().manual_seed(1)
+    x_N6 = torch.randn(16, 6, generator=gen)
+    y_N3 = torch.randn(16, 3, generator=gen)
 
-        for layer in model:
-            if isinstance(layer, nn.Linear):
-                fully_shard(layer, mesh=mesh)
-        fully_shard(model, mesh=mesh)
-        params = list(model.parameters())
-        assert all(isinstance(p, DTensor) for p in params)
+    for layer in model:
+        if isinstance(layer, nn.Linear):
+            fully_shard(layer, mesh=mesh)
+    fully_shard(model, mesh=mesh)
+    params = list(model.parameters())
+    assert all(isinstance(p, DTensor) for p in params)
 
-        def sgd(ps: list[torch.Tensor]) -> torch.optim.Optimizer:
-            return torch.optim.SGD(ps, lr=0.1, momentum=0.9, weight_decay=0.01)
+    def sgd(ps: list[torch.Tensor]) -> torch.optim.Optimizer:
+        return torch.optim.SGD(ps, lr=0.1, momentum=0.9, weight_decay=0.01)
 
-        opt, opt_single = sgd(params), sgd(list(single.parameters()))
-        update = _make_update(model, opt, _local_rows(x_N6, rank), _local_rows(y_N3, rank))
-        update_single = _make_update(single, opt_single, x_N6, y_N3)
+    opt, opt_single = sgd(params), sgd(list(single.parameters()))
+    update = _make_update(model, opt, _local_rows(x_N6, rank), _local_rows(y_N3, rank))
+    update_single = _make_update(single, opt_single, x_N6, y_N3)
 
-        with force_backend("torch"):
-            slow = snapshot(params)
-            slow_ptr = slow.buffer.data_ptr()
-            start = [p.full_tensor() for p in params]
-            for _ in range(OUTER_STEPS):
-                sfpo_update(params, update, inner_steps=INNER_STEPS, alpha=ALPHA, slow=slow)
-                sfpo_update(single.parameters(), update_single, inner_steps=INNER_STEPS, alpha=ALPHA)
-        assert slow.buffer.data_ptr() == slow_ptr
+    with force_backend("torch"):
+        slow = snapshot(params)
+        slow_ptr = slow.buffer.data_ptr()
+        start = [p.full_tensor() for p in params]
+        for _ in range(OUTER_STEPS):
+            sfpo_update(params, update, inner_steps=INNER_STEPS, alpha=ALPHA, slow=slow)
+            sfpo_update(single.parameters(), update_single, inner_steps=INNER_STEPS, alpha=ALPHA)
+    assert slow.buffer.data_ptr() == slow_ptr
 
-        names = [n for n, _ in model.named_parameters()]
-        for name, p, p_single, p0 in zip(names, params, single.parameters(), start, strict=True):
-            full = p.full_tensor()  # a collective: both ranks take every branch
-            assert not torch.allclose(full, p0), f"{name} did not move"
-            torch.testing.assert_close(full, p_single.detach(), **TOL, msg=lambda m, n=name: f"rank {rank} {n}: {m}")
-        dist.barrier()
-    finally:
-        dist.destroy_process_group()
-
-
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+    names = [n for n, _ in model.named_parameters()]
+    for name, p, p_single, p0 in zip(names, params, single.parameters(), start, strict=True):
+        full = p.full_tensor()  # a collective: both ranks take every branch
+        assert not torch.allclose(full, p0), f"{name} did not move"
+        torch.testing.assert_close(full, p_single.detach(), **TOL, msg=lambda m, n=name: f"rank {rank} {n}: {m}")
+    dist.barrier()
 
 
 @pytest.mark.distributed
-@pytest.mark.timeout(2 * TIMEOUT_S)  # backstop; the join loop below fails sooner, and kills the ranks
+@pytest.mark.timeout(2 * TIMEOUT_S)  # backstop; run_two_ranks fails sooner, and kills the ranks
 def test_sfpo_fsdp2_matches_single_process() -> None:
-    ctx = mp.start_processes(_worker, args=(_free_port(),), nprocs=WORLD_SIZE, join=False, start_method="spawn")
-    deadline = time.monotonic() + TIMEOUT_S
-    # join() re-raises a rank's exception (with its traceback) or exit code, and terminates the other rank.
-    while not ctx.join(timeout=1.0):
-        if time.monotonic() > deadline:
-            for proc in ctx.processes:
-                proc.kill()
-                proc.join(timeout=10.0)
-            pytest.fail(f"ranks still running after {TIMEOUT_S:.0f} s: a hung collective?")
+    run_two_ranks(_worker, timeout_s=TIMEOUT_S)
