@@ -114,14 +114,14 @@ def _row_stats(logits: torch.Tensor, targets: torch.Tensor, inv_temp: float) -> 
                 IGNORE=IGNORE_INDEX, BLOCK_V=_BLOCK_V, num_warps=_NUM_WARPS,
             )  # fmt: skip
         return logp, ent, lse
-    # In place where possible: two chunk-sized temporaries (z and p) besides the logits.
-    z = logits.float() * inv_temp
-    lse = torch.logsumexp(z, dim=-1)
+    # torch's fused log_softmax (one vectorised pass) then one pass for the entropy: at most two chunk-sized
+    # temporaries besides the logits (one more when temperature != 1).
+    z = logits if inv_temp == 1.0 else logits * inv_temp
+    log_p = torch.log_softmax(z, dim=-1)
+    lse = z[:, 0] - log_p[:, 0]
     valid = targets != IGNORE_INDEX
-    z_t = z.gather(1, targets.clamp(min=0).long()[:, None]).squeeze(1)
-    p_z = (z - lse[:, None]).exp_().mul_(z)
-    logp = torch.where(valid, z_t - lse, 0.0)
-    ent = torch.where(valid, lse - p_z.sum(-1), 0.0)
+    logp = torch.where(valid, log_p.gather(1, targets.clamp(min=0).long()[:, None]).squeeze(1), 0.0)
+    ent = torch.where(valid, -log_p.exp().mul_(log_p).sum(-1), 0.0)
     return logp, ent, lse
 
 
@@ -146,19 +146,19 @@ def _row_grad(
                 HAS_ENT=g_ent is not None, IGNORE=IGNORE_INDEX, BLOCK_V=_BLOCK_V, num_warps=_NUM_WARPS,
             )  # fmt: skip
         return dz
-    # In place where possible: two chunk-sized temporaries (z and p) besides the logits and the result.
-    z = logits.float() * inv_temp
-    p = (z - lse[:, None]).exp_()
+    # torch's fused softmax, then in-place updates: one or two chunk-sized temporaries besides the logits.
+    z = logits if inv_temp == 1.0 else logits * inv_temp
+    p = torch.softmax(z, dim=-1)
     valid = targets != IGNORE_INDEX
     g_logp = torch.where(valid, g_logp.float(), 0.0)
     if g_ent is not None:
         g_ent = torch.where(valid, g_ent.float(), 0.0)
-        ent_term = z.sub_((lse - ent)[:, None]).mul_(p).mul_(g_ent[:, None])  # g_H * p * (z - lse + H)
+        ent_term = (z - (lse - ent)[:, None]).mul_(p).mul_(g_ent[:, None])  # g_H * p * (z - lse + H)
     dz = p.mul_(-g_logp[:, None])
     dz.scatter_add_(1, targets.clamp(min=0).long()[:, None], g_logp[:, None])
     if g_ent is not None:
         dz.sub_(ent_term)
-    return dz.mul_(inv_temp).to(out_dtype)
+    return (dz if inv_temp == 1.0 else dz.mul_(inv_temp)).to(out_dtype)
 
 
 _FP32_OUT_MM: dict[str, bool] = {}
