@@ -32,3 +32,13 @@ format: $(STAMP)
 
 clean:
 	rm -rf $(VENV) build *.egg-info kernels/*.so
+
+# Kernel benchmarks (not part of `make test`): pytest-benchmark JSON and its markdown table in bench/results/,
+# named after the device and the UTC date. PYTEST_ARGS passes through (e.g. PYTEST_ARGS="-k reposition").
+.PHONY: bench
+bench: $(STAMP)
+	$(PY) -m pip install -q -e ".[dev,bench]"
+	@mkdir -p bench/results
+	stem=bench/results/$$($(PY) -c "from bench._harness import results_stem; print(results_stem())") && \
+	$(PY) -m pytest bench/ --benchmark-only --benchmark-json=$$stem.json -p no:cacheprovider $(PYTEST_ARGS) && \
+	$(PY) -m bench.report $$stem.json -o $$stem.md
