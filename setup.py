@@ -43,7 +43,8 @@ native = Extension(
 )
 
 setup(
-    packages=["kernels", "fastslow", "trainer"],
+    packages=["kernels", "fastslow", "trainer", "trainer.rollout"],
+    package_data={"trainer": ["configs/*.toml"]},
     ext_modules=[native],
     cmdclass={"build_ext": OptionalNativeBuild},
 )

@@ -1,0 +1,329 @@
+"""trainer.config: defaults vs default.toml, override parsing, errors that name the key, FAST defaults, presets, TOML
+round trip, `--config` / `--resume`."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import re
+import typing
+from pathlib import Path
+
+import pytest
+
+from trainer import config as config_mod
+from trainer.config import (
+    FAST_DEFAULTS,
+    Config,
+    ConfigError,
+    configs_dir,
+    from_dict,
+    load_config,
+    save_toml,
+    to_toml,
+)
+
+PRESETS = ("fast_grpo_r1_distill_1p5b", "sfpo_qwen2p5_math_1p5b")
+PATHS = ("model.path=/models/some model", "data.source=/data/train.parquet")
+SECTIONS = ("model", "data", "rollout", "algorithm", "optim", "checkpoint", "logging")
+
+
+def _optional_keys() -> set[str]:
+    """`section.key` of every field typed `X | None`."""
+    out = set()
+    for name in SECTIONS:
+        cls = type(getattr(Config(), name))
+        for key, hint in typing.get_type_hints(cls).items():
+            if type(None) in typing.get_args(hint):
+                out.add(f"{name}.{key}")
+    return out
+
+
+def test_defaults_equal_default_toml() -> None:
+    default = configs_dir() / "default.toml"
+    assert load_config([]) == Config()
+    assert load_config(["--config", str(default)]) == Config()
+    assert load_config(["--config", "default"]) == load_config(["--config=default.toml"]) == Config()
+    # The file sets every key except the ones left unset on purpose: optional (None) values, which TOML cannot write,
+    # and the keys whose default depends on algorithm.name (setting them would switch the FAST defaults off).
+    data = config_mod.tomllib.loads(default.read_text())
+    in_file = {f"{s}.{k}" for s in SECTIONS for k in data[s]} | {k for k in data if k not in SECTIONS}
+    expected = Config().to_dict()
+    every = {f"{s}.{k}" for s in SECTIONS for k in expected[s]} | {"seed"}
+    unset = {f"algorithm.{k}" for k in FAST_DEFAULTS} | _optional_keys()
+    assert in_file == every - unset
+    for dotted in in_file:
+        section, _, key = dotted.rpartition(".")
+        value = data[section][key] if section else data[key]
+        assert value == (expected[section][key] if section else expected[key]), dotted
+
+
+def test_optional_fields_default_to_none() -> None:
+    """to_toml leaves None out; that round-trips only because every optional field's default is None."""
+    cfg = Config().to_dict()
+    for dotted in _optional_keys():
+        section, key = dotted.split(".")
+        assert cfg[section][key] is None, dotted
+
+
+@pytest.mark.parametrize(
+    ("override", "key", "expected"),
+    [
+        ("rollout.group_size=4", "rollout.group_size", 4),
+        ("seed=7", "seed", 7),
+        ("optim.lr=1e-6", "optim.lr", 1e-6),
+        ("optim.lr=2", "optim.lr", 2.0),  # an int widens to a float field
+        ("optim.lr=.5", "optim.lr", 0.5),  # not TOML, but a float
+        ("rollout.temperature = 0.7", "rollout.temperature", 0.7),
+        ("model.activation_checkpointing=true", "model.activation_checkpointing", True),
+        ("logging.tensorboard=False", "logging.tensorboard", False),
+        ("algorithm.name=sfpo", "algorithm.name", "sfpo"),
+        ("algorithm.name='fast_sfpo'", "algorithm.name", "fast_sfpo"),
+        ("model.path=/models/Qwen2.5-Math-1.5B", "model.path", "/models/Qwen2.5-Math-1.5B"),
+        ('model.path="/models/a b"', "model.path", "/models/a b"),
+        ("logging.run_dir=2024", "logging.run_dir", "2024"),  # a string field keeps the text, not the int
+        ("data.source=synthetic", "data.source", "synthetic"),
+        ("optim.betas=[0.9, 0.95]", "optim.betas", (0.9, 0.95)),
+        ("optim.betas=[0, 0.5]", "optim.betas", (0.0, 0.5)),
+        ("model.path=none", "model.path", None),
+        ("algorithm.dual_clip=3", "algorithm.dual_clip", 3.0),
+        ("algorithm.dual_clip=null", "algorithm.dual_clip", None),
+        ("algorithm.sfpo_stop_step=100", "algorithm.sfpo_stop_step", 100),
+        ("algorithm.sfpo_stop_step=None", "algorithm.sfpo_stop_step", None),
+        ("checkpoint.resume=none", "checkpoint.resume", "none"),  # not optional: "none" is the value itself
+        ("model.path=", "model.path", None),  # "" means unset
+    ],
+)
+def test_override_values(override: str, key: str, expected: object) -> None:
+    cfg = load_config([override])
+    section, _, name = key.rpartition(".")
+    value = getattr(getattr(cfg, section), name) if section else getattr(cfg, name)
+    assert value == expected and type(value) is type(expected)
+    if section:
+        assert key in cfg.explicit_keys
+
+
+def test_later_override_wins_and_file_then_overrides() -> None:
+    cfg = load_config(["rollout.group_size=4", "rollout.group_size=6"])
+    assert cfg.rollout.group_size == 6
+    cfg = load_config(["--config", PRESETS[1], *PATHS, "rollout.group_size=4"])
+    assert cfg.rollout.group_size == 4 and cfg.rollout.prompts_per_step == 256
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ("modle.path=x", "unknown section 'modle'; did you mean 'model'?"),
+        ("model.pth=x", "unknown key 'model.pth'; did you mean 'model.path'?"),
+        ("algorithm.clip_lwo=0.1", "did you mean 'algorithm.clip_low'?"),
+        ("rollout.lr=0.1", "unknown key 'rollout.lr'; did you mean 'optim.lr'?"),
+        ("sed=1", "unknown key 'sed'; did you mean 'seed'?"),
+        ("model=1", "'model' is a section"),
+        ("model.path.x=1", "unknown key 'model.path.x'"),
+        ("algorithm.name=fast-grpo", "algorithm.name = 'fast-grpo': expected one of 'grpo', 'fast_grpo'"),
+    ],
+)
+def test_unknown_names_suggest_the_closest(override: str, message: str) -> None:
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        load_config([override])
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ("rollout.group_size=abc", "rollout.group_size = 'abc': expected an integer"),
+        ("rollout.group_size=2.5", "rollout.group_size = 2.5: expected an integer"),
+        ("rollout.group_size=true", "rollout.group_size = True: expected an integer"),
+        ("algorithm.clip_low=true", "algorithm.clip_low = True: expected a finite number"),
+        ("algorithm.clip_low=nan", "algorithm.clip_low = nan: expected a finite number"),
+        ("algorithm.std_normalize=1", "algorithm.std_normalize = 1: expected true or false"),
+        ("model.preset=big", "model.preset = 'big': expected one of 'tiny', 'none'"),
+        ("optim.betas=[0.9]", "optim.betas = [0.9]: expected a list of 2 numbers"),
+        ("optim.betas=0.9", "optim.betas = 0.9: expected a list of 2 numbers"),
+        ('optim.betas=[0.9, "x"]', "optim.betas = 'x': expected a finite number"),
+        ("algorithm.dual_clip=big", "algorithm.dual_clip = 'big': expected a finite number (or none)"),
+        ("algorithm.kl_coef=none", "algorithm.kl_coef = 'none': expected a finite number"),
+    ],
+)
+def test_wrong_types(override: str, message: str) -> None:
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        load_config([override])
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        (["algorithm.clip_low=0"], "algorithm.clip_low = 0.0: must be in (0, 1)"),
+        (["algorithm.clip_low=1"], "algorithm.clip_low = 1.0: must be in (0, 1)"),
+        (["algorithm.clip_high=0"], "algorithm.clip_high = 0.0: must be > 0"),
+        (["algorithm.dual_clip=1"], "algorithm.dual_clip = 1.0: must be > 1"),
+        (["algorithm.sfpo_alpha=1.5"], "algorithm.sfpo_alpha = 1.5: must be in [0, 1]"),
+        (["algorithm.sfpo_alpha=-0.1"], "algorithm.sfpo_alpha = -0.1: must be in [0, 1]"),
+        (["rollout.group_size=1"], "rollout.group_size = 1: must be >= 2"),
+        (["algorithm.kl_min=0.1", "algorithm.kl_max=0.01"], "algorithm.kl_min = 0.1: must be <= algorithm.kl_max"),
+        (["algorithm.percentile=100.5"], "algorithm.percentile = 100.5: must be in [0, 100]"),
+        (["algorithm.percentile=-1"], "algorithm.percentile = -1.0: must be in [0, 100]"),
+        (["algorithm.filter=slow"], "algorithm.filter = 'slow': expected one of 'none', 'dapo', 'slow2fast'"),
+        (["algorithm.loss_agg=mean"], "algorithm.loss_agg = 'mean': expected one of 'token-mean'"),
+        (["algorithm.kl_type=adaptive"], "algorithm.kl_type = 'adaptive': expected one of 'fixed'"),
+        (["algorithm.sfpo_entropy_window=1"], "algorithm.sfpo_entropy_window = 1: must be >= 2"),
+        (["algorithm.sfpo_stop_step=-1"], "algorithm.sfpo_stop_step = -1: must be >= 0"),
+        (["rollout.top_p=0"], "rollout.top_p = 0.0: must be in (0, 1]"),
+        (["rollout.temperature=-1"], "rollout.temperature = -1.0: must be >= 0"),
+        (["optim.lr=0"], "optim.lr = 0.0: must be > 0"),
+        (["optim.betas=[0.9, 1.0]"], "optim.betas = (0.9, 1.0): each must be in [0, 1)"),
+        (["checkpoint.keep=0"], "checkpoint.keep = 0: must be >= 1"),
+        (["checkpoint.resume="], "checkpoint.resume = '': must be 'none', 'auto' or a checkpoint folder"),
+        (["data.source=prompts.txt"], "data.source = 'prompts.txt': must be 'synthetic' or a path to a .jsonl"),
+        (["model.hidden_size=66"], "model.hidden_size = 66: must be a multiple of num_heads"),
+        (["model.hidden_size=12", "model.num_heads=4"], "hidden_size / num_heads (3) must be even"),
+        (["model.num_kv_heads=3"], "model.num_heads = 4: must be a multiple of num_kv_heads"),
+        (["model.preset=none"], "model.path is not set, and model.preset = 'none'"),
+        (["seed=-1"], "seed = -1: must be in"),
+    ],
+)
+def test_out_of_range_values_are_named(overrides: list[str], message: str) -> None:
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        load_config(overrides)
+
+
+def test_tiny_sizes_unchecked_with_a_model_path() -> None:
+    cfg = load_config(["model.path=/models/x", "model.hidden_size=66"])
+    assert cfg.model.path == "/models/x"
+
+
+@pytest.mark.parametrize("name", ["fast_grpo", "fast_sfpo"])
+def test_fast_defaults_apply_only_where_unset(name: str) -> None:
+    cfg = load_config([f"algorithm.name={name}"])
+    assert (cfg.algorithm.kl_type, cfg.algorithm.filter, cfg.algorithm.kl_coef) == ("group_accuracy", "slow2fast", 0.01)
+    assert cfg.algorithm.fast and cfg.algorithm.sfpo == (name == "fast_sfpo")
+    cfg = load_config([f"algorithm.name={name}", "algorithm.filter=none", "algorithm.kl_coef=0.0"])
+    assert (cfg.algorithm.kl_type, cfg.algorithm.filter, cfg.algorithm.kl_coef) == ("group_accuracy", "none", 0.0)
+    cfg = load_config([f"algorithm.name={name}", "algorithm.kl_type=fixed"])
+    assert (cfg.algorithm.kl_type, cfg.algorithm.filter) == ("fixed", "slow2fast")
+
+
+def test_fast_defaults_respect_the_file(tmp_path: Path) -> None:
+    path = tmp_path / "run.toml"
+    path.write_text('[algorithm]\nname = "fast_grpo"\nfilter = "dapo"\n')
+    cfg = load_config(["--config", str(path)])
+    assert (cfg.algorithm.filter, cfg.algorithm.kl_type) == ("dapo", "group_accuracy")
+    assert cfg.explicit_keys == {"algorithm.name", "algorithm.filter"}
+    # default.toml leaves the three keys unset, so starting from it still gets the FAST defaults
+    cfg = load_config(["--config", "default", "algorithm.name=fast_grpo"])
+    assert (cfg.algorithm.filter, cfg.algorithm.kl_type) == ("slow2fast", "group_accuracy")
+
+
+@pytest.mark.parametrize("name", ["grpo", "sfpo"])
+def test_non_fast_names_keep_plain_defaults(name: str) -> None:
+    cfg = load_config([f"algorithm.name={name}"])
+    assert (cfg.algorithm.kl_type, cfg.algorithm.filter, cfg.algorithm.kl_coef) == ("fixed", "none", 0.0)
+    assert not cfg.algorithm.fast and cfg.algorithm.sfpo == (name == "sfpo")
+    assert Config().resolved() == Config()
+
+
+def test_presets_load_with_paths() -> None:
+    fast = load_config(["--config", PRESETS[0], *PATHS])
+    assert fast.model.path == "/models/some model" and fast.data.source == "/data/train.parquet"
+    assert fast.algorithm.name == "fast_grpo" and fast.algorithm.filter == "slow2fast"
+    assert (fast.algorithm.kl_type, fast.algorithm.kl_min, fast.algorithm.kl_max) == ("group_accuracy", 0.001, 0.01)
+    assert (fast.rollout.group_size, fast.optim.lr, fast.model.activation_checkpointing) == (8, 1e-6, True)
+    sfpo = load_config(["--config", str(configs_dir() / f"{PRESETS[1]}.toml"), *PATHS])
+    a = sfpo.algorithm
+    assert (a.name, a.sfpo_inner_steps, a.sfpo_alpha, a.sfpo_entropy_window, a.sfpo_entropy_threshold) == (
+        "sfpo",
+        3,
+        0.8,
+        30,
+        1.0,
+    )
+    assert (a.kl_coef, a.filter, sfpo.rollout.prompts_per_step, sfpo.optim.total_steps) == (0.0, "none", 256, 400)
+
+
+@pytest.mark.parametrize("preset", PRESETS)
+def test_presets_need_their_paths(preset: str) -> None:
+    with pytest.raises(ConfigError, match=re.escape("model.path is not set")):
+        load_config(["--config", preset])
+    with pytest.raises(ConfigError, match=re.escape("data.source = ''")):
+        load_config(["--config", preset, PATHS[0]])
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        [],
+        ["--config", PRESETS[0], *PATHS],
+        ["--config", PRESETS[1], *PATHS, "algorithm.sfpo_stop_step=50", "algorithm.dual_clip=3.5"],
+        ['model.path=/odd "quoted" \\ path ü\t', "logging.run_dir=runs/x y", "optim.betas=[0.5, 0.25]"],
+        ["algorithm.name=fast_sfpo", "algorithm.filter=none", "seed=12345678901", "optim.lr=3e-7"],
+    ],
+)
+def test_save_toml_round_trip(tmp_path: Path, argv: list[str]) -> None:
+    cfg = load_config(argv)
+    path = tmp_path / "config.toml"
+    save_toml(cfg, path)
+    assert path.read_text() == to_toml(cfg)
+    again = load_config(["--config", str(path)])
+    assert again == cfg and again.to_dict() == cfg.to_dict()
+    assert not list(tmp_path.glob(".*.tmp"))
+    json.dumps(cfg.to_dict())  # plain data
+
+
+def test_resume_flag() -> None:
+    assert load_config(["--resume", "auto"]).checkpoint.resume == "auto"
+    cfg = load_config(["--resume=auto", "logging.run_dir=runs/a"])
+    assert cfg.checkpoint.resume == "auto" and "checkpoint.resume" in cfg.explicit_keys
+    assert load_config(["--resume", "runs/a/checkpoints/step_00000010"]).checkpoint.resume.endswith("0010")
+    assert load_config(["--resume", "auto", "checkpoint.resume=none"]).checkpoint.resume == "none"  # later wins
+    with pytest.raises(ConfigError, match=re.escape("--resume needs a value")):
+        load_config(["--resume"])
+
+
+def test_command_line_errors(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match=re.escape("--config given twice")):
+        load_config(["--config", "default", "--config", "default"])
+    with pytest.raises(ConfigError, match=re.escape("no such file or preset; did you mean 'sfpo_qwen2p5_math_1p5b'")):
+        load_config(["--config", "sfpo_qwen"])
+    with pytest.raises(ConfigError, match=re.escape("no such file or preset")):
+        load_config(["--config", str(tmp_path / "missing.toml")])
+    for bad in (["group_size"], ["--group_size=4"], ["-x"]):
+        with pytest.raises(ConfigError, match=re.escape("expected section.key=value")):
+            load_config(bad)
+
+
+def test_help_prints_every_key(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        load_config(["--help"])
+    assert exit_info.value.code == 0
+    out = capsys.readouterr().out
+    assert "algorithm.sfpo_alpha: a finite number = 0.8" in out and "--resume" in out
+    assert all(p in out for p in PRESETS)
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("[model\npath = 1", "cannot read the config"),
+        ("[modle]\npath = 'x'", "unknown section 'modle'; did you mean 'model'"),
+        ("[model]\npth = 'x'", "bad.toml: unknown key 'model.pth'; did you mean 'model.path'"),
+        ("[model.extra]\nx = 1", "unknown table"),
+        ("model = 3", "'model' is a section"),
+        ("seed = 'x'", "seed = 'x': expected an integer"),
+        ("[rollout]\ngroup_size = 1", "rollout.group_size = 1: must be >= 2"),
+    ],
+)
+def test_bad_files(tmp_path: Path, text: str, message: str) -> None:
+    path = tmp_path / "bad.toml"
+    path.write_text(text)
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        load_config(["--config", str(path)])
+
+
+def test_from_dict_and_dataclass_validation() -> None:
+    cfg = from_dict({"rollout": {"group_size": 4}, "seed": 3})
+    assert cfg.rollout.group_size == 4 and cfg.seed == 3 and cfg.explicit_keys == frozenset()
+    with pytest.raises(ConfigError, match=re.escape("did you mean 'rollout.group_size'")):
+        from_dict({"rollout": {"group_sise": 4}})
+    with pytest.raises(ConfigError, match=re.escape("algorithm.sfpo_alpha = 2.0")):
+        dataclasses.replace(Config().algorithm, sfpo_alpha=2.0)
+    assert isinstance(ConfigError("x"), ValueError)

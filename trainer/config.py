@@ -1,0 +1,624 @@
+"""Run configuration: a typed dataclass tree loaded from TOML plus `section.key=value` overrides, validated up front.
+
+`load_config(argv)` is the one loader: `[--config FILE|PRESET] [--resume auto|none|PATH] [section.key=value ...]`.
+Values apply in order (the dataclass defaults, the file, then the overrides left to right; later wins). Every key is
+checked against the tree (unknown -> `ConfigError` suggesting the closest name) and every value against its field's
+type and range (`ConfigError` naming `section.key`, the value and what is allowed) before any work starts.
+
+Override values are TOML literals when they parse as one (`4`, `1e-6`, `true`, `[0.9, 0.95]`, `"quoted"`), else
+plain text (`algorithm.name=sfpo`, `model.path=/models/x`); string fields take the text as written unless it is
+quoted; `none` / `null` clear an optional field. `--resume X` is `checkpoint.resume=X`. `--config` takes a file or
+the name of a preset in `configs_dir()` (`--config sfpo_qwen2p5_math_1p5b`).
+
+The FAST names (`fast_grpo`, `fast_sfpo`) bring the settings their paper uses: per-group KL (`kl_type =
+"group_accuracy"`, `kl_coef = 0.01`) and the Slow2Fast filter. `Config.resolved()` (run by `load_config`) applies
+them only to keys the user did not set in the file or on the command line, so `algorithm.filter=none` still wins.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import math
+import os
+import sys
+import types
+import typing
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from functools import cache
+from pathlib import Path
+from typing import Any, Literal
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover - Python 3.10
+    try:
+        import tomli as tomllib
+    except ModuleNotFoundError as err:
+        raise ImportError("trainer.config needs tomli on Python 3.10: pip install tomli") from err
+
+__all__ = [
+    "FAST_DEFAULTS",
+    "AlgorithmConfig",
+    "CheckpointConfig",
+    "Config",
+    "ConfigError",
+    "DataConfig",
+    "LoggingConfig",
+    "ModelConfig",
+    "OptimConfig",
+    "RolloutConfig",
+    "configs_dir",
+    "find_config",
+    "from_dict",
+    "load_config",
+    "save_toml",
+    "to_toml",
+    "usage",
+]
+
+FAST_DEFAULTS: dict[str, Any] = {"kl_type": "group_accuracy", "kl_coef": 0.01, "filter": "slow2fast"}
+"""`algorithm.*` values a FAST name (`fast_grpo`, `fast_sfpo`) implies, applied where not set explicitly."""
+
+
+class ConfigError(ValueError):
+    """A bad configuration: the message names the key (`section.key`), the value and what is allowed."""
+
+
+class _Section:
+    """Base of every section: coerces and type-checks each field, then runs the section's own `validate()`."""
+
+    SECTION = ""  # the TOML table name; "" for the top level
+
+    def __post_init__(self) -> None:
+        for f in dataclasses.fields(self):  # type: ignore[arg-type]
+            if not f.metadata.get("internal"):
+                setattr(self, f.name, _coerce(self._key(f.name), getattr(self, f.name), _hints(type(self))[f.name]))
+        self.validate()
+
+    def _key(self, name: str) -> str:
+        return f"{self.SECTION}.{name}" if self.SECTION else name
+
+    def _require(self, ok: bool, name: str, allowed: str) -> None:
+        if not ok:
+            raise ConfigError(f"{self._key(name)} = {getattr(self, name)!r}: {allowed}")
+
+    def _at_least(self, minimum: float, *names: str) -> None:
+        for name in names:
+            self._require(getattr(self, name) >= minimum, name, f"must be >= {minimum}")
+
+    def validate(self) -> None:
+        """Range and cross-field checks of this section; raises `ConfigError`."""
+
+
+@dataclass
+class ModelConfig(_Section):
+    """The policy (and frozen reference) model: a local Hugging Face folder, or a built-in preset."""
+
+    SECTION = "model"
+    path: str | None = None
+    """Local Hugging Face causal-LM folder (config, weights, tokenizer). None or "" means: build `preset`."""
+    preset: Literal["tiny", "none"] = "tiny"
+    """Used when `path` is unset: "tiny" builds a small Qwen2 from the sizes below with seeded random weights and
+    the synthetic task's code-built tokenizer; "none" builds nothing, so `path` is required (the 1.5B presets)."""
+    hidden_size: int = 64
+    """Tiny preset: hidden size (a multiple of `num_heads`, with an even head size for rotary embeddings)."""
+    num_layers: int = 2
+    """Tiny preset: decoder blocks."""
+    num_heads: int = 4
+    """Tiny preset: attention heads (a multiple of `num_kv_heads`)."""
+    num_kv_heads: int = 2
+    """Tiny preset: key/value heads (grouped-query attention)."""
+    intermediate_size: int = 256
+    """Tiny preset: MLP width."""
+    activation_checkpointing: bool = False
+    """Recompute each decoder block's activations in the backward pass (memory for compute)."""
+    trust_remote_code: bool = False
+    """Let transformers run the model folder's own Python code. Off unless asked for."""
+    dtype: Literal["auto", "float32", "bfloat16"] = "auto"
+    """"auto": bf16 mixed precision (fp32 reduction) on GPU, fp32 on CPU."""
+
+    def validate(self) -> None:
+        if self.path is not None and not self.path.strip():
+            self.path = None  # "" is the presets' placeholder; TOML has no null
+        if self.path is None and self.preset == "none":
+            raise ConfigError(
+                "model.path is not set, and model.preset = 'none' builds no model: give the Hugging Face model "
+                "folder, e.g. model.path=/models/DeepSeek-R1-Distill-Qwen-1.5B (or model.preset=tiny)"
+            )
+        self._at_least(1, "hidden_size", "num_layers", "num_heads", "num_kv_heads", "intermediate_size")
+        if self.path is None:
+            heads, head_dim = self.num_heads, self.hidden_size // self.num_heads
+            self._require(self.hidden_size % heads == 0, "hidden_size", f"must be a multiple of num_heads ({heads})")
+            self._require(head_dim % 2 == 0, "hidden_size", f"hidden_size / num_heads ({head_dim}) must be even")
+            self._require(heads % self.num_kv_heads == 0, "num_heads", "must be a multiple of num_kv_heads")
+
+
+@dataclass
+class DataConfig(_Section):
+    """Training prompts and their reference answers."""
+
+    SECTION = "data"
+    source: str = "synthetic"
+    """"synthetic" (the built-in task) or a path to a .jsonl / .parquet file with prompt and answer columns."""
+    prompt_key: str = "prompt"
+    """Column holding the prompt text."""
+    answer_key: str = "answer"
+    """Column holding the reference answer."""
+    max_prompt_tokens: int = 64
+    """Prompts longer than this (after the chat template) are skipped or an error, per `on_long_prompt`."""
+    on_long_prompt: Literal["skip", "error"] = "skip"
+    """"skip": drop and count long prompts; "error": stop, naming file and row."""
+    apply_chat_template: bool = True
+    """Wrap each prompt in the tokenizer's chat template when it has one."""
+
+    def validate(self) -> None:
+        ok = self.source == "synthetic" or self.source.lower().endswith((".jsonl", ".parquet"))
+        self._require(ok, "source", "must be 'synthetic' or a path to a .jsonl or .parquet file")
+        self._require(bool(self.prompt_key), "prompt_key", "must not be empty")
+        self._require(bool(self.answer_key), "answer_key", "must not be empty")
+        self._at_least(1, "max_prompt_tokens")
+
+
+@dataclass
+class RolloutConfig(_Section):
+    """Generation: the engine and its sampling."""
+
+    SECTION = "rollout"
+    engine: Literal["hf", "vllm"] = "hf"
+    """"hf": transformers generation on an unsharded inference copy. "vllm": its own issue (not available yet)."""
+    group_size: int = 8
+    """n: responses sampled per prompt (one group)."""
+    prompts_per_step: int = 16
+    """Groups kept per step, across all ranks (divisible by the world size)."""
+    temperature: float = 1.0
+    """Sampling temperature (0: greedy); the log-probs of the update use the same temperature."""
+    top_p: float = 1.0
+    """Nucleus sampling mass, in (0, 1]."""
+    max_new_tokens: int = 16
+    """Response length cap in tokens."""
+    sync_bucket_mb: float = 64.0
+    """Weight sync: MiB of full tensors gathered per bucket (bounds the extra memory of a sync)."""
+    max_chunks: int = 4
+    """With a filter on: generation chunks per step at most before the step stops with a clear error."""
+
+    def validate(self) -> None:
+        self._at_least(2, "group_size")
+        self._at_least(1, "prompts_per_step", "max_new_tokens", "max_chunks")
+        self._at_least(0, "temperature")
+        self._require(0 < self.top_p <= 1, "top_p", "must be in (0, 1]")
+        self._require(self.sync_bucket_mb > 0, "sync_bucket_mb", "must be > 0")
+
+
+@dataclass
+class AlgorithmConfig(_Section):
+    """The RL objective: GRPO, FAST-GRPO, SFPO or FAST+SFPO, and their knobs (DESIGN.md, "The algorithms")."""
+
+    SECTION = "algorithm"
+    name: Literal["grpo", "fast_grpo", "sfpo", "fast_sfpo"] = "grpo"
+    """fast_*: thinking reward, and (unless set) group KL and Slow2Fast. *sfpo: SFPO updates."""
+    std_normalize: bool = True
+    """Divide group advantages by the group std (false: Dr. GRPO)."""
+    clip_low: float = 0.2
+    """PPO ratio clip below: ratio >= 1 - clip_low; in (0, 1)."""
+    clip_high: float = 0.28
+    """PPO ratio clip above: ratio <= 1 + clip_high (DAPO's clip-higher); > 0."""
+    dual_clip: float | None = None
+    """Dual-clip constant c > 1 for negative advantages, or None."""
+    loss_agg: Literal["token-mean", "seq-mean-token-mean", "seq-mean-token-sum-norm"] = "token-mean"
+    """How per-token losses become one number (token-mean is global across micro-batches and ranks)."""
+    entropy_coef: float = 0.0
+    """Entropy bonus coefficient (0: off)."""
+    kl_type: Literal["fixed", "batch_accuracy", "group_accuracy"] = "fixed"
+    """KL coefficient: fixed `kl_coef`, or from batch / group accuracy between `kl_min` and `kl_max`."""
+    kl_coef: float = 0.0
+    """Fixed KL coefficient (low_var_kl to the frozen reference); 0 with kl_type fixed: no reference model."""
+    kl_min: float = 0.001
+    """Accuracy-based KL: coefficient of an all-correct group (beta_min)."""
+    kl_max: float = 0.01
+    """Accuracy-based KL: coefficient of an all-wrong group (beta_max)."""
+    length_weight: float = 0.5
+    """FAST thinking reward: weight of the length score."""
+    format_weight: float = 0.5
+    """FAST thinking reward: weight of the format score."""
+    percentile: float = 80.0
+    """FAST thinking reward: difficulty percentile above which a group is hard, in [0, 100]."""
+    length_unit: Literal["tokens", "chars"] = "tokens"
+    """FAST thinking reward: response length in tokens, or characters (as the seed's code counts)."""
+    filter: Literal["none", "dapo", "slow2fast"] = "none"
+    """Online group filter with refill: none; dapo (drop all-right and all-wrong groups); slow2fast (FAST-GRPO's
+    curriculum, as the seed's code does it: 0.3 < acc < 0.99 for the first half of total_steps, then 0.01..0.7)."""
+    sfpo_inner_steps: int = 3
+    """SFPO: K fast updates before the reposition (0: plain GRPO)."""
+    sfpo_alpha: float = 0.8
+    """SFPO: reposition step size alpha in [0, 1] (0: plain GRPO)."""
+    sfpo_entropy_window: int = 30
+    """SFPO entropy switch: W, the number of recent step entropies the z-score looks at (>= 2)."""
+    sfpo_entropy_threshold: float = 1.0
+    """SFPO entropy switch: tau; once z >= tau, switch to plain GRPO for good."""
+    sfpo_stop_step: int | None = None
+    """SFPO: switch to plain GRPO at this step regardless of entropy, or None."""
+
+    @property
+    def fast(self) -> bool:
+        """FAST-GRPO pieces on (thinking reward; group KL and Slow2Fast by default)."""
+        return self.name in ("fast_grpo", "fast_sfpo")
+
+    @property
+    def sfpo(self) -> bool:
+        """SFPO updates (fast steps, reposition, slow correction) on."""
+        return self.name in ("sfpo", "fast_sfpo")
+
+    def validate(self) -> None:
+        self._require(0 < self.clip_low < 1, "clip_low", "must be in (0, 1)")
+        self._require(self.clip_high > 0, "clip_high", "must be > 0")
+        self._require(self.dual_clip is None or self.dual_clip > 1, "dual_clip", "must be > 1 (or none)")
+        self._at_least(0, "kl_coef", "kl_min", "kl_max", "length_weight", "format_weight", "sfpo_inner_steps")
+        self._require(self.kl_min <= self.kl_max, "kl_min", f"must be <= algorithm.kl_max ({self.kl_max})")
+        self._require(0 <= self.percentile <= 100, "percentile", "must be in [0, 100]")
+        self._require(0 <= self.sfpo_alpha <= 1, "sfpo_alpha", "must be in [0, 1]")
+        self._at_least(2, "sfpo_entropy_window")
+        self._require(self.sfpo_stop_step is None or self.sfpo_stop_step >= 0, "sfpo_stop_step", "must be >= 0")
+
+
+@dataclass
+class OptimConfig(_Section):
+    """AdamW, its schedule (linear warmup, then constant) and how an update splits the batch."""
+
+    SECTION = "optim"
+    lr: float = 1e-3
+    """Peak learning rate (the tiny default; the 1.5B presets use 1e-6)."""
+    weight_decay: float = 0.0
+    """AdamW decoupled weight decay."""
+    betas: tuple[float, float] = (0.9, 0.999)
+    """AdamW betas, each in [0, 1)."""
+    grad_clip: float = 1.0
+    """Clip the global gradient norm to this (0: no clipping; the norm is still logged)."""
+    warmup_steps: int = 0
+    """Linear learning-rate warmup, in steps."""
+    total_steps: int = 60
+    """Training steps (one rollout batch each); also the denominator of the curriculum's progress."""
+    minibatches: int = 1
+    """Optimizer steps per update: the batch is split into this many minibatches."""
+    epochs: int = 1
+    """Passes over the batch per update."""
+    micro_batch_size: int = 32
+    """Sequences per forward/backward (gradient accumulation within a minibatch)."""
+
+    def validate(self) -> None:
+        self._require(self.lr > 0, "lr", "must be > 0")
+        self._at_least(0, "weight_decay", "grad_clip", "warmup_steps")
+        self._require(all(0 <= b < 1 for b in self.betas), "betas", "each must be in [0, 1)")
+        self._at_least(1, "total_steps", "minibatches", "epochs", "micro_batch_size")
+
+
+@dataclass
+class CheckpointConfig(_Section):
+    """Sharded checkpoints of model, optimizer and trainer state; the Hugging Face export."""
+
+    SECTION = "checkpoint"
+    every: int = 0
+    """Save every this many steps (0: only at the end)."""
+    keep: int = 2
+    """Complete checkpoints kept (older ones are deleted)."""
+    resume: str = "none"
+    """"none", "auto" (the latest complete checkpoint of the run folder), or a checkpoint folder."""
+    export_hf: bool = True
+    """At the end, write a Hugging Face folder (safetensors, config, tokenizer) to <run_dir>/hf."""
+
+    def validate(self) -> None:
+        self._at_least(0, "every")
+        self._at_least(1, "keep")
+        self._require(bool(self.resume.strip()), "resume", "must be 'none', 'auto' or a checkpoint folder")
+
+
+@dataclass
+class LoggingConfig(_Section):
+    """Where a run writes, and what it shows."""
+
+    SECTION = "logging"
+    run_dir: str = ""
+    """The run folder (metrics, checkpoints, export, plots, resolved config); "" -> runs/<algorithm>-<UTC time>."""
+    console_every: int = 1
+    """Print a progress line every this many steps."""
+    tensorboard: bool = True
+    """Write TensorBoard scalars too (only when tensorboard is installed)."""
+
+    def validate(self) -> None:
+        self._at_least(1, "console_every")
+
+
+@dataclass
+class Config(_Section):
+    """The whole run: one section per component, plus the seed."""
+
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    rollout: RolloutConfig = field(default_factory=RolloutConfig)
+    algorithm: AlgorithmConfig = field(default_factory=AlgorithmConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
+    logging: LoggingConfig = field(default_factory=LoggingConfig)
+    seed: int = 0
+    """Seeds everything (model init, data order, sampling); a run is deterministic for a seed on CPU."""
+    explicit_keys: frozenset[str] = field(default=frozenset(), compare=False, repr=False, metadata={"internal": True})
+    """`section.key` names set by the config file or the command line (not by defaults); see `resolved()`."""
+
+    def validate(self) -> None:
+        self._require(0 <= self.seed < 2**63, "seed", "must be in [0, 2**63)")
+
+    def resolved(self) -> Config:
+        """This config with `FAST_DEFAULTS` applied, for FAST names, to the keys not in `explicit_keys`."""
+        if not self.algorithm.fast:
+            return self
+        implied = {k: v for k, v in FAST_DEFAULTS.items() if f"algorithm.{k}" not in self.explicit_keys}
+        return dataclasses.replace(self, algorithm=dataclasses.replace(self.algorithm, **implied))
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain nested dict `{section: {key: value}, "seed": ...}`; tuples as lists, None kept."""
+        out: dict[str, Any] = {"seed": self.seed}
+        for name in _sections():
+            section = getattr(self, name)
+            out[name] = {f.name: _plain(getattr(section, f.name)) for f in dataclasses.fields(section)}
+        return out
+
+
+def _plain(value: Any) -> Any:
+    return list(value) if isinstance(value, tuple) else value
+
+
+@cache
+def _hints(cls: type) -> dict[str, Any]:
+    return typing.get_type_hints(cls)
+
+
+@cache
+def _sections() -> dict[str, type[_Section]]:
+    """Section name -> its class, in file order."""
+    hints = _hints(Config)
+    return {n: t for n, t in hints.items() if isinstance(t, type) and issubclass(t, _Section)}
+
+
+@cache
+def _top_keys() -> dict[str, Any]:
+    """Top-level scalar keys (not sections, not internal) -> type."""
+    internal = {f.name for f in dataclasses.fields(Config) if f.metadata.get("internal")}
+    return {n: t for n, t in _hints(Config).items() if n not in _sections() and n not in internal}
+
+
+def _unwrap(hint: Any) -> tuple[Any, bool]:
+    """`(X, True)` for `X | None`, else `(hint, False)`."""
+    if typing.get_origin(hint) in (typing.Union, types.UnionType):
+        (inner,) = [a for a in typing.get_args(hint) if a is not type(None)]
+        return inner, True
+    return hint, False
+
+
+def _describe(hint: Any) -> str:
+    base, optional = _unwrap(hint)
+    if typing.get_origin(base) is Literal:
+        text = "one of " + ", ".join(map(repr, typing.get_args(base)))
+    else:
+        text = {bool: "true or false", int: "an integer", float: "a finite number", str: "a string"}.get(
+            base, "a list of 2 numbers"
+        )
+    return text + (" (or none)" if optional else "")
+
+
+def _coerce(key: str, value: Any, hint: Any) -> Any:
+    """`value` checked against `hint` (ints widen to float, lists to tuples); `ConfigError` when it does not fit."""
+    base, optional = _unwrap(hint)
+    if isinstance(base, type) and issubclass(base, _Section):
+        if isinstance(value, base):
+            return value
+    elif value is None:
+        if optional:
+            return None
+    elif typing.get_origin(base) is Literal:
+        choices = typing.get_args(base)
+        if isinstance(value, str) and value in choices:
+            return value
+        raise ConfigError(f"{key} = {value!r}: expected {_describe(hint)}{_suggest(str(value), choices)}")
+    elif base is bool or base is str:
+        if isinstance(value, base):
+            return value
+    elif base is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+    elif base is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value):
+            return float(value)
+    elif isinstance(value, (list, tuple)) and len(value) == 2:  # tuple[float, float]
+        return tuple(_coerce(key, v, float) for v in value)
+    raise ConfigError(f"{key} = {value!r}: expected {_describe(hint)}")
+
+
+def _suggest(word: str, candidates: Sequence[str], prefix: str = "") -> str:
+    """ "; did you mean 'X'?" for the closest candidate (difflib), or ""."""
+    close = difflib.get_close_matches(word, list(candidates), n=1, cutoff=0.5)
+    return f"; did you mean {prefix + close[0]!r}?" if close else ""
+
+
+def _lookup(dotted: str, where: str) -> Any:
+    """The type of key `section.key` (or top-level `key`); `ConfigError` naming it, with the closest valid name."""
+    sections, top = _sections(), _top_keys()
+    every = [f"{s}.{k}" for s, cls in sections.items() for k in _hints(cls)] + list(top)
+    section, dot, key = dotted.partition(".")
+    if not dot and section in top:
+        return top[section]
+    if not dot and section in sections:
+        raise ConfigError(f"{where}: {section!r} is a section; set its keys as {section}.KEY=VALUE")
+    if not dot or "." in key:
+        raise ConfigError(f"{where}: unknown key {dotted!r}{_suggest(dotted, every)}")
+    if section not in sections:
+        names = ", ".join(sections)
+        raise ConfigError(f"{where}: unknown section {section!r}{_suggest(section, sections)} (sections: {names})")
+    hints = _hints(sections[section])
+    if key not in hints:
+        elsewhere = [k for k in every if k.endswith(f".{key}")]  # e.g. rollout.lr -> optim.lr
+        hint = _suggest(key, hints, f"{section}.") or (f"; did you mean {elsewhere[0]!r}?" if elsewhere else "")
+        raise ConfigError(f"{where}: unknown key {dotted!r}{hint} ({section} keys: {', '.join(hints)})")
+    return hints[key]
+
+
+def _parse_value(text: str, hint: Any) -> Any:
+    """An override's text as a value for a field of type `hint` (see the module docstring)."""
+    base, optional = _unwrap(hint)
+    text = text.strip()
+    if optional and text.lower() in ("none", "null"):
+        return None
+    if (base is str or typing.get_origin(base) is Literal) and text[:1] not in ("'", '"'):
+        return text
+    if base is bool and text.lower() in ("true", "false"):
+        return text.lower() == "true"
+    try:
+        parsed = tomllib.loads(f"v = {text}")
+    except tomllib.TOMLDecodeError:
+        parsed = {}
+    if set(parsed) == {"v"}:
+        return parsed["v"]
+    if base is float:
+        try:
+            return float(text)
+        except ValueError:
+            pass
+    return text
+
+
+def configs_dir() -> Path:
+    """The folder of the preset TOML files (`default.toml` and the paper presets)."""
+    return Path(__file__).resolve().parent / "configs"
+
+
+def find_config(name: str) -> Path:
+    """The config file `name` names: a path to a TOML file, or a preset name in `configs_dir()`."""
+    path = Path(name).expanduser()
+    if path.is_file():
+        return path
+    preset = configs_dir() / (name if name.endswith(".toml") else f"{name}.toml")
+    if os.sep not in name and preset.is_file():
+        return preset
+    presets = sorted(p.stem for p in configs_dir().glob("*.toml"))
+    raise ConfigError(
+        f"--config {name!r}: no such file or preset{_suggest(Path(name).stem, presets)} "
+        f"(presets in {configs_dir()}: {', '.join(presets)})"
+    )
+
+
+def _read_toml(path: Path) -> list[tuple[str, Any]]:
+    """The file's `(dotted key, value)` pairs, each key checked against the tree."""
+    try:
+        data = tomllib.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as err:
+        raise ConfigError(f"{path}: cannot read the config: {err}") from err
+    pairs = []
+    for name, value in data.items():
+        if isinstance(value, dict) != (name in _sections()):
+            _lookup(f"{name}.KEY" if isinstance(value, dict) else name, str(path))  # raises: names what is wrong
+        for key, item in value.items() if name in _sections() else [(None, value)]:
+            if isinstance(item, dict):
+                raise ConfigError(f"{path}: unknown table [{name}.{key}]: tables nest one level only")
+            dotted = name if key is None else f"{name}.{key}"
+            _lookup(dotted, str(path))
+            pairs.append((dotted, item))
+    return pairs
+
+
+def from_dict(values: Mapping[str, Any], *, explicit: frozenset[str] = frozenset()) -> Config:
+    """A validated `Config` from `{section: {key: value}, "seed": ...}` (missing keys take their defaults)."""
+    for name, value in values.items():
+        for key in value if name in _sections() and isinstance(value, Mapping) else [None]:
+            _lookup(name if key is None else f"{name}.{key}", "config")
+    sections = {name: cls(**values.get(name, {})) for name, cls in _sections().items()}
+    top = {k: v for k, v in values.items() if k in _top_keys()}
+    return Config(**sections, **top, explicit_keys=frozenset(explicit))
+
+
+def load_config(argv: Sequence[str] | None = None) -> Config:
+    """The resolved `Config` of a command line (see the module docstring); `-h` prints `usage()` and exits."""
+    args = list(sys.argv[1:] if argv is None else argv)
+    file: Path | None = None
+    assignments: list[tuple[str, str, str]] = []  # (where, dotted key, text)
+    i = 0
+    while i < len(args):
+        arg = args[i]
+        flag, eq, value = arg.partition("=")
+        if arg in ("-h", "--help"):
+            print(usage())
+            raise SystemExit(0)
+        if flag in ("--config", "--resume"):
+            if not eq:
+                if i + 1 >= len(args):
+                    raise ConfigError(f"{flag} needs a value")
+                i, value = i + 1, args[i + 1]
+            if flag == "--resume":
+                assignments.append((f"--resume {value}", "checkpoint.resume", value))
+            elif file is not None:
+                raise ConfigError(f"--config given twice ({file} and {value!r}); pass one file, then overrides")
+            else:
+                file = find_config(value)
+        elif eq and not arg.startswith("-"):
+            assignments.append((f"override {arg!r}", flag.strip(), value))
+        else:
+            raise ConfigError(f"{arg!r}: expected section.key=value, --config FILE|PRESET or --resume auto|none|PATH")
+        i += 1
+    tree: dict[str, Any] = {}
+    explicit: set[str] = set()
+    for dotted, value in _read_toml(file) if file is not None else []:
+        _put(tree, dotted, value)
+        explicit.add(dotted)
+    for where, dotted, text in assignments:
+        _put(tree, dotted, _parse_value(text, _lookup(dotted, where)))
+        explicit.add(dotted)
+    return from_dict(tree, explicit=frozenset(explicit)).resolved()
+
+
+def _put(tree: dict[str, Any], dotted: str, value: Any) -> None:
+    section, _, key = dotted.rpartition(".")
+    (tree.setdefault(section, {}) if section else tree)[key] = value
+
+
+def _toml_value(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (int, float)):
+        return repr(value)
+    if isinstance(value, (list, tuple)):
+        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
+    escapes = {'"': '\\"', "\\": "\\\\", "\n": "\\n", "\t": "\\t", "\r": "\\r"}
+    chars = (escapes.get(c) or (f"\\u{ord(c):04x}" if ord(c) < 0x20 or c == "\x7f" else c) for c in str(value))
+    return '"' + "".join(chars) + '"'
+
+
+def to_toml(cfg: Config) -> str:
+    """`cfg` as TOML text that `--config` loads back to an equal `Config` (None values are left out)."""
+    data = cfg.to_dict()
+    lines = ["# fastslow trainer config, resolved (trainer.config.to_toml). Load with --config THIS_FILE.", ""]
+    lines += [f"{k} = {_toml_value(v)}" for k, v in data.items() if k not in _sections() and v is not None]
+    for name in _sections():
+        lines += ["", f"[{name}]"] + [f"{k} = {_toml_value(v)}" for k, v in data[name].items() if v is not None]
+    return "\n".join(lines) + "\n"
+
+
+def save_toml(cfg: Config, path: str | os.PathLike[str]) -> None:
+    """Write `to_toml(cfg)` to `path` atomically (a temporary file, then a rename)."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(to_toml(cfg), encoding="utf-8")
+    os.replace(tmp, path)
+
+
+def usage() -> str:
+    """Command-line help: the syntax, then every key with its type and default."""
+    lines = [
+        "usage: torchrun --nproc_per_node=N -m trainer.main [--config FILE|PRESET] [--resume auto|none|PATH] "
+        "[section.key=value ...]",
+        f"presets ({configs_dir()}): " + ", ".join(sorted(p.stem for p in configs_dir().glob("*.toml"))),
+        "keys (type, default); documented in configs/default.toml:",
+    ]
+    default = Config().to_dict()
+    lines += [f"  {k}: {_describe(t)} = {default[k]!r}" for k, t in _top_keys().items()]
+    for name, cls in _sections().items():
+        lines += [f"  {name}.{k}: {_describe(t)} = {default[name][k]!r}" for k, t in _hints(cls).items()]
+    return "\n".join(lines)
