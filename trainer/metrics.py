@@ -1,0 +1,184 @@
+"""Metrics: one JSON line per step, a console progress line, TensorBoard scalars when installed, system memory/GPU.
+
+Only rank 0 writes (the trainer's metrics are already reduced across ranks); on other ranks every method is a
+no-op. `run_dir/metrics.jsonl` is opened for appending, so a resumed run continues the same file; a step logged
+twice (a run killed after its last checkpoint, then resumed) appears twice, and readers such as `trainer.plot`
+keep the last line for each step. Non-finite values are written as JSON `null` (strict JSON has no NaN).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import numbers
+import resource
+import sys
+import time
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from typing import Any, TextIO
+
+import torch
+
+METRICS_FILE = "metrics.jsonl"
+SUMMARY_FILE = "summary.txt"
+# The console line: (label, the metric keys it shows, first present wins, format). Keys are the trainer's.
+CONSOLE_FIELDS: tuple[tuple[str, tuple[str, ...], str], ...] = (
+    ("reward", ("reward",), "{:.3f}"),
+    ("acc", ("accuracy",), "{:.3f}"),
+    ("len", ("response_length",), "{:.1f}"),
+    ("kl", ("actor/kl", "kl"), "{:.4f}"),
+    ("ent", ("entropy",), "{:.3f}"),
+    ("tok/s", ("tokens_per_s",), "{:.0f}"),
+    ("s/step", ("time/step",), "{:.2f}"),
+)
+
+
+def to_number(key: str, value: Any) -> float | int | str | None:
+    """A metric value as JSON can hold it: tensors and numpy scalars unwrapped, non-finite floats as None."""
+    if isinstance(value, torch.Tensor):
+        if value.numel() != 1:
+            raise TypeError(f"metric {key!r}: a tensor of shape {tuple(value.shape)}, expected one element")
+        value = value.item()
+    if isinstance(value, str):
+        return value
+    if isinstance(value, numbers.Integral):  # bool and numpy ints included
+        return int(value)
+    if isinstance(value, numbers.Real):
+        value = float(value)
+        return value if math.isfinite(value) else None
+    raise TypeError(f"metric {key!r}: {type(value).__name__} is not a number")
+
+
+class MetricsLogger:
+    """`log(step, metrics)` each step, `summary(lines)` at the end, `close()`; a context manager too."""
+
+    def __init__(
+        self,
+        run_dir: Path,
+        *,
+        rank: int,
+        console_every: int = 1,
+        tensorboard: bool = True,
+        total_steps: int | None = None,
+        stream: TextIO | None = None,
+    ) -> None:
+        """`console_every`: print the progress line every that many steps (0: never). `tensorboard`: also write
+        scalars to `run_dir/tensorboard` if `torch.utils.tensorboard` imports (else noted once, and skipped).
+        `total_steps` is shown as step/total. `stream`: where the console line goes (stdout by default)."""
+        self.run_dir = Path(run_dir)
+        self.rank = rank
+        self.console_every = console_every
+        self.total_steps = total_steps
+        self.stream = stream
+        self._file: TextIO | None = None
+        self._tb: Any = None
+        if rank != 0:
+            return
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        self._file = open(self.run_dir / METRICS_FILE, "a")  # noqa: SIM115 (open until close(), one line per step)
+        if tensorboard:
+            try:
+                from torch.utils.tensorboard import SummaryWriter
+            except ImportError:  # tensorboard is optional
+                self._print("tensorboard is not installed: metrics go to metrics.jsonl only")
+            else:
+                self._tb = SummaryWriter(log_dir=str(self.run_dir / "tensorboard"))
+
+    @property
+    def path(self) -> Path:
+        return self.run_dir / METRICS_FILE
+
+    def log(self, step: int, metrics: Mapping[str, Any]) -> None:
+        """Appends `{"step", "time", **metrics}` as one JSON line (flushed), prints the progress line, and writes
+        TensorBoard scalars. Values: floats, ints, bools, strings, or one-element tensors."""
+        if self._file is None:
+            return
+        record: dict[str, Any] = {"step": int(step), "time": time.time()}
+        record.update({k: to_number(k, v) for k, v in metrics.items()})
+        self._file.write(json.dumps(record) + "\n")
+        self._file.flush()
+        if self._tb is not None:
+            for key, value in record.items():
+                if key not in ("step", "time") and isinstance(value, (int, float)):
+                    self._tb.add_scalar(key, value, global_step=step)
+        if self.console_every > 0 and (step % self.console_every == 0 or step == 1):
+            self._print(self.format_line(step, record))
+
+    def format_line(self, step: int, metrics: Mapping[str, Any]) -> str:
+        """`step 12/60 | reward 0.512 | acc 0.438 | len 14.2 | ...`: the fields of CONSOLE_FIELDS present."""
+        total = f"/{self.total_steps}" if self.total_steps else ""
+        parts = [f"step {step}{total}"]
+        for label, keys, fmt in CONSOLE_FIELDS:
+            key = next((k for k in keys if k in metrics), None)
+            if key is None:
+                continue
+            value = metrics[key]
+            value = to_number(key, value) if not isinstance(value, str) else value
+            parts.append(f"{label} {'nan' if value is None else fmt.format(value)}")
+        return " | ".join(parts)
+
+    def summary(self, lines: Iterable[str] | str) -> None:
+        """Prints the run's closing lines and writes them to `run_dir/summary.txt`."""
+        if self.rank != 0:
+            return
+        lines = [lines] if isinstance(lines, str) else list(lines)
+        for line in lines:
+            self._print(line)
+        (self.run_dir / SUMMARY_FILE).write_text("".join(line + "\n" for line in lines))
+
+    def close(self) -> None:
+        if self._file is not None:
+            self._file.close()
+            self._file = None
+        if self._tb is not None:
+            self._tb.close()
+            self._tb = None
+
+    def __enter__(self) -> MetricsLogger:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def _print(self, line: str) -> None:
+        print(line, file=self.stream or sys.stdout, flush=True)
+
+
+def _current_rss_bytes() -> int | None:
+    """Resident set size now, from /proc (Linux); None elsewhere."""
+    try:
+        with open("/proc/self/statm") as f:
+            pages = int(f.read().split()[1])
+    except (OSError, ValueError, IndexError):
+        return None
+    return pages * resource.getpagesize()
+
+
+def system_metrics(device: torch.device) -> dict[str, float]:
+    """Memory and utilisation, in GiB and percent, for the metrics line.
+
+    Always: `mem/cpu_rss_gb` (now, from /proc where there is one) and `mem/cpu_peak_rss_gb` (getrusage). On CUDA:
+    `mem/gpu_alloc_gb`, `mem/gpu_peak_alloc_gb`, `mem/gpu_reserved_gb` (this process, torch's allocator). With
+    NVML (`pip install nvidia-ml-py`) on CUDA: `gpu/util_pct` and `gpu/mem_used_gb` (the whole device, all
+    processes). A metric that cannot be read is left out rather than failing the step.
+    """
+    gib = float(2**30)
+    out: dict[str, float] = {}
+    rss = _current_rss_bytes()
+    if rss is not None:
+        out["mem/cpu_rss_gb"] = rss / gib
+    peak_kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # kilobytes on Linux (bytes on macOS)
+    out["mem/cpu_peak_rss_gb"] = peak_kb * (1 if sys.platform == "darwin" else 1024) / gib
+    device = torch.device(device)
+    if device.type == "cuda" and torch.cuda.is_available():
+        out["mem/gpu_alloc_gb"] = torch.cuda.memory_allocated(device) / gib
+        out["mem/gpu_peak_alloc_gb"] = torch.cuda.max_memory_allocated(device) / gib
+        out["mem/gpu_reserved_gb"] = torch.cuda.memory_reserved(device) / gib
+        # torch's NVML helpers map the torch device index to the NVML one (CUDA_VISIBLE_DEVICES included).
+        try:
+            out["gpu/util_pct"] = float(torch.cuda.utilization(device))
+            out["gpu/mem_used_gb"] = torch.cuda.device_memory_used(device) / gib
+        except Exception:  # no pynvml, or NVML refused: optional metrics
+            pass
+    return out

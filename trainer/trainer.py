@@ -1,0 +1,194 @@
+"""The Trainer: builds the policy, reference, engine, data and algorithm state, runs the step loop, saves."""
+
+from __future__ import annotations
+
+import copy
+import math
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.distributed as dist
+
+from fastslow import EntropySwitch, FilterSchedule, KLController
+from trainer import checkpoint as ckpt
+from trainer.config import Config, save_toml
+from trainer.data import PromptSampler, load_prompts
+from trainer.dist import DistInfo, parallelize
+from trainer.metrics import MetricsLogger, system_metrics
+from trainer.model import load_model_and_tokenizer
+from trainer.policy import Policy
+from trainer.rollout import build_engine
+from trainer.step import StepContext, train_step
+from trainer.weight_sync import sync_weights
+
+
+def _run_dir(cfg: Config, info: DistInfo) -> Path:
+    """The run folder: `logging.run_dir`, or `runs/<algorithm>-<UTC time>` chosen by rank 0 for everyone.
+
+    With `--resume auto` and no run folder given, the newest `runs/<algorithm>-*` folder holding a checkpoint.
+    """
+    chosen = [cfg.logging.run_dir or None]
+    if info.is_main and chosen[0] is None:
+        runs = Path("runs")
+        if cfg.checkpoint.resume == "auto":
+            earlier = sorted(runs.glob(f"{cfg.algorithm.name}-*"), key=lambda p: p.name)
+            earlier = [p for p in earlier if ckpt.find_latest(p) is not None]
+            chosen = [str(earlier[-1])] if earlier else chosen
+        if chosen[0] is None:
+            chosen = [str(runs / f"{cfg.algorithm.name}-{time.strftime('%Y%m%dT%H%M%S', time.gmtime())}")]
+    dist.broadcast_object_list(chosen, src=0)
+    path = Path(chosen[0])
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+class Trainer:
+    """`Trainer(cfg, info).train()`: everything a run does, in the order it does it."""
+
+    def __init__(self, cfg: Config, info: DistInfo) -> None:
+        self.cfg, self.info = cfg, info
+        if cfg.rollout.prompts_per_step % info.world:
+            raise ValueError(
+                f"rollout.prompts_per_step={cfg.rollout.prompts_per_step} must be divisible by the world size "
+                f"({info.world} processes)"
+            )
+        self.run_dir = _run_dir(cfg, info)
+        if info.is_main:
+            save_toml(cfg, self.run_dir / "config.toml")
+        on_gpu = info.device.type == "cuda"
+        mixed = on_gpu and cfg.model.dtype in ("auto", "bfloat16")
+        torch.manual_seed(cfg.seed)
+        lm, self.tokenizer = load_model_and_tokenizer(cfg.model, device=info.device, seed=cfg.seed)
+        self.template = copy.deepcopy(lm).cpu()  # unsharded architecture + config for the HF export
+        engine_dtype = torch.bfloat16 if mixed else torch.float32
+        self.engine = build_engine(
+            cfg.rollout.engine, make_model=lambda: copy.deepcopy(self.template),
+            pad_token_id=self.tokenizer.pad_token_id, device=info.device, dtype=engine_dtype,
+        )  # fmt: skip
+        a = cfg.algorithm
+        needs_ref = a.kl_type != "fixed" or a.kl_coef != 0.0
+        self.ref = None
+        if needs_ref:
+            ref_lm = copy.deepcopy(lm)
+            ref_lm.requires_grad_(False)
+            self.ref = Policy(ref_lm).eval()
+            parallelize(self.ref, info, mixed_precision=mixed, activation_checkpointing=False)
+        self.policy = Policy(lm)
+        parallelize(
+            self.policy, info, mixed_precision=mixed, activation_checkpointing=cfg.model.activation_checkpointing
+        )
+        o = cfg.optim
+        self.optimizer = torch.optim.AdamW(
+            self.policy.parameters(), lr=o.lr, betas=tuple(o.betas), weight_decay=o.weight_decay
+        )
+        warmup = max(o.warmup_steps, 0)
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(
+            self.optimizer, lambda s: min(1.0, (s + 1) / warmup) if warmup else 1.0
+        )
+        self.prompts, self.task, skipped = load_prompts(cfg.data, self.tokenizer, seed=cfg.seed)
+        sampler = PromptSampler(
+            len(self.prompts), cfg.rollout.prompts_per_step, seed=cfg.seed, rank=info.rank, world=info.world
+        )
+        schedule = None if a.filter == "none" else FilterSchedule.preset(a.filter)
+        switch = None
+        if a.sfpo:
+            switch = EntropySwitch(a.sfpo_entropy_window, a.sfpo_entropy_threshold, stop_step=a.sfpo_stop_step)
+        kl = KLController(a.kl_type, coef=a.kl_coef, beta_min=a.kl_min, beta_max=a.kl_max)
+        self.ctx = StepContext(
+            cfg=cfg, info=info, policy=self.policy, ref=self.ref, optimizer=self.optimizer, scheduler=self.scheduler,
+            engine=self.engine, tokenizer=self.tokenizer, prompts=self.prompts, sampler=sampler, kl=kl,
+            schedule=schedule, switch=switch, task=self.task,
+        )  # fmt: skip
+        self.logger = MetricsLogger(
+            self.run_dir, rank=info.rank, console_every=cfg.logging.console_every,
+            tensorboard=cfg.logging.tensorboard, total_steps=cfg.optim.total_steps,
+        )  # fmt: skip
+        self.step = 0
+        self.history: list[float] = []  # accuracy per step, for the final summary
+        self.prompts_skipped = skipped
+        self._resume()
+        sync_weights(self.policy, self.engine, bucket_bytes=int(cfg.rollout.sync_bucket_mb * 2**20), prefix="lm.")
+
+    def state_dict(self) -> dict[str, Any]:
+        """Everything besides model and optimizer that a resumed run needs to continue exactly."""
+        c = self.ctx
+        return {
+            "step": self.step,
+            "history": list(self.history),
+            "rng": ckpt.rng_state(),
+            "sampler": c.sampler.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "kl": c.kl.state_dict(),
+            "switch": None if c.switch is None else c.switch.state_dict(),
+            "bad_steps": c.bad_steps,
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        c = self.ctx
+        self.step, self.history = int(state["step"]), list(state["history"])
+        ckpt.set_rng_state(state["rng"])
+        c.sampler.load_state_dict(state["sampler"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        c.kl.load_state_dict(state["kl"])
+        if c.switch is not None and state["switch"] is not None:
+            c.switch.load_state_dict(state["switch"])
+        c.bad_steps = int(state["bad_steps"])
+
+    def _resume(self) -> None:
+        how = self.cfg.checkpoint.resume
+        if how in ("", "none"):
+            return
+        path = ckpt.find_latest(self.run_dir) if how == "auto" else Path(how)
+        if path is None:
+            if self.info.is_main:
+                print(f"resume=auto: no complete checkpoint in {self.run_dir}, starting fresh", flush=True)
+            return
+        self.load_state_dict(ckpt.load_checkpoint(path, self.policy, self.optimizer))
+        if self.info.is_main:
+            print(f"resumed from {path} at step {self.step}", flush=True)
+
+    def save(self) -> None:
+        ckpt.save_checkpoint(
+            self.run_dir, self.step, self.policy, self.optimizer, self.state_dict(), keep=self.cfg.checkpoint.keep
+        )
+
+    def train(self) -> dict[str, float]:
+        """Run steps until `optim.total_steps`; checkpoint every `checkpoint.every` and at the end; export."""
+        cfg = self.cfg
+        total = cfg.optim.total_steps
+        while self.step < total:
+            start = time.perf_counter()
+            metrics = train_step(self.ctx, self.step)
+            self.step += 1
+            metrics["time/step"] = time.perf_counter() - start
+            metrics.update(system_metrics(self.info.device))
+            self.history.append(metrics["accuracy"])
+            self.logger.log(self.step, metrics)
+            if cfg.checkpoint.every and self.step % cfg.checkpoint.every == 0 and self.step < total:
+                self.save()
+        self.save()
+        if cfg.checkpoint.export_hf:
+            dtype = torch.bfloat16 if self.info.device.type == "cuda" else None
+            ckpt.export_hf(self.run_dir / "hf", self.policy, self.template, self.tokenizer, prefix="lm.", dtype=dtype)
+        return self.summary()
+
+    def summary(self) -> dict[str, float]:
+        """First-10% vs last-10% mean accuracy (the learning check), printed as the run's final line."""
+        h = self.history
+        k = max(1, math.ceil(len(h) / 10)) if h else 0
+        first = sum(h[:k]) / k if k else float("nan")
+        final = sum(h[-k:]) / k if k else float("nan")
+        result = {"accuracy_first_10pct": first, "accuracy_last_10pct": final, "steps": float(self.step)}
+        self.logger.summary(
+            [
+                f"run folder: {self.run_dir}",
+                f"accuracy: first 10% of steps {first:.3f} -> last 10% {final:.3f} ({self.step} steps)",
+            ]
+        )
+        return result
+
+    def close(self) -> None:
+        self.logger.close()
+        self.engine.close()
