@@ -1,0 +1,322 @@
+"""trainer.task / data / rewards: the synthetic task's rule, prompt files and their errors, the sampler, scoring."""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections import Counter
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+import torch
+
+from trainer import data, rewards, task
+from trainer.model import build_tokenizer
+
+
+@pytest.fixture(scope="module")
+def tok():
+    return build_tokenizer()
+
+
+def _data_cfg(source: str | Path = "synthetic", **overrides) -> SimpleNamespace:
+    """A stand-in for the `data` config section (the real one lives in trainer.config)."""
+    fields = dict(
+        source=str(source),
+        prompt_key="prompt",
+        answer_key="answer",
+        max_prompt_tokens=64,
+        on_long_prompt="skip",
+        apply_chat_template=True,
+    )
+    fields.update(overrides)
+    return SimpleNamespace(**fields)
+
+
+def _jsonl(path: Path, rows: list) -> Path:
+    path.write_text("".join((r if isinstance(r, str) else json.dumps(r)) + "\n" for r in rows), encoding="utf-8")
+    return path
+
+
+# ------------------------------------------------------------------------------------------------ synthetic task
+
+
+def test_synthetic_dataset_is_deterministic_and_uniform_over_answers() -> None:
+    a, b = task.make_dataset(2000, seed=1), task.make_dataset(2000, seed=1)
+    assert a == b
+    assert a != task.make_dataset(2000, seed=2)
+    for item in a:
+        x, plus, y, eq = item["prompt"].split()
+        assert (plus, eq) == ("+", "=") and int(x) + int(y) == int(item["answer"]) <= task.MAX_SUM
+    counts = Counter(item["answer"] for item in a)
+    assert set(counts) == {str(s) for s in range(task.MAX_SUM + 1)}
+    assert max(counts.values()) < 1.25 * min(counts.values())  # uniform over answers: no mode to collapse onto
+    assert {tuple(map(int, i["prompt"].split()[::2])) for i in a} == set(task.problems())
+    with pytest.raises(ValueError, match="size"):
+        task.make_dataset(0, seed=0)
+
+
+@pytest.mark.parametrize(
+    ("response", "correct", "formatted"),
+    [
+        ("<think> so 1 plus 2 </think> <answer> 3 </answer>", True, True),
+        ("<think>so1plus2</think><answer>3</answer>", True, True),  # the built-in tokenizer decodes without spaces
+        ("<think> </think> <answer> 3 </answer>", True, True),  # empty think block
+        ("<answer> 3 </answer>", True, True),  # no think block: fast thinking may skip it
+        ("</think> <answer> 3", True, True),  # the prompt opened the block; answer cut at the token limit
+        ("<answer> 3 </answer> ok wait", True, True),  # words after the answer
+        ("3", True, False),  # no tag: the first digit is the answer
+        ("333 so", True, False),  # digits are read one by one
+        ("so 3 then 4", True, False),
+        ("so 4 then 3", False, False),  # the FIRST digit counts, not the last
+        ("5 <answer> 3 </answer>", True, True),  # a tagged answer wins over earlier digits
+        ("<answer> so 3 </answer>", True, False),  # the digit is after the tag, but not right after it
+        ("<answer> 2 </answer> 3", False, True),
+        ("<think> <answer> 3 </answer>", True, False),  # think block never closed
+        ("</think> <think> <answer> 3 </answer>", True, False),  # think tags out of order
+        ("<think> </think> </think> <answer> 3 </answer>", True, False),
+        ("<answer> 3 </answer> <answer> 3 </answer>", True, False),  # two answers
+        ("<answer> 3 </answer> </answer>", True, False),
+        ("<answer> 3 <think> </think>", True, False),  # think tags after the answer
+        ("<answer>", False, False),
+        ("", False, False),
+        ("so wait hmm", False, False),
+        ("<<<>>> </ans wer> <answer", False, False),
+        ("\x00\ufffd\U0001f600 3", True, False),
+    ],
+)
+def test_task_rule_on_hand_written_responses(response: str, correct: bool, formatted: bool) -> None:
+    verdict = task.check(response, "3")
+    assert (verdict.correct, verdict.formatted) == (correct, formatted)
+
+
+def test_task_rule_never_raises() -> None:
+    for bad_response in (None, 3, b"3", ["3"]):
+        assert task.check(bad_response, "3") == task.Verdict(False, False, None)  # type: ignore[arg-type]
+    for bad_answer in ("x", "", " ", "-3", "3.0", "9" * 40):
+        assert not task.check("<answer> 3 </answer>", bad_answer).correct
+    assert task.check("<answer> 3 </answer>", " 3 ").correct
+    assert task.check("so 7 <answer> 4", "4").predicted == "4"
+    assert task.check("so", "4").predicted is None
+
+
+# ------------------------------------------------------------------------------------------------ load_prompts
+
+
+def test_synthetic_prompts(tok) -> None:
+    prompts = data.load_prompts(_data_cfg(synthetic_size=50), tok, seed=4)
+    assert len(prompts) == 50 and prompts.skipped == 0 and prompts.source == "synthetic"
+    expected = task.make_dataset(50, seed=4)
+    assert [p["prompt"] for p in prompts] == [e["prompt"] for e in expected]
+    assert all(p["prompt_ids"] == tok(p["prompt"])["input_ids"] and len(p["prompt_ids"]) == 4 for p in prompts)
+    assert len(data.load_prompts(_data_cfg(), tok)) == data.SYNTHETIC_SIZE
+
+
+def test_jsonl_with_custom_keys(tok, tmp_path: Path) -> None:
+    path = _jsonl(
+        tmp_path / "d.jsonl",
+        [{"question": "1 + 2 =", "solution": 3, "extra": "x"}, "", {"question": "so 4", "solution": "\\frac{1}{2}"}],
+    )
+    prompts = data.load_prompts(_data_cfg(path, prompt_key="question", answer_key="solution"), tok)
+    assert [(p["prompt"], p["answer"]) for p in prompts] == [("1 + 2 =", "3"), ("so 4", "\\frac{1}{2}")]
+    assert prompts[0]["prompt_ids"] == tok("1 + 2 =")["input_ids"]
+    assert prompts.source == str(path)
+
+
+def test_json_array(tok, tmp_path: Path) -> None:
+    path = tmp_path / "d.json"
+    path.write_text(json.dumps([{"prompt": "1 + 1 =", "answer": "2"}]), encoding="utf-8")
+    assert [p["answer"] for p in data.load_prompts(_data_cfg(path), tok)] == ["2"]
+
+
+@pytest.mark.parametrize(
+    ("rows", "match"),
+    [
+        ([{"prompt": "1 + 1 =", "answer": "2"}, {"prompt": "2 + 2 ="}], r"line 2: no key 'answer' \(data.answer_key\)"),
+        ([{"answer": "2"}], r"line 1: no key 'prompt' \(data.prompt_key\); the row has: answer"),
+        (["[1, 2]"], "line 1: expected a JSON object, got list"),
+        (["{not json"], "line 1: not valid JSON"),
+        ([{"prompt": 5, "answer": "2"}], r"line 1: data.prompt_key='prompt' must be a non-empty string"),
+        ([{"prompt": "  ", "answer": "2"}], "must be a non-empty string"),
+        ([{"prompt": "1 =", "answer": None}], r"line 1: data.answer_key='answer' must be a string or a number"),
+        ([{"prompt": "1 =", "answer": True}], "must be a string or a number"),
+    ],
+)
+def test_bad_rows_name_file_and_row(tok, tmp_path: Path, rows: list, match: str) -> None:
+    path = _jsonl(tmp_path / "bad.jsonl", rows)
+    with pytest.raises(ValueError, match=match) as info:
+        data.load_prompts(_data_cfg(path), tok)
+    assert str(path) in str(info.value)
+
+
+def test_non_utf8_is_a_clear_error(tok, tmp_path: Path) -> None:
+    path = tmp_path / "latin1.jsonl"
+    path.write_bytes(b'{"prompt": "1 + 1 =", "answer": "2"}\n{"prompt": "caf\xe9", "answer": "2"}\n')
+    with pytest.raises(ValueError, match=r"latin1.jsonl: line 2: not UTF-8 \(byte 0xe9"):
+        data.load_prompts(_data_cfg(path), tok)
+    bom = tmp_path / "bom.jsonl"
+    bom.write_bytes(b'\xef\xbb\xbf{"prompt": "1 + 1 =", "answer": "2"}\n')  # a UTF-8 byte order mark is fine
+    assert len(data.load_prompts(_data_cfg(bom), tok)) == 1
+
+
+def test_long_prompts_skipped_and_counted_or_an_error(tok, tmp_path: Path) -> None:
+    rows = [{"prompt": "1 + 1 =", "answer": "2"}, {"prompt": "so " * 10, "answer": "0"}, {"prompt": "2 =", "answer": 2}]
+    path = _jsonl(tmp_path / "long.jsonl", rows)
+    prompts = data.load_prompts(_data_cfg(path, max_prompt_tokens=4), tok)
+    assert [p["prompt"] for p in prompts] == ["1 + 1 =", "2 ="] and prompts.skipped == 1
+    with pytest.raises(ValueError, match=r"long.jsonl: line 2: the prompt has 10 tokens, more than .*=4"):
+        data.load_prompts(_data_cfg(path, max_prompt_tokens=4, on_long_prompt="error"), tok)
+    with pytest.raises(ValueError, match=r"holds no prompts \(all 3 were longer"):
+        data.load_prompts(_data_cfg(path, max_prompt_tokens=1), tok)
+    with pytest.raises(ValueError, match=r"data\.on_long_prompt"):
+        data.load_prompts(_data_cfg(path, on_long_prompt="truncate"), tok)
+
+
+def test_missing_empty_or_unknown_files(tok, tmp_path: Path) -> None:
+    with pytest.raises(FileNotFoundError, match=r"data.source: .*nope.jsonl does not exist"):
+        data.load_prompts(_data_cfg(tmp_path / "nope.jsonl"), tok)
+    csv = tmp_path / "d.csv"
+    csv.write_text("prompt,answer\n")
+    with pytest.raises(ValueError, match=r"unknown type '.csv'"):
+        data.load_prompts(_data_cfg(csv), tok)
+    empty = _jsonl(tmp_path / "empty.jsonl", ["", "  "])
+    with pytest.raises(ValueError, match="holds no prompts"):
+        data.load_prompts(_data_cfg(empty), tok)
+
+
+def test_chat_template_applied_when_present_and_asked(tok, tmp_path: Path) -> None:
+    chat_tok = build_tokenizer()
+    chat_tok.chat_template = (
+        "{% for m in messages %}<think>{{ m['content'] }}</think>{% endfor %}"
+        "{% if add_generation_prompt %}<answer>{% endif %}"
+    )
+    path = _jsonl(tmp_path / "d.jsonl", [{"prompt": "1 + 1 =", "answer": "2"}])
+    templated = data.load_prompts(_data_cfg(path), chat_tok)[0]["prompt_ids"]
+    assert templated == chat_tok("<think>1 + 1 =</think><answer>")["input_ids"]
+    plain = data.load_prompts(_data_cfg(path, apply_chat_template=False), chat_tok)[0]["prompt_ids"]
+    assert plain == tok("1 + 1 =")["input_ids"]
+    assert data.load_prompts(_data_cfg(path), tok)[0]["prompt_ids"] == plain  # no template: plain text
+
+
+def test_parquet(tok, tmp_path: Path) -> None:
+    pa = pytest.importorskip("pyarrow")
+    pq = pytest.importorskip("pyarrow.parquet")
+    path = tmp_path / "d.parquet"
+    pq.write_table(pa.table({"q": ["1 + 1 =", "2 + 2 ="], "a": [2, 4]}), path)
+    prompts = data.load_prompts(_data_cfg(path, prompt_key="q", answer_key="a"), tok)
+    assert [(p["prompt"], p["answer"]) for p in prompts] == [("1 + 1 =", "2"), ("2 + 2 =", "4")]
+    with pytest.raises(ValueError, match=r"no column 'prompt' \(data.prompt_key\); the columns are: q, a"):
+        data.load_prompts(_data_cfg(path, answer_key="a"), tok)
+
+
+def test_parquet_without_pyarrow_is_a_clear_error(tok, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    path = tmp_path / "d.parquet"
+    path.write_bytes(b"PAR1")
+    monkeypatch.setitem(sys.modules, "pyarrow", None)  # makes `import pyarrow...` raise ImportError
+    monkeypatch.setitem(sys.modules, "pyarrow.parquet", None)
+    with pytest.raises(ImportError, match=r"d.parquet needs pyarrow: pip install pyarrow"):
+        data.load_prompts(_data_cfg(path), tok)
+
+
+# ------------------------------------------------------------------------------------------------ PromptSampler
+
+
+def _chunks(sampler: data.PromptSampler, n: int) -> list[list[int]]:
+    return [sampler.next_chunk() for _ in range(n)]
+
+
+def test_sampler_ranks_get_disjoint_items_of_the_same_global_chunk() -> None:
+    single = _chunks(data.PromptSampler(40, 8, seed=3), 12)
+    r0 = _chunks(data.PromptSampler(40, 8, seed=3, rank=0, world=2), 12)
+    r1 = _chunks(data.PromptSampler(40, 8, seed=3, rank=1, world=2), 12)
+    for whole, a, b in zip(single, r0, r1):
+        assert len(a) == len(b) == 4 and not set(a) & set(b)
+        assert a + b == whole
+
+
+def test_sampler_epochs_reshuffle_deterministically() -> None:
+    chunks = _chunks(data.PromptSampler(20, 6, seed=0), 9)  # 3 chunks per epoch: 18 of 20 items, 2 dropped
+    assert chunks == _chunks(data.PromptSampler(20, 6, seed=0), 9)
+    assert chunks != _chunks(data.PromptSampler(20, 6, seed=1), 9)
+    epochs = [[i for chunk in chunks[e : e + 3] for i in chunk] for e in (0, 3, 6)]
+    for epoch in epochs:
+        assert len(set(epoch)) == 18 and all(0 <= i < 20 for i in epoch)  # no item twice within an epoch
+    assert epochs[0] != epochs[1] != epochs[2]
+    assert epochs[1] == torch.randperm(20, generator=torch.Generator().manual_seed(0 + 1)).tolist()[:18]
+
+
+def test_sampler_resume_continues_exactly() -> None:
+    for world in (1, 2):
+        straight = data.PromptSampler(30, 8, seed=5, rank=world - 1, world=world)
+        first = _chunks(straight, 5)
+        state = straight.state_dict()
+        assert json.loads(json.dumps(state)) == state  # plain data
+        resumed = data.PromptSampler(30, 8, seed=5, rank=world - 1, world=world)
+        resumed.load_state_dict(state)
+        assert _chunks(resumed, 9) == _chunks(straight, 9)
+        assert first  # the resumed sampler did not replay the first chunks
+    with pytest.raises(ValueError, match="n_items=30 but this run has n_items=31"):
+        data.PromptSampler(31, 8, seed=5).load_state_dict(state)
+    with pytest.raises(ValueError, match="seed=5 but this run has seed=6"):
+        data.PromptSampler(30, 8, seed=6).load_state_dict(state)
+
+
+def test_sampler_bad_arguments() -> None:
+    with pytest.raises(ValueError, match="not divisible by the world size 2"):
+        data.PromptSampler(10, 3, seed=0, rank=0, world=2)
+    with pytest.raises(ValueError, match="at least that many"):
+        data.PromptSampler(4, 8, seed=0)
+    with pytest.raises(ValueError, match="rank"):
+        data.PromptSampler(10, 2, seed=0, rank=2, world=2)
+    with pytest.raises(ValueError, match="n_items"):
+        data.PromptSampler(0, 2, seed=0)
+
+
+# ------------------------------------------------------------------------------------------------ rewards
+
+
+def test_score_synthetic() -> None:
+    responses = ["<think> so </think> <answer> 2 </answer>", "2", "<answer> 5 </answer>", "", "so"]
+    correct, formatted = rewards.score(responses, ["2", "2", "2", "2", "2"], task="synthetic")
+    assert correct.dtype == formatted.dtype == torch.bool
+    assert correct.tolist() == [True, True, False, False, False]
+    assert formatted.tolist() == [True, False, True, False, False]
+    assert rewards.task_for(_data_cfg()) == "synthetic"
+    assert rewards.task_for(_data_cfg("x.jsonl")) == "math"
+
+
+def test_score_math() -> None:
+    # Exact-stage verdicts only (no symbolic check, so no verifier subprocess starts).
+    responses = [
+        "<think> 2 + 2 </think> <answer> 4 </answer>",
+        "the answer is \\boxed{\\frac{8}{2}}",
+        "no answer here",
+        "<think> x </think> <answer> </answer>",
+    ]
+    correct, formatted = rewards.score(responses, ["4", "4", "4", "4"], task="math")
+    assert correct.tolist() == [True, True, False, False]
+    assert formatted.tolist() == [True, False, False, False]
+    opened = rewards.score([" 2 + 2 </think> <answer> 4 </answer>"], ["4"], task="math", think_opened=True)
+    assert opened[0].tolist() == [True] and opened[1].tolist() == [True]
+
+
+def test_score_bad_arguments() -> None:
+    with pytest.raises(ValueError, match="task must be one of synthetic, math"):
+        rewards.score(["1"], ["1"], task="code")
+    with pytest.raises(ValueError, match="answers has 2 items but responses has 1"):
+        rewards.score(["1"], ["1", "2"], task="synthetic")
+    with pytest.raises(ValueError, match="not one string"):
+        rewards.score("1", ["1"], task="synthetic")
+
+
+def test_lengths() -> None:
+    responses = ["ab", "", "abcd"]
+    assert rewards.lengths([3, 1, 5], responses, "tokens").tolist() == [3.0, 1.0, 5.0]
+    from_tensor = rewards.lengths(torch.tensor([3, 1, 5]), responses, "tokens")
+    assert from_tensor.dtype == torch.float32 and from_tensor.tolist() == [3.0, 1.0, 5.0]
+    assert rewards.lengths([3, 1, 5], responses, "chars").tolist() == [2.0, 0.0, 4.0]
+    with pytest.raises(ValueError, match="unit must be one of tokens, chars"):
+        rewards.lengths([1], ["a"], "words")
+    with pytest.raises(ValueError, match="response_token_counts has 1 items but responses has 2"):
+        rewards.lengths([1], ["a", "b"], "tokens")

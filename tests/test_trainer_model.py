@@ -1,0 +1,194 @@
+"""trainer.model: the built-in tokenizer, the seeded tiny Qwen2, HF folders and their errors, the frozen reference."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+import torch
+from transformers import AutoTokenizer, PreTrainedTokenizerFast
+
+from trainer import model as M
+from trainer import task
+
+
+def _cfg(**overrides) -> SimpleNamespace:
+    """A stand-in for the `model` config section (the real one lives in trainer.config)."""
+    fields = dict(
+        path=None,
+        preset="tiny",
+        hidden_size=64,
+        num_layers=2,
+        num_heads=4,
+        num_kv_heads=2,
+        intermediate_size=256,
+        trust_remote_code=False,
+    )
+    fields.update(overrides)
+    return SimpleNamespace(**fields)
+
+
+def _same_weights(a: torch.nn.Module, b: torch.nn.Module) -> bool:
+    sa, sb = a.state_dict(), b.state_dict()
+    return sa.keys() == sb.keys() and all(torch.equal(sa[k], sb[k]) for k in sa)
+
+
+@pytest.fixture(scope="module")
+def saved(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, torch.nn.Module]:
+    """A tiny model and its tokenizer written with save_pretrained, as a checkpoint export would."""
+    folder = tmp_path_factory.mktemp("tiny_hf")
+    model, tok = M.load_model_and_tokenizer(_cfg(), seed=3)
+    model.save_pretrained(folder)
+    tok.save_pretrained(folder)
+    return folder, model
+
+
+# ------------------------------------------------------------------------------------------------------ tokenizer
+
+
+def test_tokenizer_specials_and_vocab() -> None:
+    tok = M.build_tokenizer()
+    assert isinstance(tok, PreTrainedTokenizerFast)
+    assert len(tok) == len(M.SPECIALS) + len(task.VOCAB) == 31
+    assert (tok.pad_token, tok.bos_token, tok.eos_token) == ("<pad>", "<bos>", "<eos>")
+    assert (tok.pad_token_id, tok.bos_token_id, tok.eos_token_id) == (0, 1, 2)
+    assert [tok.convert_tokens_to_ids(w) for w in task.VOCAB] == list(range(4, 31))
+
+
+def test_tokenizer_round_trip() -> None:
+    tok = M.build_tokenizer()
+    text = "3 + 1 = <think> so 1 plus 3 makes 4 </think> <answer> 4 </answer>"
+    ids = tok(text)["input_ids"]
+    assert ids == [tok.convert_tokens_to_ids(w) for w in text.split()]  # one token per word, nothing added
+    decoded = tok.decode(ids)
+    assert decoded == "3+1=<think>so1plus3makes4</think><answer>4</answer>"  # words joined without spaces
+    assert tok(decoded)["input_ids"] == ids
+    assert tok("3+1=")["input_ids"] == tok(" 3  + 1 = ")["input_ids"] == ids[:4]
+    assert tok.decode([*ids[:4], tok.eos_token_id, tok.pad_token_id], skip_special_tokens=True) == "3+1="
+    assert tok("12")["input_ids"] == [tok.convert_tokens_to_ids("1"), tok.convert_tokens_to_ids("2")]
+
+
+def test_tokenizer_save_load_next_to_a_qwen2_config(saved: tuple[Path, torch.nn.Module]) -> None:
+    # The folder holds a qwen2 config.json: AutoTokenizer must still give back exactly the same tokenizer.
+    folder, _ = saved
+    tok, loaded = M.build_tokenizer(), AutoTokenizer.from_pretrained(folder)
+    assert json.loads((folder / "config.json").read_text())["model_type"] == "qwen2"
+    assert loaded.get_vocab() == tok.get_vocab()
+    assert (loaded.pad_token_id, loaded.eos_token_id) == (tok.pad_token_id, tok.eos_token_id)
+    text = "<think> wait 2 + 2 </think> <answer> 4 </answer>"
+    assert loaded(text)["input_ids"] == tok(text)["input_ids"]
+    assert loaded.decode(tok(text)["input_ids"]) == tok.decode(tok(text)["input_ids"])
+
+
+# ------------------------------------------------------------------------------------------------------ tiny model
+
+
+def test_tiny_model_is_seeded_and_leaves_the_global_rng_alone() -> None:
+    torch.manual_seed(123)
+    expected_next = torch.rand(3)
+    torch.manual_seed(123)
+    a, tok = M.load_model_and_tokenizer(_cfg(), seed=7)
+    assert torch.equal(torch.rand(3), expected_next)  # building did not consume the caller's random stream
+    b, _ = M.load_model_and_tokenizer(_cfg(), seed=7)
+    c, _ = M.load_model_and_tokenizer(_cfg(), seed=8)
+    assert _same_weights(a, b)
+    assert not _same_weights(a, c)
+    assert a.training
+    cfg = a.config
+    assert cfg.model_type == "qwen2" and cfg.vocab_size == len(tok)
+    assert (cfg.hidden_size, cfg.num_hidden_layers, cfg.num_attention_heads, cfg.num_key_value_heads) == (64, 2, 4, 2)
+    assert cfg.tie_word_embeddings and a.lm_head.weight is a.model.embed_tokens.weight
+    assert (cfg.pad_token_id, cfg.eos_token_id) == (tok.pad_token_id, tok.eos_token_id)
+
+
+def test_tiny_model_sizes_dtype_and_generation() -> None:
+    model, tok = M.load_model_and_tokenizer(_cfg(hidden_size=32, num_layers=1, intermediate_size=64), seed=0)
+    assert model.config.hidden_size == 32 and len(model.model.layers) == 1
+    bf16, _ = M.load_model_and_tokenizer(_cfg(), seed=0, dtype=torch.bfloat16, tokenizer=tok)
+    assert {p.dtype for p in bf16.parameters()} == {torch.bfloat16}
+    ids = torch.tensor([tok("1 + 2 =")["input_ids"]])
+    out = model.generate(
+        ids, attention_mask=torch.ones_like(ids), max_new_tokens=5, do_sample=False, pad_token_id=tok.pad_token_id
+    )
+    assert out.shape[0] == 1 and 4 < out.shape[1] <= 9 and torch.equal(out[:, :4], ids)
+
+
+def test_bad_preset_and_sizes() -> None:
+    with pytest.raises(ValueError, match=r"model\.preset.*'huge'"):
+        M.load_model_and_tokenizer(_cfg(preset="huge"))
+    with pytest.raises(ValueError, match=r"model\.hidden_size .*model\.num_heads"):
+        M.load_model_and_tokenizer(_cfg(hidden_size=66))
+    with pytest.raises(ValueError, match=r"model\.num_heads .*model\.num_kv_heads"):
+        M.load_model_and_tokenizer(_cfg(num_kv_heads=3))
+
+
+def test_reference_is_frozen_copy_of_the_initial_policy() -> None:
+    policy, _ = M.load_model_and_tokenizer(_cfg(), seed=5)
+    ref = M.build_reference(_cfg(), seed=5)
+    assert _same_weights(policy, ref)
+    assert not ref.training and all(not p.requires_grad for p in ref.parameters())
+    assert all(p.requires_grad for p in policy.parameters())
+    assert all(p.data_ptr() != q.data_ptr() for p, q in zip(policy.parameters(), ref.parameters()))
+
+
+# ------------------------------------------------------------------------------------------------------ HF folders
+
+
+def test_load_folder_saved_by_save_pretrained(saved: tuple[Path, torch.nn.Module]) -> None:
+    folder, original = saved
+    model, tok = M.load_model_and_tokenizer(_cfg(path=str(folder)))
+    assert _same_weights(model, original)
+    assert model.training and tok.pad_token_id == 0
+    ids = torch.tensor([tok("2 + 2 =")["input_ids"]])
+    with torch.no_grad():
+        torch.testing.assert_close(model(ids).logits, original.eval()(ids).logits, rtol=0, atol=0)
+    ref = M.build_reference(_cfg(path=str(folder)))
+    assert _same_weights(ref, original) and not any(p.requires_grad for p in ref.parameters())
+
+
+def test_missing_folder_or_files_give_clear_errors(saved: tuple[Path, torch.nn.Module], tmp_path: Path) -> None:
+    folder, _ = saved
+    with pytest.raises(FileNotFoundError, match=r"model\.path: .*nope does not exist"):
+        M.load_model_and_tokenizer(_cfg(path=str(tmp_path / "nope")))
+    a_file = tmp_path / "file.txt"
+    a_file.write_text("x")
+    with pytest.raises(FileNotFoundError, match="is not a folder"):
+        M.load_model_and_tokenizer(_cfg(path=str(a_file)))
+    for missing, message in (
+        ("model.safetensors", "lacks weights"),
+        ("config.json", "lacks config.json"),
+        ("tokenizer.json", None),
+    ):
+        partial = tmp_path / f"no_{missing}"
+        partial.mkdir()
+        for f in folder.iterdir():
+            if f.name != missing:
+                (partial / f.name).write_bytes(f.read_bytes())
+        if message is None:  # tokenizer_config.json alone still names a tokenizer: drop it too
+            (partial / "tokenizer_config.json").unlink()
+            message = "lacks a tokenizer"
+        with pytest.raises(FileNotFoundError, match=rf"model\.path: .*{message}"):
+            M.load_model_and_tokenizer(_cfg(path=str(partial)))
+
+
+def test_unloadable_folder_names_the_key(saved: tuple[Path, torch.nn.Module], tmp_path: Path) -> None:
+    folder, _ = saved
+    for f in folder.iterdir():
+        (tmp_path / f.name).write_bytes(f.read_bytes())
+    (tmp_path / "model.safetensors").write_bytes(b"not a safetensors file")
+    with pytest.raises(ValueError, match=r"model\.path: cannot load a causal LM"):
+        M.load_model_and_tokenizer(_cfg(path=str(tmp_path)))
+
+
+def test_tokenizer_without_pad_token_gets_eos(saved: tuple[Path, torch.nn.Module], tmp_path: Path) -> None:
+    folder, _ = saved
+    for f in folder.iterdir():
+        (tmp_path / f.name).write_bytes(f.read_bytes())
+    tok = M.build_tokenizer()
+    tok.pad_token = None
+    tok.save_pretrained(tmp_path)
+    assert AutoTokenizer.from_pretrained(tmp_path).pad_token is None
+    loaded = M.load_tokenizer(_cfg(path=str(tmp_path)))
+    assert loaded.pad_token == "<eos>" and loaded.pad_token_id == loaded.eos_token_id == 2

@@ -1,0 +1,243 @@
+"""Builds or loads the policy's causal LM and tokenizer: a local Hugging Face folder, or the built-in tiny Qwen2.
+
+`load_model_and_tokenizer(cfg.model, device=..., dtype=...)` is the one entry point: with `model.path` set it loads
+that folder with `AutoModelForCausalLM` / `AutoTokenizer` (remote code only when `model.trust_remote_code`), else it
+builds the `tiny` preset: a Qwen2 with the config's sizes and random weights, seeded so that every rank builds the
+same weights, and a tokenizer built in code with one token per word of the synthetic task (`trainer.task.VOCAB`).
+`build_reference` gives the same model frozen, for the KL term.
+
+The model config is read by attribute (duck typing): `path`, `preset`, `hidden_size`, `num_layers`, `num_heads`,
+`num_kv_heads`, `intermediate_size`, `trust_remote_code`.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+from tokenizers import AddedToken
+from transformers import (
+    AutoConfig,
+    AutoModelForCausalLM,
+    AutoTokenizer,
+    PretrainedConfig,
+    PreTrainedModel,
+    PreTrainedTokenizerBase,
+    PreTrainedTokenizerFast,
+    Qwen2Config,
+    Qwen2ForCausalLM,
+    Qwen2Tokenizer,
+)
+
+from trainer import task
+
+__all__ = [
+    "PAD",
+    "PRESETS",
+    "SPECIALS",
+    "build_reference",
+    "build_tokenizer",
+    "freeze",
+    "load_model_and_tokenizer",
+    "load_tokenizer",
+    "model_config",
+    "model_from_config",
+]
+
+PAD, BOS, EOS, UNK = "<pad>", "<bos>", "<eos>", "<unk>"
+SPECIALS = (PAD, BOS, EOS, UNK)
+"""Ids 0..3 of the built-in tokenizer, in this order; the task's words follow."""
+PRESETS = ("tiny",)
+MAX_POSITIONS = 1024
+"""Positions of the tiny preset: prompt + response stay far below this (64 + 16 tokens by default)."""
+
+_WEIGHT_FILES = (
+    "model.safetensors",
+    "model.safetensors.index.json",
+    "pytorch_model.bin",
+    "pytorch_model.bin.index.json",
+)
+_TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model", "vocab.json")
+
+
+def build_tokenizer() -> PreTrainedTokenizerFast:
+    """The built-in tokenizer: one token per word of `trainer.task.VOCAB`, as a `Qwen2Tokenizer`.
+
+    Ids: `<pad>` 0, `<bos>` 1, `<eos>` 2, `<unk>` 3, then `VOCAB` in order (27 words, 31 tokens in all). Each word is
+    an added token that swallows the white space around it, so `"1 + 2 ="` and `"1+2="` both encode to the same four
+    ids; nothing is added when encoding (no BOS/EOS); decoding concatenates the words without spaces
+    (`"<think>so</think><answer>3</answer>"`), and re-encoding a decoded text gives the same ids back. Text outside
+    the vocabulary is dropped (the byte-level model below has no unknown token).
+
+    Why a Qwen2Tokenizer and not a plain word-level one: from transformers 5, `AutoTokenizer.from_pretrained` on a
+    folder whose config says `model_type = "qwen2"` always builds a `Qwen2Tokenizer` from the saved vocabulary,
+    whatever class `tokenizer_config.json` names; a word-level tokenizer saved next to the tiny Qwen2 would come back
+    as a byte-level one that silently drops most words. Built as a Qwen2Tokenizer it round-trips exactly through
+    `save_pretrained` / `AutoTokenizer.from_pretrained`, checkpoints and HF exports included.
+    """
+    vocab = {w: i for i, w in enumerate(SPECIALS + task.VOCAB)}
+    tok = Qwen2Tokenizer(
+        vocab=vocab,
+        merges=[],
+        unk_token=UNK,
+        bos_token=BOS,
+        eos_token=EOS,
+        pad_token=PAD,
+        model_max_length=MAX_POSITIONS,
+        clean_up_tokenization_spaces=False,
+    )
+    words = [AddedToken(w, lstrip=True, rstrip=True, normalized=False, special=False) for w in task.VOCAB]
+    tok.add_tokens(words)
+    return tok
+
+
+def load_tokenizer(model_cfg: Any) -> PreTrainedTokenizerBase:
+    """The tokenizer of `model_cfg.path` (pad = eos when it has no pad token), or the built-in one."""
+    path = getattr(model_cfg, "path", None)
+    if path is None:
+        return build_tokenizer()
+    folder = _check_folder(path, need_weights=False)
+    try:
+        tok = AutoTokenizer.from_pretrained(folder, trust_remote_code=bool(model_cfg.trust_remote_code))
+    except Exception as exc:  # transformers raises many types here; say which folder and key failed
+        raise ValueError(f"model.path: cannot load a tokenizer from {folder}: {type(exc).__name__}: {exc}") from exc
+    if tok.pad_token is None:
+        if tok.eos_token is None:
+            raise ValueError(f"model.path: the tokenizer in {folder} has neither a pad nor an eos token")
+        tok.pad_token = tok.eos_token
+    return tok
+
+
+def model_config(model_cfg: Any, tokenizer: PreTrainedTokenizerBase) -> PretrainedConfig:
+    """The Hugging Face config of the model: read from `model_cfg.path`, or the tiny preset's Qwen2Config.
+
+    The tiny preset takes its sizes from `model_cfg` (`hidden_size`, `num_layers`, `num_heads`, `num_kv_heads`,
+    `intermediate_size`), its vocabulary size and special ids from `tokenizer`, and ties input and output embeddings.
+    """
+    path = getattr(model_cfg, "path", None)
+    if path is not None:
+        folder = _check_folder(path, need_weights=True)
+        try:
+            return AutoConfig.from_pretrained(folder, trust_remote_code=bool(model_cfg.trust_remote_code))
+        except Exception as exc:
+            raise ValueError(f"model.path: cannot read config.json in {folder}: {type(exc).__name__}: {exc}") from exc
+    preset = getattr(model_cfg, "preset", "tiny")
+    if preset not in PRESETS:
+        raise ValueError(f"model.preset: unknown preset {preset!r}; allowed: {', '.join(PRESETS)}")
+    if model_cfg.hidden_size % model_cfg.num_heads != 0:
+        raise ValueError(
+            f"model.hidden_size ({model_cfg.hidden_size}) must be a multiple of model.num_heads ({model_cfg.num_heads})"
+        )
+    if model_cfg.num_heads % model_cfg.num_kv_heads != 0:
+        raise ValueError(
+            f"model.num_heads ({model_cfg.num_heads}) must be a multiple of "
+            f"model.num_kv_heads ({model_cfg.num_kv_heads})"
+        )
+    return Qwen2Config(
+        vocab_size=len(tokenizer),
+        hidden_size=model_cfg.hidden_size,
+        intermediate_size=model_cfg.intermediate_size,
+        num_hidden_layers=model_cfg.num_layers,
+        num_attention_heads=model_cfg.num_heads,
+        num_key_value_heads=model_cfg.num_kv_heads,
+        max_position_embeddings=MAX_POSITIONS,
+        tie_word_embeddings=True,
+        pad_token_id=tokenizer.pad_token_id,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        use_cache=True,
+    )
+
+
+def model_from_config(config: PretrainedConfig, *, seed: int, dtype: torch.dtype = torch.float32) -> PreTrainedModel:
+    """A randomly initialised causal LM for `config`, on the CPU, identical for the same `seed`.
+
+    The global RNG is left as it was (the weights come from a forked RNG seeded with `seed`), so building a model
+    does not shift the trainer's random stream.
+    """
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        if isinstance(config, Qwen2Config):
+            model = Qwen2ForCausalLM(config)
+        else:
+            model = AutoModelForCausalLM.from_config(config)
+    return model.to(dtype)
+
+
+def load_model_and_tokenizer(
+    model_cfg: Any,
+    *,
+    device: torch.device | str = "cpu",
+    dtype: torch.dtype = torch.float32,
+    seed: int = 0,
+    tokenizer: PreTrainedTokenizerBase | None = None,
+) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
+    """The model (train mode, on `device`, weights in `dtype`) and its tokenizer.
+
+    Args:
+        model_cfg: the `model` config section (see the module docstring for the attributes read).
+        device: where the model goes.
+        dtype: the weights' dtype (float32 for FSDP2 mixed precision, which casts for compute itself).
+        seed: seeds the tiny preset's random init (ignored for `model.path`, whose weights are loaded).
+        tokenizer: reuse this tokenizer instead of building or loading it again.
+
+    Raises:
+        FileNotFoundError: `model.path` is missing, not a folder, or lacks config, weight or tokenizer files.
+        ValueError: an unknown preset, inconsistent sizes, or a folder transformers cannot load.
+    """
+    tok = tokenizer if tokenizer is not None else load_tokenizer(model_cfg)
+    path = getattr(model_cfg, "path", None)
+    if path is None:
+        model = model_from_config(model_config(model_cfg, tok), seed=seed, dtype=dtype)
+    else:
+        folder = _check_folder(path, need_weights=True)
+        try:
+            model = AutoModelForCausalLM.from_pretrained(
+                folder, dtype=dtype, trust_remote_code=bool(model_cfg.trust_remote_code)
+            )
+        except Exception as exc:
+            raise ValueError(f"model.path: cannot load a causal LM from {folder}: {type(exc).__name__}: {exc}") from exc
+    if model.config.pad_token_id is None:
+        model.config.pad_token_id = tok.pad_token_id
+    model.to(device)
+    model.train()
+    return model, tok
+
+
+def freeze(model: PreTrainedModel) -> PreTrainedModel:
+    """`model` in eval mode with every parameter's `requires_grad` off (in place; returned for chaining)."""
+    model.requires_grad_(False)
+    return model.eval()
+
+
+def build_reference(
+    model_cfg: Any,
+    *,
+    device: torch.device | str = "cpu",
+    dtype: torch.dtype = torch.float32,
+    seed: int = 0,
+    tokenizer: PreTrainedTokenizerBase | None = None,
+) -> PreTrainedModel:
+    """The frozen reference model for the KL term: the same weights as the initial policy, eval mode, no grads."""
+    model, _ = load_model_and_tokenizer(model_cfg, device=device, dtype=dtype, seed=seed, tokenizer=tokenizer)
+    return freeze(model)
+
+
+def _check_folder(path: str | Path, *, need_weights: bool) -> Path:
+    """`path` as a folder holding a config, tokenizer files and (if asked) weights; a clear error otherwise."""
+    folder = Path(path).expanduser()
+    if not folder.exists():
+        raise FileNotFoundError(f"model.path: {folder} does not exist (a local Hugging Face model folder is expected)")
+    if not folder.is_dir():
+        raise FileNotFoundError(f"model.path: {folder} is not a folder (a local Hugging Face model folder is expected)")
+    missing = []
+    if not (folder / "config.json").is_file():
+        missing.append("config.json")
+    if need_weights and not any((folder / name).is_file() for name in _WEIGHT_FILES):
+        missing.append("weights (one of " + ", ".join(_WEIGHT_FILES) + ")")
+    if not any((folder / name).is_file() for name in _TOKENIZER_FILES):
+        missing.append("a tokenizer (one of " + ", ".join(_TOKENIZER_FILES) + ")")
+    if missing:
+        raise FileNotFoundError(f"model.path: {folder} lacks " + "; ".join(missing))
+    return folder
