@@ -7,7 +7,8 @@ PY := $(VENV)/bin/python
 # The pin: on the development and CI machines it resolves to a local CPU wheel; elsewhere it is the CUDA build.
 # Installing torch first, alone, means the project's own `torch>=...` range then installs nothing more.
 TORCH_SPEC ?= torch==2.13.0
-NPROC ?= 1
+# Processes for `make run`: one per GPU, or 2 on a CPU-only machine (the built-in job's set-up).
+NPROC ?= $(shell $(PY) -c "import torch; print(torch.cuda.device_count() or 2)" 2>/dev/null || echo 2)
 STAMP := $(VENV)/.installed
 
 .PHONY: run test lint format clean

@@ -166,7 +166,7 @@ class RolloutConfig(_Section):
     """Sampling temperature (0: greedy); the log-probs of the update use the same temperature."""
     top_p: float = 1.0
     """Nucleus sampling mass, in (0, 1]."""
-    max_new_tokens: int = 16
+    max_new_tokens: int = 8
     """Response length cap in tokens."""
     sync_bucket_mb: float = 64.0
     """Weight sync: MiB of full tensors gathered per bucket (bounds the extra memory of a sync)."""
@@ -257,7 +257,7 @@ class OptimConfig(_Section):
     """AdamW, its schedule (linear warmup, then constant) and how an update splits the batch."""
 
     SECTION = "optim"
-    lr: float = 1e-3
+    lr: float = 3e-3
     """Peak learning rate (the tiny default; the 1.5B presets use 1e-6)."""
     weight_decay: float = 0.0
     """AdamW decoupled weight decay."""
@@ -267,7 +267,7 @@ class OptimConfig(_Section):
     """Clip the global gradient norm to this (0: no clipping; the norm is still logged)."""
     warmup_steps: int = 0
     """Linear learning-rate warmup, in steps."""
-    total_steps: int = 60
+    total_steps: int = 150
     """Training steps (one rollout batch each); also the denominator of the curriculum's progress."""
     minibatches: int = 1
     """Optimizer steps per update: the batch is split into this many minibatches."""

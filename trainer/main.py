@@ -1,28 +1,37 @@
-"""Entry point: `torchrun --nproc_per_node=N -m trainer.main [--config FILE.toml] [key=value ...]`.
+"""Entry point: `torchrun --nproc_per_node=N -m trainer.main [--config FILE.toml] [section.key=value ...]`.
 
-The trainer itself is not built yet (its own issue). Until then this says what the command will run and exits
-with status 3, so `make run` fails loudly instead of pretending to train.
+With no arguments it runs the built-in job (`trainer/configs/default.toml`): a tiny Qwen2-architecture model
+trained with GRPO on a synthetic verifiable task, on whatever the machine has. Bad configuration exits with status
+2 and one line naming the key, before any work.
 """
 
 from __future__ import annotations
 
 import sys
 
-PLANNED = (
-    "fastslow trainer: not built yet.\n"
-    "When it lands, `make run` will run `torchrun --standalone --nproc_per_node=1 -m trainer.main`, i.e. the\n"
-    "built-in job: a tiny causal LM built from a config, GRPO on a synthetic verifiable task, on this machine's\n"
-    "devices (CPU included), writing metrics and checkpoints under runs/.\n"
-    "What works today: the kernels (`from kernels import grpo_loss, low_var_kl, reposition_, snapshot`)."
-)
+from trainer.config import ConfigError, load_config
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Print the plan and return a non-zero status (the trainer does not exist yet)."""
-    del argv
-    print(PLANNED, file=sys.stderr)
-    return 3
+    """Parse, build, train, close; returns the process exit status."""
+    try:
+        cfg = load_config(sys.argv[1:] if argv is None else argv)
+    except ConfigError as err:
+        print(f"config error: {err}", file=sys.stderr)
+        return 2
+
+    from trainer.dist import close, init_distributed
+    from trainer.trainer import Trainer
+
+    info = init_distributed()
+    trainer = Trainer(cfg, info)
+    try:
+        trainer.train()
+    finally:
+        trainer.close()
+        close()
+    return 0
 
 
 if __name__ == "__main__":
-    raise SystemExit(main(sys.argv[1:]))
+    raise SystemExit(main())

@@ -19,6 +19,7 @@ from trainer.dist import DistInfo, parallelize
 from trainer.metrics import MetricsLogger, system_metrics
 from trainer.model import load_model_and_tokenizer
 from trainer.policy import Policy
+from trainer.rewards import task_for
 from trainer.rollout import build_engine
 from trainer.step import StepContext, train_step
 from trainer.weight_sync import sync_weights
@@ -87,7 +88,8 @@ class Trainer:
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
             self.optimizer, lambda s: min(1.0, (s + 1) / warmup) if warmup else 1.0
         )
-        self.prompts, self.task, skipped = load_prompts(cfg.data, self.tokenizer, seed=cfg.seed)
+        self.prompts = load_prompts(cfg.data, self.tokenizer, seed=cfg.seed)
+        self.task = task_for(cfg.data)
         sampler = PromptSampler(
             len(self.prompts), cfg.rollout.prompts_per_step, seed=cfg.seed, rank=info.rank, world=info.world
         )
@@ -107,7 +109,6 @@ class Trainer:
         )  # fmt: skip
         self.step = 0
         self.history: list[float] = []  # accuracy per step, for the final summary
-        self.prompts_skipped = skipped
         self._resume()
         sync_weights(self.policy, self.engine, bucket_bytes=int(cfg.rollout.sync_bucket_mb * 2**20), prefix="lm.")
 

@@ -1,0 +1,49 @@
+"""The policy as FSDP2 sees it: a Hugging Face causal LM whose log-probs and loss come from `kernels`.
+
+Wrapping the LM (as `self.lm`) gives FSDP's root a forward of its own: the root's parameters (embeddings, final
+norm, LM head) are gathered around `Policy.forward`, so the head's weight is a plain tensor when it reaches
+`kernels.token_logprobs` / `kernels.linear_grpo_loss`, and the `[tokens, vocab]` logits are never formed.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import nn
+
+from kernels import linear_grpo_loss, token_logprobs
+
+
+class Policy(nn.Module):
+    """Hidden states from `lm.model`, then the fused log-prob or loss kernels with `lm.lm_head.weight`."""
+
+    def __init__(self, lm: nn.Module) -> None:
+        super().__init__()
+        self.lm = lm
+
+    def forward(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor,
+        targets: torch.Tensor,
+        *,
+        temperature: float = 1.0,
+        loss_kwargs: dict[str, Any] | None = None,
+    ) -> Any:
+        """Log-probs and entropies of `targets` (no `loss_kwargs`), or the GRPO loss and its metrics.
+
+        Args:
+            input_ids: `[B, L]` prompt + response tokens, right-padded.
+            attention_mask: `[B, L]` 1 on real tokens.
+            targets: `[B, L - 1]` the next token at each position, -100 where nothing is scored.
+            loss_kwargs: `kernels.linear_grpo_loss` arguments after `targets` (old_logp, advantages, mask, ...).
+
+        Returns:
+            `(logp [B, L-1], entropy [B, L-1])`, or `(loss, metrics)` from `linear_grpo_loss`.
+        """
+        hidden = self.lm.model(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state[:, :-1]
+        weight = self.lm.lm_head.weight
+        if loss_kwargs is None:
+            return token_logprobs(hidden, weight, targets, temperature=temperature, with_entropy=True)
+        return linear_grpo_loss(hidden, weight, targets, temperature=temperature, **loss_kwargs)

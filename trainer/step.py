@@ -1,0 +1,306 @@
+"""One training step: rollout -> rewards -> filter -> advantages -> old/ref log-probs -> update -> weight sync.
+
+Every rank works on its own prompts; what must agree across ranks is agreed by all-reduce: the refill loop's end,
+the thinking reward's chunk statistics, the global token count of each minibatch, the metrics, and therefore the
+SFPO entropy switch's decision.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import nn
+
+from fastslow import FilterExhausted, OnlineFilter, group_advantages, sfpo_update, thinking_reward
+from kernels import IGNORE_INDEX
+from trainer import rewards as reward_fns
+from trainer.dist import DistInfo, all_gather_cat, all_reduce
+from trainer.rollout import SamplingParams
+from trainer.weight_sync import sync_weights
+
+
+@dataclass
+class Group:
+    """One prompt and its `n` sampled responses, scored."""
+
+    prompt_ids: list[int]
+    completions: list[list[int]]
+    rewards: torch.Tensor  # [n] float32
+    correct: torch.Tensor  # [n] bool
+    lengths: torch.Tensor  # [n] float32
+
+
+@dataclass
+class Batch:
+    """One rank's kept rollouts as tensors, group by group (B = groups * n sequences, T = L - 1 positions)."""
+
+    input_ids: torch.Tensor  # [B, L]
+    attention_mask: torch.Tensor  # [B, L]
+    targets: torch.Tensor  # [B, T], -100 outside responses
+    mask: torch.Tensor  # [B, T] bool: response tokens
+    rewards: torch.Tensor  # [B]
+    correct: torch.Tensor  # [B] bool
+    lengths: torch.Tensor  # [B]
+
+
+@dataclass
+class StepContext:
+    """What a step needs, built once by the Trainer."""
+
+    cfg: Any
+    info: DistInfo
+    policy: nn.Module
+    ref: nn.Module | None
+    optimizer: torch.optim.Optimizer
+    scheduler: Any
+    engine: Any
+    tokenizer: Any
+    prompts: list[dict]
+    sampler: Any
+    kl: Any  # fastslow.KLController
+    schedule: Any  # fastslow.FilterSchedule | None
+    switch: Any  # fastslow.EntropySwitch | None
+    task: str
+    slow: Any = None  # kernels.Snapshot, reused by every SFPO step
+    bad_steps: int = 0
+    extra: dict = field(default_factory=dict)
+
+
+def _sampling(ctx: StepContext, step: int, chunk: int) -> SamplingParams:
+    r = ctx.cfg.rollout
+    seed = (ctx.cfg.seed * 1_000_003 + step * 10_007 + chunk * 101 + ctx.info.rank) % (2**31)
+    stop = [ctx.tokenizer.eos_token_id]
+    return SamplingParams(
+        n=r.group_size, temperature=r.temperature, top_p=r.top_p, max_new_tokens=r.max_new_tokens,
+        stop_token_ids=stop, seed=seed,
+    )  # fmt: skip
+
+
+def _score_chunk(ctx: StepContext, items: list[dict], completions: list[list[list[int]]]) -> list[Group]:
+    """Rewards for one generated chunk; the FAST thinking reward takes its statistics over all ranks' chunk."""
+    cfg, n = ctx.cfg, ctx.cfg.rollout.group_size
+    eos = ctx.tokenizer.eos_token_id
+    flat = [c for comps in completions for c in comps]
+    texts = [ctx.tokenizer.decode([t for t in c if t != eos], skip_special_tokens=True) for c in flat]
+    answers = [it["answer"] for it in items for _ in range(n)]
+    correct, formatted = reward_fns.score(texts, answers, task=ctx.task)
+    lengths = reward_fns.lengths([len(c) for c in flat], texts, cfg.algorithm.length_unit)
+    if cfg.algorithm.fast:
+        rank, local = ctx.info.rank, len(flat)
+        stats = torch.stack([lengths.float(), correct.float(), formatted.float()]).to(ctx.info.device)
+        every = all_gather_cat(stats.t().contiguous()).cpu()  # [world * local, 3], rank by rank
+        fast = thinking_reward(
+            every[:, 0], every[:, 1] > 0.5, every[:, 2] > 0.5, n, percentile=cfg.algorithm.percentile,
+            length_weight=cfg.algorithm.length_weight, format_weight=cfg.algorithm.format_weight,
+        )  # fmt: skip
+        rewards = fast.rewards[rank * local : (rank + 1) * local]
+    else:
+        rewards = correct.float()
+    return [
+        Group(it["prompt_ids"], completions[i], rewards[i * n : (i + 1) * n], correct[i * n : (i + 1) * n],
+              lengths[i * n : (i + 1) * n])
+        for i, it in enumerate(items)
+    ]  # fmt: skip
+
+
+def collect(ctx: StepContext, step: int) -> tuple[list[Group], dict[str, float]]:
+    """Generate chunks of prompts until every rank holds its share of kept groups (or the chunk cap is hit)."""
+    cfg = ctx.cfg
+    per_rank = cfg.rollout.prompts_per_step // ctx.info.world
+    progress = step / max(cfg.optim.total_steps, 1)
+    filt = None
+    if ctx.schedule is not None:
+        filt = OnlineFilter(ctx.schedule, per_rank, max_chunks=cfg.rollout.max_chunks)
+        filt.start(progress)
+    chunk = 0
+    while True:
+        items = [ctx.prompts[i] for i in ctx.sampler.next_chunk()]
+        completions = ctx.engine.generate([it["prompt_ids"] for it in items], _sampling(ctx, step, chunk))
+        groups = _score_chunk(ctx, items, completions)
+        chunk += 1
+        if filt is None:
+            return groups, {"rollout/chunks": 1.0, "rollout/kept_groups": float(len(groups))}
+        failure = None
+        try:
+            filt.add(torch.stack([g.correct.float().mean() for g in groups]), items=groups)
+        except FilterExhausted as err:
+            failure = err
+        flags = torch.tensor([float(filt.done), float(failure is not None)], device=ctx.info.device)
+        all_done = all_reduce(flags[:1].clone(), "min").item() > 0.5
+        any_failed = all_reduce(flags[1:].clone(), "max").item() > 0.5
+        if all_done:
+            kept = filt.result().items
+            return list(kept), {"rollout/chunks": float(chunk), "rollout/kept_groups": float(len(kept))}
+        if any_failed:
+            raise FilterExhausted(str(failure) if failure else "another rank's online filter ran out of chunks")
+
+
+def make_batch(groups: list[Group], pad_id: int, device: torch.device) -> Batch:
+    """Right-padded prompt + response sequences; targets and mask cover the response tokens only."""
+    seqs = [(g.prompt_ids, c) for g in groups for c in g.completions]
+    L = max(2, max(len(p) + len(c) for p, c in seqs))
+    B = len(seqs)
+    input_ids = torch.full((B, L), pad_id, dtype=torch.long)
+    attention = torch.zeros(B, L, dtype=torch.long)
+    targets = torch.full((B, L - 1), IGNORE_INDEX, dtype=torch.long)
+    for i, (p, c) in enumerate(seqs):
+        ids = torch.tensor(p + c, dtype=torch.long)
+        input_ids[i, : len(ids)] = ids
+        attention[i, : len(ids)] = 1
+        if c:  # position t predicts token t + 1: responses start at position len(p) - 1
+            targets[i, len(p) - 1 : len(ids) - 1] = ids[len(p) :]
+    mask = targets != IGNORE_INDEX
+    cat = lambda name: torch.cat([getattr(g, name) for g in groups])
+    return Batch(
+        input_ids.to(device), attention.to(device), targets.to(device), mask.to(device),
+        cat("rewards").float().to(device), cat("correct").to(device), cat("lengths").float().to(device),
+    )  # fmt: skip
+
+
+def _micro(rows: torch.Tensor, size: int) -> list[torch.Tensor]:
+    return list(torch.split(rows, max(1, size)))
+
+
+@torch.no_grad()
+def logprobs(policy: nn.Module, batch: Batch, micro: int, temperature: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """`(logp [B, T], entropy [B, T])` of the batch's targets under `policy`, micro-batch by micro-batch."""
+    outs = [
+        policy(batch.input_ids[r], batch.attention_mask[r], batch.targets[r], temperature=temperature)
+        for r in _micro(torch.arange(batch.input_ids.shape[0], device=batch.input_ids.device), micro)
+    ]
+    # FSDP2 keeps the root's parameters gathered after a forward (it expects a backward next); put them back in
+    # shards, or the SFPO snapshot and reposition would see the gathered copies, freed at the next reshard.
+    policy.reshard()
+    return torch.cat([o[0] for o in outs]), torch.cat([o[1] for o in outs])
+
+
+def update(
+    ctx: StepContext,
+    batch: Batch,
+    old_logp: torch.Tensor,
+    ref_logp: torch.Tensor | None,
+    adv: torch.Tensor,
+    kl_coef: torch.Tensor | float,
+) -> dict[str, float]:
+    """One full policy update: `epochs` passes of `minibatches` optimizer steps, micro-batched.
+
+    Normalisation is global: every micro-batch's loss is scaled so that the sum over micro-batches and ranks is the
+    minibatch's loss under `loss_agg` (FSDP averages gradients over ranks, hence the factor `world`).
+    """
+    cfg, world, device = ctx.cfg, ctx.info.world, ctx.info.device
+    a, o = cfg.algorithm, cfg.optim
+    B = batch.input_ids.shape[0]
+    sums: dict[str, float] = {}
+    grad_norms, skipped = [], 0
+    rows_all = torch.arange(B, device=device)
+    for _ in range(o.epochs):
+        for mb in torch.tensor_split(rows_all, o.minibatches):
+            n_tok = all_reduce(batch.mask[mb].sum().float())
+            n_seq = all_reduce(batch.mask[mb].any(-1).sum().float())
+            n_rows = all_reduce(torch.tensor(float(len(mb)), device=device))
+            for r in _micro(mb, o.micro_batch_size):
+                kw = dict(
+                    old_logp=old_logp[r], advantages=adv[r], mask=batch.mask[r],
+                    ref_logp=None if ref_logp is None else ref_logp[r],
+                    kl_coef=kl_coef[r] if isinstance(kl_coef, torch.Tensor) else kl_coef,
+                    clip_low=a.clip_low, clip_high=a.clip_high, dual_clip=a.dual_clip, loss_agg=a.loss_agg,
+                    entropy_coef=a.entropy_coef,
+                )  # fmt: skip
+                if a.loss_agg == "token-mean":
+                    kw["num_tokens"], scale = n_tok, 1.0
+                elif a.loss_agg == "seq-mean-token-mean":
+                    scale = batch.mask[r].any(-1).sum().float() / n_seq.clamp(min=1.0)
+                else:
+                    scale = len(r) / n_rows
+                loss, m = ctx.policy(
+                    batch.input_ids[r], batch.attention_mask[r], batch.targets[r],
+                    temperature=cfg.rollout.temperature, loss_kwargs=kw,
+                )  # fmt: skip
+                (loss * scale * world).backward()
+                tokens = m["tokens"].item()
+                for k in ("pg_loss", "kl", "ratio", "clip_frac", "dual_clip_frac", "entropy"):
+                    sums[k] = sums.get(k, 0.0) + m[k].item() * tokens
+                sums["tokens"] = sums.get("tokens", 0.0) + tokens
+            max_norm = o.grad_clip if o.grad_clip > 0 else math.inf
+            norm = torch.nn.utils.clip_grad_norm_(ctx.policy.parameters(), max_norm)
+            norm = norm.full_tensor() if hasattr(norm, "full_tensor") else norm
+            if torch.isfinite(norm):
+                ctx.optimizer.step()
+            else:
+                skipped += 1
+            ctx.optimizer.zero_grad(set_to_none=True)
+            grad_norms.append(norm.item())
+    keys = sorted(sums)
+    totals = all_reduce(torch.tensor([sums[k] for k in keys], device=device, dtype=torch.float64))
+    totals = dict(zip(keys, totals.tolist(), strict=True))
+    tokens = max(totals.pop("tokens"), 1.0)
+    out = {f"actor/{k}": v / tokens for k, v in totals.items()}
+    out["entropy"] = out.pop("actor/entropy")
+    out["actor/grad_norm"] = sum(grad_norms) / max(len(grad_norms), 1)
+    out["actor/skipped_updates"] = float(skipped)
+    return out
+
+
+def train_step(ctx: StepContext, step: int) -> dict[str, float]:
+    """One step; returns its metrics (identical on every rank)."""
+    cfg, info = ctx.cfg, ctx.info
+    n = cfg.rollout.group_size
+    timing: dict[str, float] = {}
+    t = time.perf_counter()
+
+    ctx.engine.wake_up()
+    groups, metrics = collect(ctx, step)
+    ctx.engine.sleep()
+    batch = make_batch(groups, ctx.tokenizer.pad_token_id, info.device)
+    timing["rollout"], t = time.perf_counter() - t, time.perf_counter()
+
+    old_logp, _ = logprobs(ctx.policy, batch, cfg.optim.micro_batch_size, cfg.rollout.temperature)
+    ref_logp = None
+    if ctx.ref is not None:
+        ref_logp, _ = logprobs(ctx.ref, batch, cfg.optim.micro_batch_size, cfg.rollout.temperature)
+    adv = group_advantages(batch.rewards, n, std_normalize=cfg.algorithm.std_normalize)
+    kl_coef: torch.Tensor | float = ctx.kl.coefficients(batch.correct, n).to(info.device)
+    if cfg.algorithm.kl_type == "fixed":
+        kl_coef = float(cfg.algorithm.kl_coef)
+    timing["logprobs"], t = time.perf_counter() - t, time.perf_counter()
+
+    run_update: Callable[[], dict[str, float]] = lambda: update(ctx, batch, old_logp, ref_logp, adv, kl_coef)
+    sfpo_on = ctx.switch is not None and ctx.switch.active
+    if sfpo_on:
+        if ctx.slow is None:
+            from kernels import snapshot
+
+            ctx.slow = snapshot(ctx.policy.parameters())
+        a = cfg.algorithm
+        update_metrics = sfpo_update(
+            ctx.policy.parameters(), run_update, inner_steps=a.sfpo_inner_steps, alpha=a.sfpo_alpha, slow=ctx.slow
+        )
+    else:
+        update_metrics = run_update()
+    if ctx.switch is not None and math.isfinite(update_metrics["entropy"]):
+        ctx.switch.update(update_metrics["entropy"])
+    ctx.scheduler.step()
+    timing["update"], t = time.perf_counter() - t, time.perf_counter()
+
+    sync = sync_weights(ctx.policy, ctx.engine, bucket_bytes=int(cfg.rollout.sync_bucket_mb * 2**20), prefix="lm.")
+    timing["sync"] = time.perf_counter() - t
+
+    sums = [batch.rewards.sum(), batch.correct.float().sum(), batch.lengths.sum(), batch.mask.sum().float()]
+    local = [x.item() for x in sums] + [float(len(batch.rewards))]
+    local = torch.tensor(local, dtype=torch.float64, device=info.device)
+    reward_sum, correct_sum, length_sum, resp_tokens, count = all_reduce(local).tolist()
+    metrics.update(update_metrics)
+    metrics.update({
+        "reward": reward_sum / count, "accuracy": correct_sum / count, "response_length": length_sum / count,
+        "lr": ctx.scheduler.get_last_lr()[0], "sfpo": float(sfpo_on), "sync/bytes": float(sync["bytes"]),
+        "tokens_per_s": resp_tokens / max(sum(timing.values()), 1e-9),
+    })  # fmt: skip
+    if cfg.algorithm.kl_type != "fixed":
+        metrics.update({f"{k}": v for k, v in ctx.kl.metrics().items()})
+    metrics.update({f"time/{k}": v for k, v in timing.items()})
+    return metrics
