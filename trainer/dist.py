@@ -66,12 +66,11 @@ def parallelize(policy: nn.Module, info: DistInfo, *, mixed_precision: bool, act
     """
     from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
 
-    layers = policy.lm.model.layers
     if activation_checkpointing:
-        from torch.distributed.algorithms._checkpoint.checkpoint_wrapper import checkpoint_wrapper
-
-        for i, layer in enumerate(layers):
-            layers[i] = checkpoint_wrapper(layer)
+        # Hugging Face's own per-layer checkpointing (non-reentrant): its decoder layers route their keyword
+        # arguments (masks, position embeddings) through it correctly, which a generic wrapper does not.
+        policy.lm.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    layers = policy.lm.model.layers
     mp = MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32) if mixed_precision else None
     kwargs = {"mesh": info.mesh} | ({"mp_policy": mp} if mp is not None else {})
     for layer in layers:
