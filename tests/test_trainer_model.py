@@ -192,3 +192,24 @@ def test_tokenizer_without_pad_token_gets_eos(saved: tuple[Path, torch.nn.Module
     assert AutoTokenizer.from_pretrained(tmp_path).pad_token is None
     loaded = M.load_tokenizer(_cfg(path=str(tmp_path)))
     assert loaded.pad_token == "<eos>" and loaded.pad_token_id == loaded.eos_token_id == 2
+
+
+def test_model_config_folder_builds_random_weights(tmp_path):
+    """`model.config`: the architecture and tokenizer of a folder without weights, seeded random init."""
+    from trainer.config import Config, ConfigError, from_dict
+    from trainer.model import load_model_and_tokenizer
+
+    tiny, tok = load_model_and_tokenizer(Config().model, seed=0)
+    tiny.config.save_pretrained(tmp_path)
+    tok.save_pretrained(tmp_path)
+    cfg = from_dict({"model": {"config": str(tmp_path)}}).model
+    a, tok_a = load_model_and_tokenizer(cfg, seed=3)
+    b, _ = load_model_and_tokenizer(cfg, seed=3)
+    c, _ = load_model_and_tokenizer(cfg, seed=4)
+    assert type(a) is type(tiny) and a.config.hidden_size == tiny.config.hidden_size and len(tok_a) == len(tok)
+    assert all(torch.equal(x, y) for x, y in zip(a.parameters(), b.parameters()))
+    assert not all(torch.equal(x, y) for x, y in zip(a.parameters(), c.parameters()))
+    with pytest.raises(ConfigError, match="model.config"):
+        from_dict({"model": {"config": str(tmp_path), "path": str(tmp_path)}})
+    with pytest.raises(FileNotFoundError, match="model.config"):
+        load_model_and_tokenizer(from_dict({"model": {"config": str(tmp_path / "nope")}}).model)

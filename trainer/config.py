@@ -89,9 +89,13 @@ class ModelConfig(_Section):
     SECTION = "model"
     path: str | None = None
     """Local Hugging Face causal-LM folder (config, weights, tokenizer). None or "" means: build `preset`."""
+    config: str | None = None
+    """Local folder with a Hugging Face `config.json` and tokenizer files (no weights needed): build that
+    architecture with seeded random weights. Used when `path` is unset; takes precedence over `preset`."""
     preset: Literal["tiny", "none"] = "tiny"
-    """Used when `path` is unset: "tiny" builds a small Qwen2 from the sizes below with seeded random weights and
-    the synthetic task's code-built tokenizer; "none" builds nothing, so `path` is required (the 1.5B presets)."""
+    """Used when `path` and `config` are unset: "tiny" builds a small Qwen2 from the sizes below with seeded random
+    weights and the synthetic task's code-built tokenizer; "none" builds nothing, so `path` is required (the 1.5B
+    presets)."""
     hidden_size: int = 64
     """Tiny preset: hidden size (a multiple of `num_heads`, with an even head size for rotary embeddings)."""
     num_layers: int = 2
@@ -112,13 +116,18 @@ class ModelConfig(_Section):
     def validate(self) -> None:
         if self.path is not None and not self.path.strip():
             self.path = None  # "" is the presets' placeholder; TOML has no null
-        if self.path is None and self.preset == "none":
+        if self.config is not None and not self.config.strip():
+            self.config = None
+        self._require(
+            self.path is None or self.config is None, "config", "give model.path (weights) or model.config, not both"
+        )
+        if self.path is None and self.config is None and self.preset == "none":
             raise ConfigError(
                 "model.path is not set, and model.preset = 'none' builds no model: give the Hugging Face model "
                 "folder, e.g. model.path=/models/DeepSeek-R1-Distill-Qwen-1.5B (or model.preset=tiny)"
             )
         self._at_least(1, "hidden_size", "num_layers", "num_heads", "num_kv_heads", "intermediate_size")
-        if self.path is None:
+        if self.path is None and self.config is None:
             heads, head_dim = self.num_heads, self.hidden_size // self.num_heads
             self._require(self.hidden_size % heads == 0, "hidden_size", f"must be a multiple of num_heads ({heads})")
             self._require(head_dim % 2 == 0, "hidden_size", f"hidden_size / num_heads ({head_dim}) must be even")

@@ -92,19 +92,27 @@ def build_tokenizer() -> PreTrainedTokenizerFast:
     return tok
 
 
-def load_tokenizer(model_cfg: Any) -> PreTrainedTokenizerBase:
-    """The tokenizer of `model_cfg.path` (pad = eos when it has no pad token), or the built-in one."""
+def _folder(model_cfg: Any) -> tuple[str | None, str]:
+    """The Hugging Face folder to read (`model.path`, else `model.config`) and the config key it came from."""
     path = getattr(model_cfg, "path", None)
+    if path is not None:
+        return path, "model.path"
+    return getattr(model_cfg, "config", None), "model.config"
+
+
+def load_tokenizer(model_cfg: Any) -> PreTrainedTokenizerBase:
+    """The tokenizer of `model.path` / `model.config` (pad = eos when it has no pad token), or the built-in one."""
+    path, key = _folder(model_cfg)
     if path is None:
         return build_tokenizer()
-    folder = _check_folder(path, need_weights=False)
+    folder = _check_folder(path, need_weights=False, key=key)
     try:
         tok = AutoTokenizer.from_pretrained(folder, trust_remote_code=bool(model_cfg.trust_remote_code))
     except Exception as exc:  # transformers raises many types here; say which folder and key failed
-        raise ValueError(f"model.path: cannot load a tokenizer from {folder}: {type(exc).__name__}: {exc}") from exc
+        raise ValueError(f"{key}: cannot load a tokenizer from {folder}: {type(exc).__name__}: {exc}") from exc
     if tok.pad_token is None:
         if tok.eos_token is None:
-            raise ValueError(f"model.path: the tokenizer in {folder} has neither a pad nor an eos token")
+            raise ValueError(f"{key}: the tokenizer in {folder} has neither a pad nor an eos token")
         tok.pad_token = tok.eos_token
     return tok
 
@@ -115,13 +123,13 @@ def model_config(model_cfg: Any, tokenizer: PreTrainedTokenizerBase) -> Pretrain
     The tiny preset takes its sizes from `model_cfg` (`hidden_size`, `num_layers`, `num_heads`, `num_kv_heads`,
     `intermediate_size`), its vocabulary size and special ids from `tokenizer`, and ties input and output embeddings.
     """
-    path = getattr(model_cfg, "path", None)
+    path, key = _folder(model_cfg)
     if path is not None:
-        folder = _check_folder(path, need_weights=True)
+        folder = _check_folder(path, need_weights=key == "model.path", key=key)
         try:
             return AutoConfig.from_pretrained(folder, trust_remote_code=bool(model_cfg.trust_remote_code))
         except Exception as exc:
-            raise ValueError(f"model.path: cannot read config.json in {folder}: {type(exc).__name__}: {exc}") from exc
+            raise ValueError(f"{key}: cannot read config.json in {folder}: {type(exc).__name__}: {exc}") from exc
     preset = getattr(model_cfg, "preset", "tiny")
     if preset not in PRESETS:
         raise ValueError(f"model.preset: unknown preset {preset!r}; allowed: {', '.join(PRESETS)}")
@@ -224,13 +232,13 @@ def build_reference(
     return freeze(model)
 
 
-def _check_folder(path: str | Path, *, need_weights: bool) -> Path:
-    """`path` as a folder holding a config, tokenizer files and (if asked) weights; a clear error otherwise."""
+def _check_folder(path: str | Path, *, need_weights: bool, key: str = "model.path") -> Path:
+    """`path` as a folder holding a config, tokenizer files and (if asked) weights; a clear error naming `key`."""
     folder = Path(path).expanduser()
     if not folder.exists():
-        raise FileNotFoundError(f"model.path: {folder} does not exist (a local Hugging Face model folder is expected)")
+        raise FileNotFoundError(f"{key}: {folder} does not exist (a local Hugging Face model folder is expected)")
     if not folder.is_dir():
-        raise FileNotFoundError(f"model.path: {folder} is not a folder (a local Hugging Face model folder is expected)")
+        raise FileNotFoundError(f"{key}: {folder} is not a folder (a local Hugging Face model folder is expected)")
     missing = []
     if not (folder / "config.json").is_file():
         missing.append("config.json")
@@ -239,5 +247,5 @@ def _check_folder(path: str | Path, *, need_weights: bool) -> Path:
     if not any((folder / name).is_file() for name in _TOKENIZER_FILES):
         missing.append("a tokenizer (one of " + ", ".join(_TOKENIZER_FILES) + ")")
     if missing:
-        raise FileNotFoundError(f"model.path: {folder} lacks " + "; ".join(missing))
+        raise FileNotFoundError(f"{key}: {folder} lacks " + "; ".join(missing))
     return folder
