@@ -6,7 +6,8 @@ Each op runs its Triton kernel on CUDA, its native or torch implementation on CP
 torch custom op (so `torch.compile` traces through it), and has a plain-torch `*_ref` beside it.
 """
 
-from kernels.grpo import LOSS_AGGS, grpo_loss, grpo_loss_ref
+from kernels.grpo import grpo_loss, grpo_loss_ref
+from kernels.grpo_args import LOSS_AGGS
 from kernels.kl import low_var_kl, low_var_kl_ref
 from kernels.linear_grpo import linear_grpo_loss, linear_grpo_loss_ref
 from kernels.logprobs import IGNORE_INDEX, token_logprobs, token_logprobs_ref

@@ -14,7 +14,8 @@ from __future__ import annotations
 import torch
 
 from kernels._checks import check_finite_number
-from kernels.grpo import _N_STATS, GRPOTerms, LossAgg, _row_weights, grpo_loss, grpo_metrics, prepare_grpo
+from kernels.grpo import grpo_loss
+from kernels.grpo_args import _N_STATS, GRPOTerms, LossAgg, _row_weights, grpo_metrics, prepare_grpo
 from kernels.logprobs import (
     _row_stats,
     backward_chunk,

@@ -1,0 +1,165 @@
+"""The GRPO loss's arguments: checked, laid out for the fused op, and its metrics (shared by `grpo_loss` and
+`linear_grpo_loss`)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+
+from kernels._checks import check_device, check_finite_number, check_float, check_shape
+
+LossAgg = Literal["token-mean", "seq-mean-token-mean", "seq-mean-token-sum-norm"]
+LOSS_AGGS: tuple[str, ...] = ("token-mean", "seq-mean-token-mean", "seq-mean-token-sum-norm")
+
+# Per-row partial sums the fused op returns, in this order (all over masked tokens, mask-weighted).
+_STATS = ("loss", "pg_loss", "kl", "ratio", "clip_frac", "dual_clip_frac")
+_N_STATS = len(_STATS)
+
+
+def _row_weights(
+    mask: torch.Tensor, loss_agg: str, num_tokens: float | torch.Tensor | None, norm_len: float | None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-row aggregation weight `w [B]` (float32) and the row token counts `[B]`."""
+    B, T = mask.shape
+    counts = mask.sum(-1, dtype=torch.float32)
+    if loss_agg == "token-mean":
+        denom = counts.sum() if num_tokens is None else torch.as_tensor(num_tokens, dtype=torch.float32)
+        w = (1.0 / denom.to(mask.device).clamp(min=1.0)).expand(B)
+    elif loss_agg == "seq-mean-token-mean":
+        has_tokens = counts > 0
+        n_rows = has_tokens.sum().clamp(min=1).float()
+        w = torch.where(has_tokens, 1.0 / (counts.clamp(min=1.0) * n_rows), 0.0)
+    else:
+        w = torch.full((B,), 1.0 / (B * (T if norm_len is None else norm_len)), device=mask.device)
+    return w.contiguous(), counts
+
+
+def _validate(
+    shape: torch.Size,
+    device: torch.device,
+    like: str,
+    old_logp: torch.Tensor,
+    advantages: torch.Tensor,
+    mask: torch.Tensor,
+    ref_logp: torch.Tensor | None,
+    kl_coef: float | torch.Tensor,
+    loss_agg: str,
+) -> None:
+    for name, t in (("old_logp", old_logp), ("ref_logp", ref_logp)):
+        if t is not None:
+            check_float(name, t)
+            check_shape(name, t, shape, like=like)
+            check_device(name, t, device, like=like)
+    check_float("advantages", advantages)
+    if tuple(advantages.shape) not in (tuple(shape[:1]), tuple(shape)):
+        raise ValueError(f"advantages must be [B] or [B, T] with [B, T] = {list(shape)}, got {list(advantages.shape)}")
+    check_device("advantages", advantages, device, like=like)
+    if not isinstance(mask, torch.Tensor) or mask.is_complex():
+        raise ValueError("mask must be a real or bool torch.Tensor of shape [B, T]")
+    check_shape("mask", mask, shape, like=like)
+    check_device("mask", mask, device, like=like)
+    if isinstance(kl_coef, torch.Tensor):
+        check_float("kl_coef", kl_coef)
+        if tuple(kl_coef.shape) != tuple(shape[:1]):
+            raise ValueError(f"kl_coef as a tensor must be [B] = [{shape[0]}], got {tuple(kl_coef.shape)}")
+        check_device("kl_coef", kl_coef, device, like=like)
+    if loss_agg not in LOSS_AGGS:
+        raise ValueError(f"loss_agg must be one of {LOSS_AGGS}, got {loss_agg!r}")
+
+
+@dataclass(frozen=True)
+class GRPOTerms:
+    """The loss's inputs, checked and laid out for the fused op (shared by `grpo_loss` and `linear_grpo_loss`)."""
+
+    old_logp: torch.Tensor  # [B, T] contiguous, detached
+    advantages: torch.Tensor  # [B] or [B, T]
+    mask: torch.Tensor  # [B, T]
+    ref_logp: torch.Tensor | None  # [B, T]
+    beta: torch.Tensor | None  # [B] float32 per-row KL coefficient, or None for the scalar `kl_coef`
+    row_w: torch.Tensor  # [B] float32 aggregation weight
+    counts: torch.Tensor  # [B] float32 masked tokens per row
+    kl_coef: float
+    clip_low: float
+    clip_high: float
+    dual_clip: float  # 0.0 when off
+
+    def block(self, rows: slice, cols: slice = slice(None)) -> tuple:
+        """The fused op's arguments after `logp` for the tokens `[rows, cols]` (whole rows, or part of one row)."""
+        adv = self.advantages[rows] if self.advantages.dim() == 1 else self.advantages[rows, cols]
+        ref = None if self.ref_logp is None else self.ref_logp[rows, cols].contiguous()
+        beta = None if self.beta is None else self.beta[rows]
+        return (
+            self.old_logp[rows, cols].contiguous(), adv.contiguous(), self.mask[rows, cols].contiguous(), ref,
+            beta, self.row_w[rows], self.kl_coef, self.clip_low, self.clip_high, self.dual_clip,
+        )  # fmt: skip
+
+
+def prepare_grpo(
+    shape: torch.Size,
+    device: torch.device,
+    like: str,
+    old_logp: torch.Tensor,
+    advantages: torch.Tensor,
+    mask: torch.Tensor,
+    *,
+    ref_logp: torch.Tensor | None,
+    kl_coef: float | torch.Tensor,
+    clip_low: float,
+    clip_high: float,
+    dual_clip: float | None,
+    loss_agg: str,
+    num_tokens: float | torch.Tensor | None,
+    norm_len: float | None,
+) -> GRPOTerms:
+    """Check every GRPO argument against the `[B, T]` token grid (`shape`, on `device`, named `like`)."""
+    _validate(shape, device, like, old_logp, advantages, mask, ref_logp, kl_coef, loss_agg)
+    clip_low = check_finite_number("clip_low", clip_low)
+    clip_high = check_finite_number("clip_high", clip_high)
+    if clip_low <= 0 or clip_low >= 1:
+        raise ValueError(f"clip_low must be in (0, 1), got {clip_low}")
+    if clip_high <= 0:
+        raise ValueError(f"clip_high must be > 0, got {clip_high}")
+    dual = 0.0
+    if dual_clip is not None:
+        dual = check_finite_number("dual_clip", dual_clip)
+        if dual <= 1.0:
+            raise ValueError(f"dual_clip must be > 1 (or None to disable), got {dual}")
+    beta = None
+    coef = 0.0
+    if isinstance(kl_coef, torch.Tensor):
+        beta = kl_coef.detach().float().contiguous()
+    else:
+        coef = check_finite_number("kl_coef", kl_coef)
+    if ref_logp is None and (beta is not None or coef != 0.0):
+        raise ValueError("ref_logp is required when kl_coef is non-zero")
+    if num_tokens is not None and loss_agg != "token-mean":
+        raise ValueError(f"num_tokens only applies to loss_agg='token-mean', got loss_agg={loss_agg!r}")
+    if norm_len is not None:
+        norm_len = check_finite_number("norm_len", norm_len)
+        if norm_len <= 0:
+            raise ValueError(f"norm_len must be > 0, got {norm_len}")
+    row_w, counts = _row_weights(mask, loss_agg, num_tokens, norm_len)
+    return GRPOTerms(
+        old_logp=old_logp.detach().contiguous(),
+        advantages=advantages.detach().contiguous(),
+        mask=mask.detach().contiguous(),
+        ref_logp=None if ref_logp is None else ref_logp.detach().contiguous(),
+        beta=beta,
+        row_w=row_w,
+        counts=counts,
+        kl_coef=coef,
+        clip_low=clip_low,
+        clip_high=clip_high,
+        dual_clip=dual,
+    )
+
+
+def grpo_metrics(stats: torch.Tensor, counts: torch.Tensor) -> dict[str, torch.Tensor]:
+    """Token means over masked tokens from the per-row sums `stats [B, n_stats]` and row counts `[B]`."""
+    tokens = counts.sum()
+    totals = stats.sum(0) / tokens.clamp(min=1.0)
+    metrics = {name: totals[i] for i, name in enumerate(_STATS) if name != "loss"}
+    metrics["tokens"] = tokens
+    return metrics
