@@ -25,7 +25,7 @@ from trainer.config import (
 
 PRESETS = ("fast_grpo_r1_distill_1p5b", "sfpo_qwen2p5_math_1p5b")
 PATHS = ("model.path=/models/some model", "data.source=/data/train.parquet")
-SECTIONS = ("model", "data", "rollout", "algorithm", "optim", "checkpoint", "logging")
+SECTIONS = ("model", "data", "rollout", "reward", "algorithm", "optim", "checkpoint", "logging")
 
 
 def _optional_keys() -> set[str]:
@@ -91,6 +91,10 @@ def test_optional_fields_default_to_none() -> None:
         ("algorithm.sfpo_stop_step=100", "algorithm.sfpo_stop_step", 100),
         ("algorithm.sfpo_stop_step=None", "algorithm.sfpo_stop_step", None),
         ("checkpoint.resume=none", "checkpoint.resume", "none"),  # not optional: "none" is the value itself
+        ("reward.on_error=zero", "reward.on_error", "zero"),
+        ("reward.function=", "reward.function", ""),
+        ("reward.function=os.path:join", "reward.function", "os.path:join"),  # any callable taking 3 args
+        ("optim.max_bad_steps=1", "optim.max_bad_steps", 1),
         ("model.path=", "model.path", None),  # "" means unset
     ],
 )
@@ -180,6 +184,8 @@ def test_wrong_types(override: str, message: str) -> None:
         (["model.num_kv_heads=3"], "model.num_heads = 4: must be a multiple of num_kv_heads"),
         (["model.preset=none"], "model.path is not set, and model.preset = 'none'"),
         (["seed=-1"], "seed = -1: must be in"),
+        (["optim.max_bad_steps=0"], "optim.max_bad_steps = 0: must be >= 1"),
+        (["reward.on_error=skip"], "reward.on_error = 'skip': expected one of 'raise', 'zero'"),
     ],
 )
 def test_out_of_range_values_are_named(overrides: list[str], message: str) -> None:
@@ -327,3 +333,39 @@ def test_from_dict_and_dataclass_validation() -> None:
     with pytest.raises(ConfigError, match=re.escape("algorithm.sfpo_alpha = 2.0")):
         dataclasses.replace(Config().algorithm, sfpo_alpha=2.0)
     assert isinstance(ConfigError("x"), ValueError)
+
+
+@pytest.mark.parametrize(
+    ("spec", "message"),
+    [
+        ("no_such_module_xyz:fn", "cannot import module 'no_such_module_xyz': ModuleNotFoundError: No module named"),
+        ("json:dumpz", "json has no attribute 'dumpz'; did you mean 'dump'?"),
+        ("json", "expected 'package.module:function' or 'path/to/file.py:function'"),
+        ("json:", "expected 'package.module:function'"),
+        ("missing/rewards.py:fn", "no such file: missing/rewards.py"),
+        ("math:pi", "pi in math is not a function (its type is float)"),
+        ("json:JSONDecoder.nope", "JSONDecoder has no attribute 'nope'"),
+        ("math:sqrt", "must take (responses, answers, prompts)"),
+    ],
+)
+def test_reward_function_is_resolved_when_the_config_loads(spec: str, message: str) -> None:
+    """A bad `reward.function` stops at config load, naming the key and the import error, before any work."""
+    with pytest.raises(ConfigError, match=re.escape(f"reward.function = {spec!r}: ")) as info:
+        load_config([f"reward.function={spec}"])
+    assert message in str(info.value)
+
+
+def test_reward_function_file_errors_at_load(tmp_path: Path) -> None:
+    broken = tmp_path / "broken_reward.py"
+    broken.write_text("import not_a_real_module_abc\n")
+    with pytest.raises(ConfigError, match=r"reward\.function = .*ModuleNotFoundError: No module named"):
+        load_config([f"reward.function={broken}:fn"])
+    good = tmp_path / "good_reward.py"
+    good.write_text("def fn(responses, answers, prompts):\n    return [1.0] * len(responses)\n")
+    cfg = load_config([f"reward.function={good}:fn", "reward.on_error=zero"])
+    assert cfg.reward.function == f"{good}:fn" and cfg.reward.on_error == "zero"
+    path = tmp_path / "config.toml"
+    save_toml(cfg, path)
+    assert load_config(["--config", str(path)]) == cfg
+    with pytest.raises(ConfigError, match=re.escape("reward.function = 3: expected a string")):
+        from_dict({"reward": {"function": 3}})

@@ -209,7 +209,29 @@ def test_model_config_folder_builds_random_weights(tmp_path):
     assert type(a) is type(tiny) and a.config.hidden_size == tiny.config.hidden_size and len(tok_a) == len(tok)
     assert all(torch.equal(x, y) for x, y in zip(a.parameters(), b.parameters()))
     assert not all(torch.equal(x, y) for x, y in zip(a.parameters(), c.parameters()))
-    with pytest.raises(ConfigError, match="model.config"):
+    with pytest.raises(ConfigError, match=r"model\.config"):
         from_dict({"model": {"config": str(tmp_path), "path": str(tmp_path)}})
-    with pytest.raises(FileNotFoundError, match="model.config"):
+    with pytest.raises(FileNotFoundError, match=r"model\.config"):
         load_model_and_tokenizer(from_dict({"model": {"config": str(tmp_path / "nope")}}).model)
+
+
+def test_model_vocab_smaller_than_the_tokenizer(saved: tuple[Path, torch.nn.Module], tmp_path: Path) -> None:
+    """A tokenizer with ids past the model's embedding rows: a clear error naming both sizes and the folder."""
+    folder, model = saved
+    rows = model.get_input_embeddings().weight.shape[0]
+    for f in folder.iterdir():
+        (tmp_path / f.name).write_bytes(f.read_bytes())
+    tok = M.build_tokenizer()
+    tok.add_tokens(["extra_word_1", "extra_word_2"])
+    tok.save_pretrained(tmp_path)
+    message = rf"model\.path: {tmp_path}: the model's vocabulary \({rows} tokens.*tokenizer's \({rows + 2} tokens"
+    with pytest.raises(ValueError, match=message):
+        M.load_model_and_tokenizer(_cfg(path=str(tmp_path)))
+    (tmp_path / "model.safetensors").unlink()  # model.config: same architecture, random weights, same check
+    with pytest.raises(ValueError, match=message.replace("path", "config", 1)):
+        M.load_model_and_tokenizer(_cfg(config=str(tmp_path)))
+    # a tokenizer passed in is checked too; the tiny preset sizes its vocabulary to the tokenizer
+    with pytest.raises(ValueError, match=rf"model\.path: {folder}: .*\({rows + 2} tokens"):
+        M.load_model_and_tokenizer(_cfg(path=str(folder)), tokenizer=tok)
+    built, _ = M.load_model_and_tokenizer(_cfg(), tokenizer=tok)
+    assert built.get_input_embeddings().weight.shape[0] == rows + 2

@@ -37,6 +37,7 @@ __all__ = [
     "LoggingConfig",
     "ModelConfig",
     "OptimConfig",
+    "RewardConfig",
     "RolloutConfig",
     "configs_dir",
     "find_config",
@@ -191,6 +192,41 @@ class RolloutConfig(_Section):
 
 
 @dataclass
+class RewardConfig(_Section):
+    """The reward of a response: the data's built-in scorer, or a user function plugged in by import path.
+
+    A user function is called once per generation chunk (see `trainer.rewards` for its contract and an example):
+
+        def my_reward(responses: list[str], answers: list[str], prompts: list[str]) -> list[float] | Tensor
+
+    Its values are the reward GRPO's advantages use. Correctness (the `accuracy` metric, the online filters, the
+    accuracy-based KL and FAST's difficulty) still comes from the built-in scorer; with FAST on, the user's value
+    replaces the correctness term of the thinking reward and FAST's format and length terms are added to it.
+    """
+
+    SECTION = "reward"
+    function: str = ""
+    """"": the built-in reward of the data (the synthetic task's rule, or the math verifier for a prompt file).
+    Else a user function, "package.module:function" (importable from the working directory or the installed
+    packages) or "path/to/file.py:function"; imported when the config loads, so a bad path stops the run before
+    any work."""
+    on_error: Literal["raise", "zero"] = "raise"
+    """When the user function raises or returns something other than one finite number per response: "raise"
+    stops the run with an error naming the function and the first bad sample; "zero" scores the bad samples 0 (the
+    whole chunk when the call raised or returned the wrong count) and counts them in the metric `reward/errors`."""
+
+    def validate(self) -> None:
+        self.function = self.function.strip()
+        if self.function:
+            from trainer.rewards import RewardError, load_reward_fn  # torch and the verifiers: only when needed
+
+            try:
+                load_reward_fn(self.function)
+            except RewardError as exc:
+                raise ConfigError(f"reward.function = {self.function!r}: {exc}") from exc
+
+
+@dataclass
 class AlgorithmConfig(_Section):
     """The RL objective: GRPO, FAST-GRPO, SFPO or FAST+SFPO, and their knobs (DESIGN.md, "The algorithms")."""
 
@@ -284,12 +320,15 @@ class OptimConfig(_Section):
     """Passes over the batch per update."""
     micro_batch_size: int = 32
     """Sequences per forward/backward (gradient accumulation within a minibatch)."""
+    max_bad_steps: int = 10
+    """Stop the run after this many steps in a row whose update was skipped because the loss or the gradient norm
+    was not finite (the parameters and optimizer state stay as they were; the last good checkpoint is kept)."""
 
     def validate(self) -> None:
         self._require(self.lr > 0, "lr", "must be > 0")
         self._at_least(0, "weight_decay", "grad_clip", "warmup_steps")
         self._require(all(0 <= b < 1 for b in self.betas), "betas", "each must be in [0, 1)")
-        self._at_least(1, "total_steps", "minibatches", "epochs", "micro_batch_size")
+        self._at_least(1, "total_steps", "minibatches", "epochs", "micro_batch_size", "max_bad_steps")
 
 
 @dataclass
@@ -335,6 +374,7 @@ class Config(_Section):
     model: ModelConfig = field(default_factory=ModelConfig)
     data: DataConfig = field(default_factory=DataConfig)
     rollout: RolloutConfig = field(default_factory=RolloutConfig)
+    reward: RewardConfig = field(default_factory=RewardConfig)
     algorithm: AlgorithmConfig = field(default_factory=AlgorithmConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)

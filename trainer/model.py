@@ -192,7 +192,8 @@ def load_model_and_tokenizer(
 
     Raises:
         FileNotFoundError: `model.path` is missing, not a folder, or lacks config, weight or tokenizer files.
-        ValueError: an unknown preset, inconsistent sizes, or a folder transformers cannot load.
+        ValueError: an unknown preset, inconsistent sizes, a folder transformers cannot load, or a model whose
+            vocabulary (`config.vocab_size`, embedding rows) is smaller than its tokenizer (`len(tokenizer)`).
     """
     tok = tokenizer if tokenizer is not None else load_tokenizer(model_cfg)
     path = getattr(model_cfg, "path", None)
@@ -200,12 +201,16 @@ def load_model_and_tokenizer(
         model = model_from_config(model_config(model_cfg, tok), seed=seed, dtype=dtype)
     else:
         folder = _check_folder(path, need_weights=True)
+        vocab = getattr(model_config(model_cfg, tok), "vocab_size", None)
+        if isinstance(vocab, int):  # fail before reading the weights; the embedding is checked below either way
+            _check_vocab(vocab, tok, model_cfg)
         try:
             model = AutoModelForCausalLM.from_pretrained(
                 folder, dtype=dtype, trust_remote_code=bool(model_cfg.trust_remote_code)
             )
         except Exception as exc:
             raise ValueError(f"model.path: cannot load a causal LM from {folder}: {type(exc).__name__}: {exc}") from exc
+    _check_vocab(model.get_input_embeddings().weight.shape[0], tok, model_cfg)
     if model.config.pad_token_id is None:
         model.config.pad_token_id = tok.pad_token_id
     model.to(device)
@@ -230,6 +235,21 @@ def build_reference(
     """The frozen reference model for the KL term: the same weights as the initial policy, eval mode, no grads."""
     model, _ = load_model_and_tokenizer(model_cfg, device=device, dtype=dtype, seed=seed, tokenizer=tokenizer)
     return freeze(model)
+
+
+def _check_vocab(model_vocab: int, tokenizer: PreTrainedTokenizerBase, model_cfg: Any) -> None:
+    """A clear error when the tokenizer has ids the model has no embedding row for (an index error mid-step else).
+
+    A larger model vocabulary is fine (Qwen pads its embedding to a multiple of 128 past the tokenizer's ids).
+    """
+    if model_vocab < len(tokenizer):
+        path, key = _folder(model_cfg)
+        where = f"{key}: {Path(path).expanduser()}" if path is not None else "the built-in model"
+        raise ValueError(
+            f"{where}: the model's vocabulary ({model_vocab} tokens: config.vocab_size / embedding rows) is smaller "
+            f"than its tokenizer's ({len(tokenizer)} tokens: len(tokenizer)); token ids >= {model_vocab} have no "
+            "embedding. Use the tokenizer saved with the model, or resize the model's embeddings to the tokenizer."
+        )
 
 
 def _check_folder(path: str | Path, *, need_weights: bool, key: str = "model.path") -> Path:

@@ -82,7 +82,13 @@ def _sampling(ctx: StepContext, step: int, chunk: int) -> SamplingParams:
 
 
 def _score_chunk(ctx: StepContext, items: list[dict], completions: list[list[list[int]]]) -> list[Group]:
-    """Rewards for one generated chunk; the FAST thinking reward takes its statistics over all ranks' chunk."""
+    """Rewards for one generated chunk; the FAST thinking reward takes its statistics over all ranks' chunk.
+
+    With a user reward function (`reward.function`), its value is the reward: it replaces the correctness term,
+    alone for GRPO, and with FAST's format and length terms added for the thinking reward. `correct` (accuracy,
+    filters, group KL, FAST's difficulty) stays the built-in scorer's. Samples scored 0 by `reward.on_error =
+    "zero"` are counted in `ctx.extra["reward_errors"]`.
+    """
     cfg, n = ctx.cfg, ctx.cfg.rollout.group_size
     eos = ctx.tokenizer.eos_token_id
     flat = [c for comps in completions for c in comps]
@@ -90,6 +96,14 @@ def _score_chunk(ctx: StepContext, items: list[dict], completions: list[list[lis
     answers = [it["answer"] for it in items for _ in range(n)]
     correct, formatted = reward_fns.score(texts, answers, task=ctx.task)
     lengths = reward_fns.lengths([len(c) for c in flat], texts, cfg.algorithm.length_unit)
+    user = cfg.reward.function
+    if user:  # resolved (and cached) when the config loaded
+        prompts = [it["prompt"] for it in items for _ in range(n)]
+        fn = reward_fns.load_reward_fn(user)
+        user_rewards, errors = reward_fns.call_reward_fn(
+            fn, texts, answers, prompts, name=user, on_error=cfg.reward.on_error
+        )
+        ctx.extra["reward_errors"] = ctx.extra.get("reward_errors", 0) + errors
     if cfg.algorithm.fast:
         rank, local = ctx.info.rank, len(flat)
         stats = torch.stack([lengths.float(), correct.float(), formatted.float()]).to(ctx.info.device)
@@ -99,8 +113,11 @@ def _score_chunk(ctx: StepContext, items: list[dict], completions: list[list[lis
             length_weight=cfg.algorithm.length_weight, format_weight=cfg.algorithm.format_weight,
         )  # fmt: skip
         rewards = fast.rewards[rank * local : (rank + 1) * local]
+        if user:
+            a, length_score = cfg.algorithm, fast.length_score[rank * local : (rank + 1) * local]
+            rewards = user_rewards + a.format_weight * formatted.float() + a.length_weight * length_score
     else:
-        rewards = correct.float()
+        rewards = user_rewards if user else correct.float()
     return [
         Group(it["prompt_ids"], completions[i], rewards[i * n : (i + 1) * n], correct[i * n : (i + 1) * n],
               lengths[i * n : (i + 1) * n])
@@ -254,6 +271,7 @@ def train_step(ctx: StepContext, step: int) -> dict[str, float]:
     t = time.perf_counter()
 
     ctx.engine.wake_up()
+    ctx.extra["reward_errors"] = 0
     groups, metrics = collect(ctx, step)
     ctx.engine.sleep()
     batch = make_batch(groups, ctx.tokenizer.pad_token_id, info.device)
@@ -300,6 +318,9 @@ def train_step(ctx: StepContext, step: int) -> dict[str, float]:
         "lr": ctx.scheduler.get_last_lr()[0], "sfpo": float(sfpo_on), "sync/bytes": float(sync["bytes"]),
         "tokens_per_s": resp_tokens / max(sum(timing.values()), 1e-9),
     })  # fmt: skip
+    if cfg.reward.function:  # samples the user reward function scored 0 for an error, all ranks and chunks
+        errors = torch.tensor([float(ctx.extra.pop("reward_errors", 0))], dtype=torch.float64, device=info.device)
+        metrics["reward/errors"] = all_reduce(errors).item()
     if cfg.algorithm.kl_type != "fixed":
         metrics.update({f"{k}": v for k, v in ctx.kl.metrics().items()})
     metrics.update({f"time/{k}": v for k, v in timing.items()})
