@@ -173,6 +173,60 @@ def test_long_prompts_skipped_and_counted_or_an_error(tok, tmp_path: Path) -> No
         data.load_prompts(_data_cfg(path, on_long_prompt="truncate"), tok)
 
 
+def test_jsonl_is_read_lazily_through_an_index(tok, tmp_path: Path) -> None:
+    rows = [{"prompt": f"{i % 10} + 1 =", "answer": i} for i in range(50)]
+    rows[7] = {"prompt": "so " * 10, "answer": "long"}
+    path = _jsonl(tmp_path / "d.jsonl", ["", *rows, "  "])
+    prompts = data.load_prompts(_data_cfg(path, max_prompt_tokens=4), tok)
+    assert len(prompts) == 49 and prompts.skipped == 1 and isinstance(prompts, data.Prompts)
+    expected = [
+        {"prompt": r["prompt"], "prompt_ids": tok(r["prompt"])["input_ids"], "answer": str(r["answer"])}
+        for r in rows
+        if r["answer"] != "long"
+    ]
+    assert list(prompts) == expected
+    assert prompts[-1] == expected[-1] and prompts[3:6] == expected[3:6] and prompts[::-7] == expected[::-7]
+    assert prompts[0] is not prompts[0]  # a fresh dict each read: no shared mutable state
+    with pytest.raises(IndexError):
+        prompts[49]
+    path.write_text(path.read_text(encoding="utf-8").replace("1 + 1", "2 + 2"), encoding="utf-8")
+    with pytest.raises(ValueError, match=r"d.jsonl: changed after it was loaded"):
+        prompts[0]
+
+
+def test_bad_rows_past_the_first_batch_fail_at_load(tok, tmp_path: Path) -> None:
+    good = [{"prompt": "1 + 1 =", "answer": "2"}] * (data._BATCH + 10)
+    path = _jsonl(tmp_path / "late.jsonl", [*good, {"prompt": "1 + 1 ="}])
+    with pytest.raises(ValueError, match=rf"late.jsonl: line {len(good) + 1}: no key 'answer'"):
+        data.load_prompts(_data_cfg(path), tok)
+    path = _jsonl(tmp_path / "late_long.jsonl", [*good, {"prompt": "so " * 10, "answer": "0"}])
+    with pytest.raises(ValueError, match=rf"late_long.jsonl: line {len(good) + 1}: the prompt has 10 tokens"):
+        data.load_prompts(_data_cfg(path, max_prompt_tokens=4, on_long_prompt="error"), tok)
+
+
+def test_token_counts_match_encode_prompt(tok, tmp_path: Path) -> None:
+    chat_tok = build_tokenizer()
+    chat_tok.chat_template = "{% for m in messages %}<think>{{ m['content'] }}</think>{% endfor %}<answer>"
+    prompts = ["1 + 1 =", "so so so", "9", "<think> 3 </think> wait", "hello 4"]
+    for t in (tok, chat_tok):
+        counter = data._TokenCounter(t, chat_template=True)
+        for _ in range(2):  # the first batch is checked against encode_prompts, later ones use the backend
+            assert counter(prompts) == [len(data.encode_prompt(t, p, chat_template=True)) for p in prompts]
+        assert counter.backend is not None
+
+    class Disagreeing:  # a backend that miscounts: the counter notices on the first batch and stops using it
+        truncation = padding = None
+
+        def encode_batch(self, texts, add_special_tokens=True):
+            return [SimpleNamespace(ids=[0]) for _ in texts]
+
+    lying = build_tokenizer()
+    counter = data._TokenCounter(lying, chat_template=False)
+    counter.backend = Disagreeing()
+    assert counter(prompts) == [len(tok(p)["input_ids"]) for p in prompts]
+    assert counter.backend is None
+
+
 def test_missing_empty_or_unknown_files(tok, tmp_path: Path) -> None:
     with pytest.raises(FileNotFoundError, match=r"data.source: .*nope.jsonl does not exist"):
         data.load_prompts(_data_cfg(tmp_path / "nope.jsonl"), tok)
@@ -208,6 +262,19 @@ def test_parquet(tok, tmp_path: Path) -> None:
     assert [(p["prompt"], p["answer"]) for p in prompts] == [("1 + 1 =", "2"), ("2 + 2 =", "4")]
     with pytest.raises(ValueError, match=r"no column 'prompt' \(data.prompt_key\); the columns are: q, a"):
         data.load_prompts(_data_cfg(path, answer_key="a"), tok)
+
+
+def test_parquet_streams_by_row_group(tok, tmp_path: Path) -> None:
+    pa = pytest.importorskip("pyarrow")
+    pq = pytest.importorskip("pyarrow.parquet")
+    path = tmp_path / "groups.parquet"
+    prompts_in = [f"{i % 10} + 1 =" if i != 4 else "so " * 10 for i in range(10)]
+    pq.write_table(pa.table({"prompt": prompts_in, "answer": list(range(10))}), path, row_group_size=3)
+    prompts = data.load_prompts(_data_cfg(path, max_prompt_tokens=4), tok)
+    assert len(prompts) == 9 and prompts.skipped == 1
+    assert [p["answer"] for p in prompts] == ["0", "1", "2", "3", "5", "6", "7", "8", "9"]
+    assert prompts[-1] == {"prompt": "9 + 1 =", "prompt_ids": tok("9 + 1 =")["input_ids"], "answer": "9"}
+    assert [p["answer"] for p in prompts[::-4]] == ["9", "5", "0"]
 
 
 def test_parquet_without_pyarrow_is_a_clear_error(tok, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -1,8 +1,20 @@
-"""Prompt datasets (JSONL, Parquet or the synthetic task), tokenised once, and a resumable per-rank sampler.
+"""Prompt datasets (JSONL, Parquet or the synthetic task), streamed from disk through a byte-offset index, and a
+resumable per-rank sampler.
 
-`load_prompts(cfg.data, tokenizer)` reads the configured source into a list of
+`load_prompts(cfg.data, tokenizer)` returns a `Prompts` sequence whose items are
 `{"prompt": str, "prompt_ids": list[int], "answer": str}`; `PromptSampler` hands each rank its share of every chunk
 of prompts, from a permutation reshuffled per epoch, and can be saved and resumed exactly.
+
+Memory: a JSONL file is never held in memory. One pass at load time reads it line by line, validates every row
+(UTF-8, JSON, keys, types) and tokenises it in batches to apply `max_prompt_tokens`, then forgets it, keeping only
+the byte offset of each usable row (8 bytes a row: 8 MB for a million prompts). `prompts[i]` seeks to row `i`,
+reads, decodes and tokenises it again (tens of microseconds; a step reads a few dozen rows). So every error the
+eager loader raised (bad row, too long prompt with `on_long_prompt = "error"`, nothing left) still comes before
+training starts, `len(prompts)` is the number of usable rows and `prompts.skipped` is exact; the price is one
+tokenisation of the whole file at start-up (27 s for a million short prompts with the built-in tokenizer on two
+CPU cores). Parquet is streamed the same way, a row group at a time, and read back a row group at a time (the last
+few kept), so memory is bounded by the largest row group: write big files with row groups of at most ~100k rows. A
+JSON array (`.json` starting with `[`) and the synthetic task are small by nature and are held in a list.
 
 The data config is read by attribute (duck typing): `source` ("synthetic" or a path to .jsonl / .json / .parquet),
 `prompt_key`, `answer_key`, `max_prompt_tokens`, `on_long_prompt` ("skip" | "error"), `apply_chat_template`, and
@@ -13,7 +25,10 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Iterator
+import os
+from array import array
+from collections import OrderedDict
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +37,15 @@ from transformers import PreTrainedTokenizerBase
 
 from trainer import task
 
-__all__ = ["SYNTHETIC", "SYNTHETIC_SIZE", "PromptSampler", "Prompts", "encode_prompt", "load_prompts"]
+__all__ = [
+    "SYNTHETIC",
+    "SYNTHETIC_SIZE",
+    "PromptSampler",
+    "Prompts",
+    "encode_prompt",
+    "encode_prompts",
+    "load_prompts",
+]
 
 log = logging.getLogger(__name__)
 
@@ -31,86 +54,234 @@ SYNTHETIC_SIZE = 4096
 """Items drawn from the synthetic task when the config does not say (`data.synthetic_size`)."""
 _JSON_SUFFIXES = (".jsonl", ".json")
 _PARQUET_SUFFIXES = (".parquet", ".pq")
+_BATCH = 4096
+"""Rows tokenised together in the load-time pass: big enough for the fast tokenizers' batch path, small enough that
+the batch's Python objects stay a few MB."""
+_CACHED_ROW_GROUPS = 4
+"""Parquet row groups kept decoded (as Arrow columns) for random access."""
+
+Item = dict[str, Any]
+Row = tuple[str, Any, Any, int]
+"""(row label for messages, prompt, answer, locator: byte offset in a JSONL file, row number in a Parquet file)."""
 
 
-class Prompts(list):
-    """The loaded prompts (a plain list of dicts) plus where they came from and how many were skipped."""
+class Prompts(Sequence):
+    """The loaded prompts (a sequence of item dicts, read from disk on access for files) plus where they came from
+    and how many were skipped."""
 
-    def __init__(self, items: list[dict[str, Any]], *, source: str, skipped: int) -> None:
-        super().__init__(items)
+    def __init__(self, items: Sequence[Item], *, source: str, skipped: int) -> None:
+        self._items = items
         self.source = source
         self.skipped = skipped
         """Rows dropped for being longer than `data.max_prompt_tokens` (with `on_long_prompt = "skip"`)."""
 
+    def __len__(self) -> int:
+        return len(self._items)
+
+    def __getitem__(self, i: int | slice) -> Any:
+        if isinstance(i, slice):
+            return [self._items[j] for j in range(len(self))[i]]
+        return self._items[i]
+
+    def __repr__(self) -> str:
+        return f"Prompts({len(self)} items from {self.source!r}, {self.skipped} skipped)"
+
+
+def encode_prompts(tokenizer: PreTrainedTokenizerBase, prompts: list[str], *, chat_template: bool) -> list[list[int]]:
+    """Token ids of each prompt: through the tokenizer's chat template (as a user turn, with the generation prompt)
+    when `chat_template` is true and the tokenizer has one, else the plain text with the tokenizer's usual specials.
+    One batched tokenizer call (the load-time pass and `encode_prompt` share it, so both give the same ids)."""
+    if chat_template and getattr(tokenizer, "chat_template", None):
+        texts = [
+            tokenizer.apply_chat_template([{"role": "user", "content": p}], tokenize=False, add_generation_prompt=True)
+            for p in prompts
+        ]
+        return [list(ids) for ids in tokenizer(texts, add_special_tokens=False)["input_ids"]]
+    return [list(ids) for ids in tokenizer(prompts)["input_ids"]]
+
 
 def encode_prompt(tokenizer: PreTrainedTokenizerBase, prompt: str, *, chat_template: bool) -> list[int]:
-    """Token ids of one prompt: through the tokenizer's chat template (as a user turn, with the generation prompt)
-    when `chat_template` is true and the tokenizer has one, else the plain text with the tokenizer's usual specials."""
-    if chat_template and getattr(tokenizer, "chat_template", None):
-        text = tokenizer.apply_chat_template(
-            [{"role": "user", "content": prompt}], tokenize=False, add_generation_prompt=True
-        )
-        return list(tokenizer(text, add_special_tokens=False)["input_ids"])
-    return list(tokenizer(prompt)["input_ids"])
+    """Token ids of one prompt (see `encode_prompts`)."""
+    return encode_prompts(tokenizer, [prompt], chat_template=chat_template)[0]
 
 
 def load_prompts(data_cfg: Any, tokenizer: PreTrainedTokenizerBase, *, seed: int = 0) -> Prompts:
     """The prompts of `data_cfg.source`, tokenised, in file order (the synthetic task: drawn with `seed`).
 
+    Files are validated and indexed here in one pass and read row by row on access (see the module docstring), so
+    the errors below are raised by this call, before any training.
+
     Raises:
         FileNotFoundError: the source file does not exist.
         ValueError: an unknown file type, a row that is not an object or lacks a key, a value of the wrong type,
             bytes that are not UTF-8, a too long prompt with `on_long_prompt = "error"`, or no prompt left; the
-            message names the file and the row (1-based line for JSONL, 0-based row for Parquet).
+            message names the file and the row (1-based line for JSONL, 0-based row for Parquet). Reading an item
+            of a file that changed after loading is also a ValueError.
         ImportError: a Parquet source without pyarrow installed.
     """
     source = str(data_cfg.source)
+    limit = int(data_cfg.max_prompt_tokens)
+    if data_cfg.on_long_prompt not in ("skip", "error"):
+        raise ValueError(f"data.on_long_prompt: {data_cfg.on_long_prompt!r} is not allowed; allowed: 'skip', 'error'")
     if source == SYNTHETIC:
         size = int(getattr(data_cfg, "synthetic_size", SYNTHETIC_SIZE))
-        rows: Iterator[tuple[str, Any, Any]] = (
-            (f"synthetic item {i}", item["prompt"], item["answer"])
+        rows: Iterator[Row] = (
+            (f"synthetic item {i}", item["prompt"], item["answer"], i)
             for i, item in enumerate(task.make_dataset(size, seed))
         )
-        where = SYNTHETIC
+        return _eager(SYNTHETIC, rows, tokenizer, data_cfg)
+    path = Path(source).expanduser()
+    if not path.is_file():
+        raise FileNotFoundError(f"data.source: {path} does not exist or is not a file")
+    suffix = path.suffix.lower()
+    if suffix in _JSON_SUFFIXES:
+        if suffix == ".json" and _starts_with_bracket(path):
+            return _eager(str(path), _json_array_rows(path, data_cfg), tokenizer, data_cfg)
+        stamp = _stamp(path)
+        offsets = array("q")
+        skipped = _scan(
+            str(path),
+            _jsonl_rows(path, data_cfg),
+            tokenizer,
+            data_cfg,
+            lambda loc, _: offsets.append(loc),
+            keep_items=False,
+        )
+        if _stamp(path) != stamp:
+            raise ValueError(f"{path}: changed while it was being loaded; load it again")
+        items: Sequence[Item] = _JsonlItems(path, offsets, stamp, tokenizer, data_cfg)
+    elif suffix in _PARQUET_SUFFIXES:
+        pq = _pyarrow(path)
+        rows_kept = array("q")
+        skipped = _scan(
+            str(path),
+            _parquet_rows(pq, path, data_cfg),
+            tokenizer,
+            data_cfg,
+            lambda loc, _: rows_kept.append(loc),
+            keep_items=False,
+        )
+        items = _ParquetItems(pq, path, rows_kept, tokenizer, data_cfg)
     else:
-        path = Path(source).expanduser()
-        if not path.is_file():
-            raise FileNotFoundError(f"data.source: {path} does not exist or is not a file")
-        suffix = path.suffix.lower()
-        if suffix in _JSON_SUFFIXES:
-            rows = _json_rows(path, data_cfg.prompt_key, data_cfg.answer_key)
-        elif suffix in _PARQUET_SUFFIXES:
-            rows = _parquet_rows(path, data_cfg.prompt_key, data_cfg.answer_key)
-        else:
-            raise ValueError(
-                f"data.source: {path} has an unknown type {suffix!r}; allowed: 'synthetic', "
-                + ", ".join(_JSON_SUFFIXES + _PARQUET_SUFFIXES)
-            )
-        where = str(path)
+        raise ValueError(
+            f"data.source: {path} has an unknown type {suffix!r}; allowed: 'synthetic', "
+            + ", ".join(_JSON_SUFFIXES + _PARQUET_SUFFIXES)
+        )
+    return _finish(str(path), items, skipped, limit)
 
-    limit = int(data_cfg.max_prompt_tokens)
-    on_long = data_cfg.on_long_prompt
-    if on_long not in ("skip", "error"):
-        raise ValueError(f"data.on_long_prompt: {on_long!r} is not allowed; allowed: 'skip', 'error'")
-    items, skipped = [], 0
-    for row, prompt, answer in rows:
-        prompt, answer = _check_row(where, row, prompt, answer, data_cfg)
-        ids = encode_prompt(tokenizer, prompt, chat_template=bool(data_cfg.apply_chat_template))
-        if len(ids) > limit:
-            if on_long == "error":
-                raise ValueError(
-                    f"{where}: {row}: the prompt has {len(ids)} tokens, more than data.max_prompt_tokens={limit} "
-                    "(raise the limit, or set data.on_long_prompt='skip')"
-                )
-            skipped += 1
-            continue
-        items.append({"prompt": prompt, "prompt_ids": ids, "answer": answer})
+
+def _eager(where: str, rows: Iterator[Row], tokenizer: PreTrainedTokenizerBase, data_cfg: Any) -> Prompts:
+    """Small sources (the synthetic task, a JSON array) held in a list."""
+    items: list[Item] = []
+    skipped = _scan(where, rows, tokenizer, data_cfg, lambda _, item: items.append(item), keep_items=True)
+    return _finish(where, items, skipped, int(data_cfg.max_prompt_tokens))
+
+
+def _finish(where: str, items: Sequence[Item], skipped: int, limit: int) -> Prompts:
     if skipped:
         log.warning("%s: skipped %d prompts longer than data.max_prompt_tokens=%d", where, skipped, limit)
-    if not items:
+    if not len(items):
         why = f" (all {skipped} were longer than data.max_prompt_tokens={limit})" if skipped else ""
         raise ValueError(f"data.source: {where} holds no prompts{why}")
     return Prompts(items, source=where, skipped=skipped)
+
+
+def _scan(
+    where: str,
+    rows: Iterator[Row],
+    tokenizer: PreTrainedTokenizerBase,
+    data_cfg: Any,
+    keep: Callable[[int, Item | None], None],
+    *,
+    keep_items: bool,
+) -> int:
+    """Checks and tokenises every row (in batches), calls `keep(locator, item)` for each usable one in order, and
+    returns how many were skipped as too long (or raises for one, with `on_long_prompt = "error"`).
+
+    With `keep_items` false (the streamed sources) the item is None and only token counts are computed, through
+    `_TokenCounter`'s fast path where it applies."""
+    chat_template = bool(data_cfg.apply_chat_template)
+    counter = None if keep_items else _TokenCounter(tokenizer, chat_template=chat_template)
+    skipped = 0
+    batch: list[tuple[str, str, str, int]] = []
+
+    def flush() -> None:
+        nonlocal skipped
+        prompts, all_ids = [b[1] for b in batch], None
+        if counter is None:
+            all_ids = encode_prompts(tokenizer, prompts, chat_template=chat_template)
+            counts = [len(ids) for ids in all_ids]
+        else:
+            counts = counter(prompts)
+        for k, ((row, prompt, answer, loc), n) in enumerate(zip(batch, counts)):
+            if _too_long(where, row, n, data_cfg):
+                skipped += 1
+            else:
+                keep(loc, {"prompt": prompt, "prompt_ids": all_ids[k], "answer": answer} if all_ids else None)
+        batch.clear()
+
+    for row, prompt, answer, loc in rows:
+        batch.append((row, *_check_row(where, row, prompt, answer, data_cfg), loc))
+        if len(batch) == _BATCH:
+            flush()
+    if batch:
+        flush()
+    return skipped
+
+
+class _TokenCounter:
+    """Token counts of prompts, equal to `len(encode_prompt(...))`, for the load-time length check.
+
+    Why not just `encode_prompts`: for a fast (Rust) tokenizer, transformers' conversion of each encoding back to
+    Python costs ~50 us a prompt, more than the tokenisation itself; a million prompts took 90 s. The backend
+    tokenizer's `encode_batch` gives the counts directly. It is used only when it has no truncation or padding set
+    and it agrees with `encode_prompts` on the whole first batch; otherwise every batch goes through
+    `encode_prompts`. (Reading an item re-tokenises it with `encode_prompt`, and raises if it is over the limit.)"""
+
+    def __init__(self, tokenizer: PreTrainedTokenizerBase, *, chat_template: bool) -> None:
+        self.tokenizer = tokenizer
+        self.template = chat_template and bool(getattr(tokenizer, "chat_template", None))
+        backend = getattr(tokenizer, "backend_tokenizer", None)
+        usable = backend is not None and getattr(backend, "truncation", 1) is None
+        self.backend = backend if usable and getattr(backend, "padding", 1) is None else None
+        self.checked = False
+
+    def __call__(self, prompts: list[str]) -> list[int]:
+        exact = None
+        if self.backend is None or not self.checked:
+            exact = [len(ids) for ids in encode_prompts(self.tokenizer, prompts, chat_template=self.template)]
+            if self.backend is None:
+                return exact
+        if self.template:
+            texts = [
+                self.tokenizer.apply_chat_template(
+                    [{"role": "user", "content": p}], tokenize=False, add_generation_prompt=True
+                )
+                for p in prompts
+            ]
+        else:
+            texts = prompts
+        fast = [len(e.ids) for e in self.backend.encode_batch(texts, add_special_tokens=not self.template)]
+        if exact is not None:
+            self.checked = True
+            if fast != exact:
+                log.info("token counts: the backend tokenizer disagrees with the tokenizer; using the slow path")
+                self.backend = None
+            return exact
+        return fast
+
+
+def _too_long(where: str, row: str, n_tokens: int, data_cfg: Any) -> bool:
+    """Whether to skip this prompt for its length; an error instead with `on_long_prompt = "error"`."""
+    limit = int(data_cfg.max_prompt_tokens)
+    if n_tokens <= limit:
+        return False
+    if data_cfg.on_long_prompt == "error":
+        raise ValueError(
+            f"{where}: {row}: the prompt has {n_tokens} tokens, more than data.max_prompt_tokens={limit} "
+            "(raise the limit, or set data.on_long_prompt='skip')"
+        )
+    return True
 
 
 def _check_row(where: str, row: str, prompt: Any, answer: Any, data_cfg: Any) -> tuple[str, str]:
@@ -126,66 +297,191 @@ def _check_row(where: str, row: str, prompt: Any, answer: Any, data_cfg: Any) ->
     return prompt, str(answer)
 
 
-def _json_rows(path: Path, prompt_key: str, answer_key: str) -> Iterator[tuple[str, Any, Any]]:
-    """(row label, prompt, answer) of each non-blank line of a JSON-lines file (or each element of a JSON array)."""
+# ------------------------------------------------------------------------------------------------ JSON / JSONL
+
+
+def _starts_with_bracket(path: Path) -> bool:
+    """Whether a .json file is one JSON array (else it is read as JSON lines)."""
+    with path.open("rb") as f:
+        head = f.read(4096)
+        while head and not head.lstrip().lstrip(b"\xef\xbb\xbf").lstrip():
+            head = f.read(4096)
+    return head.lstrip().lstrip(b"\xef\xbb\xbf").lstrip()[:1] == b"["
+
+
+def _json_array_rows(path: Path, data_cfg: Any) -> Iterator[Row]:
+    """(label, prompt, answer, index) of each element of a JSON array (the whole file is parsed: keep these small)."""
     data = path.read_bytes()
-    if path.suffix.lower() == ".json" and data.lstrip()[:1] == b"[":
-        try:
-            records = json.loads(_utf8(path, data, 0, "the file"))
-        except json.JSONDecodeError as exc:
-            raise ValueError(f"{path}: not valid JSON: {exc}") from exc
-        for i, record in enumerate(records):
-            yield _pick(path, f"element {i}", record, prompt_key, answer_key)
-        return
-    for lineno, raw in enumerate(data.splitlines(), start=1):
-        text = _utf8(path, raw, lineno, f"line {lineno}")
-        if not text.strip():
-            continue
-        try:
-            record = json.loads(text)
-        except json.JSONDecodeError as exc:
-            raise ValueError(f"{path}: line {lineno}: not valid JSON: {exc}") from exc
-        yield _pick(path, f"line {lineno}", record, prompt_key, answer_key)
-
-
-def _utf8(path: Path, raw: bytes, lineno: int, where: str) -> str:
-    """`raw` decoded as UTF-8 (a leading BOM dropped); a clear error naming the file and the line otherwise."""
     try:
-        return raw.decode("utf-8-sig" if lineno <= 1 else "utf-8")
+        records = json.loads(_utf8(path, data, 0, "the file"))
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"{path}: not valid JSON: {exc}") from exc
+    if not isinstance(records, list):
+        raise ValueError(f"{path}: expected a JSON array, got {type(records).__name__}")
+    for i, record in enumerate(records):
+        yield (*_pick(path, f"element {i}", record, data_cfg), i)
+
+
+def _jsonl_rows(path: Path, data_cfg: Any) -> Iterator[Row]:
+    """(label, prompt, answer, byte offset) of each non-blank line of a JSON-lines file, read one line at a time."""
+    offset = 0
+    with path.open("rb") as f:
+        for lineno, raw in enumerate(f, start=1):
+            start, offset = offset, offset + len(raw)
+            record = _parse_line(path, raw, start, f"line {lineno}")
+            if record is not None:
+                yield (*_pick(path, f"line {lineno}", record, data_cfg), start)
+
+
+def _parse_line(path: Path, raw: bytes, offset: int, row: str) -> Any:
+    """The JSON value of one line (None for a blank line); a clear error for bad UTF-8 or bad JSON."""
+    text = _utf8(path, raw, offset, row)
+    if not text.strip():
+        return None
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"{path}: {row}: not valid JSON: {exc}") from exc
+
+
+def _utf8(path: Path, raw: bytes, offset: int, where: str) -> str:
+    """`raw` decoded as UTF-8 (a BOM at the very start of the file dropped); a clear error naming file and row."""
+    try:
+        return raw.decode("utf-8-sig" if offset == 0 else "utf-8")
     except UnicodeDecodeError as exc:
         raise ValueError(
             f"{path}: {where}: not UTF-8 (byte {raw[exc.start]:#04x} at offset {exc.start}); convert the file to UTF-8"
         ) from exc
 
 
-def _pick(path: Path, row: str, record: Any, prompt_key: str, answer_key: str) -> tuple[str, Any, Any]:
+def _pick(path: Path, row: str, record: Any, data_cfg: Any) -> tuple[str, Any, Any]:
     """(row, prompt, answer) of one JSON record; a clear error for a non-object or a missing key."""
     if not isinstance(record, dict):
         raise ValueError(f"{path}: {row}: expected a JSON object, got {type(record).__name__}")
-    for key, name in ((prompt_key, "data.prompt_key"), (answer_key, "data.answer_key")):
+    for key, name in ((data_cfg.prompt_key, "data.prompt_key"), (data_cfg.answer_key, "data.answer_key")):
         if key not in record:
             keys = ", ".join(sorted(map(str, record)))[:200]
             raise ValueError(f"{path}: {row}: no key {key!r} ({name}); the row has: {keys}")
-    return row, record[prompt_key], record[answer_key]
+    return row, record[data_cfg.prompt_key], record[data_cfg.answer_key]
 
 
-def _parquet_rows(path: Path, prompt_key: str, answer_key: str) -> Iterator[tuple[str, Any, Any]]:
-    """(row label, prompt, answer) of each row of a Parquet file's two columns."""
+def _stamp(path: Path) -> tuple[int, int]:
+    st = path.stat()
+    return st.st_size, st.st_mtime_ns
+
+
+class _JsonlItems(Sequence):
+    """The usable rows of a JSONL file, read on access through their byte offsets.
+
+    Every access opens the file, checks it still has the size and modification time it had when indexed, reads one
+    line and tokenises it: no shared file position (safe across threads and forks) and no cache (an item is read
+    about once an epoch, and a cache would hand out the same mutable dict twice)."""
+
+    def __init__(
+        self, path: Path, offsets: array, stamp: tuple[int, int], tokenizer: PreTrainedTokenizerBase, data_cfg: Any
+    ) -> None:
+        self.path, self.offsets, self.stamp = path, offsets, stamp
+        self.tokenizer, self.data_cfg = tokenizer, data_cfg
+
+    def __len__(self) -> int:
+        return len(self.offsets)
+
+    def __getitem__(self, i: int) -> Item:  # type: ignore[override]
+        offset = self.offsets[i]  # IndexError and negative indices as for a list
+        with self.path.open("rb") as f:
+            st = os.fstat(f.fileno())
+            if (st.st_size, st.st_mtime_ns) != self.stamp:
+                raise ValueError(
+                    f"{self.path}: changed after it was loaded (size or modification time differs); "
+                    "do not edit a data file during a run, restart it to load the new file"
+                )
+            f.seek(offset)
+            raw = f.readline()
+        row = f"the line at byte {offset}"
+        record = _parse_line(self.path, raw, offset, row)
+        if record is None:
+            raise ValueError(f"{self.path}: {row} is blank; the file changed after it was loaded")
+        return _item(str(self.path), _pick(self.path, row, record, self.data_cfg), self.tokenizer, self.data_cfg)
+
+
+def _item(where: str, row: tuple[str, Any, Any], tokenizer: PreTrainedTokenizerBase, data_cfg: Any) -> Item:
+    """One row, checked and tokenised again on access (the load-time pass already accepted it)."""
+    label, prompt, answer = row
+    prompt, answer = _check_row(where, label, prompt, answer, data_cfg)
+    ids = encode_prompt(tokenizer, prompt, chat_template=bool(data_cfg.apply_chat_template))
+    if len(ids) > int(data_cfg.max_prompt_tokens):
+        raise ValueError(f"{where}: {label}: the prompt has {len(ids)} tokens now; the tokenizer changed after loading")
+    return {"prompt": prompt, "prompt_ids": ids, "answer": answer}
+
+
+# ------------------------------------------------------------------------------------------------ Parquet
+
+
+def _pyarrow(path: Path) -> Any:
+    """The `pyarrow.parquet` module; a clear error without it."""
     try:
         import pyarrow.parquet as pq
     except ImportError as exc:
         raise ImportError(f"data.source: reading {path} needs pyarrow: pip install pyarrow") from exc
+    return pq
+
+
+def _open_parquet(pq: Any, path: Path, data_cfg: Any) -> Any:
+    """The `ParquetFile`, after checking it is readable and has both columns."""
     try:
-        schema = pq.read_schema(path)
+        file = pq.ParquetFile(path)
     except Exception as exc:  # pyarrow raises ArrowInvalid and friends for a corrupt file
         raise ValueError(f"{path}: not a readable Parquet file: {type(exc).__name__}: {exc}") from exc
-    for key, name in ((prompt_key, "data.prompt_key"), (answer_key, "data.answer_key")):
-        if key not in schema.names:
-            raise ValueError(f"{path}: no column {key!r} ({name}); the columns are: {', '.join(schema.names)}")
-    table = pq.read_table(path, columns=[prompt_key, answer_key])
-    prompts, answers = table.column(prompt_key).to_pylist(), table.column(answer_key).to_pylist()
-    for i, (prompt, answer) in enumerate(zip(prompts, answers)):
-        yield f"row {i}", prompt, answer
+    names = file.schema_arrow.names
+    for key, name in ((data_cfg.prompt_key, "data.prompt_key"), (data_cfg.answer_key, "data.answer_key")):
+        if key not in names:
+            raise ValueError(f"{path}: no column {key!r} ({name}); the columns are: {', '.join(names)}")
+    return file
+
+
+def _parquet_rows(pq: Any, path: Path, data_cfg: Any) -> Iterator[Row]:
+    """(label, prompt, answer, row number) of each row, one row group at a time."""
+    file = _open_parquet(pq, path, data_cfg)
+    columns = [data_cfg.prompt_key, data_cfg.answer_key]
+    i = 0
+    for g in range(file.num_row_groups):
+        table = file.read_row_group(g, columns=columns)
+        for prompt, answer in zip(table.column(0).to_pylist(), table.column(1).to_pylist()):
+            yield f"row {i}", prompt, answer, i
+            i += 1
+
+
+class _ParquetItems(Sequence):
+    """The usable rows of a Parquet file, read on access a row group at a time (the last few kept as Arrow)."""
+
+    def __init__(self, pq: Any, path: Path, rows: array, tokenizer: PreTrainedTokenizerBase, data_cfg: Any) -> None:
+        self.path, self.rows, self.tokenizer, self.data_cfg = path, rows, tokenizer, data_cfg
+        self.file = _open_parquet(pq, path, data_cfg)
+        meta = self.file.metadata
+        self.group_starts = [0]
+        for g in range(meta.num_row_groups):
+            self.group_starts.append(self.group_starts[-1] + meta.row_group(g).num_rows)
+        self.cache: OrderedDict[int, Any] = OrderedDict()
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def __getitem__(self, i: int) -> Item:  # type: ignore[override]
+        import bisect
+
+        row = self.rows[i]
+        g = bisect.bisect_right(self.group_starts, row) - 1
+        if g not in self.cache:
+            self.cache[g] = self.file.read_row_group(g, columns=[self.data_cfg.prompt_key, self.data_cfg.answer_key])
+            while len(self.cache) > _CACHED_ROW_GROUPS:
+                self.cache.popitem(last=False)
+        self.cache.move_to_end(g)
+        table, j = self.cache[g], row - self.group_starts[g]
+        prompt, answer = table.column(0)[j].as_py(), table.column(1)[j].as_py()
+        return _item(str(self.path), (f"row {row}", prompt, answer), self.tokenizer, self.data_cfg)
+
+
+# ------------------------------------------------------------------------------------------------ sampler
 
 
 class PromptSampler:
@@ -215,20 +511,21 @@ class PromptSampler:
         self.n_items, self.prompts_per_chunk = n_items, prompts_per_chunk
         self.seed, self.rank, self.world = int(seed), rank, world
         self.epoch, self.position = 0, 0
-        self._order: list[int] | None = None
+        self._order: torch.Tensor | None = None
 
-    def _permutation(self) -> list[int]:
-        """The current epoch's order of all items, cached."""
+    def _permutation(self) -> torch.Tensor:
+        """The current epoch's order of all items, cached as an int64 tensor (8 bytes an item: a Python list of a
+        million ints would be ~40 MB)."""
         if self._order is None:
             gen = torch.Generator().manual_seed(self.seed + self.epoch)
-            self._order = torch.randperm(self.n_items, generator=gen).tolist()
+            self._order = torch.randperm(self.n_items, generator=gen)
         return self._order
 
     def next_chunk(self) -> list[int]:
         """This rank's `prompts_per_chunk // world` item indices of the next global chunk."""
         if self.position + self.prompts_per_chunk > self.n_items:
             self.epoch, self.position, self._order = self.epoch + 1, 0, None
-        chunk = self._permutation()[self.position : self.position + self.prompts_per_chunk]
+        chunk = self._permutation()[self.position : self.position + self.prompts_per_chunk].tolist()
         self.position += self.prompts_per_chunk
         per_rank = self.prompts_per_chunk // self.world
         return chunk[self.rank * per_rank : (self.rank + 1) * per_rank]

@@ -1,8 +1,11 @@
 """Entry point: `torchrun --nproc_per_node=N -m trainer.main [--config FILE.toml] [section.key=value ...]`.
 
 With no arguments it runs the built-in job (`trainer/configs/default.toml`): a tiny Qwen2-architecture model
-trained with GRPO on a synthetic verifiable task, on whatever the machine has. Bad configuration exits with status
-2 and one line naming the key, before any work.
+trained with GRPO on a synthetic verifiable task, on whatever the machine has.
+
+Exit status: 0 when the run finished, or was stopped by SIGTERM / SIGINT (Ctrl-C) and saved (see
+trainer/trainer.py); 2 for bad configuration, with one line naming the key, before any work; 3 when the run
+stopped on `optim.max_bad_steps` non-finite steps in a row, its last good checkpoint intact.
 """
 
 from __future__ import annotations
@@ -10,26 +13,33 @@ from __future__ import annotations
 import sys
 
 from trainer.config import ConfigError, load_config
+from trainer.signals import StopFlag, die_with_launcher
 
 
 def main(argv: list[str] | None = None) -> int:
     """Parse, build, train, close; returns the process exit status."""
+    die_with_launcher()
     try:
         cfg = load_config(sys.argv[1:] if argv is None else argv)
     except ConfigError as err:
         print(f"config error: {err}", file=sys.stderr)
         return 2
 
-    from trainer.dist import close, init_distributed
-    from trainer.trainer import Trainer
+    with StopFlag() as stop:  # from here on, SIGTERM / SIGINT stop the run at the next step boundary
+        from trainer.dist import close, init_distributed
+        from trainer.trainer import BadStepsError, Trainer
 
-    info = init_distributed()
-    trainer = Trainer(cfg, info)
-    try:
-        trainer.train()
-    finally:
-        trainer.close()
-        close()
+        info = init_distributed()
+        trainer = Trainer(cfg, info)
+        try:
+            trainer.train(stop)
+        except BadStepsError as err:
+            if info.is_main:
+                print(f"stopping: {err}", file=sys.stderr, flush=True)
+            return 3
+        finally:
+            trainer.close()
+            close()
     return 0
 
 

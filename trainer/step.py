@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -60,7 +60,7 @@ class StepContext:
     scheduler: Any
     engine: Any
     tokenizer: Any
-    prompts: list[dict]
+    prompts: Sequence[dict]
     sampler: Any
     kl: Any  # fastslow.KLController
     schedule: Any  # fastslow.FilterSchedule | None

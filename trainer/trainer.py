@@ -1,4 +1,19 @@
-"""The Trainer: builds the policy, reference, engine, data and algorithm state, runs the step loop, saves."""
+"""The Trainer: builds the policy, reference, engine, data and algorithm state, runs the step loop, saves.
+
+Failure behaviour of the loop:
+
+- SIGTERM / SIGINT (Ctrl-C): the step in progress finishes; at the step boundary the ranks agree on the signal
+  (all-reduce, MAX) so all stop after the same step, save a checkpoint there (unless one was just written), close
+  the process group and exit with status 0 (trainer/signals.py). Continue with `--resume auto`. Further signals
+  change nothing while stopping; SIGKILL forces it, losing only the steps since the last complete checkpoint.
+  Signalling torchrun itself (Ctrl-C in its terminal) works the same (it forwards the signal to the workers and
+  waits for them), but torchrun then exits 1 with its own `SignalException` traceback; the workers exit 0.
+- A bad step: its update skipped every optimizer step (non-finite gradient norm; parameters and optimizer state
+  untouched), or its loss or reward metrics are non-finite. `bad_steps` (a metric) counts them in a row. No
+  checkpoint is written after a bad step, so rotation never removes the last good one. After
+  `optim.max_bad_steps` in a row, or at the end of the run inside such a streak, the run stops with a message
+  naming the count and the last good checkpoint, writes nothing, and exits with status 3.
+"""
 
 from __future__ import annotations
 
@@ -15,12 +30,13 @@ from fastslow import EntropySwitch, FilterSchedule, KLController
 from trainer import checkpoint as ckpt
 from trainer.config import Config, save_toml
 from trainer.data import PromptSampler, load_prompts
-from trainer.dist import DistInfo, parallelize
+from trainer.dist import DistInfo, all_reduce, parallelize
 from trainer.metrics import MetricsLogger, system_metrics
 from trainer.model import load_model_and_tokenizer
 from trainer.policy import Policy
 from trainer.rewards import task_for
 from trainer.rollout import build_engine
+from trainer.signals import StopFlag
 from trainer.step import StepContext, train_step
 from trainer.weight_sync import sync_weights
 
@@ -43,6 +59,21 @@ def _run_dir(cfg: Config, info: DistInfo) -> Path:
     path = Path(chosen[0])
     path.mkdir(parents=True, exist_ok=True)
     return path
+
+
+# Metrics whose non-finite value makes a step bad (the loss terms and the reward; step.py reduces them over ranks).
+FINITE_METRICS = ("reward", "actor/pg_loss", "actor/kl")
+
+
+class BadStepsError(RuntimeError):
+    """The run stopped inside a streak of bad steps; the message names the count and the last good checkpoint."""
+
+
+def is_bad_step(metrics: dict[str, float], optimizer_steps: int) -> bool:
+    """Every optimizer step of the update was skipped, or a loss or reward metric is non-finite."""
+    if metrics.get("actor/skipped_updates", 0.0) >= optimizer_steps:
+        return True
+    return any(not math.isfinite(metrics[k]) for k in FINITE_METRICS if k in metrics)
 
 
 class Trainer:
@@ -155,25 +186,75 @@ class Trainer:
             self.run_dir, self.step, self.policy, self.optimizer, self.state_dict(), keep=self.cfg.checkpoint.keep
         )
 
-    def train(self) -> dict[str, float]:
-        """Run steps until `optim.total_steps`; checkpoint every `checkpoint.every` and at the end; export."""
-        cfg = self.cfg
+    def train(self, stop: StopFlag | None = None) -> dict[str, float]:
+        """Run steps until `optim.total_steps`; checkpoint every `checkpoint.every` and at the end; export.
+
+        Returns the summary, or `{"steps": N, "stopped": 1.0}` when `stop` was signalled; raises `BadStepsError`
+        on a streak of bad steps (see the module docstring).
+        """
+        cfg, c = self.cfg, self.ctx
         total = cfg.optim.total_steps
+        max_bad = cfg.optim.max_bad_steps
+        optimizer_steps = cfg.optim.epochs * cfg.optim.minibatches
+        saved = self.step  # the state at start is already on disk (resumed) or is the initial one
         while self.step < total:
+            if self._stop_agreed(stop):
+                return self._stop(stop, saved)
             start = time.perf_counter()
-            metrics = train_step(self.ctx, self.step)
+            metrics = train_step(c, self.step)
             self.step += 1
+            c.bad_steps = c.bad_steps + 1 if is_bad_step(metrics, optimizer_steps) else 0
+            metrics["bad_steps"] = float(c.bad_steps)
             metrics["time/step"] = time.perf_counter() - start
             metrics.update(system_metrics(self.info.device))
             self.history.append(metrics["accuracy"])
             self.logger.log(self.step, metrics)
-            if cfg.checkpoint.every and self.step % cfg.checkpoint.every == 0 and self.step < total:
+            if c.bad_steps >= max_bad:
+                raise BadStepsError(self._bad_message(f"{c.bad_steps} bad steps in a row (optim.max_bad_steps)"))
+            due = cfg.checkpoint.every and self.step % cfg.checkpoint.every == 0 and self.step < total
+            if due and c.bad_steps == 0:
                 self.save()
+                saved = self.step
+        if c.bad_steps:
+            raise BadStepsError(self._bad_message(f"the run ended inside {c.bad_steps} bad steps in a row"))
         self.save()
         if cfg.checkpoint.export_hf:
             dtype = torch.bfloat16 if self.info.device.type == "cuda" else None
             ckpt.export_hf(self.run_dir / "hf", self.policy, self.template, self.tokenizer, prefix="lm.", dtype=dtype)
         return self.summary()
+
+    def _stop_agreed(self, stop: StopFlag | None) -> bool:
+        """Whether any rank was signalled: every rank reaches this between the same two steps, so all agree."""
+        if stop is None:
+            return False
+        flag = torch.tensor([float(stop.requested)], device=self.info.device)
+        return all_reduce(flag, "max").item() > 0.5
+
+    def _stop(self, stop: StopFlag, saved: int) -> dict[str, float]:
+        """Save at the step reached (nothing after a bad step, nothing twice) and say how to continue."""
+        what = f"checkpoint {self.run_dir / ckpt.CHECKPOINTS / f'step_{self.step:08d}'}"
+        if self.ctx.bad_steps:
+            what = f"not saved after a bad step; last good checkpoint: {ckpt.find_latest(self.run_dir)}"
+        elif self.step > saved:
+            self.save()
+        elif self.step == 0:
+            what = "nothing to save yet"
+        if self.info.is_main:
+            signame = stop.name or "a signal on another rank"
+            print(
+                f"{signame}: stopped after step {self.step}/{self.cfg.optim.total_steps}; {what}; "
+                f"continue with --resume auto",
+                flush=True,
+            )
+        return {"steps": float(self.step), "stopped": 1.0}
+
+    def _bad_message(self, why: str) -> str:
+        last = ckpt.find_latest(self.run_dir)
+        where = f"last good checkpoint: {last}" if last is not None else "no checkpoint was written before them"
+        return (
+            f"{why} at step {self.step}: every optimizer step skipped (non-finite gradient norm) or a non-finite "
+            f"loss/reward; nothing saved, {where}"
+        )
 
     def summary(self) -> dict[str, float]:
         """First-10% vs last-10% mean accuracy (the learning check), printed as the run's final line."""

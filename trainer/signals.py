@@ -1,0 +1,77 @@
+"""Stopping cleanly: SIGTERM and SIGINT set a flag the train loop reads between steps; no worker outlives torchrun.
+
+The handlers only record the signal (nothing else is safe inside a handler): the Trainer agrees on it across ranks
+at the next step boundary, saves and returns. Signals after the first change nothing, so the save in progress
+always finishes; torchrun forwards the signal it receives to every worker, which is such a second signal when a
+scheduler signals the whole job. SIGKILL (torchrun sends it after `--shutdown_timeout`, 30 s by default) forces
+the stop; the checkpoint being written is then left as an ignored `.tmp` folder and the previous one is used.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import signal
+import sys
+import threading
+from types import FrameType
+from typing import Any
+
+_PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
+
+
+class StopFlag:
+    """`with StopFlag() as stop:` installs the handlers (main thread only); `stop.requested` after a signal."""
+
+    def __init__(self, signums: tuple[int, ...] = (signal.SIGTERM, signal.SIGINT)) -> None:
+        self.signums = signums
+        self.signum: int | None = None  # the first signal received
+        self._previous: dict[int, Any] = {}
+
+    @property
+    def requested(self) -> bool:
+        return self.signum is not None
+
+    @property
+    def name(self) -> str:
+        return "" if self.signum is None else signal.Signals(self.signum).name
+
+    def _handle(self, signum: int, frame: FrameType | None) -> None:
+        if self.signum is None:
+            self.signum = signum
+
+    def install(self) -> StopFlag:
+        # Python only lets the main thread set handlers; elsewhere (a test calling main() in a thread) the default
+        # handlers stay and a signal stops the process as usual.
+        if threading.current_thread() is threading.main_thread():
+            for signum in self.signums:
+                self._previous[signum] = signal.signal(signum, self._handle)
+        return self
+
+    def restore(self) -> None:
+        for signum, previous in self._previous.items():
+            signal.signal(signum, previous)
+        self._previous.clear()
+
+    def __enter__(self) -> StopFlag:
+        return self.install()
+
+    def __exit__(self, *exc: object) -> None:
+        self.restore()
+
+
+def die_with_launcher() -> None:
+    """Under torchrun on Linux: have the kernel SIGKILL this worker when torchrun dies.
+
+    torchrun starts each worker in a session of its own, so killing torchrun (SIGKILL, the OOM killer) would
+    otherwise leave the workers training, or hanging in a collective, with nobody watching. A graceful stop is
+    unaffected: torchrun waits for its workers before it exits.
+    """
+    if sys.platform != "linux" or "TORCHELASTIC_RUN_ID" not in os.environ:
+        return
+    parent = os.getppid()
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.prctl(_PR_SET_PDEATHSIG, int(signal.SIGKILL), 0, 0, 0) != 0:
+        return  # not permitted here (some sandboxes): the workers then rely on torchrun's own shutdown
+    if os.getppid() != parent:  # torchrun died before the request took effect
+        os.kill(os.getpid(), signal.SIGKILL)
