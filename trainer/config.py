@@ -14,15 +14,14 @@ them only to keys the user did not set in the file or on the command line, so `a
 from __future__ import annotations
 
 import dataclasses
-import difflib
 import importlib
-import math
-import types
-import typing
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from functools import cache
 from typing import TYPE_CHECKING, Any, Literal
+
+# `_describe` and `_unwrap` are not used here: re-exported for trainer.config_io, which imports them from this module.
+from trainer.config_base import ConfigError, _describe, _hints, _Section, _suggest, _unwrap  # noqa: F401
 
 if TYPE_CHECKING:
     from trainer.config_io import configs_dir, find_config, load_config, save_toml, to_toml, usage
@@ -51,36 +50,6 @@ __all__ = [
 
 FAST_DEFAULTS: dict[str, Any] = {"kl_type": "group_accuracy", "kl_coef": 0.01, "filter": "slow2fast"}
 """`algorithm.*` values a FAST name (`fast_grpo`, `fast_sfpo`) implies, applied where not set explicitly."""
-
-
-class ConfigError(ValueError):
-    """A bad configuration: the message names the key (`section.key`), the value and what is allowed."""
-
-
-class _Section:
-    """Base of every section: coerces and type-checks each field, then runs the section's own `validate()`."""
-
-    SECTION = ""  # the TOML table name; "" for the top level
-
-    def __post_init__(self) -> None:
-        for f in dataclasses.fields(self):  # type: ignore[arg-type]
-            if not f.metadata.get("internal"):
-                setattr(self, f.name, _coerce(self._key(f.name), getattr(self, f.name), _hints(type(self))[f.name]))
-        self.validate()
-
-    def _key(self, name: str) -> str:
-        return f"{self.SECTION}.{name}" if self.SECTION else name
-
-    def _require(self, ok: bool, name: str, allowed: str) -> None:
-        if not ok:
-            raise ConfigError(f"{self._key(name)} = {getattr(self, name)!r}: {allowed}")
-
-    def _at_least(self, minimum: float, *names: str) -> None:
-        for name in names:
-            self._require(getattr(self, name) >= minimum, name, f"must be >= {minimum}")
-
-    def validate(self) -> None:
-        """Range and cross-field checks of this section; raises `ConfigError`."""
 
 
 @dataclass
@@ -408,11 +377,6 @@ def _plain(value: Any) -> Any:
 
 
 @cache
-def _hints(cls: type) -> dict[str, Any]:
-    return typing.get_type_hints(cls)
-
-
-@cache
 def _sections() -> dict[str, type[_Section]]:
     """Section name -> its class, in file order."""
     hints = _hints(Config)
@@ -424,59 +388,6 @@ def _top_keys() -> dict[str, Any]:
     """Top-level scalar keys (not sections, not internal) -> type."""
     internal = {f.name for f in dataclasses.fields(Config) if f.metadata.get("internal")}
     return {n: t for n, t in _hints(Config).items() if n not in _sections() and n not in internal}
-
-
-def _unwrap(hint: Any) -> tuple[Any, bool]:
-    """`(X, True)` for `X | None`, else `(hint, False)`."""
-    if typing.get_origin(hint) in (typing.Union, types.UnionType):
-        (inner,) = [a for a in typing.get_args(hint) if a is not type(None)]
-        return inner, True
-    return hint, False
-
-
-def _describe(hint: Any) -> str:
-    base, optional = _unwrap(hint)
-    if typing.get_origin(base) is Literal:
-        text = "one of " + ", ".join(map(repr, typing.get_args(base)))
-    else:
-        text = {bool: "true or false", int: "an integer", float: "a finite number", str: "a string"}.get(
-            base, "a list of 2 numbers"
-        )
-    return text + (" (or none)" if optional else "")
-
-
-def _coerce(key: str, value: Any, hint: Any) -> Any:
-    """`value` checked against `hint` (ints widen to float, lists to tuples); `ConfigError` when it does not fit."""
-    base, optional = _unwrap(hint)
-    if isinstance(base, type) and issubclass(base, _Section):
-        if isinstance(value, base):
-            return value
-    elif value is None:
-        if optional:
-            return None
-    elif typing.get_origin(base) is Literal:
-        choices = typing.get_args(base)
-        if isinstance(value, str) and value in choices:
-            return value
-        raise ConfigError(f"{key} = {value!r}: expected {_describe(hint)}{_suggest(str(value), choices)}")
-    elif base is bool or base is str:
-        if isinstance(value, base):
-            return value
-    elif base is int:
-        if isinstance(value, int) and not isinstance(value, bool):
-            return value
-    elif base is float:
-        if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value):
-            return float(value)
-    elif isinstance(value, (list, tuple)) and len(value) == 2:  # tuple[float, float]
-        return tuple(_coerce(key, v, float) for v in value)
-    raise ConfigError(f"{key} = {value!r}: expected {_describe(hint)}")
-
-
-def _suggest(word: str, candidates: Sequence[str], prefix: str = "") -> str:
-    """ "; did you mean 'X'?" for the closest candidate (difflib), or ""."""
-    close = difflib.get_close_matches(word, list(candidates), n=1, cutoff=0.5)
-    return f"; did you mean {prefix + close[0]!r}?" if close else ""
 
 
 def _lookup(dotted: str, where: str) -> Any:

@@ -12,9 +12,10 @@ reads, decodes and tokenises it again (tens of microseconds; a step reads a few 
 eager loader raised (bad row, too long prompt with `on_long_prompt = "error"`, nothing left) still comes before
 training starts, `len(prompts)` is the number of usable rows and `prompts.skipped` is exact; the price is one
 tokenisation of the whole file at start-up (27 s for a million short prompts with the built-in tokenizer on two
-CPU cores). Parquet is streamed the same way, a row group at a time, and read back a row group at a time (the last
-few kept), so memory is bounded by the largest row group: write big files with row groups of at most ~100k rows. A
-JSON array (`.json` starting with `[`) and the synthetic task are small by nature and are held in a list.
+CPU cores). Parquet (`trainer.data_parquet`) is streamed the same way, a row group at a time, and read back a row
+group at a time (the last few kept), so memory is bounded by the largest row group: write big files with row groups
+of at most ~100k rows. A JSON array (`.json` starting with `[`) and the synthetic task are small by nature and are
+held in a list.
 
 The data config is read by attribute (duck typing): `source` ("synthetic" or a path to .jsonl / .json / .parquet),
 `prompt_key`, `answer_key`, `max_prompt_tokens`, `on_long_prompt` ("skip" | "error"), `apply_chat_template`, and
@@ -27,8 +28,8 @@ import json
 import logging
 import os
 from array import array
-from collections import OrderedDict
 from collections.abc import Callable, Iterator, Sequence
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -36,6 +37,7 @@ import torch
 from transformers import PreTrainedTokenizerBase
 
 from trainer import task
+from trainer.data_parquet import PARQUET_SUFFIXES, ParquetItems, import_pyarrow, parquet_rows
 
 __all__ = [
     "SYNTHETIC",
@@ -53,12 +55,9 @@ SYNTHETIC = "synthetic"
 SYNTHETIC_SIZE = 4096
 """Items drawn from the synthetic task when the config does not say (`data.synthetic_size`)."""
 _JSON_SUFFIXES = (".jsonl", ".json")
-_PARQUET_SUFFIXES = (".parquet", ".pq")
 _BATCH = 4096
 """Rows tokenised together in the load-time pass: big enough for the fast tokenizers' batch path, small enough that
 the batch's Python objects stay a few MB."""
-_CACHED_ROW_GROUPS = 4
-"""Parquet row groups kept decoded (as Arrow columns) for random access."""
 
 Item = dict[str, Any]
 Row = tuple[str, Any, Any, int]
@@ -150,22 +149,23 @@ def load_prompts(data_cfg: Any, tokenizer: PreTrainedTokenizerBase, *, seed: int
         if _stamp(path) != stamp:
             raise ValueError(f"{path}: changed while it was being loaded; load it again")
         items: Sequence[Item] = _JsonlItems(path, offsets, stamp, tokenizer, data_cfg)
-    elif suffix in _PARQUET_SUFFIXES:
-        pq = _pyarrow(path)
+    elif suffix in PARQUET_SUFFIXES:
+        pq = import_pyarrow(path)
         rows_kept = array("q")
         skipped = _scan(
             str(path),
-            _parquet_rows(pq, path, data_cfg),
+            parquet_rows(pq, path, data_cfg),
             tokenizer,
             data_cfg,
             lambda loc, _: rows_kept.append(loc),
             keep_items=False,
         )
-        items = _ParquetItems(pq, path, rows_kept, tokenizer, data_cfg)
+        to_item = partial(_item, str(path), tokenizer=tokenizer, data_cfg=data_cfg)
+        items = ParquetItems(pq, path, rows_kept, data_cfg, to_item)
     else:
         raise ValueError(
             f"data.source: {path} has an unknown type {suffix!r}; allowed: 'synthetic', "
-            + ", ".join(_JSON_SUFFIXES + _PARQUET_SUFFIXES)
+            + ", ".join(_JSON_SUFFIXES + PARQUET_SUFFIXES)
         )
     return _finish(str(path), items, skipped, limit)
 
@@ -412,73 +412,6 @@ def _item(where: str, row: tuple[str, Any, Any], tokenizer: PreTrainedTokenizerB
     if len(ids) > int(data_cfg.max_prompt_tokens):
         raise ValueError(f"{where}: {label}: the prompt has {len(ids)} tokens now; the tokenizer changed after loading")
     return {"prompt": prompt, "prompt_ids": ids, "answer": answer}
-
-
-# ------------------------------------------------------------------------------------------------ Parquet
-
-
-def _pyarrow(path: Path) -> Any:
-    """The `pyarrow.parquet` module; a clear error without it."""
-    try:
-        import pyarrow.parquet as pq
-    except ImportError as exc:
-        raise ImportError(f"data.source: reading {path} needs pyarrow: pip install pyarrow") from exc
-    return pq
-
-
-def _open_parquet(pq: Any, path: Path, data_cfg: Any) -> Any:
-    """The `ParquetFile`, after checking it is readable and has both columns."""
-    try:
-        file = pq.ParquetFile(path)
-    except Exception as exc:  # pyarrow raises ArrowInvalid and friends for a corrupt file
-        raise ValueError(f"{path}: not a readable Parquet file: {type(exc).__name__}: {exc}") from exc
-    names = file.schema_arrow.names
-    for key, name in ((data_cfg.prompt_key, "data.prompt_key"), (data_cfg.answer_key, "data.answer_key")):
-        if key not in names:
-            raise ValueError(f"{path}: no column {key!r} ({name}); the columns are: {', '.join(names)}")
-    return file
-
-
-def _parquet_rows(pq: Any, path: Path, data_cfg: Any) -> Iterator[Row]:
-    """(label, prompt, answer, row number) of each row, one row group at a time."""
-    file = _open_parquet(pq, path, data_cfg)
-    columns = [data_cfg.prompt_key, data_cfg.answer_key]
-    i = 0
-    for g in range(file.num_row_groups):
-        table = file.read_row_group(g, columns=columns)
-        for prompt, answer in zip(table.column(0).to_pylist(), table.column(1).to_pylist()):
-            yield f"row {i}", prompt, answer, i
-            i += 1
-
-
-class _ParquetItems(Sequence):
-    """The usable rows of a Parquet file, read on access a row group at a time (the last few kept as Arrow)."""
-
-    def __init__(self, pq: Any, path: Path, rows: array, tokenizer: PreTrainedTokenizerBase, data_cfg: Any) -> None:
-        self.path, self.rows, self.tokenizer, self.data_cfg = path, rows, tokenizer, data_cfg
-        self.file = _open_parquet(pq, path, data_cfg)
-        meta = self.file.metadata
-        self.group_starts = [0]
-        for g in range(meta.num_row_groups):
-            self.group_starts.append(self.group_starts[-1] + meta.row_group(g).num_rows)
-        self.cache: OrderedDict[int, Any] = OrderedDict()
-
-    def __len__(self) -> int:
-        return len(self.rows)
-
-    def __getitem__(self, i: int) -> Item:  # type: ignore[override]
-        import bisect
-
-        row = self.rows[i]
-        g = bisect.bisect_right(self.group_starts, row) - 1
-        if g not in self.cache:
-            self.cache[g] = self.file.read_row_group(g, columns=[self.data_cfg.prompt_key, self.data_cfg.answer_key])
-            while len(self.cache) > _CACHED_ROW_GROUPS:
-                self.cache.popitem(last=False)
-        self.cache.move_to_end(g)
-        table, j = self.cache[g], row - self.group_starts[g]
-        prompt, answer = table.column(0)[j].as_py(), table.column(1)[j].as_py()
-        return _item(str(self.path), (f"row {row}", prompt, answer), self.tokenizer, self.data_cfg)
 
 
 # ------------------------------------------------------------------------------------------------ sampler
