@@ -67,3 +67,17 @@ def test_resume_reproduces_the_uninterrupted_run(tmp_path):
             if k.startswith(("time", "sys/", "mem")) or k in skip:
                 continue
             assert a[k] == b[k], (k, a[k], b[k])
+
+
+@pytest.mark.distributed
+def test_batch_not_divisible_by_world_size_is_a_config_error(tmp_path):
+    env = dict(os.environ, TRITON_INTERPRET="0", OMP_NUM_THREADS="1")
+    cmd = [
+        sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+        "-m", "trainer.main", f"logging.run_dir={tmp_path}", "rollout.prompts_per_step=3",
+    ]  # fmt: skip
+    out = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
+    assert out.returncode != 0
+    assert "config error: rollout.prompts_per_step = 3: must be divisible by the number of processes (2)" in out.stderr
+    assert "exitcode  : 2" in out.stderr  # the workers' own status, as torchrun reports it
+    assert not (tmp_path / "metrics.jsonl").exists()

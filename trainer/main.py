@@ -30,6 +30,15 @@ def main(argv: list[str] | None = None) -> int:
         from trainer.trainer import BadStepsError, Trainer
 
         info = init_distributed()
+        if cfg.rollout.prompts_per_step % info.world:  # the one check that needs the world size
+            if info.is_main:
+                print(
+                    f"config error: rollout.prompts_per_step = {cfg.rollout.prompts_per_step}: must be divisible by "
+                    f"the number of processes ({info.world})",
+                    file=sys.stderr,
+                )
+            close()
+            return 2
         trainer = Trainer(cfg, info)
         try:
             trainer.train(stop)

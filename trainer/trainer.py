@@ -81,11 +81,6 @@ class Trainer:
 
     def __init__(self, cfg: Config, info: DistInfo) -> None:
         self.cfg, self.info = cfg, info
-        if cfg.rollout.prompts_per_step % info.world:
-            raise ValueError(
-                f"rollout.prompts_per_step={cfg.rollout.prompts_per_step} must be divisible by the world size "
-                f"({info.world} processes)"
-            )
         self.run_dir = _run_dir(cfg, info)
         if info.is_main:
             save_toml(cfg, self.run_dir / "config.toml")
