@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 
+import _tiny
 import pytest
 import torch
 import transformers
@@ -15,18 +16,8 @@ PROMPTS = [[7, 8, 9], [10, 11, 12, 13, 14, 15], [16]]  # different lengths: left
 
 
 def tiny_lm(seed: int = 0) -> transformers.PreTrainedModel:
-    """A 2-layer Qwen2 with tied embeddings, seeded so every call builds the same weights."""
-    config = transformers.Qwen2Config(
-        vocab_size=40,
-        hidden_size=64,
-        intermediate_size=128,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        tie_word_embeddings=True,
-    )
-    torch.manual_seed(seed)
-    return transformers.Qwen2ForCausalLM(config).eval()
+    """The shared tiny Qwen2, in eval mode (the engine generates with it)."""
+    return _tiny.tiny_lm(seed).eval()
 
 
 @pytest.fixture(scope="module")

@@ -16,6 +16,7 @@ import torch
 import torch.distributed as dist
 import transformers
 from _distributed import run_two_ranks
+from _tiny import tiny_lm
 from torch import nn
 
 from trainer.rollout import HFEngine
@@ -26,21 +27,6 @@ TINY_BUCKET = 1024  # bytes: the norms (256 B) share buckets; embeddings (10 KiB
 HUGE_BUCKET = 1 << 30  # everything in one bucket
 # Float32 on CPU, the same weights and the same eager ops on both sides: equal up to summation order, if at all.
 ATOL = 1e-6
-
-
-def tiny_lm(seed: int = 0) -> transformers.PreTrainedModel:
-    """A 2-layer Qwen2 with tied embeddings, seeded so every rank (and the engine) builds the same weights."""
-    config = transformers.Qwen2Config(
-        vocab_size=40,
-        hidden_size=64,
-        intermediate_size=128,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        tie_word_embeddings=True,
-    )
-    torch.manual_seed(seed)
-    return transformers.Qwen2ForCausalLM(config)
 
 
 def token_logprobs(lm: nn.Module, ids_BT: torch.Tensor) -> torch.Tensor:
