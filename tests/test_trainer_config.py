@@ -369,3 +369,20 @@ def test_reward_function_file_errors_at_load(tmp_path: Path) -> None:
     assert load_config(["--config", str(path)]) == cfg
     with pytest.raises(ConfigError, match=re.escape("reward.function = 3: expected a string")):
         from_dict({"reward": {"function": 3}})
+
+
+def test_custom_filter_schedule():
+    from trainer.config import load_config
+
+    cfg = load_config(["algorithm.filter=custom", 'algorithm.filter_schedule="0.5:0.3:0.99,1.0:0.01:0.7"'])
+    assert cfg.algorithm.schedule_entries() == [(0.5, 0.3, 0.99), (1.0, 0.01, 0.7)]
+    for bad, why in (
+        ("0.5:0.99:0.3", "filter_schedule"),  # low >= high
+        ("1.0:0.3:0.99,0.5:0.01:0.7", "filter_schedule"),  # ratios not increasing
+        ("0.5:0.3", "filter_schedule"),  # not three numbers
+        ("", "filter_schedule"),  # custom without entries
+    ):
+        with pytest.raises(ConfigError, match=why):
+            load_config(["algorithm.filter=custom", f'algorithm.filter_schedule="{bad}"'])
+    with pytest.raises(ConfigError, match="filter_schedule"):
+        load_config(['algorithm.filter_schedule="1.0:0.01:0.99"'])  # a schedule without filter = "custom"

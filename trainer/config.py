@@ -230,9 +230,13 @@ class AlgorithmConfig(_Section):
     """FAST thinking reward: difficulty percentile above which a group is hard, in [0, 100]."""
     length_unit: Literal["tokens", "chars"] = "tokens"
     """FAST thinking reward: response length in tokens, or characters (as the seed's code counts)."""
-    filter: Literal["none", "dapo", "slow2fast"] = "none"
+    filter: Literal["none", "dapo", "slow2fast", "custom"] = "none"
     """Online group filter with refill: none; dapo (drop all-right and all-wrong groups); slow2fast (FAST-GRPO's
-    curriculum, as the seed's code does it: 0.3 < acc < 0.99 for the first half of total_steps, then 0.01..0.7)."""
+    curriculum, as the seed's code does it: 0.3 < acc < 0.99 for the first half of total_steps, then 0.01..0.7);
+    custom (the entries of `filter_schedule`)."""
+    filter_schedule: str = ""
+    """With filter = "custom": entries "until_ratio:low:high" separated by commas, e.g. "0.5:0.3:0.99,1.0:0.01:0.7"
+    (the first entry whose until_ratio >= step / total_steps applies; groups kept iff low < accuracy < high)."""
     sfpo_inner_steps: int = 3
     """SFPO: K fast updates before the reposition (0: plain GRPO)."""
     sfpo_alpha: float = 0.8
@@ -264,6 +268,25 @@ class AlgorithmConfig(_Section):
         self._require(0 <= self.sfpo_alpha <= 1, "sfpo_alpha", "must be in [0, 1]")
         self._at_least(2, "sfpo_entropy_window")
         self._require(self.sfpo_stop_step is None or self.sfpo_stop_step >= 0, "sfpo_stop_step", "must be >= 0")
+        if self.filter == "custom" or self.filter_schedule:
+            self._require(self.filter == "custom", "filter_schedule", 'is used only with algorithm.filter = "custom"')
+            try:
+                self.schedule_entries()
+            except ValueError as err:
+                raise ConfigError(f"algorithm.filter_schedule = {self.filter_schedule!r}: {err}") from None
+
+    def schedule_entries(self) -> list[tuple[float, float, float]]:
+        """The custom schedule as `(until_ratio, low, high)` entries, checked by `fastslow.FilterSchedule`."""
+        from fastslow import FilterSchedule
+
+        try:
+            entries = [tuple(float(x) for x in e.split(":")) for e in self.filter_schedule.split(",") if e.strip()]
+        except ValueError:
+            raise ValueError('expected entries "until_ratio:low:high" separated by commas') from None
+        if not entries or any(len(e) != 3 for e in entries):
+            raise ValueError('expected entries "until_ratio:low:high" separated by commas')
+        FilterSchedule(entries)
+        return entries
 
 
 @dataclass

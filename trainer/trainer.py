@@ -119,7 +119,12 @@ class Trainer:
         sampler = PromptSampler(
             len(self.prompts), cfg.rollout.prompts_per_step, seed=cfg.seed, rank=info.rank, world=info.world
         )
-        schedule = None if a.filter == "none" else FilterSchedule.preset(a.filter)
+        if a.filter == "none":
+            schedule = None
+        elif a.filter == "custom":
+            schedule = FilterSchedule(a.schedule_entries())
+        else:
+            schedule = FilterSchedule.preset(a.filter)
         switch = None
         if a.sfpo:
             switch = EntropySwitch(a.sfpo_entropy_window, a.sfpo_entropy_threshold, stop_step=a.sfpo_stop_step)
