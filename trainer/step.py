@@ -282,9 +282,9 @@ def train_step(ctx: StepContext, step: int) -> dict[str, float]:
     if ctx.ref is not None:
         ref_logp, _ = logprobs(ctx.ref, batch, cfg.optim.micro_batch_size, cfg.rollout.temperature)
     adv = group_advantages(batch.rewards, n, std_normalize=cfg.algorithm.std_normalize)
-    kl_coef: torch.Tensor | float = ctx.kl.coefficients(batch.correct, n).to(info.device)
-    if cfg.algorithm.kl_type == "fixed":
-        kl_coef = float(cfg.algorithm.kl_coef)
+    kl_coef: torch.Tensor | float = float(cfg.algorithm.kl_coef)  # "fixed": one scalar, the kernel's fast path
+    if cfg.algorithm.kl_type != "fixed":
+        kl_coef = ctx.kl.coefficients(batch.correct, n).to(info.device)
     timing["logprobs"], t = time.perf_counter() - t, time.perf_counter()
 
     run_update: Callable[[], dict[str, float]] = lambda: update(ctx, batch, old_logp, ref_logp, adv, kl_coef)

@@ -32,7 +32,7 @@ from trainer.config import Config, save_toml
 from trainer.data import PromptSampler, load_prompts
 from trainer.dist import DistInfo, all_reduce, parallelize
 from trainer.metrics import MetricsLogger, system_metrics
-from trainer.model import load_model_and_tokenizer
+from trainer.model import freeze, load_model_and_tokenizer
 from trainer.policy import Policy
 from trainer.rewards import task_for
 from trainer.rollout import build_engine
@@ -98,9 +98,7 @@ class Trainer:
         needs_ref = a.kl_type != "fixed" or a.kl_coef != 0.0
         self.ref = None
         if needs_ref:
-            ref_lm = copy.deepcopy(lm)
-            ref_lm.requires_grad_(False)
-            self.ref = Policy(ref_lm).eval()
+            self.ref = Policy(freeze(copy.deepcopy(lm))).eval()
             parallelize(self.ref, info, mixed_precision=mixed, activation_checkpointing=False)
         self.policy = Policy(lm)
         parallelize(
