@@ -15,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import datetime as _dt
 import functools
+import gc
 import platform
 import re
 import statistics
@@ -178,6 +179,15 @@ def peak_extra_bytes(fn: Callable[[], Any], device: torch.device) -> int | None:
     return int(torch.cuda.max_memory_allocated(device) - base)
 
 
+def free_memory(device: torch.device) -> None:
+    """Collect the models a benchmark dropped (FSDP2's hooks hold reference cycles to their modules) and give the
+    device's cached blocks back, before the next model is built."""
+    gc.collect()
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+        torch.cuda.empty_cache()
+
+
 # ---------------------------------------------------------------------------------------------------- ceilings
 
 
@@ -273,44 +283,57 @@ def run_case(
     bytes_moved: float | None = None,
     check: Callable[[], float] | None = None,
     extra: dict[str, Any] | None = None,
+    rounds: int | None = None,
+    work: tuple[float | Callable[[], float], str] | None = None,
 ) -> dict[str, Any]:
     """Benchmark `fn` (one full call of the case, e.g. forward+backward) and fill `benchmark.extra_info`.
 
     `fn` is called once first (compilation, autotuning, allocator warm-up; its time is kept as `first_call_s`;
-    a `compiled` provider that cannot build on the CPU is skipped there), then measured for peak extra
-    memory (CUDA), timed with `do_bench` (CUDA), and run through `benchmark.pedantic` so that pytest-benchmark
+    a `compiled` provider that cannot build on the CPU is skipped there), then once more, measured for peak extra
+    memory (CUDA), then timed with `do_bench` (CUDA), and run through `benchmark.pedantic` so that pytest-benchmark
     records it too (its function synchronises the GPU). `flops` gives TFLOP/s against the matmul ceiling,
     `bytes_moved` gives GB/s against the copy ceiling. `check`, when given, returns a float (a loss value, a
     checksum) recorded as `check` so that rows of one group can be seen to compute the same thing.
+
+    For calls that take seconds (a whole training step), `rounds` fixes the number of pytest-benchmark rounds
+    (no extra warm-up round) and makes them the timer on CUDA too: each round is one call ended by
+    `torch.cuda.synchronize()`, timed by the wall clock, with no `do_bench` (its L2 flush and repeats are for
+    kernels). `work = (amount, unit)` records a rate with no ceiling, `amount / median seconds` in `unit` (e.g.
+    response tokens, "tokens/s"); `amount` may be a function, called after the timing, for work that varies from
+    call to call. At most one of `flops`, `bytes_moved`, `work`.
     """
+    if sum(x is not None for x in (flops, bytes_moved, work)) > 1:
+        raise ValueError("run_case: give at most one of flops, bytes_moved, work")
     benchmark.group = f"{group} {shape} {dtype}"
     t0 = time.perf_counter()
     warm_or_skip(fn, provider, device)
     _sync(device)
     first_s = time.perf_counter() - t0  # includes any compilation
     t0 = time.perf_counter()
-    fn()
-    _sync(device)
+    peak = peak_extra_bytes(fn, device)  # CUDA: one call, measured; the CPU: nothing measured, nothing called
+    if peak is None:
+        fn()
+        _sync(device)
     one_s = time.perf_counter() - t0
 
-    peak = peak_extra_bytes(fn, device)
-    gpu_times = time_it(fn, device) if device.type == "cuda" else None
+    gpu_times = time_it(fn, device) if device.type == "cuda" and rounds is None else None
 
     def fn_synced() -> None:
         fn()
         _sync(device)
 
-    rounds = _round_count(one_s, device)
-    benchmark.pedantic(fn_synced, rounds=rounds, warmup_rounds=1, iterations=1)
+    fixed = rounds is not None
+    rounds = rounds if rounds is not None else _round_count(one_s, device)
+    benchmark.pedantic(fn_synced, rounds=rounds, warmup_rounds=0 if fixed else 1, iterations=1)
 
     if gpu_times is not None:
         times = gpu_times
         timer = "triton.testing.do_bench"
     elif benchmark.stats is not None:
         times = _quantiles_ms(list(benchmark.stats.stats.data))
-        timer = "pytest-benchmark (time.perf_counter)"
+        timer = "pytest-benchmark (time.perf_counter" + (", torch.cuda.synchronize)" if device.type == "cuda" else ")")
     else:  # --benchmark-disable: pedantic ran the function once and kept no stats
-        times = time_it(fn, device)
+        times = time_it(fn_synced, torch.device("cpu"), repeats=rounds) if fixed else time_it(fn, device)
         timer = "time.perf_counter"
 
     ceil = ceilings(device)
@@ -337,6 +360,10 @@ def run_case(
         rate = bytes_moved / seconds / 1e9
         info.update(rate=rate, rate_unit="GB/s", ceiling="copy", ceiling_rate=ceil["copy_gbps"])
         info["fraction_of_ceiling"] = rate / ceil["copy_gbps"]
+    elif work is not None:
+        amount, unit = work
+        amount = float(amount() if callable(amount) else amount)
+        info.update(work=amount, rate=amount / seconds, rate_unit=unit)
     if check is not None:
         info["check"] = float(check())
     info["ceilings"] = ceil

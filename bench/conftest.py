@@ -14,6 +14,8 @@ skipped with the error as its reason if inductor cannot build there (no C++ comp
 
 from __future__ import annotations
 
+import os
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -65,6 +67,26 @@ def device() -> torch.device:
 def ceil(device: torch.device) -> dict[str, float]:
     """The device's matmul TFLOP/s and copy GB/s, measured once per session."""
     return ceilings(device)
+
+
+@pytest.fixture(scope="session")
+def dist_info() -> Iterator[Any]:
+    """The trainer's process group of one (`trainer.dist.init_distributed`: gloo on the CPU, nccl on CUDA), its
+    mesh and device; made on first use, destroyed at the end of the session, the environment put back."""
+    from trainer.dist import close, init_distributed
+
+    keys = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")
+    saved = {k: os.environ.get(k) for k in keys}
+    info = init_distributed()
+    try:
+        yield info
+    finally:
+        close()
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
 
 
 @pytest.fixture(autouse=True)

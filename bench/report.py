@@ -3,10 +3,11 @@
     python -m bench.report RESULTS.json [-o OUT.md]
 
 Prints (and with `-o` also writes) a header with the device, versions, date and measured ceilings; a ratio table
-(each baseline's median time over ours: above 1 means ours is faster); and one table per
-(group, mode, shape, dtype) with each provider's median time and spread, peak extra memory, achieved TFLOP/s or
-GB/s, its fraction of the device's ceiling, the ratio to ours, and the check value (the loss, or a checksum,
-that shows the providers computed the same thing). Needs only the standard library.
+(each baseline's median time over ours: above 1 means ours is faster, beside ours' time and rate); and one table
+per (group, mode, shape, dtype) with each provider's median time and spread, peak extra memory, achieved TFLOP/s
+or GB/s (tokens/s for a training step, which has no ceiling), its fraction of the device's ceiling, the ratio to
+ours, and the check value (the loss, or a checksum, that shows the providers computed the same thing). Needs only
+the standard library.
 """
 
 from __future__ import annotations
@@ -18,7 +19,20 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-PROVIDER_ORDER = ("ours", "ours_torch", "eager", "compiled", "liger", "foreach_lerp", "seed_loop")
+PROVIDER_ORDER = (
+    "ours",
+    "ours_torch",
+    "reference",
+    "eager",
+    "compiled",
+    "liger",
+    "foreach_lerp",
+    "seed_loop",
+    "dcp_full_state_dict",
+    "unsharded_load_state_dict",
+)
+"""Column and row order. Other `ours_*` variants (e.g. `ours_bucket1gib`) come right after `ours_torch`, any other
+provider last, by name."""
 MiB = 1 << 20
 
 Row = dict[str, Any]
@@ -44,10 +58,18 @@ def group_rows(rows: Sequence[Row]) -> dict[Key, list[Row]]:
     for r in rows:
         key = (str(r["group"]), str(r.get("mode", "")), str(r.get("shape", "")), str(r.get("dtype", "")))
         groups.setdefault(key, []).append(r)
-    rank = {p: i for i, p in enumerate(PROVIDER_ORDER)}
     for members in groups.values():
-        members.sort(key=lambda r: (rank.get(r["provider"], len(rank)), r["provider"]))
+        members.sort(key=lambda r: provider_rank(r["provider"]))
     return groups
+
+
+def provider_rank(provider: str) -> tuple[float, str]:
+    """Sort key of a provider: its place in `PROVIDER_ORDER`, `ours_*` variants after `ours_torch`, others last."""
+    if provider in PROVIDER_ORDER:
+        return float(PROVIDER_ORDER.index(provider)), provider
+    if provider.startswith("ours"):
+        return PROVIDER_ORDER.index("ours_torch") + 0.5, provider
+    return float(len(PROVIDER_ORDER)), provider
 
 
 def _ms(x: float) -> str:
@@ -70,11 +92,20 @@ def _ratio(t: float, ours: float | None) -> str:
     return "" if ours is None or ours <= 0 else f"{t / ours:.2f}x"
 
 
+def _rate(x: float | None) -> str:
+    """TFLOP/s, GB/s or tokens/s: 3 significant digits, whole numbers with separators from 1000 up."""
+    if x is None:
+        return ""
+    return f"{x:,.0f}" if abs(x) >= 1000 else f"{x:.3g}"
+
+
+def _ours(members: Sequence[Row]) -> Row | None:
+    return next((r for r in members if r["provider"] == "ours"), None)
+
+
 def _ours_ms(members: Sequence[Row]) -> float | None:
-    for r in members:
-        if r["provider"] == "ours":
-            return float(r["median_ms"])
-    return None
+    ours = _ours(members)
+    return None if ours is None else float(ours["median_ms"])
 
 
 def header(data: dict[str, Any], rows: Sequence[Row]) -> list[str]:
@@ -110,22 +141,26 @@ def header(data: dict[str, Any], rows: Sequence[Row]) -> list[str]:
 
 def ratio_table(groups: dict[Key, list[Row]]) -> list[str]:
     """One line per case: each baseline's median time / ours (above 1: ours is faster)."""
-    providers = [p for p in PROVIDER_ORDER if p != "ours"]
-    seen = [p for p in providers if any(r["provider"] == p for m in groups.values() for r in m)]
-    extra = sorted({r["provider"] for m in groups.values() for r in m} - set(PROVIDER_ORDER))
-    cols = seen + extra
+    seen = {r["provider"] for m in groups.values() for r in m} - {"ours"}
+    cols = sorted(seen, key=provider_rank)
     lines = [
         "## Ratios: baseline median time / ours (above 1: ours is faster)",
         "",
-        "| case | ours ms | " + " | ".join(cols) + " |",
-        "|---|---:|" + "---:|" * len(cols),
+        "| case | ours ms | ours rate | " + " | ".join(cols) + " |",
+        "|---|---:|---:|" + "---:|" * len(cols),
     ]
     for (group, mode, shape, dtype), members in groups.items():
+        ours_row = _ours(members)
         ours = _ours_ms(members)
+        rate = "-"
+        if ours_row is not None and ours_row.get("rate") is not None:
+            rate = f"{_rate(ours_row['rate'])} {ours_row.get('rate_unit', '')}".strip()
         by = {r["provider"]: float(r["median_ms"]) for r in members}
         cells = [(_ratio(by[p], ours) or "-") if p in by else "-" for p in cols]
         lines.append(
-            f"| {group} {mode} {shape} {dtype} | {_ms(ours) if ours is not None else '-'} | " + " | ".join(cells) + " |"
+            f"| {group} {mode} {shape} {dtype} | {_ms(ours) if ours is not None else '-'} | {rate} | "
+            + " | ".join(cells)
+            + " |"
         )
     lines.append("")
     return lines
@@ -139,14 +174,14 @@ def case_table(key: Key, members: Sequence[Row]) -> list[str]:
     lines = [
         f"### {group} · {mode} · {shape} · {dtype}",
         "",
-        f"| provider | median ms (p20-p80) | peak extra MiB | {unit or 'rate'} | % of {ceiling or ''} ceiling "
-        "| time / ours | check |",
+        f"| provider | median ms (p20-p80) | peak extra MiB | {unit or 'rate'} | "
+        f"{f'% of {ceiling} ceiling' if ceiling else '% of ceiling'} | time / ours | check |",
         "|---|---:|---:|---:|---:|---:|---:|",
     ]
     for r in members:
         t = float(r["median_ms"])
         spread = f"{_ms(t)} ({_ms(float(r.get('p20_ms', t)))}-{_ms(float(r.get('p80_ms', t)))})"
-        rate = f"{r['rate']:.3g}" if r.get("rate") is not None else ""
+        rate = _rate(r.get("rate"))
         frac = f"{100 * r['fraction_of_ceiling']:.1f}%" if r.get("fraction_of_ceiling") is not None else ""
         check = f"{r['check']:.6g}" if r.get("check") is not None else ""
         provider = r["provider"] + (f" ({r['backend']})" if r.get("backend") else "")

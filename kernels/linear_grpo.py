@@ -14,7 +14,7 @@ from __future__ import annotations
 import torch
 
 from kernels._checks import check_finite_number
-from kernels.grpo import grpo_loss
+from kernels.grpo import grpo_loss, grpo_loss_ref
 from kernels.grpo_args import _N_STATS, GRPOTerms, LossAgg, _row_weights, grpo_metrics, prepare_grpo
 from kernels.logprobs import (
     _row_stats,
@@ -23,6 +23,7 @@ from kernels.logprobs import (
     chunk_logits,
     chunk_rows,
     token_logprobs,
+    token_logprobs_ref,
 )
 
 
@@ -215,13 +216,23 @@ def linear_grpo_loss_ref(
     temperature: float = 1.0,
     entropy_coef: float = 0.0,
     chunk_tokens: int | None = None,
+    eager: bool = False,
     **grpo_kwargs,
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-    """The unfused composition this op must equal: `token_logprobs` then `grpo_loss` (plus the entropy term)."""
-    logp, ent = token_logprobs(
-        hidden, weight, targets, temperature=temperature, with_entropy=True, chunk_tokens=chunk_tokens
-    )
-    loss, metrics = grpo_loss(logp, old_logp, advantages, mask, **grpo_kwargs)
+    """The unfused composition this op must equal: `token_logprobs` then `grpo_loss` (plus the entropy term).
+
+    With `eager=True` every piece is plain torch instead: `token_logprobs_ref` (the full `[B, T, V]` logits, a
+    float32 log-softmax) then `grpo_loss_ref`, autograd doing the backward (`chunk_tokens` is then unused). That is
+    the path a policy with `model.kernels = "reference"` trains with. Same arguments and results either way.
+    """
+    if eager:
+        logp, ent = token_logprobs_ref(hidden, weight, targets, temperature=temperature)
+        loss, metrics = grpo_loss_ref(logp, old_logp, advantages, mask, **grpo_kwargs)
+    else:
+        logp, ent = token_logprobs(
+            hidden, weight, targets, temperature=temperature, with_entropy=True, chunk_tokens=chunk_tokens
+        )
+        loss, metrics = grpo_loss(logp, old_logp, advantages, mask, **grpo_kwargs)
     row_w, counts = _row_weights(
         mask, grpo_kwargs.get("loss_agg", "token-mean"), grpo_kwargs.get("num_tokens"), grpo_kwargs.get("norm_len")
     )

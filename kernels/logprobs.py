@@ -394,11 +394,14 @@ def token_logprobs(
 def token_logprobs_ref(
     hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor, *, temperature: float = 1.0
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Eager reference: full logits, log_softmax, gather; returns (logp, entropy) in the inputs' dtype.
+    """Eager reference: full logits, log_softmax, gather; returns `(logp [...], entropy [...])`.
 
-    Materialises `[N, V]`: use it for tests and as the benchmarks' eager baseline.
+    The logits come out of the GEMM in the inputs' dtype; the log-softmax runs in float32, or in float64 for float64
+    inputs (a bf16/fp16 softmax would round the log-probs far more than `token_logprobs`' float32 log-sum-exp), and
+    the results are in that dtype. Materialises `[N, V]`: use it for tests, as the benchmarks' eager baseline, and
+    as the policy's `model.kernels = "reference"` path.
     """
-    logits = (hidden @ weight.t()) / temperature
+    logits = (hidden @ weight.t()).to(torch.promote_types(hidden.dtype, torch.float32)) / temperature
     logprobs = torch.log_softmax(logits, dim=-1)
     valid = targets != IGNORE_INDEX
     logp = logprobs.gather(-1, targets.clamp(min=0).long().unsqueeze(-1)).squeeze(-1)

@@ -81,3 +81,14 @@ def test_batch_not_divisible_by_world_size_is_a_config_error(tmp_path):
     assert "config error: rollout.prompts_per_step = 3: must be divisible by the number of processes (2)" in out.stderr
     assert "exitcode  : 2" in out.stderr  # the workers' own status, as torchrun reports it
     assert not (tmp_path / "metrics.jsonl").exists()
+
+
+@pytest.mark.distributed
+@pytest.mark.slow
+def test_importance_sampling_correction_against_the_engine(tmp_path):
+    """rollout.is_correction: the engine returns its log-probs; on CPU fp32 they equal the trainer's (weights 1)."""
+    lines = run(tmp_path, "rollout.is_correction=true", "rollout.is_cap=2.0", "rollout.temperature=0.8")
+    assert len(lines) == 3
+    for line in lines:
+        assert line["rollout/logp_abs_diff"] < 1e-4, line
+        assert abs(line["rollout/is_weight"] - 1.0) < 1e-4 and line["rollout/is_capped"] == 0.0, line

@@ -153,3 +153,27 @@ def test_unknown_names_reach_the_engine_as_errors() -> None:
         sync_weights(Policy(tiny_lm()), engine, bucket_bytes=HUGE_BUCKET, prefix="policy.")
     with pytest.raises(ValueError, match="bucket_bytes"):
         sync_weights(tiny_lm(), engine, bucket_bytes=0)
+
+
+def test_stream_metadata_and_wire_dtype() -> None:
+    """The stream every engine consumes: metadata without gathering, in stream order; the wire dtype casts each
+    tensor and sizes the buckets; the counters add up over passes."""
+    from trainer.weight_sync import ModelWeightStream
+
+    policy = Policy(tiny_lm())
+    stream = ModelWeightStream(policy, bucket_bytes=TINY_BUCKET // 2, prefix="lm.", dtype=torch.bfloat16)
+    meta = stream.metadata()
+    params = list(policy.named_parameters())
+    assert [(m.name, m.shape, m.dtype) for m in meta] == [
+        (n.removeprefix("lm."), tuple(p.shape), torch.bfloat16) for n, p in params
+    ]
+    buckets = list(stream.buckets())
+    sent = [(n, t) for b in buckets for n, t in b]
+    assert [n for n, _ in sent] == [m.name for m in meta]
+    assert all(t.dtype == torch.bfloat16 for _, t in sent)
+    assert all(torch.equal(t, p.detach().bfloat16()) for (_, t), (_, p) in zip(sent, params))
+    for b in buckets:  # wire bytes bound a bucket, except a tensor larger than the bound, which goes alone
+        assert len(b) == 1 or sum(t.numel() * 2 for _, t in b) <= TINY_BUCKET // 2
+    assert stream.bytes_sent == sum(m.nbytes for m in meta) == sum(p.numel() * 2 for _, p in params)
+    list(stream.tensors())
+    assert stream.buckets_sent == 2 * len(buckets) and stream.bytes_sent == 2 * sum(m.nbytes for m in meta)

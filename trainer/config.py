@@ -82,6 +82,11 @@ class ModelConfig(_Section):
     """Let transformers run the model folder's own Python code. Off unless asked for."""
     dtype: Literal["auto", "float32", "bfloat16"] = "auto"
     """"auto": bf16 mixed precision (fp32 reduction) on GPU, fp32 on CPU."""
+    kernels: Literal["fused", "reference"] = "fused"
+    """Log-probs and loss of the policy and the reference: "fused" (`kernels.token_logprobs` /
+    `kernels.linear_grpo_loss`, which never form the `[tokens, vocab]` logits); "reference" (their plain-torch
+    references: full logits, float32 log-softmax, autograd; slower and far more memory), to check whether the fused
+    path changes a run."""
 
     def validate(self) -> None:
         if self.path is not None and not self.path.strip():
@@ -136,7 +141,8 @@ class RolloutConfig(_Section):
 
     SECTION = "rollout"
     engine: Literal["hf", "vllm"] = "hf"
-    """"hf": transformers generation on an unsharded inference copy. "vllm": its own issue (not available yet)."""
+    """"hf": transformers generation on an unsharded inference copy (CPU or GPU). "vllm": vLLM (CUDA only;
+    `pip install .[vllm]`), colocated or as a server, see `vllm_mode`."""
     group_size: int = 8
     """n: responses sampled per prompt (one group)."""
     prompts_per_step: int = 16
@@ -151,6 +157,38 @@ class RolloutConfig(_Section):
     """Weight sync: MiB of full tensors gathered per bucket (bounds the extra memory of a sync)."""
     max_chunks: int = 4
     """With a filter on: generation chunks per step at most before the step stops with a clear error."""
+    is_correction: bool = False
+    """Importance-sampling correction for the rollout engine's numerics: each response token's advantage is
+    multiplied by min(exp(trainer old log-prob - engine log-prob), `is_cap`) (truncated IS, as verl's TIS)."""
+    is_cap: float = 2.0
+    """Cap of the importance weight of `is_correction` (>= 1)."""
+    vllm_mode: Literal["colocated", "server"] = "colocated"
+    """vllm engine: "colocated" (an in-process vLLM on each rank's GPU, asleep during the update) or "server"
+    (a running `vllm serve` on other GPUs, weights pushed over NCCL; see README, "vLLM rollouts")."""
+    vllm_tensor_parallel_size: int = 1
+    """Colocated: ranks per vLLM instance (divides the world size)."""
+    vllm_gpu_memory_utilization: float = 0.3
+    """Colocated: fraction of each GPU vLLM may take (weights + KV cache) while awake."""
+    vllm_max_model_len: int = 0
+    """Colocated: vLLM's context length; 0 = data.max_prompt_tokens + max_new_tokens."""
+    vllm_sleep_level: int = 2
+    """Colocated: 2 releases weights and KV cache during the update (the weights are streamed back anyway), 1
+    offloads the weights to CPU memory, 0 keeps everything resident (no sleep mode)."""
+    vllm_enforce_eager: bool = False
+    """Colocated: no CUDA graphs (faster start, slower decoding)."""
+    vllm_weight_transfer: Literal["auto", "native", "extension"] = "auto"
+    """Colocated: "native" (vLLM's IPC weight-transfer engine), "extension" (a worker extension calling the
+    model's `load_weights`, for a vLLM without that API), "auto" (native when the installed vLLM has it)."""
+    vllm_server_url: str = "http://127.0.0.1:8000"
+    """Server: base URL of the vLLM server (started with VLLM_SERVER_DEV_MODE=1 and an NCCL weight transfer)."""
+    vllm_server_workers: int = 1
+    """Server: the server's GPU workers (tensor x data parallel); the NCCL group is these plus trainer rank 0."""
+    vllm_nccl_address: str = "127.0.0.1"
+    """Server: address of trainer rank 0 as the server sees it (the NCCL rendezvous)."""
+    vllm_nccl_port: int = 51216
+    """Server: free TCP port on trainer rank 0 for the NCCL rendezvous."""
+    vllm_timeout_s: float = 600.0
+    """Server: seconds an HTTP request may take."""
 
     def validate(self) -> None:
         self._at_least(2, "group_size")
@@ -158,6 +196,21 @@ class RolloutConfig(_Section):
         self._at_least(0, "temperature")
         self._require(0 < self.top_p <= 1, "top_p", "must be in (0, 1]")
         self._require(self.sync_bucket_mb > 0, "sync_bucket_mb", "must be > 0")
+        self._at_least(1, "is_cap", "vllm_tensor_parallel_size", "vllm_server_workers", "vllm_timeout_s")
+        self._require(0 < self.vllm_gpu_memory_utilization < 1, "vllm_gpu_memory_utilization", "must be in (0, 1)")
+        self._require(self.vllm_sleep_level in (0, 1, 2), "vllm_sleep_level", "must be 0, 1 or 2")
+        self._at_least(0, "vllm_max_model_len")
+        self._require(0 < self.vllm_nccl_port < 65536, "vllm_nccl_port", "must be a TCP port (1-65535)")
+        if self.engine == "vllm":
+            import importlib.util
+
+            from trainer.rollout.vllm_params import INSTALL_HINT, VLLM_VERSION
+
+            if importlib.util.find_spec("vllm") is None:
+                raise ConfigError(
+                    f"rollout.engine = 'vllm': vllm is not installed; {INSTALL_HINT} (vLLM {VLLM_VERSION}, needs a "
+                    "CUDA GPU), or use rollout.engine = 'hf'"
+                )
 
 
 @dataclass

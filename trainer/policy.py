@@ -3,24 +3,34 @@
 Wrapping the LM (as `self.lm`) gives FSDP's root a forward of its own: the root's parameters (embeddings, final
 norm, LM head) are gathered around `Policy.forward`, so the head's weight is a plain tensor when it reaches
 `kernels.token_logprobs` / `kernels.linear_grpo_loss`, and the `[tokens, vocab]` logits are never formed.
+
+`kernels="reference"` (`model.kernels` in the config) swaps those two for their plain-torch references
+(`kernels.token_logprobs_ref`, `kernels.linear_grpo_loss_ref(eager=True)`): full `[tokens, vocab]` logits, a float32
+log-softmax, autograd. Slower and memory-hungry, it answers "does the fused path change my run?".
 """
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal, get_args
 
 import torch
 from torch import nn
 
-from kernels import linear_grpo_loss, token_logprobs
+from kernels import linear_grpo_loss, linear_grpo_loss_ref, token_logprobs, token_logprobs_ref
+
+Kernels = Literal["fused", "reference"]
+KERNELS: tuple[str, ...] = get_args(Kernels)
 
 
 class Policy(nn.Module):
-    """Hidden states from `lm.model`, then the fused log-prob or loss kernels with `lm.lm_head.weight`."""
+    """Hidden states from `lm.model`, then the log-prob or loss kernels with `lm.lm_head.weight`."""
 
-    def __init__(self, lm: nn.Module) -> None:
+    def __init__(self, lm: nn.Module, *, kernels: Kernels = "fused") -> None:
         super().__init__()
+        if kernels not in KERNELS:
+            raise ValueError(f"Policy: kernels = {kernels!r}; allowed: {', '.join(map(repr, KERNELS))}")
         self.lm = lm
+        self.kernels = kernels
 
     def forward(
         self,
@@ -40,10 +50,14 @@ class Policy(nn.Module):
             loss_kwargs: `kernels.linear_grpo_loss` arguments after `targets` (old_logp, advantages, mask, ...).
 
         Returns:
-            `(logp [B, L-1], entropy [B, L-1])`, or `(loss, metrics)` from `linear_grpo_loss`.
+            `(logp [B, L-1], entropy [B, L-1])` float32, or `(loss, metrics)` as `linear_grpo_loss` gives them.
         """
         hidden = self.lm.model(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state[:, :-1]
         weight = self.lm.lm_head.weight
+        if self.kernels == "reference":
+            if loss_kwargs is None:
+                return token_logprobs_ref(hidden, weight, targets, temperature=temperature)
+            return linear_grpo_loss_ref(hidden, weight, targets, temperature=temperature, eager=True, **loss_kwargs)
         if loss_kwargs is None:
             return token_logprobs(hidden, weight, targets, temperature=temperature, with_entropy=True)
         return linear_grpo_loss(hidden, weight, targets, temperature=temperature, **loss_kwargs)

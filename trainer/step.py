@@ -46,6 +46,7 @@ class Batch:
     rewards: torch.Tensor  # [B]
     correct: torch.Tensor  # [B] bool
     lengths: torch.Tensor  # [B]
+    rollout_logp: torch.Tensor | None = None  # [B, T] the engine's log-probs of the response tokens (0 elsewhere)
 
 
 @dataclass
@@ -67,6 +68,7 @@ class StepContext:
     switch: Any  # fastslow.EntropySwitch | None
     task: str
     slow: Any = None  # kernels.Snapshot, reused by every SFPO step
+    sync_dtype: Any = None  # torch.dtype the weights travel to the engine in (its own); None: the parameters' dtype
     bad_steps: int = 0
     extra: dict = field(default_factory=dict)
 
@@ -77,7 +79,7 @@ def _sampling(ctx: StepContext, step: int, chunk: int) -> SamplingParams:
     stop = [ctx.tokenizer.eos_token_id]
     return SamplingParams(
         n=r.group_size, temperature=r.temperature, top_p=r.top_p, max_new_tokens=r.max_new_tokens,
-        stop_token_ids=stop, seed=seed,
+        stop_token_ids=stop, seed=seed, logprobs=r.is_correction,
     )  # fmt: skip
 
 
@@ -172,10 +174,18 @@ def make_batch(groups: list[Group], pad_id: int, device: torch.device) -> Batch:
         if c:  # position t predicts token t + 1: responses start at position len(p) - 1
             targets[i, len(p) - 1 : len(ids) - 1] = ids[len(p) :]
     mask = targets != IGNORE_INDEX
+    rollout_logp = None
+    if seqs and all(getattr(c, "logprobs", None) is not None for _, c in seqs):
+        rollout_logp = torch.zeros(B, L - 1, dtype=torch.float32)
+        for i, (p, c) in enumerate(seqs):
+            if c:
+                rollout_logp[i, len(p) - 1 : len(p) - 1 + len(c)] = torch.tensor(c.logprobs, dtype=torch.float32)
+        rollout_logp = rollout_logp.to(device)
     cat = lambda name: torch.cat([getattr(g, name) for g in groups])
     return Batch(
         input_ids.to(device), attention.to(device), targets.to(device), mask.to(device),
         cat("rewards").float().to(device), cat("correct").to(device), cat("lengths").float().to(device),
+        rollout_logp,
     )  # fmt: skip
 
 
@@ -263,29 +273,31 @@ def update(
     return out
 
 
-def train_step(ctx: StepContext, step: int) -> dict[str, float]:
-    """One step; returns its metrics (identical on every rank)."""
+def learn(ctx: StepContext, batch: Batch, timing: dict[str, float] | None = None) -> dict[str, float]:
+    """The learning half of a step, on a collected batch: old (and reference) log-probs, advantages, the update
+    (SFPO's while its switch is on), the learning-rate schedule.
+
+    Returns the update's metrics plus "sfpo" (1.0 when the SFPO update ran); adds the seconds spent on "logprobs"
+    and "update" to `timing` when given.
+    """
     cfg, info = ctx.cfg, ctx.info
     n = cfg.rollout.group_size
-    timing: dict[str, float] = {}
     t = time.perf_counter()
-
-    ctx.engine.wake_up()
-    ctx.extra["reward_errors"] = 0
-    groups, metrics = collect(ctx, step)
-    ctx.engine.sleep()
-    batch = make_batch(groups, ctx.tokenizer.pad_token_id, info.device)
-    timing["rollout"], t = time.perf_counter() - t, time.perf_counter()
-
     old_logp, _ = logprobs(ctx.policy, batch, cfg.optim.micro_batch_size, cfg.rollout.temperature)
     ref_logp = None
     if ctx.ref is not None:
         ref_logp, _ = logprobs(ctx.ref, batch, cfg.optim.micro_batch_size, cfg.rollout.temperature)
     adv = group_advantages(batch.rewards, n, std_normalize=cfg.algorithm.std_normalize)
+    is_metrics: dict[str, float] = {}
+    if cfg.rollout.is_correction:
+        if batch.rollout_logp is None:
+            raise RuntimeError("rollout.is_correction is on but the engine returned no log-probs")
+        weights, is_metrics = importance_weights(old_logp, batch.rollout_logp, batch.mask, cfg.rollout.is_cap)
+        adv = adv[:, None] * weights  # [B, T]: per-token advantages (weights > 0, so the clipping is unchanged)
     kl_coef: torch.Tensor | float = float(cfg.algorithm.kl_coef)  # "fixed": one scalar, the kernel's fast path
     if cfg.algorithm.kl_type != "fixed":
         kl_coef = ctx.kl.coefficients(batch.correct, n).to(info.device)
-    timing["logprobs"], t = time.perf_counter() - t, time.perf_counter()
+    seconds_logprobs, t = time.perf_counter() - t, time.perf_counter()
 
     run_update: Callable[[], dict[str, float]] = lambda: update(ctx, batch, old_logp, ref_logp, adv, kl_coef)
     sfpo_on = ctx.switch is not None and ctx.switch.active
@@ -303,9 +315,54 @@ def train_step(ctx: StepContext, step: int) -> dict[str, float]:
     if ctx.switch is not None and math.isfinite(update_metrics["entropy"]):
         ctx.switch.update(update_metrics["entropy"])
     ctx.scheduler.step()
-    timing["update"], t = time.perf_counter() - t, time.perf_counter()
+    if timing is not None:
+        timing["logprobs"], timing["update"] = seconds_logprobs, time.perf_counter() - t
+    return {**update_metrics, **is_metrics, "sfpo": float(sfpo_on)}
 
-    sync = sync_weights(ctx.policy, ctx.engine, bucket_bytes=int(cfg.rollout.sync_bucket_mb * 2**20), prefix="lm.")
+
+def importance_weights(
+    old_logp: torch.Tensor, rollout_logp: torch.Tensor, mask: torch.Tensor, cap: float
+) -> tuple[torch.Tensor, dict[str, float]]:
+    """Truncated importance weights `min(exp(old_logp - rollout_logp), cap)` for the engine/trainer mismatch.
+
+    Args: `old_logp`, `rollout_logp` `[B, T]` (trainer's and engine's log-probs of the sampled tokens), `mask`
+    `[B, T]` response tokens. Returns the weights `[B, T]` (1 outside the mask) and, over all ranks' response
+    tokens, "rollout/is_weight" (mean weight), "rollout/is_capped" (fraction at the cap) and
+    "rollout/logp_abs_diff" (mean |old - rollout|, how far the engine's numerics are from the trainer's).
+    Multiplying a token's advantage by its weight equals weighting its clipped surrogate, as the weight is > 0.
+    """
+    diff = (old_logp.float() - rollout_logp.float()).masked_fill(~mask, 0.0)
+    weights = torch.exp(diff).clamp(max=cap).masked_fill(~mask, 1.0)
+    m = mask.float()
+    sums = torch.stack([(weights * m).sum(), ((weights >= cap).float() * m).sum(), (diff.abs() * m).sum(), m.sum()])
+    w_sum, capped, abs_diff, count = all_reduce(sums.double()).tolist()
+    count = max(count, 1.0)
+    return weights, {
+        "rollout/is_weight": w_sum / count,
+        "rollout/is_capped": capped / count,
+        "rollout/logp_abs_diff": abs_diff / count,
+    }
+
+
+def train_step(ctx: StepContext, step: int) -> dict[str, float]:
+    """One step; returns its metrics (identical on every rank)."""
+    cfg, info = ctx.cfg, ctx.info
+    timing: dict[str, float] = {}
+    t = time.perf_counter()
+
+    ctx.engine.wake_up()
+    ctx.extra["reward_errors"] = 0
+    groups, metrics = collect(ctx, step)
+    ctx.engine.sleep()
+    batch = make_batch(groups, ctx.tokenizer.pad_token_id, info.device)
+    timing["rollout"] = time.perf_counter() - t
+
+    update_metrics = learn(ctx, batch, timing)
+    t = time.perf_counter()
+
+    sync = sync_weights(
+        ctx.policy, ctx.engine, bucket_bytes=int(cfg.rollout.sync_bucket_mb * 2**20), prefix="lm.", dtype=ctx.sync_dtype
+    )
     timing["sync"] = time.perf_counter() - t
 
     sums = [batch.rewards.sum(), batch.correct.float().sum(), batch.lengths.sum(), batch.mask.sum().float()]
@@ -315,7 +372,7 @@ def train_step(ctx: StepContext, step: int) -> dict[str, float]:
     metrics.update(update_metrics)
     metrics.update({
         "reward": reward_sum / count, "accuracy": correct_sum / count, "response_length": length_sum / count,
-        "lr": ctx.scheduler.get_last_lr()[0], "sfpo": float(sfpo_on), "sync/bytes": float(sync["bytes"]),
+        "lr": ctx.scheduler.get_last_lr()[0], "sync/bytes": float(sync["bytes"]),
         "tokens_per_s": resp_tokens / max(sum(timing.values()), 1e-9),
     })  # fmt: skip
     if cfg.reward.function:  # samples the user reward function scored 0 for an error, all ranks and chunks

@@ -90,17 +90,20 @@ class Trainer:
         lm, self.tokenizer = load_model_and_tokenizer(cfg.model, device=info.device, seed=cfg.seed)
         self.template = copy.deepcopy(lm).cpu()  # unsharded architecture + config for the HF export
         engine_dtype = torch.bfloat16 if mixed else torch.float32
+        self.engine_dtype = engine_dtype
         self.engine = build_engine(
             cfg.rollout.engine, make_model=lambda: copy.deepcopy(self.template),
-            pad_token_id=self.tokenizer.pad_token_id, device=info.device, dtype=engine_dtype,
+            pad_token_id=self.tokenizer.pad_token_id, device=info.device, dtype=engine_dtype, rollout=cfg.rollout,
+            model_dir=self._engine_model_dir() if cfg.rollout.engine == "vllm" else None, seed=cfg.seed + info.rank,
+            rank=info.rank, world=info.world, max_model_len=cfg.data.max_prompt_tokens + cfg.rollout.max_new_tokens,
         )  # fmt: skip
         a = cfg.algorithm
         needs_ref = a.kl_type != "fixed" or a.kl_coef != 0.0
         self.ref = None
         if needs_ref:
-            self.ref = Policy(freeze(copy.deepcopy(lm))).eval()
+            self.ref = Policy(freeze(copy.deepcopy(lm)), kernels=cfg.model.kernels).eval()
             parallelize(self.ref, info, mixed_precision=mixed, activation_checkpointing=False)
-        self.policy = Policy(lm)
+        self.policy = Policy(lm, kernels=cfg.model.kernels)
         parallelize(
             self.policy, info, mixed_precision=mixed, activation_checkpointing=cfg.model.activation_checkpointing
         )
@@ -130,7 +133,7 @@ class Trainer:
         self.ctx = StepContext(
             cfg=cfg, info=info, policy=self.policy, ref=self.ref, optimizer=self.optimizer, scheduler=self.scheduler,
             engine=self.engine, tokenizer=self.tokenizer, prompts=self.prompts, sampler=sampler, kl=kl,
-            schedule=schedule, switch=switch, task=self.task,
+            schedule=schedule, switch=switch, task=self.task, sync_dtype=engine_dtype,
         )  # fmt: skip
         self.logger = MetricsLogger(
             self.run_dir, rank=info.rank, console_every=cfg.logging.console_every,
@@ -139,7 +142,25 @@ class Trainer:
         self.step = 0
         self.history: list[float] = []  # accuracy per step, for the final summary
         self._resume()
-        sync_weights(self.policy, self.engine, bucket_bytes=int(cfg.rollout.sync_bucket_mb * 2**20), prefix="lm.")
+        sync_weights(
+            self.policy, self.engine, bucket_bytes=int(cfg.rollout.sync_bucket_mb * 2**20), prefix="lm.",
+            dtype=engine_dtype,
+        )  # fmt: skip
+
+    def _engine_model_dir(self) -> str:
+        """A Hugging Face folder the vllm engine can build the architecture from (its weights come by sync).
+
+        `model.path` or `model.config` when given; for the built-in preset, this rank's copy of the template's
+        `config.json` under the run directory.
+        """
+        m = self.cfg.model
+        if m.path:
+            return m.path
+        if m.config:
+            return m.config
+        folder = self.run_dir / f"engine_model_rank{self.info.rank}"
+        self.template.config.save_pretrained(folder)
+        return str(folder)
 
     def state_dict(self) -> dict[str, Any]:
         """Everything besides model and optimizer that a resumed run needs to continue exactly."""

@@ -1,4 +1,10 @@
-"""Weight sync: stream full tensors out of FSDP2 shards, bucket by bucket, into a rollout engine's `load_weights`."""
+"""Weight sync: stream full tensors out of FSDP2 shards, bucket by bucket, into a rollout engine.
+
+`ModelWeightStream` is the one stream every engine consumes (`RolloutEngine.update_weights`): the hf engine copies
+each bucket into its model; the vllm engine hands the same stream to vLLM's weight-transfer API (CUDA IPC when
+colocated, NCCL to a server). Names are mapped from the trainer's to the HF checkpoint's (`hf_name`), which is what
+both transformers models and vLLM's `load_weights` take.
+"""
 
 from __future__ import annotations
 
@@ -9,7 +15,7 @@ import torch
 from torch import nn
 from torch.distributed.tensor import DTensor
 
-from trainer.rollout.base import RolloutEngine
+from trainer.rollout.base import ParamInfo, RolloutEngine
 
 # Module names that wrappers insert into parameter names: FSDP1, activation checkpointing, torch.compile.
 WRAPPER_INFIXES = ("_fsdp_wrapped_module.", "_checkpoint_wrapped_module.", "_orig_mod.")
@@ -30,7 +36,7 @@ def hf_name(name: str, prefix: str = "") -> str:
 
 @torch.no_grad()
 def iter_full_tensors(
-    model: nn.Module, bucket_bytes: int, *, prefix: str = ""
+    model: nn.Module, bucket_bytes: int, *, prefix: str = "", dtype: torch.dtype | None = None
 ) -> Iterator[list[tuple[str, torch.Tensor]]]:
     """Buckets of `(hf_name, full tensor)` covering every parameter of `model` once, in `named_parameters` order.
 
@@ -39,34 +45,78 @@ def iter_full_tensors(
     `bucket_bytes` of full tensors, except that a tensor larger than that goes alone; the bucket is gathered only
     when the previous one has been consumed and dropped, so the extra memory at any time is one bucket (the
     consumer must not keep the tensors). Tied weights appear once (`named_parameters` skips the duplicate).
+    `dtype`, when given, is the wire dtype: each tensor is cast after its gather (bucket sizes count wire bytes).
     """
     if bucket_bytes <= 0:
         raise ValueError(f"iter_full_tensors: bucket_bytes = {bucket_bytes}: must be > 0")
     bucket: list[tuple[str, torch.Tensor]] = []
     filled = 0
     for name, param in model.named_parameters():
-        size = param.numel() * param.element_size()  # full size: a DTensor reports its global shape
+        wire = param.dtype if dtype is None else dtype
+        size = param.numel() * wire.itemsize  # full size: a DTensor reports its global shape
         if bucket and filled + size > bucket_bytes:
             yield bucket
             bucket, filled = [], 0  # drop the consumed bucket before gathering the next tensor
         tensor = param.full_tensor() if isinstance(param, DTensor) else param.detach()
-        bucket.append((hf_name(name, prefix), tensor))
+        bucket.append((hf_name(name, prefix), tensor.to(wire)))
         filled += size
     if bucket:
         yield bucket
 
 
-def sync_weights(model: nn.Module, engine: RolloutEngine, *, bucket_bytes: int, prefix: str = "") -> dict[str, float]:
+class ModelWeightStream:
+    """A `WeightStream` over a (possibly FSDP2-sharded) model: HF names, optional wire dtype, buckets on demand.
+
+    Counts what its passes yielded (`bytes_sent`, `buckets_sent`), so a sync can report its throughput whichever
+    engine consumed it.
+    """
+
+    def __init__(
+        self, model: nn.Module, bucket_bytes: int, *, prefix: str = "", dtype: torch.dtype | None = None
+    ) -> None:
+        if bucket_bytes <= 0:
+            raise ValueError(f"ModelWeightStream: bucket_bytes = {bucket_bytes}: must be > 0")
+        self.model, self.bucket_bytes, self.prefix, self.dtype = model, bucket_bytes, prefix, dtype
+        self.bytes_sent = 0
+        self.buckets_sent = 0
+
+    def metadata(self) -> list[ParamInfo]:
+        """Every parameter once, in stream order, from global shapes: no gather, identical on every rank."""
+        return [
+            ParamInfo(hf_name(name, self.prefix), p.dtype if self.dtype is None else self.dtype, tuple(p.shape))
+            for name, p in self.model.named_parameters()
+        ]
+
+    def buckets(self) -> Iterator[list[tuple[str, torch.Tensor]]]:
+        """A fresh pass of `iter_full_tensors` (collective: every rank drains it in step)."""
+        for bucket in iter_full_tensors(self.model, self.bucket_bytes, prefix=self.prefix, dtype=self.dtype):
+            self.bytes_sent += sum(t.numel() * t.element_size() for _, t in bucket)
+            self.buckets_sent += 1
+            yield bucket
+
+    def tensors(self) -> Iterator[tuple[str, torch.Tensor]]:
+        """The buckets flattened: `(name, full tensor)` one at a time (still gathered bucket by bucket)."""
+        for bucket in self.buckets():
+            yield from bucket
+
+
+def sync_weights(
+    model: nn.Module,
+    engine: RolloutEngine,
+    *,
+    bucket_bytes: int,
+    prefix: str = "",
+    dtype: torch.dtype | None = None,
+) -> dict[str, float]:
     """Copy the trained weights of `model` (FSDP2-sharded or not) into `engine`; all ranks call it together.
 
-    Returns `{"bytes": full bytes sent, "seconds": wall time, "buckets": number of load_weights calls}`.
+    Returns `{"bytes": full bytes streamed, "seconds": wall time, "buckets": buckets streamed}`.
     """
     start = time.perf_counter()
-    sent = 0
-    buckets = 0
-    for bucket in iter_full_tensors(model, bucket_bytes, prefix=prefix):
-        engine.load_weights(bucket)
-        sent += sum(t.numel() * t.element_size() for _, t in bucket)
-        buckets += 1
-        del bucket  # the generator gathers the next bucket only after this one is freed
-    return {"bytes": float(sent), "seconds": time.perf_counter() - start, "buckets": float(buckets)}
+    stream = ModelWeightStream(model, bucket_bytes, prefix=prefix, dtype=dtype)
+    engine.update_weights(stream)
+    return {
+        "bytes": float(stream.bytes_sent),
+        "seconds": time.perf_counter() - start,
+        "buckets": float(stream.buckets_sent),
+    }

@@ -3,14 +3,26 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 
 import torch
 from transformers import PreTrainedModel
 
-from trainer.rollout.base import RolloutEngine, SamplingParams
+from trainer.rollout.base import Completion, ParamInfo, RolloutEngine, SamplingParams, WeightStream
 from trainer.rollout.hf import HFEngine
+from trainer.rollout.vllm_params import VLLMUnavailable
 
-__all__ = ["ENGINES", "HFEngine", "RolloutEngine", "SamplingParams", "build_engine"]
+__all__ = [
+    "ENGINES",
+    "Completion",
+    "HFEngine",
+    "ParamInfo",
+    "RolloutEngine",
+    "SamplingParams",
+    "VLLMUnavailable",
+    "WeightStream",
+    "build_engine",
+]
 
 ENGINES = ("hf", "vllm")
 
@@ -22,17 +34,46 @@ def build_engine(
     pad_token_id: int,
     device: torch.device | str,
     dtype: torch.dtype,
+    rollout: Any = None,
+    model_dir: str | None = None,
+    seed: int = 0,
+    rank: int = 0,
+    world: int = 1,
+    max_model_len: int = 4096,
 ) -> RolloutEngine:
-    """The engine named by `rollout.engine`: "hf" (transformers, CPU or GPU); "vllm" is not available yet.
+    """The engine named by `rollout.engine`: "hf" (transformers, CPU or GPU) or "vllm" (CUDA, vllm installed).
 
-    `make_model` builds a fresh copy of the trained model's architecture (weights are synced in later); it must
-    not return the trained model itself, whose parameters become FSDP2 shards.
+    `make_model` builds a fresh copy of the trained model's architecture for the hf engine (weights are synced in
+    later); it must not return the trained model itself, whose parameters become FSDP2 shards. The vllm engine
+    builds its own model from `model_dir` (a Hugging Face folder with at least `config.json`) with dummy weights,
+    and takes its settings from `rollout` (a `RolloutConfig`: `vllm_mode` and the `vllm_*` keys). Raises
+    `VLLMUnavailable` (saying `pip install .[vllm]`) when vllm cannot be used here.
     """
     if name == "hf":
         return HFEngine(make_model, pad_token_id=pad_token_id, device=device, dtype=dtype)
     if name == "vllm":
-        raise ValueError(
-            "rollout.engine = 'vllm': vllm engine: not available yet (issue 8); install with pip install .[vllm] "
-            "once it lands, and use rollout.engine = 'hf' until then"
-        )
+        from trainer.rollout.vllm_params import require_vllm
+
+        require_vllm()
+        if torch.device(device).type != "cuda":
+            raise VLLMUnavailable(f"rollout.engine = 'vllm' needs a CUDA device; this rank runs on {device}")
+        if rollout is None or model_dir is None:
+            raise ValueError("build_engine('vllm'): needs `rollout` (the rollout config) and `model_dir`")
+        from trainer.rollout.vllm_engine import VLLMColocatedEngine, VLLMServerEngine
+
+        bucket_bytes = int(rollout.sync_bucket_mb * 2**20)
+        if rollout.vllm_mode == "server":
+            return VLLMServerEngine(
+                base_url=rollout.vllm_server_url, rank=rank, nccl_address=rollout.vllm_nccl_address,
+                nccl_port=rollout.vllm_nccl_port, server_workers=rollout.vllm_server_workers,
+                bucket_bytes=bucket_bytes, timeout_s=rollout.vllm_timeout_s,
+            )  # fmt: skip
+        return VLLMColocatedEngine(
+            model_dir=model_dir, dtype=dtype, seed=seed, rank=rank, world=world,
+            tensor_parallel_size=rollout.vllm_tensor_parallel_size,
+            gpu_memory_utilization=rollout.vllm_gpu_memory_utilization,
+            max_model_len=rollout.vllm_max_model_len or max_model_len, sleep_level=rollout.vllm_sleep_level,
+            enforce_eager=rollout.vllm_enforce_eager, weight_transfer=rollout.vllm_weight_transfer,
+            bucket_bytes=bucket_bytes,
+        )  # fmt: skip
     raise ValueError(f"rollout.engine = {name!r}: unknown engine; allowed: {', '.join(repr(e) for e in ENGINES)}")

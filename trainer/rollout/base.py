@@ -1,8 +1,11 @@
-"""The rollout engine interface: sampling parameters and the protocol every engine (hf, vllm) implements."""
+"""The rollout engine interface: sampling parameters, completions, the weight stream, and the engine protocol.
+
+Every engine (hf, vllm colocated, vllm server) implements `RolloutEngine`; the trainer never asks which one runs.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Protocol, runtime_checkable
 
@@ -25,6 +28,11 @@ class SamplingParams:
     max_new_tokens: int = 16
     stop_token_ids: list[int] = field(default_factory=list)
     seed: int = 0
+    logprobs: bool = False
+    """Also return the engine's log-prob of each sampled token (`Completion.logprobs`), for an importance-sampling
+    correction: the log-softmax at `temperature` (1 when greedy), the quantity the trainer computes. The vllm engine
+    takes vLLM's `processed_logprobs`, which with `top_p < 1` are renormalised over the nucleus; the hf engine's
+    are not."""
 
     def __post_init__(self) -> None:
         if self.n < 1:
@@ -42,22 +50,72 @@ class SamplingParams:
         return self.temperature == 0
 
 
+class Completion(list):
+    """One completion: its token ids, as a plain `list[int]`, and optionally the engine's log-probs of them.
+
+    A `list` subclass so that code (and tests) that treat completions as token lists keep working; `logprobs` is
+    None unless `SamplingParams.logprobs` was set, else a list of floats as long as the token list.
+    """
+
+    __slots__ = ("logprobs",)
+
+    def __init__(self, token_ids: Iterable[int] = (), logprobs: list[float] | None = None) -> None:
+        super().__init__(token_ids)
+        if logprobs is not None and len(logprobs) != len(self):
+            raise ValueError(f"Completion: {len(logprobs)} log-probs for {len(self)} tokens")
+        self.logprobs = logprobs
+
+
+@dataclass(frozen=True)
+class ParamInfo:
+    """One parameter of the stream as the engine receives it: HF name, dtype on the wire, full shape."""
+
+    name: str
+    dtype: torch.dtype
+    shape: tuple[int, ...]
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes of the full tensor on the wire."""
+        n = 1
+        for d in self.shape:
+            n *= d
+        return n * torch.empty((), dtype=self.dtype).element_size()
+
+
+@runtime_checkable
+class WeightStream(Protocol):
+    """The trained weights as an engine consumes them: metadata without gathering, then buckets on demand.
+
+    `metadata()` lists every parameter once (HF names, wire dtype, full shape), identical on every rank and
+    computed without communication. `buckets()` starts a fresh pass that yields lists of `(name, full tensor)` in
+    metadata order; gathering FSDP2 shards is a collective, so every rank must drain it in step, and a consumer
+    must drop a bucket before asking for the next (one bucket of extra memory at a time).
+    """
+
+    def metadata(self) -> list[ParamInfo]: ...
+
+    def buckets(self) -> Iterator[list[tuple[str, torch.Tensor]]]: ...
+
+
 @runtime_checkable
 class RolloutEngine(Protocol):
     """What the trainer needs from an inference engine: generate from token ids, and take new weights."""
 
-    def generate(self, prompt_ids: list[list[int]], sampling: SamplingParams) -> list[list[list[int]]]:
+    def generate(self, prompt_ids: list[list[int]], sampling: SamplingParams) -> list[list[Completion]]:
         """Completions for each prompt: `out[i][j]` is the j-th of `sampling.n` completions of `prompt_ids[i]`.
 
-        Each completion is a list of token ids without the prompt and without padding, ending at and including
-        the first stop token when one was produced (else exactly `max_new_tokens` long).
+        Each completion is a `Completion` (a list of token ids) without the prompt and without padding, ending at
+        and including the first stop token when one was produced (else exactly `max_new_tokens` long), with its
+        log-probs when `sampling.logprobs` is set.
         """
         ...
 
-    def load_weights(self, named_tensors: Iterable[tuple[str, torch.Tensor]]) -> None:
-        """Copy full (unsharded) tensors into the engine's model, by the HF model's parameter names.
+    def update_weights(self, stream: WeightStream) -> None:
+        """Replace the engine's weights with the stream's, every parameter, by the HF model's names.
 
-        Called once per bucket of a sync, so several times per sync. Unknown names and wrong shapes are errors.
+        Called on every rank at the same time (the stream gathers shards collectively). Unknown names and wrong
+        shapes are errors. An engine that sleeps wakes its weights (not its KV cache) for this.
         """
         ...
 
@@ -66,7 +124,7 @@ class RolloutEngine(Protocol):
         ...
 
     def wake_up(self) -> None:
-        """Take back what `sleep` released, before the next sync or generation."""
+        """Take back everything `sleep` released (weights, then KV cache), before the next generation."""
         ...
 
     def close(self) -> None:

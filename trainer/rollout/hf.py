@@ -8,7 +8,7 @@ from collections.abc import Callable, Iterable, Iterator
 import torch
 from transformers import GenerationConfig, PreTrainedModel
 
-from trainer.rollout.base import SamplingParams
+from trainer.rollout.base import Completion, SamplingParams, WeightStream
 
 
 class HFEngine:
@@ -42,13 +42,15 @@ class HFEngine:
         self._params = dict(model.named_parameters(remove_duplicate=False))
 
     @torch.no_grad()
-    def generate(self, prompt_ids: list[list[int]], sampling: SamplingParams) -> list[list[list[int]]]:
+    def generate(self, prompt_ids: list[list[int]], sampling: SamplingParams) -> list[list[Completion]]:
         """`out[i][j]`: the j-th of `sampling.n` completions of `prompt_ids[i]` (token ids, no prompt, no padding).
 
         All prompts go through one `model.generate` call, left-padded to the longest, with
         `num_return_sequences = n` (greedy: one decode per prompt, repeated n times); each completion is cut
         after its first stop token. The global RNG (CPU and this engine's device) is seeded with `sampling.seed`
         for the call and restored afterwards, so the trainer's own RNG stream does not depend on rollouts.
+        With `sampling.logprobs`, each token's log-prob is the log-softmax at the sampling temperature of the raw
+        logits `generate` produced for it (before the top-p cut).
         """
         model = self._model()
         if not prompt_ids:
@@ -58,14 +60,22 @@ class HFEngine:
         input_ids_BP, attention_mask_BP = self._left_pad(prompt_ids)
         config = self._generation_config(sampling)
         with _seeded_rng(self.device, sampling.seed):
-            out_NL = model.generate(
+            out = model.generate(
                 input_ids=input_ids_BP, attention_mask=attention_mask_BP, generation_config=config
-            )  # [B * n, P + new]: rows are prompt-major (the n completions of prompt 0 first)
-        new_tokens = out_NL[:, input_ids_BP.shape[1] :].tolist()
+            )  # sequences [B * n, P + new]: rows are prompt-major (the n completions of prompt 0 first)
+        new_NS = out.sequences[:, input_ids_BP.shape[1] :]
+        logp: list[list[float]] | None = None
+        if sampling.logprobs:
+            temperature = sampling.temperature if not sampling.greedy else 1.0
+            logits_NSV = torch.stack(out.logits, dim=1).float() / temperature  # [B * n, new, V]
+            logp = torch.log_softmax(logits_NSV, dim=-1).gather(-1, new_NS.unsqueeze(-1)).squeeze(-1).tolist()
         stops = set(sampling.stop_token_ids)
-        completions = [_cut_at_stop(row, stops) for row in new_tokens]
+        completions = []
+        for r, row in enumerate(new_NS.tolist()):
+            tokens = _cut_at_stop(row, stops)
+            completions.append(Completion(tokens, None if logp is None else logp[r][: len(tokens)]))
         if sampling.greedy:  # one decode per prompt (transformers refuses greedy with n > 1), copied n times
-            return [[list(c) for _ in range(sampling.n)] for c in completions]
+            return [[Completion(c, c.logprobs) for _ in range(sampling.n)] for c in completions]
         n = sampling.n
         return [completions[i * n : (i + 1) * n] for i in range(len(prompt_ids))]
 
@@ -90,6 +100,12 @@ class HFEngine:
                     f"has {tuple(param.shape)}"
                 )
             param.copy_(tensor)
+
+    def update_weights(self, stream: WeightStream) -> None:
+        """`load_weights` for each bucket of the stream, in order (see `WeightStream`)."""
+        for bucket in stream.buckets():
+            self.load_weights(bucket)
+            del bucket  # the stream gathers the next bucket only once this one is freed
 
     def sleep(self) -> None:
         """No-op: the hf engine keeps its weights and allocates its KV cache per call."""
@@ -126,6 +142,8 @@ class HFEngine:
             "pad_token_id": self.pad_token_id,
             "eos_token_id": list(sampling.stop_token_ids) or None,
             "use_cache": True,
+            "return_dict_in_generate": True,
+            "output_logits": sampling.logprobs,
         }
         if sampling.greedy:
             return GenerationConfig(do_sample=False, **common)

@@ -1,0 +1,279 @@
+"""The vllm engines' own logic against a stand-in `vllm` package: lifecycle order, routes, weight stream adapters.
+
+vLLM itself cannot run here (no GPU); these stand-ins record what the engines ask of vLLM's API, as vLLM 0.33
+spells it, so the order of sleep / wake-up / weight transfer / prefix reset and the weight source's contents are
+checked on CPU. The real thing is covered by tests/test_vllm_gpu.py on a GPU machine with vllm installed.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib.machinery
+import sys
+import types
+import typing
+from types import SimpleNamespace
+
+import _tiny
+import pytest
+import torch
+import transformers
+
+from trainer.rollout import SamplingParams
+from trainer.weight_sync import ModelWeightStream
+
+
+class FakeLLM:
+    """Records calls; `generate` answers completion [p[-1] + 1, stop] for each prompt."""
+
+    instances: typing.ClassVar[list[FakeLLM]] = []
+
+    def __init__(self, **kwargs) -> None:
+        self.kwargs = kwargs
+        self.calls: list[tuple] = []
+        self.loaded: dict[str, torch.Tensor] = {}
+        FakeLLM.instances.append(self)
+
+    def generate(self, prompts, params, use_tqdm=True):
+        self.calls.append(("generate", len(prompts)))
+        outs = []
+        for p, sp in zip(prompts, params):
+            stop = sp.kwargs["stop_token_ids"][0]
+            comps = [SimpleNamespace(index=j, token_ids=[p["prompt_token_ids"][-1] + 1, stop], logprobs=None)
+                     for j in range(sp.kwargs["n"])]  # fmt: skip
+            outs.append(SimpleNamespace(outputs=comps))
+        return outs
+
+    def sleep(self, level: int = 1) -> None:
+        self.calls.append(("sleep", level))
+
+    def wake_up(self, tags=None) -> None:
+        self.calls.append(("wake_up", tuple(tags or ())))
+
+    def reset_prefix_cache(self) -> bool:
+        self.calls.append(("reset_prefix_cache",))
+        return True
+
+    def collective_rpc(self, method, args=(), kwargs=None):
+        self.calls.append(("collective_rpc", method))
+        for name, tensor in args[0]:
+            self.loaded[name] = tensor.clone()
+        return [len(args[0])]
+
+    # the RL mixin (vLLM 0.33 `RLOfflineMixin`): request dicts
+    def init_weight_transfer_engine(self, request) -> None:
+        self.calls.append(("init_weight_transfer_engine", request["init_info"]))
+
+    def start_weight_update(self) -> None:
+        self.calls.append(("start_weight_update",))
+
+    def update_weights(self, request) -> None:
+        self.calls.append(("update_weights",))
+
+    def finish_weight_update(self, weight_version=None) -> None:
+        self.calls.append(("finish_weight_update",))
+
+
+class FakeSamplingParams:
+    def __init__(self, **kwargs) -> None:
+        self.kwargs = kwargs
+
+
+@dataclasses.dataclass(frozen=True)
+class FakeParamMeta:
+    name: str
+    dtype: torch.dtype
+    shape: tuple
+
+
+class FakeWeightSource:
+    pass
+
+
+class FakeFactory:
+    built: typing.ClassVar[list[tuple]] = []
+
+    @classmethod
+    def trainer_init(cls, info, *, client, source):
+        sender = SimpleNamespace(info=info, client=client, source=source, sends=[], shutdown=lambda: None)
+
+        def send_weights() -> None:  # what vLLM's IPC sender does: start, update with the full tensors, finish
+            client.start_weight_update()
+            sender.sends.append([(n, t.clone()) for n, t in source.iter_full()])
+            client.update_weights({"names": [n for n, _ in sender.sends[-1]]})
+            client.finish_weight_update()
+
+        sender.send_weights = send_weights
+        if info.rank == 0:
+            client.init_weight_transfer_engine({"packed": info.packed})
+        cls.built.append((info, sender))
+        return sender
+
+
+class FakeHTTPSync:
+    """vLLM's HTTP weight-sync client: the four control-plane calls, recorded."""
+
+    def __init__(self, base_url: str) -> None:
+        self.base_url, self.calls = base_url, []
+
+    def init_weight_transfer_engine(self, init_info) -> None:
+        self.calls.append("init")
+
+    def start_weight_update(self) -> None:
+        self.calls.append("start")
+
+    def update_weights(self, update_info) -> None:
+        self.calls.append("update")
+
+    def finish_weight_update(self, weight_version=None) -> None:
+        self.calls.append("finish")
+
+
+@dataclasses.dataclass
+class FakeInitInfo:
+    rank: int
+    packed: bool = False
+    packed_buffer_size_bytes: int = 0
+    master_address: str = ""
+    master_port: int = 0
+    world_size: int = 0
+
+
+@pytest.fixture
+def fake_vllm(monkeypatch):
+    """A `vllm` package with the names the engines import, native weight transfer included."""
+    FakeLLM.instances, FakeFactory.built = [], []
+    mods = {}
+    for name in (
+        "vllm", "vllm.distributed", "vllm.distributed.weight_transfer", "vllm.distributed.weight_transfer.clients",
+        "vllm.distributed.weight_transfer.ipc_engine", "vllm.distributed.weight_transfer.nccl_engine",
+    ):  # fmt: skip
+        mod = types.ModuleType(name)
+        mod.__spec__ = importlib.machinery.ModuleSpec(name, None)
+        mods[name] = mod
+        monkeypatch.setitem(sys.modules, name, mod)
+    mods["vllm"].LLM, mods["vllm"].SamplingParams = FakeLLM, FakeSamplingParams
+    wt = mods["vllm.distributed.weight_transfer"]
+    wt.ParamMeta, wt.WeightSource, wt.WeightTransferTrainerFactory = FakeParamMeta, FakeWeightSource, FakeFactory
+    wt.TrainerWeightTransferEngine = object
+    mods["vllm.distributed.weight_transfer.clients"].HTTPVLLMWeightSyncClient = FakeHTTPSync
+    mods["vllm.distributed.weight_transfer.ipc_engine"].IPCTrainerInitInfo = FakeInitInfo
+    mods["vllm.distributed.weight_transfer.nccl_engine"].NCCLTrainerInitInfo = FakeInitInfo
+    monkeypatch.delitem(sys.modules, "trainer.rollout.vllm_transfer", raising=False)
+    return mods
+
+
+def _engine(route: str, **kw):
+    from trainer.rollout.vllm_engine import VLLMColocatedEngine
+
+    return VLLMColocatedEngine(
+        model_dir="/m", dtype=torch.bfloat16, seed=0, rank=0, world=1, weight_transfer=route, **kw
+    )
+
+
+def _stream(dtype: torch.dtype | None = torch.bfloat16) -> ModelWeightStream:
+    return ModelWeightStream(_tiny.tiny_lm(), bucket_bytes=4096, dtype=dtype)
+
+
+def test_colocated_lifecycle_weights_before_kv_cache(fake_vllm) -> None:
+    eng = _engine("auto")
+    llm = FakeLLM.instances[-1]
+    assert llm.kwargs["weight_transfer_config"] == {"backend": "ipc"} and llm.kwargs["dtype"] == "bfloat16"
+    s = SamplingParams(n=2, stop_token_ids=[3])
+    eng.update_weights(_stream())  # the trainer's first sync: awake, nothing to wake
+    assert eng.generate([[5, 6], [9]], s) == [[[7, 3], [7, 3]], [[10, 3], [10, 3]]]
+    eng.sleep()
+    eng.update_weights(_stream())  # after the update: weights back, KV cache still released
+    eng.wake_up()
+    eng.generate([[5]], s)
+    names = [c[0] for c in llm.calls]
+    assert names == [
+        "init_weight_transfer_engine", "start_weight_update", "update_weights", "finish_weight_update",
+        "reset_prefix_cache", "generate",
+        "sleep",
+        "wake_up", "start_weight_update", "update_weights", "finish_weight_update",
+        "wake_up", "reset_prefix_cache", "generate",
+    ]  # fmt: skip
+    wakes = [c for c in llm.calls if c[0] in ("sleep", "wake_up")]
+    assert wakes == [("sleep", 2), ("wake_up", ("weights",)), ("wake_up", ("kv_cache",))]
+    assert len(FakeFactory.built) == 1  # the sender is built once; later syncs swap the stream in
+    info, sender = FakeFactory.built[0]
+    assert info.rank == 0 and info.packed and info.packed_buffer_size_bytes == 1 << 30
+    assert len(sender.sends) == 2 and isinstance(sender.client.llm, FakeLLM)
+
+
+def test_native_source_streams_every_parameter_by_hf_name_in_wire_dtype(fake_vllm) -> None:
+    eng = _engine("native", bucket_bytes=1 << 20)
+    model = _tiny.tiny_lm()
+    eng.update_weights(ModelWeightStream(model, bucket_bytes=4096, prefix="", dtype=torch.bfloat16))
+    _, sender = FakeFactory.built[0]
+    sent = sender.sends[-1]
+    expected = [(n, p) for n, p in model.named_parameters()]
+    assert [n for n, _ in sent] == [n for n, _ in expected]
+    assert all(
+        t.dtype == torch.bfloat16 and torch.equal(t, p.detach().bfloat16()) for (_, t), (_, p) in zip(sent, expected)
+    )
+    meta = sender.source.metadata
+    assert [(m.name, m.shape) for m in meta] == [(n, tuple(p.shape)) for n, p in expected]
+    other = transformers.Qwen2ForCausalLM(
+        transformers.Qwen2Config(
+            vocab_size=40,
+            hidden_size=32,
+            intermediate_size=64,
+            num_hidden_layers=1,
+            num_attention_heads=2,
+            num_key_value_heads=1,
+        )
+    )  # a different model: the stream may not change shape between syncs
+    with pytest.raises(ValueError, match="changed between syncs"):
+        eng.update_weights(ModelWeightStream(other, bucket_bytes=4096, dtype=torch.bfloat16))
+
+
+def test_extension_route_loads_bucket_by_bucket(fake_vllm) -> None:
+    eng = _engine("extension", sleep_level=0)
+    llm = FakeLLM.instances[-1]
+    assert llm.kwargs["worker_extension_cls"].endswith("WeightLoaderExtension")
+    model = _tiny.tiny_lm()
+    stream = ModelWeightStream(model, bucket_bytes=4096)
+    eng.update_weights(stream)
+    rpcs = [c for c in llm.calls if c[0] == "collective_rpc"]
+    assert len(rpcs) == stream.buckets_sent > 1 and {c[1] for c in rpcs} == {"fastslow_load_weights"}
+    assert set(llm.loaded) == {n for n, _ in model.named_parameters()}
+    eng.sleep()  # level 0: no sleep mode
+    assert not any(c[0] == "sleep" for c in llm.calls)
+
+
+def test_server_engine_pushes_from_rank0_and_resets_the_cache(fake_vllm, monkeypatch) -> None:
+    from trainer.rollout import vllm_engine
+
+    calls = []
+
+    class FakeClient:
+        def __init__(self, url, timeout_s):
+            self.url = url
+
+        def reset_prefix_cache(self):
+            calls.append("reset")
+
+        def generate(self, prompt_ids, sampling):
+            return [[[1]] * sampling.n for _ in prompt_ids]
+
+    monkeypatch.setattr(vllm_engine, "CompletionsClient", FakeClient)
+    for rank in (0, 1):
+        eng = vllm_engine.VLLMServerEngine(
+            base_url="http://h:8000/", rank=rank, nccl_address="10.0.0.1", nccl_port=5000, server_workers=4
+        )
+        eng.update_weights(_stream())
+        eng.update_weights(_stream())
+        info, sender = FakeFactory.built[-1]
+        assert (info.rank, info.world_size, info.master_address, info.master_port) == (rank, 5, "10.0.0.1", 5000)
+        assert len(sender.sends) == 2 and sender.client.base_url == "http://h:8000"
+        assert eng.generate([[4]], SamplingParams(n=2)) == [[[1], [1]]]
+    assert calls == ["reset", "reset"]  # rank 0 only, once per sync
+
+
+def test_build_engine_refuses_vllm_without_cuda(fake_vllm) -> None:
+    from trainer.rollout import VLLMUnavailable, build_engine
+
+    with pytest.raises(VLLMUnavailable, match="CUDA"):
+        build_engine("vllm", make_model=_tiny.tiny_lm, pad_token_id=0, device="cpu", dtype=torch.float32)

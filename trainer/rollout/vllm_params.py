@@ -1,0 +1,259 @@
+"""Everything about the vllm engine that is not vLLM itself: mappings, requests, responses, checks (CPU-tested).
+
+- `require_vllm()`: import vllm or stop with the install command; tell which weight-transfer route it supports.
+- `sampling_kwargs` / `completion_request`: our `SamplingParams` as vLLM's `SamplingParams` fields (in-process) and
+  as an OpenAI-style `/v1/completions` body (server), one to one, with every knob that would change the sampled
+  distribution pinned (no top-k, min-p, penalties, EOS stop of vLLM's own, or the model folder's defaults).
+- `completions_from_outputs` / `completions_from_response`: vLLM's answers back as `Completion`s.
+- `llm_kwargs`: the `vllm.LLM(...)` arguments of the colocated engine.
+
+Written against vLLM 0.33.0 (the version the `vllm` extra pins): its `vllm.distributed.weight_transfer` module
+(`WeightTransferTrainerFactory`, `ModuleSource`-style `WeightSource`, the "ipc" and "nccl" backends), `LLM`'s
+`init_weight_transfer_engine` / `start_weight_update` / `update_weights` / `finish_weight_update`,
+`sleep(level)` / `wake_up(tags)`, `logprobs_mode`, and the server's `/v1/completions` `return_token_ids`.
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+from collections.abc import Sequence
+from typing import Any, Literal
+
+from trainer.rollout.base import Completion, SamplingParams
+
+VLLM_VERSION = "0.33.0"
+"""The vLLM release this engine was written and reviewed against (pinned by the `vllm` extra)."""
+
+INSTALL_HINT = "pip install .[vllm]"
+
+Route = Literal["native", "extension"]
+
+
+class VLLMUnavailable(RuntimeError):
+    """vllm is not installed, or the installed version cannot do what the config asks."""
+
+
+def require_vllm() -> Any:
+    """The `vllm` module, or `VLLMUnavailable` with the install command (vllm needs a CUDA machine)."""
+    if importlib.util.find_spec("vllm") is None:
+        raise VLLMUnavailable(
+            f"rollout.engine = 'vllm' needs vLLM, which is not installed: {INSTALL_HINT} (vLLM {VLLM_VERSION}, "
+            "Linux with a CUDA GPU), or use rollout.engine = 'hf'"
+        )
+    try:
+        return importlib.import_module("vllm")
+    except Exception as exc:  # a broken install (wrong torch, missing CUDA libraries) fails at import
+        raise VLLMUnavailable(
+            f"rollout.engine = 'vllm': vllm is installed but does not import ({type(exc).__name__}: {exc}); "
+            f"reinstall with {INSTALL_HINT} on a CUDA machine"
+        ) from exc
+
+
+def has_weight_transfer() -> bool:
+    """True when the installed vLLM has the native trainer-side weight-transfer API (vLLM 0.33 has it)."""
+    try:
+        module = importlib.import_module("vllm.distributed.weight_transfer")
+    except Exception:
+        return False
+    return all(hasattr(module, n) for n in ("WeightTransferTrainerFactory", "WeightSource", "ParamMeta"))
+
+
+def choose_route(requested: Literal["auto", "native", "extension"], mode: str, native: bool) -> Route:
+    """Which weight route a run takes: vLLM's own weight-transfer engines when present, else the worker extension.
+
+    `native` says whether the installed vLLM has them (`has_weight_transfer()`). The server mode has no extension
+    route (it would need a custom server build), so it requires the native API.
+    """
+    if requested == "native" and not native:
+        raise VLLMUnavailable(
+            "rollout.vllm_weight_transfer = 'native' but the installed vLLM has no vllm.distributed.weight_transfer "
+            f"trainer API; install vLLM {VLLM_VERSION} ({INSTALL_HINT}) or use 'auto'"
+        )
+    route: Route = "native" if requested == "native" or (requested == "auto" and native) else "extension"
+    if mode == "server" and route != "native":
+        raise VLLMUnavailable(
+            "rollout.vllm_mode = 'server' pushes weights with vLLM's NCCL weight-transfer engine, which the installed "
+            f"vLLM does not have (or 'extension' was asked for); install vLLM {VLLM_VERSION} ({INSTALL_HINT})"
+        )
+    return route
+
+
+def _request_seed(seed: int, prompt_index: int) -> int:
+    """One seed per prompt (vLLM seeds per request), derived from the call's seed; fits in a signed 63-bit int."""
+    return (seed * 1_000_003 + prompt_index * 7919) % (2**63 - 1)
+
+
+def sampling_kwargs(sampling: SamplingParams, prompt_index: int = 0) -> dict[str, Any]:
+    """`vllm.SamplingParams(**kwargs)` for one prompt of a `generate` call.
+
+    Greedy (`temperature == 0`) asks for one completion (the engine repeats it `n` times, as the hf engine does).
+    `ignore_eos=True`: a completion stops only at `stop_token_ids` (the stop token is kept) or `max_tokens`.
+    """
+    greedy = sampling.greedy
+    return {
+        "n": 1 if greedy else sampling.n,
+        "temperature": 0.0 if greedy else sampling.temperature,
+        "top_p": 1.0 if greedy else sampling.top_p,
+        "top_k": 0,
+        "min_p": 0.0,
+        "presence_penalty": 0.0,
+        "frequency_penalty": 0.0,
+        "repetition_penalty": 1.0,
+        "max_tokens": sampling.max_new_tokens,
+        "stop_token_ids": list(sampling.stop_token_ids),
+        "ignore_eos": True,
+        "seed": _request_seed(sampling.seed, prompt_index),
+        "logprobs": 0 if sampling.logprobs else None,
+        "detokenize": False,
+    }
+
+
+def completion_request(model: str, prompt_ids: Sequence[int], sampling: SamplingParams, prompt_index: int) -> dict:
+    """The JSON body of one `POST /v1/completions` to a vLLM server, for one prompt given as token ids.
+
+    Same fields as `sampling_kwargs`, in the OpenAI completions spelling (`max_tokens`, `logprobs: 0` for the
+    sampled token's log-prob only); `return_token_ids` makes vLLM answer with token ids, so no text round trip.
+    """
+    kw = sampling_kwargs(sampling, prompt_index)
+    body: dict[str, Any] = {
+        "model": model,
+        "prompt": list(prompt_ids),
+        "n": kw["n"],
+        "temperature": kw["temperature"],
+        "top_p": kw["top_p"],
+        "top_k": kw["top_k"],
+        "min_p": kw["min_p"],
+        "presence_penalty": kw["presence_penalty"],
+        "frequency_penalty": kw["frequency_penalty"],
+        "repetition_penalty": kw["repetition_penalty"],
+        "max_tokens": kw["max_tokens"],
+        "stop_token_ids": kw["stop_token_ids"],
+        "ignore_eos": True,
+        "seed": kw["seed"],
+        "return_token_ids": True,
+        "skip_special_tokens": False,
+    }
+    if sampling.logprobs:
+        body["logprobs"] = 0
+    return body
+
+
+def cut_at_stop(tokens: Sequence[int], logprobs: Sequence[float] | None, stops: Sequence[int]) -> Completion:
+    """`tokens` up to and including the first stop token, with the matching log-probs."""
+    stop_set = set(stops)
+    end = len(tokens)
+    for i, token in enumerate(tokens):
+        if token in stop_set:
+            end = i + 1
+            break
+    return Completion(tokens[:end], None if logprobs is None else [float(x) for x in logprobs[:end]])
+
+
+def _repeat_if_greedy(completions: list[Completion], sampling: SamplingParams) -> list[Completion]:
+    if sampling.greedy and len(completions) == 1:
+        return [Completion(completions[0], completions[0].logprobs) for _ in range(sampling.n)]
+    if len(completions) != sampling.n:
+        raise RuntimeError(f"vllm engine: asked for {sampling.n} completions of a prompt, got {len(completions)}")
+    return completions
+
+
+def _sampled_logprobs(token_ids: Sequence[int], logprobs: Any) -> list[float]:
+    """The sampled token's log-prob at each position from vLLM's per-position `{token_id: Logprob}` dicts (or a
+    `FlatLogprobs`-style sequence of them)."""
+    out = []
+    for pos, token in enumerate(token_ids):
+        entry = logprobs[pos]
+        value = entry[token]
+        out.append(float(getattr(value, "logprob", value)))
+    return out
+
+
+def completions_from_outputs(outputs: Sequence[Any], sampling: SamplingParams) -> list[list[Completion]]:
+    """`vllm.LLM.generate`'s `RequestOutput`s (one per prompt, in order) as `out[i][j]` completions.
+
+    Each `RequestOutput.outputs` holds `CompletionOutput`s with `index`, `token_ids` and, when asked, `logprobs`.
+    """
+    result = []
+    for request in outputs:
+        comps = sorted(request.outputs, key=lambda c: c.index)
+        prompt_comps = []
+        for c in comps:
+            tokens = list(c.token_ids)
+            logp = _sampled_logprobs(tokens, c.logprobs) if sampling.logprobs else None
+            prompt_comps.append(cut_at_stop(tokens, logp, sampling.stop_token_ids))
+        result.append(_repeat_if_greedy(prompt_comps, sampling))
+    return result
+
+
+def completions_from_response(response: dict, sampling: SamplingParams) -> list[Completion]:
+    """One `/v1/completions` JSON answer (one prompt) as its `n` completions, in choice order.
+
+    Each choice carries `token_ids` (with `return_token_ids`) and, when asked, `logprobs.token_logprobs`.
+    """
+    choices = sorted(response.get("choices") or [], key=lambda c: c.get("index", 0))
+    out = []
+    for choice in choices:
+        tokens = choice.get("token_ids")
+        if tokens is None:
+            raise RuntimeError(
+                "vllm server: a completion came back without token_ids; the server must be a vLLM that "
+                f"supports return_token_ids (this engine is written against vLLM {VLLM_VERSION})"
+            )
+        logp = None
+        if sampling.logprobs:
+            values = (choice.get("logprobs") or {}).get("token_logprobs")
+            if values is None or len(values) != len(tokens):
+                raise RuntimeError("vllm server: asked for log-probs, the answer has none (or not one per token)")
+            logp = [float(v) for v in values]
+        out.append(cut_at_stop(list(tokens), logp, sampling.stop_token_ids))
+    return _repeat_if_greedy(out, sampling)
+
+
+def llm_kwargs(
+    *,
+    model_dir: str,
+    dtype: str,
+    seed: int,
+    world: int,
+    tensor_parallel_size: int,
+    gpu_memory_utilization: float,
+    max_model_len: int,
+    sleep_level: int,
+    enforce_eager: bool,
+    route: Route,
+) -> dict[str, Any]:
+    """The `vllm.LLM(**kwargs)` of the colocated engine: one instance per `tensor_parallel_size` training ranks.
+
+    torchrun's ranks are the vLLM workers (`distributed_executor_backend="external_launcher"`, which also keeps the
+    engine core in this process), grouped into `world // tensor_parallel_size` data-parallel replicas. The
+    weights are loaded as dummies (the trainer streams the real ones before the first generation), the tokenizer
+    is skipped (token ids in and out), and the model folder's generation defaults are ignored.
+    """
+    if world % tensor_parallel_size:
+        raise ValueError(
+            f"rollout.vllm_tensor_parallel_size = {tensor_parallel_size} must divide the world size {world}"
+        )
+    kwargs: dict[str, Any] = {
+        "model": model_dir,
+        "dtype": dtype,
+        "seed": seed,
+        "tensor_parallel_size": tensor_parallel_size,
+        "distributed_executor_backend": "external_launcher",
+        "gpu_memory_utilization": gpu_memory_utilization,
+        "max_model_len": max_model_len,
+        "enable_sleep_mode": sleep_level > 0,
+        "enforce_eager": enforce_eager,
+        "load_format": "dummy",
+        "skip_tokenizer_init": True,
+        "generation_config": "vllm",
+        "logprobs_mode": "processed_logprobs",
+        "enable_prefix_caching": True,
+    }
+    if world // tensor_parallel_size > 1:
+        kwargs["data_parallel_size"] = world // tensor_parallel_size
+    if route == "native":
+        kwargs["weight_transfer_config"] = {"backend": "ipc"}
+    else:
+        kwargs["worker_extension_cls"] = "trainer.rollout.vllm_worker.WeightLoaderExtension"
+    return kwargs
