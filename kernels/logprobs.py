@@ -103,8 +103,14 @@ def _row_grad_kernel(
         tl.store(dz_ptr + row * stride_dz + offs, cast_rtne(dz * inv_temp, dz_ptr.dtype.element_ty), mask=inb)
 
 
-def _row_stats(logits: torch.Tensor, targets: torch.Tensor, inv_temp: float) -> tuple[torch.Tensor, ...]:
-    """(logp, entropy, lse), each `[n]` float32, from a chunk's raw logits `[n, V]`."""
+def _row_stats(
+    logits: torch.Tensor, targets: torch.Tensor, inv_temp: float, with_entropy: bool = True
+) -> tuple[torch.Tensor, ...]:
+    """(logp, entropy, lse), each `[n]` float32, from a chunk's raw logits `[n, V]`.
+
+    `with_entropy=False` lets the torch path skip the entropy (two more passes over the chunk); it is then zeros.
+    The Triton kernel computes it in the same pass either way.
+    """
     n, V = logits.shape
     if backend_for(logits.device) == "triton":
         logp, ent, lse = (torch.empty(n, dtype=torch.float32, device=logits.device) for _ in range(3))
@@ -121,6 +127,8 @@ def _row_stats(logits: torch.Tensor, targets: torch.Tensor, inv_temp: float) -> 
     lse = z[:, 0] - log_p[:, 0]
     valid = targets != IGNORE_INDEX
     logp = torch.where(valid, log_p.gather(1, targets.clamp(min=0).long()[:, None]).squeeze(1), 0.0)
+    if not with_entropy:
+        return logp, torch.zeros_like(logp), lse
     ent = torch.where(valid, -log_p.exp().mul_(log_p).sum(-1), 0.0)
     return logp, ent, lse
 
@@ -194,14 +202,14 @@ def chunk_rows(n_tokens: int, vocab: int, device: torch.device, chunk_tokens: in
 
 
 def _forward(
-    hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor, inv_temp: float, chunk: int
+    hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor, inv_temp: float, chunk: int, with_entropy: bool
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     N = hidden.shape[0]
     logp, ent, lse = (torch.empty(N, dtype=torch.float32, device=hidden.device) for _ in range(3))
     for n0 in range(0, N, chunk):
         n1 = min(n0 + chunk, N)
         logits = chunk_logits(hidden[n0:n1], weight)
-        logp[n0:n1], ent[n0:n1], lse[n0:n1] = _row_stats(logits, targets[n0:n1], inv_temp)
+        logp[n0:n1], ent[n0:n1], lse[n0:n1] = _row_stats(logits, targets[n0:n1], inv_temp, with_entropy)
     return logp, ent, lse
 
 
@@ -259,14 +267,20 @@ def _backward(
 
 @torch.library.custom_op("fastslow::token_logprobs_fwd", mutates_args=())
 def _token_logprobs_fwd(
-    hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor, inv_temp: float, chunk: int
+    hidden: torch.Tensor,
+    weight: torch.Tensor,
+    targets: torch.Tensor,
+    inv_temp: float,
+    chunk: int,
+    with_entropy: bool = True,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """(logp, entropy, lse), each `[N]` float32, for `hidden [N, H]`, `weight [V, H]`, `targets [N]`."""
-    return _forward(hidden, weight, targets, inv_temp, chunk)
+    """(logp, entropy, lse), each `[N]` float32, for `hidden [N, H]`, `weight [V, H]`, `targets [N]` (entropy
+    zeros on the torch path when `with_entropy` is False)."""
+    return _forward(hidden, weight, targets, inv_temp, chunk, with_entropy)
 
 
 @_token_logprobs_fwd.register_fake
-def _(hidden, weight, targets, inv_temp, chunk):
+def _(hidden, weight, targets, inv_temp, chunk, with_entropy=True):
     N = hidden.shape[0]
     return tuple(hidden.new_empty(N, dtype=torch.float32) for _ in range(3))
 
@@ -301,7 +315,7 @@ class TokenLogprobsFunction(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, hidden, weight, targets, inv_temp, chunk, with_entropy):
-        logp, ent, lse = torch.ops.fastslow.token_logprobs_fwd(hidden, weight, targets, inv_temp, chunk)
+        logp, ent, lse = torch.ops.fastslow.token_logprobs_fwd(hidden, weight, targets, inv_temp, chunk, with_entropy)
         ctx.save_for_backward(hidden, weight, targets, lse, ent)
         ctx.inv_temp, ctx.chunk, ctx.with_entropy = inv_temp, chunk, with_entropy
         return logp, ent
