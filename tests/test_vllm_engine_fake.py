@@ -18,6 +18,7 @@ import _tiny
 import pytest
 import torch
 import transformers
+from _distributed import run_two_ranks
 
 from trainer.rollout import SamplingParams
 from trainer.weight_sync import ModelWeightStream
@@ -36,6 +37,8 @@ class FakeLLM:
 
     def generate(self, prompts, params, use_tqdm=True):
         self.calls.append(("generate", len(prompts)))
+        self.prompts = [p["prompt_token_ids"] for p in prompts]
+        self.seeds = [sp.kwargs["seed"] for sp in params]
         outs = []
         for p, sp in zip(prompts, params):
             stop = sp.kwargs["stop_token_ids"][0]
@@ -277,3 +280,37 @@ def test_build_engine_refuses_vllm_without_cuda(fake_vllm) -> None:
 
     with pytest.raises(VLLMUnavailable, match="CUDA"):
         build_engine("vllm", make_model=_tiny.tiny_lm, pad_token_id=0, device="cpu", dtype=torch.float32)
+
+
+def _tp2_worker(rank: int) -> None:
+    """One rank of a tensor-parallel-2 colocated instance (stand-in vllm without the weight-transfer API)."""
+    from trainer.rollout.vllm_params import sampling_kwargs
+
+    mod = types.ModuleType("vllm")
+    mod.__spec__ = importlib.machinery.ModuleSpec("vllm", None)
+    mod.LLM, mod.SamplingParams = FakeLLM, FakeSamplingParams
+    sys.modules["vllm"] = mod
+    from trainer.rollout.vllm_engine import VLLMColocatedEngine
+
+    eng = VLLMColocatedEngine(
+        model_dir="/m", dtype=torch.bfloat16, seed=0, rank=rank, world=2, tensor_parallel_size=2,
+        weight_transfer="auto",
+    )  # fmt: skip
+    assert eng.route == "extension"  # no native API in this stand-in
+    llm = FakeLLM.instances[-1]
+    assert llm.kwargs["tensor_parallel_size"] == 2 and "data_parallel_size" not in llm.kwargs
+    prompts = [[10], [20, 21]] if rank == 0 else [[30]]
+    sampling = SamplingParams(n=2, stop_token_ids=[3], seed=100 + rank)
+    out = eng.generate(prompts, sampling)
+    assert llm.prompts == [[10], [20, 21], [30]]  # both ranks submit the group's requests, in rank order
+    own = [
+        sampling_kwargs(SamplingParams(n=2, stop_token_ids=[3], seed=100 + r), i)["seed"]
+        for r, n in ((0, 2), (1, 1))
+        for i in range(n)
+    ]
+    assert llm.seeds == own  # each request keeps its own rank's seed
+    assert out == [[[p[-1] + 1, 3]] * 2 for p in prompts]  # and each rank gets its own prompts' completions
+
+
+def test_tensor_parallel_group_generates_the_groups_prompts_together() -> None:
+    run_two_ranks(_tp2_worker, timeout_s=120.0)
