@@ -3,10 +3,10 @@
     python tests/_vllm_gpu_check.py --model-dir DIR            # write the model folder (config + tokenizer)
     python -m torch.distributed.run --standalone --nproc_per_node=1 tests/_vllm_gpu_check.py OUT_DIR MODE [URL]
 
-MODE is "native" or "extension" (colocated engine, that weight route) or "server" (a `vllm serve` at URL, started
-by the test on another GPU). Builds a small random Qwen2 sharded with FSDP2, streams it into the engine, generates
-with log-probs and compares them with the trained model's own, then sleeps, changes the weights, syncs, wakes and
-compares again. Writes OUT_DIR/result.json.
+MODE is "native" or "extension" (colocated engine, that weight route) or "server-native" / "server-extension" (a
+`vllm serve` at URL, started by the test on another GPU, and that weight route). Builds a small random Qwen2
+sharded with FSDP2, streams it into the engine, generates with log-probs and compares them with the trained model's
+own, then sleeps, changes the weights, syncs, wakes and compares again. Writes OUT_DIR/result.json.
 """
 
 from __future__ import annotations
@@ -66,12 +66,12 @@ def main(out_dir: Path, mode: str, url: str | None) -> None:
     for layer in model.model.layers:
         fully_shard(layer)
     fully_shard(model)
-    if mode == "server":
+    if mode.startswith("server-"):
         engine = VLLMServerEngine(
             base_url=str(url), rank=0, nccl_address="127.0.0.1", nccl_port=free_port(), server_workers=1,
-            bucket_bytes=1 << 20, timeout_s=120,
+            bucket_bytes=1 << 20, timeout_s=120, weight_transfer=mode.removeprefix("server-"),
         )  # fmt: skip
-        result: dict = {"route": "server"}
+        result: dict = {"route": f"server-{engine.route}"}
     else:
         engine = VLLMColocatedEngine(
             model_dir=str(out_dir / "model"), dtype=torch.bfloat16, seed=0, rank=0, world=1,

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import dataclasses
 import importlib.machinery
+import json
+import queue
 import sys
 import types
 import typing
@@ -314,3 +316,73 @@ def _tp2_worker(rank: int) -> None:
 
 def test_tensor_parallel_group_generates_the_groups_prompts_together() -> None:
     run_two_ranks(_tp2_worker, timeout_s=120.0)
+
+
+# ------------------------------------------------------------------ server mode, worker-extension route (loopback)
+
+
+class LoopbackComm:
+    """PyNcclCommunicator stand-in: the trainer's broadcasts go into a queue the worker's broadcasts read from."""
+
+    def __init__(self, wire: queue.Queue, sender: bool) -> None:
+        self.wire, self.sender = wire, sender
+
+    def broadcast(self, tensor: torch.Tensor, src: int, stream=None) -> None:
+        assert src == 0
+        if self.sender:
+            self.wire.put(tensor.clone())
+        else:
+            tensor.copy_(self.wire.get(timeout=10))
+
+
+def test_extension_route_server_loopback(monkeypatch) -> None:
+    """Trainer-side `ExtensionSender` against a `WeightLoaderExtension` worker through a loopback "NCCL": the
+    worker ends up loading every parameter, by HF name, with the trainer's values, in the wire dtype."""
+    from trainer.rollout.vllm_extension import ExtensionSender
+    from trainer.rollout.vllm_worker import WeightLoaderExtension
+
+    wire: queue.Queue = queue.Queue()
+    created = []
+    utils = types.ModuleType("vllm.distributed.utils")
+    utils.StatelessProcessGroup = SimpleNamespace(create=lambda **kw: created.append(kw) or SimpleNamespace(**kw))
+    pynccl = types.ModuleType("vllm.distributed.device_communicators.pynccl")
+    pynccl.PyNcclCommunicator = lambda group, device: LoopbackComm(wire, sender=group.rank == 0)
+    for name, mod in (
+        ("vllm", types.ModuleType("vllm")), ("vllm.distributed", types.ModuleType("vllm.distributed")),
+        ("vllm.distributed.device_communicators", types.ModuleType("vllm.distributed.device_communicators")),
+        ("vllm.distributed.utils", utils), ("vllm.distributed.device_communicators.pynccl", pynccl),
+    ):  # fmt: skip
+        monkeypatch.setitem(sys.modules, name, mod)
+    monkeypatch.setattr(torch.cuda, "current_device", lambda: 0)
+
+    loaded: dict[str, torch.Tensor] = {}
+    worker = WeightLoaderExtension()
+    worker.rank, worker.device = 1, torch.device("cpu")  # the server's second worker (tensor parallel 2)
+    worker.vllm_config = SimpleNamespace(parallel_config=SimpleNamespace(data_parallel_rank=0, world_size=2))
+    worker.model_runner = SimpleNamespace(model=SimpleNamespace(load_weights=lambda weights: loaded.update(weights)))
+
+    rpcs = []
+
+    class Client:  # the server's /collective_rpc, calling straight into the worker
+        def collective_rpc(self, method: str, args: list[str]):
+            rpcs.append((method, json.loads(args[0])))
+            return [getattr(worker, method)(*args)]
+
+    sender = ExtensionSender(Client(), rank=0, master_address="10.1.2.3", master_port=6000, server_workers=2)
+    assert [r[0] for r in rpcs] == ["fastslow_init_nccl"] and rpcs[0][1]["rank_offset"] == 1
+    assert {c["rank"] for c in created} == {0, 2} and {c["world_size"] for c in created} == {3}  # trainer, worker 1
+    model = _tiny.tiny_lm()
+    stream = ModelWeightStream(model, bucket_bytes=4096, dtype=torch.bfloat16)
+    sender.send(stream)
+    receives = [spec for method, spec in rpcs if method == "fastslow_receive"]
+    assert len(receives) == stream.buckets_sent > 1 and wire.empty()
+    assert all(spec["dtypes"] == ["bfloat16"] * len(spec["names"]) for spec in receives)
+    assert set(loaded) == {n for n, _ in model.named_parameters()}
+    for name, p in model.named_parameters():
+        assert loaded[name].dtype == torch.bfloat16 and torch.equal(loaded[name], p.detach().bfloat16())
+
+    other_rank = ExtensionSender(Client(), rank=1, master_address="10.1.2.3", master_port=6000, server_workers=2)
+    before = len(rpcs)
+    stream = ModelWeightStream(model, bucket_bytes=4096)
+    other_rank.send(stream)  # drains the stream (its gathers are collective), talks to no one
+    assert len(rpcs) == before and stream.buckets_sent > 1 and wire.empty()

@@ -34,6 +34,7 @@ def _routes() -> list[str]:
 
 
 CHECK = ROOT / "tests" / "_vllm_gpu_check.py"
+EXTENSION = "trainer.rollout.vllm_worker.WeightLoaderExtension"
 
 
 def _run_check(tmp_path: Path, mode: str, *extra: str, gpu: str = "0") -> dict:
@@ -65,8 +66,12 @@ def test_update_then_generate_matches_the_trainer_and_survives_sleep(tmp_path: P
 
 
 @pytest.mark.skipif(torch.cuda.device_count() < 2, reason="server mode needs two GPUs (NCCL refuses one GPU twice)")
-def test_server_mode_nccl_push_then_generate(tmp_path: Path) -> None:
-    """`vllm serve` on GPU 1 (dummy weights, NCCL weight transfer), the trainer on GPU 0."""
+@pytest.mark.parametrize("route", ["native", "extension"])
+def test_server_mode_nccl_push_then_generate(tmp_path: Path, route: str) -> None:
+    """`vllm serve` on GPU 1 (dummy weights; vLLM's NCCL weight transfer or our worker extension), the trainer on
+    GPU 0."""
+    if route not in _routes():
+        pytest.skip("the installed vLLM has no native weight-transfer API")
     subprocess.run([sys.executable, str(CHECK), "--model-dir", str(tmp_path / "model")], cwd=ROOT, check=True)
     port = 18000 + os.getpid() % 1000
     env = dict(os.environ, VLLM_SERVER_DEV_MODE="1", CUDA_VISIBLE_DEVICES="1")
@@ -76,6 +81,7 @@ def test_server_mode_nccl_push_then_generate(tmp_path: Path) -> None:
             "--port", str(port), "--load-format", "dummy", "--max-model-len", "256", "--enforce-eager",
             "--gpu-memory-utilization", "0.3", "--weight-transfer-config", '{"backend": "nccl"}',
             "--logprobs-mode", "processed_logprobs", "--generation-config", "vllm",
+            *(["--worker-extension-cls", EXTENSION] if route == "extension" else []),
         ],
         env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
     )  # fmt: skip
@@ -92,7 +98,9 @@ def test_server_mode_nccl_push_then_generate(tmp_path: Path) -> None:
             if server.poll() is not None or time.monotonic() > deadline:
                 pytest.fail(f"vllm serve did not come up: {(server.stderr.read() if server.stderr else '')[-4000:]}")
             time.sleep(2)
-        _check_agreement(_run_check(tmp_path, "server", url, gpu="0"))
+        result = _run_check(tmp_path, f"server-{route}", url, gpu="0")
+        assert result["route"] == f"server-{route}"
+        _check_agreement(result)
     finally:
         server.terminate()
         server.wait(timeout=60)

@@ -177,8 +177,10 @@ class RolloutConfig(_Section):
     vllm_enforce_eager: bool = False
     """Colocated: no CUDA graphs (faster start, slower decoding)."""
     vllm_weight_transfer: Literal["auto", "native", "extension"] = "auto"
-    """Colocated: "native" (vLLM's IPC weight-transfer engine), "extension" (a worker extension calling the
-    model's `load_weights`, for a vLLM without that API), "auto" (native when the installed vLLM has it)."""
+    """"native": vLLM's weight-transfer engines (IPC colocated, packed NCCL to a server); "extension": a worker
+    extension that calls the model's `load_weights` (colocated: in process; server: NCCL broadcast, the server
+    started with `--worker-extension-cls trainer.rollout.vllm_worker.WeightLoaderExtension`), for a vLLM without
+    that API; "auto": native when the installed vLLM has it."""
     vllm_server_url: str = "http://127.0.0.1:8000"
     """Server: base URL of the vLLM server (started with VLLM_SERVER_DEV_MODE=1 and an NCCL weight transfer)."""
     vllm_server_workers: int = 1

@@ -67,6 +67,7 @@ def build_engine(
                 base_url=rollout.vllm_server_url, rank=rank, nccl_address=rollout.vllm_nccl_address,
                 nccl_port=rollout.vllm_nccl_port, server_workers=rollout.vllm_server_workers,
                 bucket_bytes=bucket_bytes, timeout_s=rollout.vllm_timeout_s,
+                weight_transfer=rollout.vllm_weight_transfer,
             )  # fmt: skip
         return VLLMColocatedEngine(
             model_dir=model_dir, dtype=dtype, seed=seed, rank=rank, world=world,

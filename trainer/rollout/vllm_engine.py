@@ -153,9 +153,10 @@ def _tp_group(rank: int, world: int, tp: int) -> Any:
 class VLLMServerEngine:
     """A vLLM server elsewhere (`vllm serve`): HTTP generation, weights pushed by trainer rank 0 over NCCL.
 
-    Every rank sends its own prompts to the server (it batches them); the weight push is vLLM's NCCL engine with
-    rank 0 as the sender and the other ranks joining the FSDP2 gathers. `sleep` / `wake_up` do nothing: the server
-    has GPUs of its own.
+    Every rank sends its own prompts to the server (it batches them); the weight push is vLLM's packed NCCL engine
+    (route "native") or a broadcast into the `WeightLoaderExtension` workers (route "extension", see
+    `trainer.rollout.vllm_extension`), with rank 0 as the sender and the other ranks joining the FSDP2 gathers.
+    `sleep` / `wake_up` do nothing: the server has GPUs of its own.
     """
 
     def __init__(
@@ -168,9 +169,10 @@ class VLLMServerEngine:
         server_workers: int,
         bucket_bytes: int = 1 << 30,
         timeout_s: float = 600.0,
+        weight_transfer: str = "auto",
     ) -> None:
         require_vllm()
-        choose_route("native", "server", has_weight_transfer())
+        self.route = choose_route(weight_transfer, "server", has_weight_transfer())  # type: ignore[arg-type]
         self.rank = rank
         self.base_url = base_url.rstrip("/")
         self.nccl_address, self.nccl_port, self.server_workers = nccl_address, nccl_port, server_workers
@@ -185,16 +187,26 @@ class VLLMServerEngine:
 
     def update_weights(self, stream: WeightStream) -> None:
         """One NCCL push of every parameter (all ranks call this), then the server's prefix cache is reset."""
-        if self._sender is None:
+        if self.route == "extension":
+            if self._sender is None:
+                from trainer.rollout.vllm_extension import ExtensionSender
+
+                self._sender = ExtensionSender(
+                    self.client, rank=self.rank, master_address=self.nccl_address, master_port=self.nccl_port,
+                    server_workers=self.server_workers,
+                )  # fmt: skip
+            self._sender.send(stream)
+        elif self._sender is None:
             from trainer.rollout.vllm_transfer import nccl_sender
 
             self._sender, self._source = nccl_sender(
                 self.base_url, stream, rank=self.rank, master_address=self.nccl_address,
                 master_port=self.nccl_port, server_workers=self.server_workers, buffer_bytes=self.bucket_bytes,
             )  # fmt: skip
+            self._sender.send_weights()
         else:
             self._source.use(stream)
-        self._sender.send_weights()
+            self._sender.send_weights()
         if self.rank == 0:
             self.client.reset_prefix_cache()
 

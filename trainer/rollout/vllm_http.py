@@ -73,6 +73,11 @@ class CompletionsClient:
         with ThreadPoolExecutor(max_workers=min(self.max_concurrency, len(prompt_ids))) as pool:
             return list(pool.map(one, range(len(prompt_ids))))
 
+    def collective_rpc(self, method: str, args: list[str]) -> Any:
+        """Call a worker method on every server worker (`/collective_rpc`, development routes; string arguments
+        only). Returns the server's `results` list."""
+        return (self._call("POST", "/collective_rpc", {"method": method, "args": list(args)}) or {}).get("results")
+
     def reset_prefix_cache(self) -> None:
         """Drop the server's cached prefixes (their KV was computed with the old weights). Needs the server's
         development routes (`VLLM_SERVER_DEV_MODE=1`), which the weight-transfer routes need too."""

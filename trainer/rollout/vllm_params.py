@@ -62,21 +62,16 @@ def has_weight_transfer() -> bool:
 def choose_route(requested: Literal["auto", "native", "extension"], mode: str, native: bool) -> Route:
     """Which weight route a run takes: vLLM's own weight-transfer engines when present, else the worker extension.
 
-    `native` says whether the installed vLLM has them (`has_weight_transfer()`). The server mode has no extension
-    route (it would need a custom server build), so it requires the native API.
+    `native` says whether the installed vLLM has them (`has_weight_transfer()`); `mode` ("colocated" or "server")
+    only shapes the error message.
     """
     if requested == "native" and not native:
         raise VLLMUnavailable(
-            "rollout.vllm_weight_transfer = 'native' but the installed vLLM has no vllm.distributed.weight_transfer "
-            f"trainer API; install vLLM {VLLM_VERSION} ({INSTALL_HINT}) or use 'auto'"
+            f"rollout.vllm_weight_transfer = 'native' ({mode}) but the installed vLLM has no "
+            f"vllm.distributed.weight_transfer trainer API; install vLLM {VLLM_VERSION} ({INSTALL_HINT}) or use 'auto'"
         )
-    route: Route = "native" if requested == "native" or (requested == "auto" and native) else "extension"
-    if mode == "server" and route != "native":
-        raise VLLMUnavailable(
-            "rollout.vllm_mode = 'server' pushes weights with vLLM's NCCL weight-transfer engine, which the installed "
-            f"vLLM does not have (or 'extension' was asked for); install vLLM {VLLM_VERSION} ({INSTALL_HINT})"
-        )
-    return route
+    del mode
+    return "native" if requested == "native" or (requested == "auto" and native) else "extension"
 
 
 def _request_seed(seed: int, prompt_index: int) -> int:
