@@ -139,7 +139,7 @@ def test_llm_kwargs() -> None:
     assert kw["load_format"] == "dummy" and kw["skip_tokenizer_init"] is True
     assert kw["logprobs_mode"] == "processed_logprobs" and kw["generation_config"] == "vllm"
     kw = llm_kwargs(world=4, route="extension", **{**common, "tensor_parallel_size": 2, "sleep_level": 0})
-    assert kw["data_parallel_size"] == 2 and kw["enable_sleep_mode"] is False
+    assert "data_parallel_size" not in kw and kw["enable_sleep_mode"] is False  # replicas: vLLM's external DP
     assert kw["worker_extension_cls"] == "trainer.rollout.vllm_worker.WeightLoaderExtension"
     assert "weight_transfer_config" not in kw
     with pytest.raises(ValueError, match="divide"):

@@ -36,7 +36,7 @@ class VLLMColocatedEngine:
 
     With `tensor_parallel_size = k > 1`, each group of k consecutive ranks runs one instance: the ranks' prompts
     are gathered in the group, generated together (vLLM's external launcher needs the same requests on all of the
-    group's ranks) and each rank keeps its own.
+    group's ranks) and each rank keeps its own. Instances generate independently of each other.
     """
 
     def __init__(

@@ -221,8 +221,11 @@ def llm_kwargs(
     """The `vllm.LLM(**kwargs)` of the colocated engine: one instance per `tensor_parallel_size` training ranks.
 
     torchrun's ranks are the vLLM workers (`distributed_executor_backend="external_launcher"`, which also keeps the
-    engine core in this process), grouped into `world // tensor_parallel_size` data-parallel replicas. The
-    weights are loaded as dummies (the trainer streams the real ones before the first generation), the tokenizer
+    engine core in this process). `data_parallel_size` is left at 1 on purpose: vLLM then lays the ranks out as
+    `world // tensor_parallel_size` "external" data-parallel replicas that generate independently (its layout
+    comment: ExternalDP x DP x PP x TP, as verl uses it), whereas vLLM's own data parallelism would make every
+    replica step in lockstep with dummy batches, which only MoE expert parallelism needs. The weights are loaded as
+    dummies (the trainer streams the real ones before the first generation), the tokenizer
     is skipped (token ids in and out), and the model folder's generation defaults are ignored.
     """
     if world % tensor_parallel_size:
@@ -245,8 +248,6 @@ def llm_kwargs(
         "logprobs_mode": "processed_logprobs",
         "enable_prefix_caching": True,
     }
-    if world // tensor_parallel_size > 1:
-        kwargs["data_parallel_size"] = world // tensor_parallel_size
     if route == "native":
         kwargs["weight_transfer_config"] = {"backend": "ipc"}
     else:
