@@ -5,7 +5,8 @@ Every engine (hf, vllm colocated, vllm server) implements `RolloutEngine`; the t
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
+import math
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol, runtime_checkable
 
@@ -66,6 +67,29 @@ class Completion(list):
         self.logprobs = logprobs
 
 
+def check_prompts(prompt_ids: Sequence[Sequence[int]], who: str) -> None:
+    """Every engine's input check: each prompt has at least one token."""
+    if any(len(p) == 0 for p in prompt_ids):
+        raise ValueError(f"{who}: empty prompt (every prompt needs at least one token)")
+
+
+def cut_at_stop(tokens: Sequence[int], logprobs: Sequence[float] | None, stops: Iterable[int]) -> Completion:
+    """`tokens` up to and including the first stop token (what follows is padding or overrun), with the matching
+    log-probs."""
+    stop_set = set(stops)
+    end = next((i + 1 for i, token in enumerate(tokens) if token in stop_set), len(tokens))
+    return Completion(tokens[:end], None if logprobs is None else [float(x) for x in logprobs[:end]])
+
+
+def fill_prompt(completions: list[Completion], sampling: SamplingParams) -> list[Completion]:
+    """One prompt's `sampling.n` completions: a greedy decode (one completion) copied `n` times, else checked."""
+    if sampling.greedy and len(completions) == 1:
+        return [Completion(completions[0], completions[0].logprobs) for _ in range(sampling.n)]
+    if len(completions) != sampling.n:
+        raise RuntimeError(f"engine: asked for {sampling.n} completions of a prompt, got {len(completions)}")
+    return completions
+
+
 @dataclass(frozen=True)
 class ParamInfo:
     """One parameter of the stream as the engine receives it: HF name, dtype on the wire, full shape."""
@@ -77,10 +101,7 @@ class ParamInfo:
     @property
     def nbytes(self) -> int:
         """Bytes of the full tensor on the wire."""
-        n = 1
-        for d in self.shape:
-            n *= d
-        return n * torch.empty((), dtype=self.dtype).element_size()
+        return math.prod(self.shape) * self.dtype.itemsize
 
 
 @runtime_checkable

@@ -8,7 +8,7 @@ from collections.abc import Callable, Iterable, Iterator
 import torch
 from transformers import GenerationConfig, PreTrainedModel
 
-from trainer.rollout.base import Completion, SamplingParams, WeightStream
+from trainer.rollout.base import Completion, SamplingParams, WeightStream, check_prompts, cut_at_stop, fill_prompt
 
 
 class HFEngine:
@@ -55,8 +55,7 @@ class HFEngine:
         model = self._model()
         if not prompt_ids:
             return []
-        if any(len(p) == 0 for p in prompt_ids):
-            raise ValueError("HFEngine.generate: empty prompt (every prompt needs at least one token)")
+        check_prompts(prompt_ids, "HFEngine.generate")
         input_ids_BP, attention_mask_BP = self._left_pad(prompt_ids)
         config = self._generation_config(sampling)
         with _seeded_rng(self.device, sampling.seed):
@@ -69,15 +68,15 @@ class HFEngine:
             temperature = sampling.temperature if not sampling.greedy else 1.0
             logits_NSV = torch.stack(out.logits, dim=1).float() / temperature  # [B * n, new, V]
             logp = torch.log_softmax(logits_NSV, dim=-1).gather(-1, new_NS.unsqueeze(-1)).squeeze(-1).tolist()
-        stops = set(sampling.stop_token_ids)
-        completions = []
-        for r, row in enumerate(new_NS.tolist()):
-            tokens = _cut_at_stop(row, stops)
-            completions.append(Completion(tokens, None if logp is None else logp[r][: len(tokens)]))
-        if sampling.greedy:  # one decode per prompt (transformers refuses greedy with n > 1), copied n times
-            return [[Completion(c, c.logprobs) for _ in range(sampling.n)] for c in completions]
-        n = sampling.n
-        return [completions[i * n : (i + 1) * n] for i in range(len(prompt_ids))]
+        completions = [
+            cut_at_stop(row, None if logp is None else logp[r], sampling.stop_token_ids)
+            for r, row in enumerate(new_NS.tolist())
+        ]
+        # greedy: one decode per prompt (transformers refuses greedy with n > 1), which fill_prompt copies n times
+        per_prompt = 1 if sampling.greedy else sampling.n
+        return [
+            fill_prompt(completions[i * per_prompt : (i + 1) * per_prompt], sampling) for i in range(len(prompt_ids))
+        ]
 
     @torch.no_grad()
     def load_weights(self, named_tensors: Iterable[tuple[str, torch.Tensor]]) -> None:
@@ -150,14 +149,6 @@ class HFEngine:
         return GenerationConfig(
             do_sample=True, temperature=sampling.temperature, top_p=sampling.top_p, top_k=0, **common
         )
-
-
-def _cut_at_stop(tokens: list[int], stops: set[int]) -> list[int]:
-    """`tokens` up to and including the first stop token; everything after it (padding) is dropped."""
-    for i, token in enumerate(tokens):
-        if token in stops:
-            return tokens[: i + 1]
-    return tokens
 
 
 @contextlib.contextmanager

@@ -17,7 +17,7 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
-from trainer.rollout.base import Completion, SamplingParams, WeightStream
+from trainer.rollout.base import Completion, SamplingParams, WeightStream, check_prompts
 from trainer.rollout.vllm_http import CompletionsClient
 from trainer.rollout.vllm_params import (
     choose_route,
@@ -27,8 +27,6 @@ from trainer.rollout.vllm_params import (
     require_vllm,
     sampling_kwargs,
 )
-
-_DTYPES = {torch.bfloat16: "bfloat16", torch.float16: "float16", torch.float32: "float32"}
 
 
 class VLLMColocatedEngine:
@@ -63,7 +61,7 @@ class VLLMColocatedEngine:
         self._tp_group = _tp_group(rank, world, tensor_parallel_size)
         self._vllm_sampling = vllm.SamplingParams
         kwargs = llm_kwargs(
-            model_dir=model_dir, dtype=_DTYPES[dtype], seed=seed, world=world,
+            model_dir=model_dir, dtype=str(dtype).removeprefix("torch."), seed=seed, world=world,
             tensor_parallel_size=tensor_parallel_size, gpu_memory_utilization=gpu_memory_utilization,
             max_model_len=max_model_len, sleep_level=sleep_level, enforce_eager=enforce_eager, route=self.route,
         )  # fmt: skip
@@ -75,8 +73,7 @@ class VLLMColocatedEngine:
 
     def generate(self, prompt_ids: list[list[int]], sampling: SamplingParams) -> list[list[Completion]]:
         """`out[i][j]`: the j-th completion of `prompt_ids[i]` (see `RolloutEngine.generate`)."""
-        if any(len(p) == 0 for p in prompt_ids):
-            raise ValueError("vllm engine: empty prompt (every prompt needs at least one token)")
+        check_prompts(prompt_ids, "vllm engine")
         self.wake_up()
         if self._stale_prefixes:  # cached prefixes hold KV of the previous weights
             self.llm.reset_prefix_cache()

@@ -12,7 +12,7 @@ import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
-from trainer.rollout.base import Completion, SamplingParams
+from trainer.rollout.base import Completion, SamplingParams, check_prompts
 from trainer.rollout.vllm_params import completion_request, completions_from_response
 
 
@@ -63,8 +63,7 @@ class CompletionsClient:
         """`out[i][j]`: the j-th completion of `prompt_ids[i]` (see `RolloutEngine.generate`)."""
         if not prompt_ids:
             return []
-        if any(len(p) == 0 for p in prompt_ids):
-            raise ValueError("vllm engine: empty prompt (every prompt needs at least one token)")
+        check_prompts(prompt_ids, "vllm engine")
 
         def one(i: int) -> list[Completion]:
             body = completion_request(self.model, prompt_ids[i], sampling, i)

@@ -20,7 +20,7 @@ import importlib.util
 from collections.abc import Sequence
 from typing import Any, Literal
 
-from trainer.rollout.base import Completion, SamplingParams
+from trainer.rollout.base import Completion, SamplingParams, cut_at_stop, fill_prompt
 
 VLLM_VERSION = "0.33.0"
 """The vLLM release this engine was written and reviewed against (pinned by the `vllm` extra)."""
@@ -134,25 +134,6 @@ def completion_request(model: str, prompt_ids: Sequence[int], sampling: Sampling
     return body
 
 
-def cut_at_stop(tokens: Sequence[int], logprobs: Sequence[float] | None, stops: Sequence[int]) -> Completion:
-    """`tokens` up to and including the first stop token, with the matching log-probs."""
-    stop_set = set(stops)
-    end = len(tokens)
-    for i, token in enumerate(tokens):
-        if token in stop_set:
-            end = i + 1
-            break
-    return Completion(tokens[:end], None if logprobs is None else [float(x) for x in logprobs[:end]])
-
-
-def _repeat_if_greedy(completions: list[Completion], sampling: SamplingParams) -> list[Completion]:
-    if sampling.greedy and len(completions) == 1:
-        return [Completion(completions[0], completions[0].logprobs) for _ in range(sampling.n)]
-    if len(completions) != sampling.n:
-        raise RuntimeError(f"vllm engine: asked for {sampling.n} completions of a prompt, got {len(completions)}")
-    return completions
-
-
 def _sampled_logprobs(token_ids: Sequence[int], logprobs: Any) -> list[float]:
     """The sampled token's log-prob at each position from vLLM's per-position `{token_id: Logprob}` dicts (or a
     `FlatLogprobs`-style sequence of them)."""
@@ -177,7 +158,7 @@ def completions_from_outputs(outputs: Sequence[Any], sampling: SamplingParams) -
             tokens = list(c.token_ids)
             logp = _sampled_logprobs(tokens, c.logprobs) if sampling.logprobs else None
             prompt_comps.append(cut_at_stop(tokens, logp, sampling.stop_token_ids))
-        result.append(_repeat_if_greedy(prompt_comps, sampling))
+        result.append(fill_prompt(prompt_comps, sampling))
     return result
 
 
@@ -202,7 +183,7 @@ def completions_from_response(response: dict, sampling: SamplingParams) -> list[
                 raise RuntimeError("vllm server: asked for log-probs, the answer has none (or not one per token)")
             logp = [float(v) for v in values]
         out.append(cut_at_stop(list(tokens), logp, sampling.stop_token_ids))
-    return _repeat_if_greedy(out, sampling)
+    return fill_prompt(out, sampling)
 
 
 def llm_kwargs(
