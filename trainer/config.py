@@ -204,15 +204,11 @@ class RolloutConfig(_Section):
         self._at_least(0, "vllm_max_model_len")
         self._require(0 < self.vllm_nccl_port < 65536, "vllm_nccl_port", "must be a TCP port (1-65535)")
         if self.engine == "vllm":
-            import importlib.util
+            from trainer.rollout.vllm_params import vllm_missing
 
-            from trainer.rollout.vllm_params import INSTALL_HINT, VLLM_VERSION
-
-            if importlib.util.find_spec("vllm") is None:
-                raise ConfigError(
-                    f"rollout.engine = 'vllm': vllm is not installed; {INSTALL_HINT} (vLLM {VLLM_VERSION}, needs a "
-                    "CUDA GPU), or use rollout.engine = 'hf'"
-                )
+            missing = vllm_missing()
+            if missing:
+                raise ConfigError(missing)
 
 
 @dataclass

@@ -34,13 +34,22 @@ class VLLMUnavailable(RuntimeError):
     """vllm is not installed, or the installed version cannot do what the config asks."""
 
 
+def vllm_missing() -> str | None:
+    """The error to give when vllm is not installed (with the install command), or None when it is. Cheap: looks
+    the package up without importing it, so the config can check it when it loads."""
+    if importlib.util.find_spec("vllm") is not None:
+        return None
+    return (
+        f"rollout.engine = 'vllm': vllm is not installed; {INSTALL_HINT} (vLLM {VLLM_VERSION}, needs a CUDA GPU), "
+        "or use rollout.engine = 'hf'"
+    )
+
+
 def require_vllm() -> Any:
     """The `vllm` module, or `VLLMUnavailable` with the install command (vllm needs a CUDA machine)."""
-    if importlib.util.find_spec("vllm") is None:
-        raise VLLMUnavailable(
-            f"rollout.engine = 'vllm' needs vLLM, which is not installed: {INSTALL_HINT} (vLLM {VLLM_VERSION}, "
-            "Linux with a CUDA GPU), or use rollout.engine = 'hf'"
-        )
+    missing = vllm_missing()
+    if missing:
+        raise VLLMUnavailable(missing)
     try:
         return importlib.import_module("vllm")
     except Exception as exc:  # a broken install (wrong torch, missing CUDA libraries) fails at import
