@@ -37,12 +37,13 @@ from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_
 from transformers import Qwen2Config, Qwen2ForCausalLM
 
 from bench._harness import GiB, MiB, bench_device, dtype_name, free_memory, run_case
+from trainer.config import RolloutConfig
 from trainer.dist import parallelize
 from trainer.policy import Policy
 from trainer.rollout import HFEngine
 from trainer.weight_sync import hf_name, sync_weights
 
-DEFAULT_BUCKET = 64 * MiB  # trainer.config.RolloutConfig.sync_bucket_mb's default
+DEFAULT_BUCKET = RolloutConfig().sync_bucket_bytes  # the trainer's default bucket (64 MiB)
 
 
 @dataclass(frozen=True)

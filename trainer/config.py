@@ -192,6 +192,11 @@ class RolloutConfig(_Section):
     vllm_timeout_s: float = 600.0
     """Server: seconds an HTTP request may take."""
 
+    @property
+    def sync_bucket_bytes(self) -> int:
+        """`sync_bucket_mb` in bytes: the weight stream's bucket size and the vllm transfer's buffer size."""
+        return int(self.sync_bucket_mb * 2**20)
+
     def validate(self) -> None:
         self._at_least(2, "group_size")
         self._at_least(1, "prompts_per_step", "max_new_tokens", "max_chunks")

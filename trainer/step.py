@@ -344,6 +344,13 @@ def importance_weights(
     }
 
 
+def sync_policy(ctx: StepContext) -> dict[str, float]:
+    """Stream the policy's weights into the rollout engine (all ranks together); `sync_weights`' statistics."""
+    return sync_weights(
+        ctx.policy, ctx.engine, bucket_bytes=ctx.cfg.rollout.sync_bucket_bytes, prefix="lm.", dtype=ctx.sync_dtype
+    )
+
+
 def train_step(ctx: StepContext, step: int) -> dict[str, float]:
     """One step; returns its metrics (identical on every rank)."""
     cfg, info = ctx.cfg, ctx.info
@@ -360,9 +367,7 @@ def train_step(ctx: StepContext, step: int) -> dict[str, float]:
     update_metrics = learn(ctx, batch, timing)
     t = time.perf_counter()
 
-    sync = sync_weights(
-        ctx.policy, ctx.engine, bucket_bytes=int(cfg.rollout.sync_bucket_mb * 2**20), prefix="lm.", dtype=ctx.sync_dtype
-    )
+    sync = sync_policy(ctx)
     timing["sync"] = time.perf_counter() - t
 
     sums = [batch.rewards.sum(), batch.correct.float().sum(), batch.lengths.sum(), batch.mask.sum().float()]

@@ -37,8 +37,7 @@ from trainer.policy import Policy
 from trainer.rewards import task_for
 from trainer.rollout import build_engine
 from trainer.signals import StopFlag
-from trainer.step import StepContext, train_step
-from trainer.weight_sync import sync_weights
+from trainer.step import StepContext, sync_policy, train_step
 
 
 def _run_dir(cfg: Config, info: DistInfo) -> Path:
@@ -142,10 +141,7 @@ class Trainer:
         self.step = 0
         self.history: list[float] = []  # accuracy per step, for the final summary
         self._resume()
-        sync_weights(
-            self.policy, self.engine, bucket_bytes=int(cfg.rollout.sync_bucket_mb * 2**20), prefix="lm.",
-            dtype=engine_dtype,
-        )  # fmt: skip
+        sync_policy(self.ctx)
 
     def _engine_model_dir(self) -> str:
         """A Hugging Face folder the vllm engine can build the architecture from (its weights come by sync).

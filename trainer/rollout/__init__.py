@@ -61,7 +61,7 @@ def build_engine(
             raise ValueError("build_engine('vllm'): needs `rollout` (the rollout config) and `model_dir`")
         from trainer.rollout.vllm_engine import VLLMColocatedEngine, VLLMServerEngine
 
-        bucket_bytes = int(rollout.sync_bucket_mb * 2**20)
+        bucket_bytes = rollout.sync_bucket_bytes
         if rollout.vllm_mode == "server":
             return VLLMServerEngine(
                 base_url=rollout.vllm_server_url, rank=rank, nccl_address=rollout.vllm_nccl_address,
