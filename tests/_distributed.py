@@ -27,7 +27,7 @@ def run_two_ranks(worker_fn: Callable[..., None], *args: Any, timeout_s: float) 
     two share a small machine). A rank's exception comes back with its traceback, and the other rank is ended; if
     the ranks are still running after `timeout_s` (a hung collective), both are killed and the test fails.
     """
-    port = _free_port()
+    port = free_port()
     ctx = mp.start_processes(
         _rank_main, args=(worker_fn, port, args), nprocs=WORLD_SIZE, join=False, start_method="spawn"
     )
@@ -52,7 +52,7 @@ def _rank_main(rank: int, worker_fn: Callable[..., None], port: int, args: tuple
         dist.destroy_process_group()
 
 
-def _free_port() -> int:
+def free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]

@@ -14,6 +14,8 @@ if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")
 
 import pytest
+import torch.distributed as dist
+from _distributed import free_port
 
 from kernels._dispatch import force_backend, interpreting, native_available
 from kernels._triton import HAS_TRITON
@@ -41,6 +43,14 @@ def backend(request: pytest.FixtureRequest):
     """Runs the test once per backend (Triton and the torch path), forcing the dispatch."""
     with force_backend(request.param):
         yield request.param
+
+
+@pytest.fixture(scope="module")
+def group_of_one():
+    """A gloo process group of one in this process (what trainer/dist.py makes for a plain run)."""
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{free_port()}", rank=0, world_size=1)
+    yield
+    dist.destroy_process_group()
 
 
 @pytest.fixture(autouse=True)

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import copy
 import random
-import socket
 from pathlib import Path
 
 import numpy as np
@@ -190,15 +189,6 @@ def _two_rank_worker(rank: int, run_dir: Path) -> None:
 
 
 # --------------------------------------------------------------------------------------------- world size 1
-@pytest.fixture(scope="module")
-def group_of_one():
-    """A gloo process group of one in this process (what trainer/dist.py makes for a plain run)."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=0, world_size=1)
-    yield
-    dist.destroy_process_group()
 
 
 def test_round_trip_and_export_world_1(group_of_one, tmp_path: Path) -> None:

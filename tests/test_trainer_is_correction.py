@@ -3,25 +3,12 @@
 from __future__ import annotations
 
 import math
-import socket
 
 import pytest
 import torch
-import torch.distributed as dist
 
 from trainer.rollout import Completion
 from trainer.step import Group, importance_weights, make_batch
-
-
-@pytest.fixture(scope="module")
-def group_of_one():
-    """A gloo process group of one in this process (the metrics are all-reduced)."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=0, world_size=1)
-    yield
-    dist.destroy_process_group()
 
 
 def _group(prompt: list[int], comps: list[Completion]) -> Group:
