@@ -20,13 +20,13 @@ GB/s counts read p + read slow + write p.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Any
 
 import pytest
 import torch
 
 from bench._harness import backend_name, bench_device, dtype_name, ours_backend, run_case
+from bench._models import QWEN25_15B, ModelConfig
 from kernels import reposition_, snapshot
 from kernels._dispatch import force_backend
 
@@ -34,35 +34,6 @@ ALPHA = 0.8
 WORLD = 8
 
 
-@dataclass(frozen=True)
-class ModelConfig:
-    """A Qwen2-style decoder's parameter shapes (attention with q/k/v biases, SwiGLU MLP, RMSNorm)."""
-
-    name: str
-    hidden: int
-    intermediate: int
-    layers: int
-    heads: int
-    kv_heads: int
-    head_dim: int
-    vocab: int
-    tied: bool = True
-
-    def param_shapes(self) -> list[tuple[int, ...]]:
-        """Shapes in FSDP2's order (module registration order): embedding, layers, final norm, [lm_head]."""
-        h, q, kv, i = self.hidden, self.heads * self.head_dim, self.kv_heads * self.head_dim, self.intermediate
-        layer = [
-            (q, h), (q,), (kv, h), (kv,), (kv, h), (kv,), (h, q),  # q, k, v (with biases), o
-            (i, h), (i, h), (h, i),  # gate, up, down
-            (h,), (h,),  # input and post-attention RMSNorm
-        ]  # fmt: skip
-        shapes = [(self.vocab, h), *(layer * self.layers), (h,)]
-        if not self.tied:
-            shapes.append((self.vocab, h))
-        return shapes
-
-
-QWEN25_15B = ModelConfig("qwen2.5-1.5b", 1536, 8960, 28, 12, 2, 128, 151936)
 QWEN25_MINI = ModelConfig("qwen2.5-mini", 256, 1536, 2, 8, 2, 32, 8192)
 
 DEVICE = bench_device()

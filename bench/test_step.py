@@ -46,6 +46,7 @@ import pytest
 import torch
 
 from bench._harness import backend_name, bench_device, free_memory, ours_backend, run_case
+from bench._models import QWEN25_05B
 from bench._step import KERNELS, StepJob, build_trainer, fixed_batch, param_count
 from trainer.step import Batch, learn, train_step
 from trainer.trainer import Trainer
@@ -68,15 +69,10 @@ CPU_JOBS = [
         },
     ),
 ]  # fmt: skip
-QWEN25_05B = {
-    "vocab_size": 151936, "hidden_size": 896, "intermediate_size": 4864, "num_hidden_layers": 24,
-    "num_attention_heads": 14, "num_key_value_heads": 2, "tie_word_embeddings": True,
-    "max_position_embeddings": 32768, "rope_theta": 1_000_000.0, "rms_norm_eps": 1e-6,
-}  # fmt: skip
 GPU_JOBS = [
     StepJob(
         "qwen2.5-0.5b", prompts=8, group=8, max_new_tokens=512, micro_batch=8, lr=1e-6, kl_coef=1e-3, rounds=3,
-        rollout_rounds=2, hf_config=QWEN25_05B,
+        rollout_rounds=2, hf_config=QWEN25_05B.hf_kwargs(),
     ),
 ]  # fmt: skip
 JOBS = GPU_JOBS if ON_GPU else CPU_JOBS

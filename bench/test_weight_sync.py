@@ -37,6 +37,7 @@ from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_
 from transformers import Qwen2Config, Qwen2ForCausalLM
 
 from bench._harness import GiB, MiB, bench_device, dtype_name, free_memory, run_case
+from bench._models import QWEN25_05B, QWEN25_15B, ModelConfig
 from trainer.config import RolloutConfig
 from trainer.dist import parallelize
 from trainer.policy import Policy
@@ -46,29 +47,7 @@ from trainer.weight_sync import hf_name, sync_weights
 DEFAULT_BUCKET = RolloutConfig().sync_bucket_bytes  # the trainer's default bucket (64 MiB)
 
 
-@dataclass(frozen=True)
-class SyncModel:
-    """A Qwen2's sizes (tied embeddings, q/k/v biases) under a short name."""
-
-    name: str
-    hidden: int
-    intermediate: int
-    layers: int
-    heads: int
-    kv_heads: int
-    vocab: int
-
-    def hf_config(self) -> Qwen2Config:
-        return Qwen2Config(
-            vocab_size=self.vocab, hidden_size=self.hidden, intermediate_size=self.intermediate,
-            num_hidden_layers=self.layers, num_attention_heads=self.heads, num_key_value_heads=self.kv_heads,
-            tie_word_embeddings=True, max_position_embeddings=4096,
-        )  # fmt: skip
-
-
-QWEN25_05B = SyncModel("qwen2.5-0.5b", 896, 4864, 24, 14, 2, 151936)
-QWEN25_15B = SyncModel("qwen2.5-1.5b", 1536, 8960, 28, 12, 2, 151936)
-QWEN2_MINI = SyncModel("qwen2-mini", 256, 1536, 4, 8, 2, 32768)
+QWEN2_MINI = ModelConfig("qwen2-mini", 256, 1536, 4, 8, 2, 32, 32768)
 
 DEVICE = bench_device()
 ON_GPU = DEVICE.type == "cuda"
@@ -96,7 +75,7 @@ def build_lm(config: Qwen2Config, device: torch.device, seed: int) -> Qwen2ForCa
 class Pair:
     """The FSDP2-wrapped trained model and the engine it syncs into."""
 
-    model: SyncModel
+    model: ModelConfig
     policy: Policy
     engine: HFEngine
     numel: int
@@ -114,7 +93,7 @@ class Pair:
 
 @pytest.fixture(scope="module", params=[pytest.param(m, id=m.name) for m in MODELS])
 def pair(request: pytest.FixtureRequest, dist_info: Any, device: torch.device) -> Iterator[Pair]:
-    model: SyncModel = request.param
+    model: ModelConfig = request.param
     config = model.hf_config()
     policy = Policy(build_lm(config, device, seed=0))
     parallelize(policy, dist_info, mixed_precision=ON_GPU, activation_checkpointing=False)
