@@ -74,8 +74,6 @@ class ModelWeightStream:
     def __init__(
         self, model: nn.Module, bucket_bytes: int, *, prefix: str = "", dtype: torch.dtype | None = None
     ) -> None:
-        if bucket_bytes <= 0:
-            raise ValueError(f"ModelWeightStream: bucket_bytes = {bucket_bytes}: must be > 0")
         self.model, self.bucket_bytes, self.prefix, self.dtype = model, bucket_bytes, prefix, dtype
         self.bytes_sent = 0
         self.buckets_sent = 0
@@ -88,16 +86,12 @@ class ModelWeightStream:
         ]
 
     def buckets(self) -> Iterator[list[tuple[str, torch.Tensor]]]:
-        """A fresh pass of `iter_full_tensors` (collective: every rank drains it in step)."""
+        """A fresh pass of `iter_full_tensors` (collective: every rank drains it in step; a bad `bucket_bytes`
+        raises there)."""
         for bucket in iter_full_tensors(self.model, self.bucket_bytes, prefix=self.prefix, dtype=self.dtype):
             self.bytes_sent += sum(t.numel() * t.element_size() for _, t in bucket)
             self.buckets_sent += 1
             yield bucket
-
-    def tensors(self) -> Iterator[tuple[str, torch.Tensor]]:
-        """The buckets flattened: `(name, full tensor)` one at a time (still gathered bucket by bucket)."""
-        for bucket in self.buckets():
-            yield from bucket
 
 
 def sync_weights(

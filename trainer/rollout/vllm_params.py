@@ -119,25 +119,10 @@ def completion_request(model: str, prompt_ids: Sequence[int], sampling: Sampling
     Same fields as `sampling_kwargs`, in the OpenAI completions spelling (`max_tokens`, `logprobs: 0` for the
     sampled token's log-prob only); `return_token_ids` makes vLLM answer with token ids, so no text round trip.
     """
-    kw = sampling_kwargs(sampling, prompt_index)
     body: dict[str, Any] = {
-        "model": model,
-        "prompt": list(prompt_ids),
-        "n": kw["n"],
-        "temperature": kw["temperature"],
-        "top_p": kw["top_p"],
-        "top_k": kw["top_k"],
-        "min_p": kw["min_p"],
-        "presence_penalty": kw["presence_penalty"],
-        "frequency_penalty": kw["frequency_penalty"],
-        "repetition_penalty": kw["repetition_penalty"],
-        "max_tokens": kw["max_tokens"],
-        "stop_token_ids": kw["stop_token_ids"],
-        "ignore_eos": True,
-        "seed": kw["seed"],
-        "return_token_ids": True,
-        "skip_special_tokens": False,
+        k: v for k, v in sampling_kwargs(sampling, prompt_index).items() if k not in ("detokenize", "logprobs")
     }
+    body.update(model=model, prompt=list(prompt_ids), return_token_ids=True, skip_special_tokens=False)
     if sampling.logprobs:
         body["logprobs"] = 0
     return body
