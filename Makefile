@@ -11,7 +11,7 @@ TORCH_SPEC ?= torch==2.13.0
 NPROC ?= $(shell $(PY) -c "import torch; print(torch.cuda.device_count() or 2)" 2>/dev/null || echo 2)
 STAMP := $(VENV)/.installed
 
-.PHONY: run test lint format clean
+.PHONY: run test lint format clean compare
 
 $(STAMP): pyproject.toml setup.py $(wildcard csrc/*.cpp)
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -43,3 +43,8 @@ bench: $(STAMP)
 	stem=bench/results/$$($(PY) -c "from bench._harness import results_stem; print(results_stem())") && \
 	$(PY) -m pytest bench/ --benchmark-only --benchmark-json=$$stem.json -p no:cacheprovider $(PYTEST_ARGS) && \
 	$(PY) -m bench.report $$stem.json -o $$stem.md
+
+# The learning comparison (python -m bench.learning): grpo, sfpo, fast_grpo, fast_sfpo on the built-in benchmark for
+# seeds 0,1,2; results in bench/results/learning_DEVICE_DATE.{json,md,png}. ARGS passes flags and overrides through.
+compare: $(STAMP)
+	$(PY) -m bench.learning $(ARGS)

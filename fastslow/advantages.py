@@ -8,9 +8,13 @@ Rewards arrive group by group: the `group_size` rollouts of prompt 0, then those
 
 The advantage is per sequence; the loss broadcasts it over the sequence's tokens.
 
-Departures from the seed code: none in the formula. One definition the seed leaves to torch: with `group_size == 1`
-the unbiased std of a single value is NaN in torch; we define it as 0, so a lone response gets advantage 0 (it has
-nothing to be compared with) instead of NaN.
+Departures from the seed code: none in the formula. Three definitions the seed leaves to float rounding or torch:
+- a group whose rewards are all equal gets exactly 0 (the seed's float32 mean of eight 0.7s is off by an ulp, which
+  `/ (std + eps)` turns into an advantage of 0.056 that pushes the policy every step);
+- the mean and std are taken in float64 (the result is float32), so equal rewards get equal advantages, rewards a
+  few ulps apart get their exact small advantages, and a reward of 1e30 does not overflow the std into inf;
+- with `group_size == 1` the unbiased std of a single value is NaN in torch; we define it as 0, so a lone response
+  gets advantage 0 (it has nothing to be compared with) instead of NaN.
 """
 
 from __future__ import annotations
@@ -48,18 +52,25 @@ def group_advantages(rewards: Tensor, group_size: int, *, std_normalize: bool = 
     n = rewards.numel()
     if n % group_size != 0:
         raise ValueError(f"rewards has {n} entries, not a multiple of group_size={group_size}")
-    r_GS = rewards.to(torch.float32).view(-1, group_size)
+    # float64 statistics: the mean of equal float32 rewards is then exact (n copies sum exactly and divide back),
+    # and squares of rewards up to float32's range cannot overflow.
+    r_GS = rewards.to(torch.float64).view(-1, group_size)
     if not bool(torch.isfinite(r_GS).all()):
         # A NaN from one reward function would silently poison its whole group's advantages.
         raise ValueError("rewards must be finite; got NaN or inf")
+    if n == 0:
+        return torch.zeros(0, dtype=torch.float32, device=rewards.device)
 
-    centred_GS = r_GS - r_GS.mean(dim=1, keepdim=True)
-    if not std_normalize or group_size == 1 or n == 0:
+    # A group whose rewards are all equal carries no signal: its advantage is exactly 0, whatever rounding the
+    # mean of float64 inputs would leave (without this, eps would blow a rounding error up to a visible push).
+    tied_G1 = r_GS.amax(dim=1, keepdim=True) == r_GS.amin(dim=1, keepdim=True)
+    centred_GS = torch.where(tied_G1, 0.0, r_GS - r_GS.mean(dim=1, keepdim=True))
+    if not std_normalize or group_size == 1:
         # group_size 1: torch.std of one value is NaN; we take std = 0, and the centred value is already 0.
-        # n == 0: nothing to normalise (torch.std warns on the empty view).
-        return centred_GS.reshape(-1)
-    std_G1 = r_GS.std(dim=1, keepdim=True)  # unbiased (n - 1), as the seed
-    return (centred_GS / (std_G1 + eps)).reshape(-1)
+        return centred_GS.reshape(-1).to(torch.float32)
+    # Unbiased (n - 1), as the seed; from the centred values, so it is exactly 0 for a tied group.
+    std_G1 = torch.sqrt((centred_GS * centred_GS).sum(dim=1, keepdim=True) / (group_size - 1))
+    return (centred_GS / (std_G1 + eps)).reshape(-1).to(torch.float32)
 
 
 def _is_int(t: Tensor) -> bool:

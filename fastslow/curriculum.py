@@ -225,13 +225,17 @@ class OnlineFilter:
             raise self._exhausted()
         return keep_G
 
-    def result(self) -> FilterResult:
-        """Exactly `target_groups` kept groups, in arrival order; ends the step."""
+    def result(self, *, partial: bool = False) -> FilterResult:
+        """Exactly `target_groups` kept groups, in arrival order; ends the step.
+
+        With `partial=True` (after a `FilterExhausted`, for a caller that tops the batch up itself), whatever was
+        kept, up to `target_groups`, even fewer.
+        """
         if not self._active:
             raise RuntimeError("OnlineFilter.result before start(progress)")
-        if not self.done:
+        if not self.done and not partial:
             raise RuntimeError(f"OnlineFilter.result before done: {self.kept} of {self.target_groups} groups kept")
-        acc = torch.cat(self._kept_acc)[: self.target_groups]
+        acc = torch.cat(self._kept_acc)[: self.target_groups] if self._kept_acc else torch.zeros(0)
         items = self._kept_items[: self.target_groups]
         self._active = False
         return FilterResult(group_accuracy=acc, items=items)

@@ -3,13 +3,30 @@
 `math_reward(response, reference)` gives one response's correctness and format bit; `score_batch` gives a chunk's as
 the bool tensors `fastslow.thinking_reward` takes. Correctness is decided in two stages:
 
-1. Normalised strings (`"exact"`): delimiters (`$`, `\\[ \\]`, a whole-answer `\\boxed{}`), `\\left`/`\\right`,
-   thin spaces, `\\dfrac`, degrees, a trailing unit in `\\text{}`, `%`, thousands separators, a trailing full stop
-   and all white space are dropped, then the strings are compared; plain numbers (`0.5`, `1/2`, `\\frac{1}{2}`,
-   `1.5e3`) are compared as exact fractions. Cheap and needs no sympy.
+1. Normalised strings (`"exact"`): delimiters (`$`, `\\[ \\]`, a whole-answer `\\boxed{}`), whole-answer emphasis and
+   choice wrappers (`\\textbf{(073)}` -> `073`, `\\text{(B)}` -> `B`, also `\\mathbf`, `\\mathrm`, `\\textit`, `\\emph`
+   and a parenthesised single letter or number), `\\left`/`\\right`, thin spaces, `\\dfrac`, degrees, a trailing unit
+   in `\\text{}`, `%`, thousands separators, a trailing full stop and all white space are dropped, then the strings
+   are compared; plain numbers (`0.5`, `1/2`, `\\frac{1}{2}`, `1.5e3`, `073`) are compared as exact fractions, so
+   AIME's zero-padded `073` is `73`. Cheap and needs no sympy.
 2. Symbolic (`"symbolic"` / `"mismatch"`): math-verify, in a pool of verifier subprocesses (`fastslow.verifier`)
    that enforces `timeout_s` from any thread, even on sympy stuck in C code (`"timeout"`). Numbers match when they
    agree to 6 decimals (math-verify's `float_rounding`): `0.333333` matches `\\frac{1}{3}`, `0.33` does not.
+
+Answer choices given with their label (`(B) 5`, `\\text{(B) } 5`, `\\textbf{(B)}\\ 5`) are compared part by part
+instead: the letters if both sides give one, the values (both stages) if both give one; correct iff at least one
+part is shared and every shared part agrees. So `(B) 5` matches `B` and `5` but not `A`, `(A) 5` or `(B) 6`, and a
+bare letter never matches a number.
+
+Decisions and departures (the first three as common graders do):
+- Degrees are dropped, not converted: `120^\\circ` matches `120` both ways (math-verify does the same, and the
+  Minerva normalisation that verl's `math_dapo` uses removes `^\\circ`); `60^\\circ` does not match `\\frac{\\pi}{3}`.
+- A trailing unit in `\\text{}` is ignored (`5\\text{ cm}` matches `5`), as are `%` (`50\\%` matches `50` and `0.5`)
+  and a leading `x=` (`x=3` matches `3`, math-verify's equation handling).
+- Choice letters, and single letters generally, compare case-blind (`b` matches `\\text{(B)}`), as in math-verify.
+- A text wrapper holding a word is not unwrapped for math-verify (`\\text{east}` stays one symbol there; bare,
+  `east` parses as `e*a*s*t`, which `seat` would equal); the exact stage still equates `\\text{east}` and `east`.
+- Only a choice label in parentheses starts a labelled choice: `B. 5` or `B) 5` is compared as written.
 
 No exception escapes the checks for any input string: failures are verdicts (`"error"`), timeouts are verdicts
 (`"timeout"`), and every verdict is counted in `REASON_COUNTS`.
@@ -171,15 +188,65 @@ _DEGREES = re.compile(r"\^\s*\{\s*\\circ\s*\}|\^\s*\\circ|°")
 _TRAILING_UNIT = re.compile(
     r"(?<=[\d}.])\s*\\(?:text|textrm|mbox|mathrm)\s*\{\s*[A-Za-z][A-Za-z\s.]*\}(?:\s*\^\s*\{?\d\}?)?\s*$"
 )
-_TEXT = re.compile(r"\\(?:text|textrm|textbf|mbox|mathrm)\s*\{([^{}]*)\}")
+# Text and emphasis commands: a whole-answer one is unwrapped (`_unwrap`), and any flat one is dropped from the key.
+_EMPHASIS = r"\\(?:text(?:bf|it|rm|sf|normal)?|math(?:bf|rm|it|sf)|emph|mbox|boldsymbol|bm)"
+_WRAPPER = re.compile(_EMPHASIS + r"\s*\{")
+_TEXT = re.compile(_EMPHASIS + r"\s*\{([^{}]*)\}")
+_WORD = re.compile(r"(?<![\\A-Za-z])[A-Za-z]{2,}")  # two letters that are not a command name
+_PLAIN = r"[+-]?(?:\d+\.?\d*|\.\d+)"
+_PAREN_ATOM = re.compile(r"\(\s*([A-Z]|" + _PLAIN + r")\s*\)")  # `(B)`, `(073)`: a choice label or emphasis
+_CHOICE = re.compile(  # `(B) 5`, `\text{(B) } 5`, `\textbf{(B)}\ 5`: an answer choice's letter, then its value
+    r"(?:" + _EMPHASIS + r"\s*\{\s*\(\s*(?P<wrapped>[A-Z])\s*\)\s*\}|\(\s*(?P<bare>[A-Z])\s*\))"
+    r"(?P<sep>(?:\s|~|\\[ ,;:]|\\q?quad(?![A-Za-z]))*)(?P<value>.*)",
+    re.DOTALL,
+)
+_GROUP_TOKENS = re.compile(r"\\.|\{|\}", re.DOTALL)
 _PERCENT = re.compile(r"\\?%")
 _WHITE = re.compile(r"\s+")
-_NUMBER = re.compile(r"[+-]?(?:\d+\.?\d*|\.\d+)(?:[eE][+-]?\d{1,3})?")  # exponent capped: 1e999999999 stays text
+_NUMBER = re.compile(_PLAIN + r"(?:[eE][+-]?\d{1,3})?")  # exponent capped: 1e999999999 stays text
 _FRACTION = re.compile(r"([+-]?)(?:\\frac\{([+-]?\d{1,30})\}\{(\d{1,30})\}|(\d{1,30})/(\d{1,30}))")
 
 
+def _group_end(s: str, start: int) -> int | None:
+    """The index of the `}` closing the group whose content starts at `start`; None if it never closes."""
+    depth = 1
+    for m in _GROUP_TOKENS.finditer(s, start):  # escaped braces and `\\` never count
+        if m.group() == "{":
+            depth += 1
+        elif m.group() == "}":
+            depth -= 1
+            if depth == 0:
+                return m.start()
+    return None
+
+
+def _unwrap(s: str) -> str:
+    """The answer without whole-answer emphasis and choice wrappers: `\\textbf{(073)}` -> `073`, `\\text{(B)}` -> `B`.
+
+    A wrapper whose content holds a word stays (`\\text{east}`): bare, math-verify reads `east` as the product
+    `e*a*s*t`, which an anagram would equal. The key drops it anyway (`_TEXT`), so `\\text{east}` still equals `east`.
+    """
+    for _ in range(_BOX_LEVELS):
+        m = _WRAPPER.match(s)
+        if m:
+            end = _group_end(s, m.end())
+            inner = "" if end is None or s[end + 1 :].strip() else s[m.end() : end].strip()
+            if inner and not _WORD.search(inner):
+                s = inner
+                continue
+        m = _PAREN_ATOM.fullmatch(s)
+        if not m:
+            return s
+        s = m.group(1)
+    return s
+
+
+def _drop_stop(s: str) -> str:
+    return s[:-1].rstrip() if s.endswith(".") and not s.endswith("..") else s
+
+
 def _light(s: str) -> str:
-    """Normalisation safe to hand to math-verify: delimiters, a whole-answer box, full stop, thousands separators."""
+    """Normalisation safe to hand to math-verify: delimiters, a whole-answer box or wrapper, full stop, separators."""
     s = s.strip().replace("\\$", "").replace("$", "").strip()
     for left, right in (("\\[", "\\]"), ("\\(", "\\)")):
         if s.startswith(left) and s.endswith(right) and len(s) >= 4:
@@ -188,8 +255,7 @@ def _light(s: str) -> str:
         span = _last_box(s)
         if span is not None and span[0] == 0 and not s[span[2] + 1 :].strip():
             s = (extract_boxed(s) or "").strip()
-    if s.endswith(".") and not s.endswith(".."):
-        s = s[:-1].rstrip()
+    s = _drop_stop(_unwrap(_drop_stop(s)))  # `\textbf{5}.` and `\textbf{5.}`
     if _THOUSANDS.fullmatch(s):
         s = s.replace("{,}", "").replace(",", "")
     return re.sub(r"(?<!\\)%", r"\\%", s)
@@ -202,6 +268,17 @@ def _key(light: str) -> str:
     s = _DEGREES.sub("", _THIN_SPACE.sub(" ", s))
     s = _TEXT.sub(r"\1", _TRAILING_UNIT.sub("", s))
     return _WHITE.sub("", _PERCENT.sub("", s))
+
+
+def _choice(light: str) -> tuple[str, str] | None:
+    """(letter, value) of an answer choice written with its label, `(B) 5` -> ('B', '5'); value '' if only a label.
+
+    A bare `(B)` needs white space (or `~`, `\\ `, `\\quad`) before a value, so `(A)(B)` is no choice.
+    """
+    m = _CHOICE.fullmatch(light)
+    if m is None or (m.group("bare") and m.group("value") and not m.group("sep")):
+        return None
+    return m.group("wrapped") or m.group("bare"), m.group("value").strip()
 
 
 def _number(key: str) -> Fraction | None:
@@ -278,7 +355,7 @@ def check_answer(predicted: str, reference: str, *, timeout_s: float = 2.0) -> V
         return _count(Verdict(False, "error"))
 
 
-def _check(predicted: str, reference: str, timeout_s: float) -> Verdict:
+def _check(predicted: str, reference: str, timeout_s: float, *, choices: bool = True) -> Verdict:
     if not isinstance(predicted, str) or not predicted.strip():
         return Verdict(False, "no_answer")
     if not isinstance(reference, str) or not reference.strip():
@@ -297,8 +374,35 @@ def _check(predicted: str, reference: str, timeout_s: float) -> Verdict:
     pred_num, gold_num = _number(pred_key), _number(gold_key)
     if pred_num is not None and pred_num == gold_num:
         return Verdict(True, "exact")
+    pred_choice, gold_choice = (_choice(pred), _choice(gold)) if choices else (None, None)
+    if pred_choice is not None or gold_choice is not None:
+        return _check_choice(
+            pred_choice or _as_choice(pred, pred_key), gold_choice or _as_choice(gold, gold_key), timeout_s
+        )
     reason = symbolic_check(gold, pred, timeout_s)
     return Verdict(reason == "symbolic", reason)
+
+
+def _as_choice(light: str, key: str) -> tuple[str, str]:
+    """An answer that is no labelled choice, as one: a single letter is a label (`B`), anything else a value."""
+    return (key, "") if len(key) == 1 and key.isascii() and key.isalpha() else ("", light)
+
+
+def _check_choice(pred: tuple[str, str], gold: tuple[str, str], timeout_s: float) -> Verdict:
+    """Compares the parts of two (letter, value) choices that both give; correct iff there is one and all agree.
+
+    So `(B) 5` matches `B`, `(B)`, `5` and `(B) 5`, not `(A) 5`, `(B) 6` or `A`, and a bare letter never matches a
+    number. Letters compare case-blind, as math-verify compares single letters.
+    """
+    verdict = None
+    if pred[0] and gold[0]:
+        same = pred[0].upper() == gold[0].upper()
+        verdict = Verdict(same, "exact" if same else "mismatch")
+        if not same:
+            return verdict
+    if pred[1] and gold[1]:
+        verdict = _check(pred[1], gold[1], timeout_s, choices=False)  # a value holds no second label
+    return verdict or Verdict(False, "mismatch")
 
 
 def answers_match(predicted: str, reference: str, *, timeout_s: float = 2.0) -> bool:

@@ -17,11 +17,10 @@ updates, as in the seed. The LR schedule is the caller's: step it once per rollo
 How this differs from the seed's code (`Urheen/SFPO`, `sfpo_update_actor` and the trainer loop):
 - the seed clones every parameter into a python list and lerps one tensor at a time; here the slow copy is one
   flat buffer (reusable from step to step) and the lerp is one fused launch over all local shards;
-- the seed appends each update's entropy metric after the update, so the switch decides the *next* step;
-  `EntropySwitch` takes whatever entropy it is fed, when it is fed (e.g. the rollout's entropy from the
-  `old_logp` pass, just before the update it decides, which reacts one step sooner); the rule on the last W
-  values, population std and `z >= threshold` are the seed's;
-- `stop_step` (SFPO off from a fixed step on) is a plain option; the seed's trainer has only the entropy switch.
+- none in the timing: the trainer feeds each step's update entropy after that update, as the seed does, so the
+  switch decides the *next* step; the rule on the last W values, population std and `z >= threshold` are the
+  seed's; `stop_step` (SFPO for the first N steps only) is the seed Demo trainer's `stop_sfpo_step`, counted the
+  same way.
 """
 
 from __future__ import annotations
@@ -102,17 +101,20 @@ def sfpo_update(
 class EntropySwitch:
     """When to stop SFPO: on an upward jump of the policy's mean token entropy, or at a fixed step.
 
-    Call `update(H_s)` once per training step with that step's mean token entropy; it returns whether the
-    policy update that follows uses SFPO (`True`) or plain GRPO (`False`). Steps are 0-based: the first call
-    is step 0, and `steps` counts the calls so far.
+    Call `update(H_s)` once per training step, after that step's update, with its mean token entropy; it returns
+    whether the *next* step's update uses SFPO (`True`) or plain GRPO (`False`), and `active` says the same until
+    the next call. Steps are 0-based: step 0's update runs while `active` is its initial value, the call that
+    records step k's entropy decides step k + 1, and `steps` counts the calls so far. This is the seed's timing:
+    its trainer appends each update's entropy after the update, so a jump at step k makes step k + 1 plain GRPO.
 
     Entropy rule (the seed's): once `window` (W) values exist, with the last W values *including the one just
     recorded*, `z = (H_last - mean) / (std + 1e-9)`, `std` the population one (ddof = 0). If `z >= threshold`,
     SFPO is off for good: every later call returns False, whatever the entropy does. Before W values no z is
     computed, so no jump, however large, can fire it.
 
-    `stop_step=N`: calls 0 .. N-1 may return True, call N and later return False (SFPO for at most the first
-    N steps; `stop_step=0` never runs it).
+    `stop_step=N`: SFPO for at most the first N steps, 0 .. N-1 (the seed's `stop_sfpo_step >= global_steps`
+    with its steps counted from 1): the call recording step N - 1 and every later call return False;
+    `stop_step=0` never runs it (`active` is False from the start).
 
     A non-finite entropy raises `ValueError` and leaves the state unchanged: a NaN must neither fire the switch
     nor poison the window. The trainer skips a step whose loss or entropy is non-finite (and does not report it).
@@ -127,11 +129,14 @@ class EntropySwitch:
         self._switched_at: int | None = None
         self._reason: str | None = None
         self._last_z: float | None = None
+        if self.stop_step == 0:
+            self._reason, self._switched_at = "stop_step", 0
 
     @property
     def active(self) -> bool:
-        """Whether SFPO is on: what the last `update()` returned (before any call: True unless stop_step=0)."""
-        return self._reason is None and (self._steps > 0 or self.stop_step != 0)
+        """Whether the next step's update uses SFPO: what the last `update()` returned (before any call: True
+        unless stop_step=0)."""
+        return self._reason is None
 
     @property
     def steps(self) -> int:
@@ -140,7 +145,8 @@ class EntropySwitch:
 
     @property
     def switched_at(self) -> int | None:
-        """The step at which SFPO went off (the first call that returned False), or None while it is on."""
+        """The first step (0-based) whose update is plain GRPO, or None while SFPO is on: one after the step whose
+        entropy fired the switch, or `stop_step`."""
         return self._switched_at
 
     @property
@@ -154,7 +160,7 @@ class EntropySwitch:
         return self._last_z
 
     def update(self, entropy: float) -> bool:
-        """Record step `steps`'s mean token entropy; return whether the update that follows uses SFPO."""
+        """Record step `steps`'s mean token entropy; return whether the next step's update uses SFPO."""
         h = check_finite_number("entropy", entropy, tensor=True)
         step = self._steps
         self._history.append(h)
@@ -165,10 +171,10 @@ class EntropySwitch:
             std = statistics.pstdev(self._history, mean)  # population std (ddof = 0), as np.std in the seed
             self._last_z = (h - mean) / (std + 1e-9)
         if self._reason is None:
-            if self.stop_step is not None and step >= self.stop_step:
-                self._reason, self._switched_at = "stop_step", step
+            if self.stop_step is not None and step + 1 >= self.stop_step:
+                self._reason, self._switched_at = "stop_step", step + 1
             elif self._last_z is not None and self._last_z >= self.threshold:
-                self._reason, self._switched_at = "entropy", step
+                self._reason, self._switched_at = "entropy", step + 1
         return self._reason is None
 
     def state_dict(self) -> dict[str, Any]:
@@ -197,8 +203,8 @@ class EntropySwitch:
             raise ValueError("state['switched_at'] and state['reason'] must both be set or both be None")
         if switched_at is not None:
             check_int("state['switched_at']", switched_at, minimum=0)
-            if switched_at >= steps:
-                raise ValueError(f"state['switched_at'] ({switched_at}) must be < state['steps'] ({steps})")
+            if switched_at > steps or (switched_at == 0 and reason != "stop_step"):
+                raise ValueError(f"state['switched_at'] ({switched_at}) must be <= state['steps'] ({steps})")
         last_z = state["last_z"]
         last_z = None if last_z is None else check_finite_number("state['last_z']", last_z, tensor=True)
         self._history = deque(history, maxlen=self.window)

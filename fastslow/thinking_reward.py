@@ -9,17 +9,25 @@ group (`N = G * group_size`). For group g with pass rate `p_g` (mean correctness
     thr  = percentile(d, 80)                        linear interpolation (numpy's default)
     hard = d_g > thr                                strict: a group tied at the threshold is not hard
     L    = mean response length over the chunk's N responses
-    len_score_i =  1 - len_i / L                    easy and correct   (reward brevity)
+    len_score_i =  1 - len_i / L                    easy and correct, while the brevity budget lasts
                 = min(len_i / L - 1, 1)             hard and incorrect (reward exploring longer)
                 =  0                                otherwise
     reward_i    = correct_i + format_weight * formatted_i + length_weight * len_score_i
+
+The brevity budget is the seed's `punish_count`: it starts at `brevity_cap * N` and each easy-and-correct response,
+taken in the chunk's order (the order of `lengths`), spends one unit of it; a response gets the brevity score only
+while the budget before it is still > 0, later easy-and-correct responses get a length score of 0. With the seed's
+0.8 and one group of 8 responses, all easy and correct, the first 7 are scored (6.4, 5.4, ..., 0.4 > 0) and the
+8th is not. `brevity_cap = None` (or >= 1.0) scores every one of them.
 
 Lengths are counts of whatever unit the caller chooses: tokens by default in this project, characters when the
 config asks for the seed's unit. The rule is scale-free (only `len / L` enters), so the unit changes the result only
 through the different relative lengths.
 
-Departures from the seed code: the seed counts characters; we count tokens by default (characters as an option,
-chosen by the caller). `L == 0` (every response empty) gives a length score of 0 rather than 0/0 = NaN.
+Departures from the seed code: the seed counts characters (after removing whitespace around `<`, `>` and `/`, see
+`trainer.rewards.lengths`); we count tokens by default (characters as an option, chosen by the caller). `L == 0`
+(every response empty) gives a length score of 0 rather than 0/0 = NaN. Everything else, the brevity budget
+included, is the seed's rule.
 """
 
 from __future__ import annotations
@@ -93,6 +101,7 @@ def thinking_reward(
     percentile: float = 80.0,
     length_weight: float = 0.5,
     format_weight: float = 0.5,
+    brevity_cap: float | None = 0.8,
 ) -> ThinkingReward:
     """The FAST thinking reward of one chunk of `G` groups of `group_size` responses.
 
@@ -105,6 +114,9 @@ def thinking_reward(
         percentile: in [0, 100]; groups with difficulty strictly above this percentile are hard.
         length_weight: weight of the length score in the reward.
         format_weight: weight of the format bonus in the reward.
+        brevity_cap: the brevity budget as a fraction of `N` (the seed's 0.8): only the easy-and-correct
+            responses met while `brevity_cap * N - (those scored before) > 0`, in the order of `lengths`, get the
+            brevity score. `None` (or any value >= 1) removes the cap; 0 gives no brevity score at all.
 
     Returns:
         A `ThinkingReward`; every tensor on `lengths`' device.
@@ -118,6 +130,10 @@ def thinking_reward(
         raise ValueError(f"percentile must be in [0, 100], got {percentile}")
     length_weight = check_finite_number("length_weight", length_weight)
     format_weight = check_finite_number("format_weight", format_weight)
+    if brevity_cap is not None:
+        brevity_cap = check_finite_number("brevity_cap", brevity_cap)
+        if brevity_cap < 0:
+            raise ValueError(f"brevity_cap must be >= 0 or None, got {brevity_cap}")
 
     check_1d_real("lengths", lengths)
     n = lengths.numel()
@@ -156,7 +172,13 @@ def thinking_reward(
         rel_N = len_N / mean_len
         hard_N = hard_G.repeat_interleave(group_size)
         right_N = correct_N > 0.5
-        score_N = torch.where(~hard_N & right_N, 1.0 - rel_N, score_N)
+        brief_N = ~hard_N & right_N
+        if brevity_cap is not None:
+            # The seed's punish_count: the k-th easy-and-correct response (k = 0, 1, ...) is scored iff
+            # cap * N - k > 0. Computed in float64 as the seed's float count, so 0.8 * 8 = 6.4 admits k = 0..6.
+            k_N = torch.cumsum(brief_N.to(torch.int64), dim=0) - 1
+            brief_N = brief_N & (brevity_cap * n - k_N.to(torch.float64) > 0)
+        score_N = torch.where(brief_N, 1.0 - rel_N, score_N)
         score_N = torch.where(hard_N & ~right_N, torch.clamp(rel_N - 1.0, max=1.0), score_N)
 
     reward_N = correct_N + format_weight * formatted_N + length_weight * score_N

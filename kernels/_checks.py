@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 
@@ -44,3 +44,38 @@ def check_finite_number(name: str, x: object) -> float:
     if not math.isfinite(x):
         raise ValueError(f"{name} must be finite, got {x}")
     return x
+
+
+def check_positive_int(name: str, x: object) -> int:
+    """`x` must be an integer > 0 (a python int, not a bool or a float)."""
+    if isinstance(x, bool) or not isinstance(x, int):
+        raise ValueError(f"{name} must be an integer, got {type(x).__name__}")
+    if x <= 0:
+        raise ValueError(f"{name} must be > 0, got {x}")
+    return x
+
+
+ValueCheck = tuple[torch.Tensor, str | Callable[[], str]]
+"""A check on tensor values: a 0-d bool tensor (true: the argument is bad) and the error message (or a callable
+making it, called only on failure, for messages that quote the bad values)."""
+
+
+def raise_on_values(checks: Sequence[ValueCheck]) -> None:
+    """Raise ValueError with the message of the first check whose flag is true.
+
+    Checks on values cost a device sync, so all of a call's flags come back to the host together: one transfer per
+    device for every value check of the call. Under torch.compile they are skipped (a data-dependent branch would
+    break the graph); the eager call validates.
+    """
+    if not checks or torch.compiler.is_compiling():
+        return
+    by_device: dict[torch.device, list[int]] = {}
+    for i, (bad, _) in enumerate(checks):
+        by_device.setdefault(bad.device, []).append(i)
+    failed = []
+    for idx in by_device.values():
+        flags = torch.stack([checks[i][0].reshape(()) for i in idx]).tolist()
+        failed += [i for i, flag in zip(idx, flags) if flag]
+    if failed:
+        message = checks[min(failed)][1]
+        raise ValueError(message() if callable(message) else message)

@@ -9,6 +9,12 @@ computed from the mask's row sums before the kernel runs:
 - "token-mean":              w[b] = 1 / max(sum(mask), 1), or 1 / num_tokens when given (global denominator);
 - "seq-mean-token-mean":     w[b] = 1 / (n_rows * sum_t mask[b]) over rows with any mask, 0 for empty rows;
 - "seq-mean-token-sum-norm": w[b] = 1 / (B * norm_len), norm_len defaulting to T (Dr. GRPO).
+
+NaN in, NaN out, on every backend and in `grpo_loss_ref`: a NaN in `logp`, `old_logp`, `ref_logp` or `advantages`
+makes that token's loss term and its gradient NaN, hence the loss and the token-mean metrics (the clip fractions
+count comparisons, which are false for NaN, and stay finite). A masked-out token is multiplied by its 0 weight, as
+torch does it, and `0 * NaN = NaN`: a NaN there poisons the loss as well, and its own gradient entry is NaN.
+Empty `[B, 0]` or `[0, T]` inputs give a zero loss and an empty gradient.
 """
 
 from __future__ import annotations
@@ -19,7 +25,7 @@ from kernels._checks import check_float
 from kernels._dispatch import backend_for
 from kernels._triton import tl, triton
 from kernels.grpo_args import _N_STATS, LossAgg, grpo_metrics, prepare_grpo
-from kernels.kl import _kl_terms, low_var_kl_ref
+from kernels.kl import _kl_terms, clamp_ref, low_var_kl_ref
 from kernels.kl import _torch_terms as _kl_torch_terms
 
 # BLOCK_T=1024, 4 warps: a tile of one row per program; memory-bound, so any tile >= 512 saturates in theory.
@@ -68,14 +74,16 @@ def _grpo_loss_fwd_kernel(
         adv = tl.load(adv_ptr + row).to(tl.float32) + tl.zeros([BLOCK_T], dtype=tl.float32)
 
     # ratio with torch.clamp's gradient rule: the derivative passes where the clamp is inactive (ends included).
+    # NaN propagates: the clamps and the max keep it (tl.minimum/maximum default to dropping it), and the
+    # derivative is selected to 0 only where a clamp or the clip is known to be active, so a NaN reaches it too.
     log_ratio = logp - old
-    ratio = tl.exp(tl.minimum(tl.maximum(log_ratio, -20.0), 20.0))
-    dratio = tl.where((log_ratio >= -20.0) & (log_ratio <= 20.0), ratio, 0.0)
+    ratio = tl.exp(tl.clamp(log_ratio, -20.0, 20.0, propagate_nan=tl.PropagateNan.ALL))
+    saturated = (log_ratio < -20.0) | (log_ratio > 20.0)
     pg_unclipped = -adv * ratio
-    pg_clipped = -adv * tl.minimum(tl.maximum(ratio, 1.0 - clip_low), 1.0 + clip_high)
+    pg_clipped = -adv * tl.clamp(ratio, 1.0 - clip_low, 1.0 + clip_high, propagate_nan=tl.PropagateNan.ALL)
     # max(): where the two are equal the ratio is inside the clip range and both branches have this derivative.
-    pg = tl.maximum(pg_unclipped, pg_clipped)
-    dpg = tl.where(pg_unclipped >= pg_clipped, -adv * dratio, 0.0)
+    pg = tl.maximum(pg_unclipped, pg_clipped, propagate_nan=tl.PropagateNan.ALL)
+    dpg = tl.where(saturated | (pg_unclipped < pg_clipped), 0.0, -adv * ratio)
     clipped = (pg_clipped > pg_unclipped).to(tl.float32)
     dual = tl.zeros_like(pg)
     if DUAL_CLIP:
@@ -158,12 +166,12 @@ def _torch_terms(
     logp, m = logp.float(), mask.float()
     adv = adv.float() if adv.dim() == 2 else adv.float()[:, None]
     log_ratio = logp - old_logp.float()
-    ratio = log_ratio.clamp(-20.0, 20.0).exp()
-    dratio = torch.where((log_ratio >= -20.0) & (log_ratio <= 20.0), ratio, 0.0)
+    ratio = log_ratio.clamp(-20.0, 20.0).exp()  # torch.clamp and torch.maximum keep NaN
+    saturated = (log_ratio < -20.0) | (log_ratio > 20.0)
     pg_unclipped = -adv * ratio
     pg_clipped = -adv * ratio.clamp(1.0 - clip_low, 1.0 + clip_high)
     pg = torch.maximum(pg_unclipped, pg_clipped)
-    dpg = torch.where(pg_unclipped >= pg_clipped, -adv * dratio, 0.0)
+    dpg = torch.where(saturated | (pg_unclipped < pg_clipped), 0.0, -adv * ratio)  # as the kernel: NaN passes
     clipped = (pg_clipped > pg_unclipped).float()
     dual = torch.zeros_like(pg)
     if dual_clip > 0.0:
@@ -262,15 +270,19 @@ def grpo_loss(
         logp: `[B, T]` float log-probs of the sampled tokens under the current policy (gets the gradient).
         old_logp: `[B, T]` log-probs under the policy that sampled (no gradient).
         advantages: `[B]` (one per sequence) or `[B, T]` float advantages.
-        mask: `[B, T]` bool or numeric; 1 for response tokens that count, 0 for padding and prompt.
+        mask: `[B, T]` bool or numeric; 1 for response tokens that count, 0 for padding and prompt (any other
+            value is a ValueError).
         ref_logp: `[B, T]` reference-model log-probs; required when `kl_coef` is non-zero.
-        kl_coef: the KL weight beta: a float, or a float tensor `[B]` with each sequence's (group's) coefficient.
+        kl_coef: the KL weight beta >= 0: a float, or a float tensor `[B]` with each sequence's (group's)
+            coefficient.
         clip_low, clip_high: the clip range `[1 - clip_low, 1 + clip_high]` (clip-higher when they differ).
         dual_clip: `c > 1` enables the dual clip for negative advantages; None disables it.
         loss_agg: "token-mean", "seq-mean-token-mean" or "seq-mean-token-sum-norm" (Dr. GRPO).
-        num_tokens: for "token-mean", a global token count replacing `sum(mask)` (shared across micro-batches
-            and ranks).
+        num_tokens: for "token-mean", a global token count > 0 replacing `sum(mask)` (shared across
+            micro-batches and ranks); a number or a one-element tensor.
         norm_len: for "seq-mean-token-sum-norm", the length normaliser (default T).
+
+    The checks on tensor values (`mask`, a tensor `kl_coef` or `num_tokens`) cost one device sync together.
 
     Returns:
         `(loss, metrics)`: `loss` is a float32 scalar differentiable w.r.t. `logp`; `metrics` holds detached
@@ -310,9 +322,9 @@ def grpo_loss_ref(
     """
     m = mask.to(logp.dtype)
     adv = advantages if advantages.dim() == 2 else advantages[:, None]
-    ratio = (logp - old_logp).clamp(-20.0, 20.0).exp()
+    ratio = clamp_ref(logp - old_logp, -20.0, 20.0).exp()
     pg_unclipped = -adv * ratio
-    pg_clipped = -adv * ratio.clamp(1.0 - clip_low, 1.0 + clip_high)
+    pg_clipped = -adv * clamp_ref(ratio, 1.0 - clip_low, 1.0 + clip_high)
     pg = torch.maximum(pg_unclipped, pg_clipped)
     dual_on = torch.zeros_like(pg, dtype=torch.bool)
     if dual_clip is not None:
@@ -323,17 +335,19 @@ def grpo_loss_ref(
     beta = kl_coef[:, None] if isinstance(kl_coef, torch.Tensor) else kl_coef
     per_token = pg + beta * kl
 
+    # Masked-out tokens are multiplied by 0, never selected away, so a NaN anywhere gives a NaN loss (0 * NaN = NaN)
+    # in every mode, empty rows included.
     counts = m.sum(-1)
+    row_sums = (per_token * m).sum(-1)
     if loss_agg == "token-mean":
         denom = counts.sum() if num_tokens is None else torch.as_tensor(num_tokens, dtype=logp.dtype)
-        loss = (per_token * m).sum() / denom.clamp(min=1.0)
+        loss = row_sums.sum() / denom.clamp(min=1.0)
     elif loss_agg == "seq-mean-token-mean":
-        has = counts > 0
-        row = (per_token * m).sum(-1)[has] / counts[has]
-        loss = row.mean() if has.any() else (per_token * m).sum() * 0.0
+        has = (counts > 0).to(logp.dtype)
+        loss = (row_sums / counts.clamp(min=1.0) * has).sum() / has.sum().clamp(min=1.0)
     else:
-        T = logp.shape[1] if norm_len is None else norm_len
-        loss = ((per_token * m).sum(-1) / T).mean()
+        T = max(logp.shape[1], 1) if norm_len is None else norm_len
+        loss = (row_sums / T).sum() / max(logp.shape[0], 1)
 
     tokens = counts.sum()
     mean = lambda x: ((x.to(logp.dtype) * m).sum() / tokens.clamp(min=1.0)).detach()

@@ -3,12 +3,21 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Literal
 
 import torch
 
-from kernels._checks import check_device, check_finite_number, check_float, check_shape
+from kernels._checks import (
+    ValueCheck,
+    check_device,
+    check_finite_number,
+    check_float,
+    check_shape,
+    raise_on_values,
+)
+from kernels.logprobs import IGNORE_INDEX
 
 LossAgg = Literal["token-mean", "seq-mean-token-mean", "seq-mean-token-sum-norm"]
 LOSS_AGGS: tuple[str, ...] = ("token-mean", "seq-mean-token-mean", "seq-mean-token-sum-norm")
@@ -32,7 +41,9 @@ def _row_weights(
         n_rows = has_tokens.sum().clamp(min=1).float()
         w = torch.where(has_tokens, 1.0 / (counts.clamp(min=1.0) * n_rows), 0.0)
     else:
-        w = torch.full((B,), 1.0 / (B * (T if norm_len is None else norm_len)), device=mask.device)
+        # norm_len defaults to T; with T = 0 there are no tokens, and 1 keeps the weight finite (loss 0, not 0/0).
+        norm = max(T, 1) if norm_len is None else norm_len
+        w = torch.full((B,), 1.0 / (max(B, 1) * norm), device=mask.device)
     return w.contiguous(), counts
 
 
@@ -46,7 +57,11 @@ def _validate(
     ref_logp: torch.Tensor | None,
     kl_coef: float | torch.Tensor,
     loss_agg: str,
-) -> None:
+    num_tokens: float | torch.Tensor | None,
+    targets: torch.Tensor | None,
+) -> list[ValueCheck]:
+    """Check types, shapes and devices now; return the checks on values, for one device sync with the caller's."""
+    checks: list[ValueCheck] = []
     for name, t in (("old_logp", old_logp), ("ref_logp", ref_logp)):
         if t is not None:
             check_float(name, t)
@@ -60,13 +75,37 @@ def _validate(
         raise ValueError("mask must be a real or bool torch.Tensor of shape [B, T]")
     check_shape("mask", mask, shape, like=like)
     check_device("mask", mask, device, like=like)
+    if mask.dtype != torch.bool:
+        # A weight other than 0/1 (a -1 flips the loss's sign, a NaN poisons it) is a bug upstream, not a feature.
+        off = lambda: (mask != 0) & (mask != 1)
+        checks.append((off().any(), lambda: f"mask must hold only 0 and 1, found {mask[off()][:5].tolist()}"))
+    if targets is not None:
+        # A counted token without a target would add a constant to the loss (logp = 0) and get no gradient.
+        ignored = lambda: (mask != 0) & (targets == IGNORE_INDEX)
+        message = lambda: (
+            f"targets is {IGNORE_INDEX} (ignored) at {int(ignored().sum())} token(s) where mask is 1: "
+            "a counted token needs a real target (or mask 0)"
+        )
+        checks.append((ignored().any(), message))
     if isinstance(kl_coef, torch.Tensor):
         check_float("kl_coef", kl_coef)
         if tuple(kl_coef.shape) != tuple(shape[:1]):
             raise ValueError(f"kl_coef as a tensor must be [B] = [{shape[0]}], got {tuple(kl_coef.shape)}")
         check_device("kl_coef", kl_coef, device, like=like)
+        bad = lambda: ~(torch.isfinite(kl_coef) & (kl_coef >= 0))
+        checks.append((bad().any(), lambda: f"kl_coef must be finite and >= 0, found {kl_coef[bad()][:5].tolist()}"))
     if loss_agg not in LOSS_AGGS:
         raise ValueError(f"loss_agg must be one of {LOSS_AGGS}, got {loss_agg!r}")
+    if num_tokens is not None and loss_agg != "token-mean":
+        raise ValueError(f"num_tokens only applies to loss_agg='token-mean', got loss_agg={loss_agg!r}")
+    if isinstance(num_tokens, torch.Tensor):
+        if num_tokens.numel() != 1 or num_tokens.is_complex() or num_tokens.dtype == torch.bool:
+            raise ValueError(f"num_tokens must be a number or a one-element real tensor, got {num_tokens!r}")
+        n = num_tokens.reshape(())
+        checks.append((~(torch.isfinite(n) & (n > 0)), lambda: f"num_tokens must be > 0, got {n.item()}"))
+    elif num_tokens is not None and check_finite_number("num_tokens", num_tokens) <= 0:
+        raise ValueError(f"num_tokens must be > 0, got {num_tokens}")
+    return checks
 
 
 @dataclass(frozen=True)
@@ -112,9 +151,18 @@ def prepare_grpo(
     loss_agg: str,
     num_tokens: float | torch.Tensor | None,
     norm_len: float | None,
+    targets: torch.Tensor | None = None,
+    value_checks: Sequence[ValueCheck] = (),
 ) -> GRPOTerms:
-    """Check every GRPO argument against the `[B, T]` token grid (`shape`, on `device`, named `like`)."""
-    _validate(shape, device, like, old_logp, advantages, mask, ref_logp, kl_coef, loss_agg)
+    """Check every GRPO argument against the `[B, T]` token grid (`shape`, on `device`, named `like`).
+
+    `targets` (`linear_grpo_loss`'s token ids, already checked) must not be ignored where `mask` counts a token.
+    The checks on tensor values (`mask` in {0, 1}, those `targets`, a tensor `kl_coef` >= 0, a tensor `num_tokens`
+    > 0) run with the caller's `value_checks` in one device sync.
+    """
+    checks = _validate(
+        shape, device, like, old_logp, advantages, mask, ref_logp, kl_coef, loss_agg, num_tokens, targets
+    )
     clip_low = check_finite_number("clip_low", clip_low)
     clip_high = check_finite_number("clip_high", clip_high)
     if clip_low <= 0 or clip_low >= 1:
@@ -132,14 +180,15 @@ def prepare_grpo(
         beta = kl_coef.detach().float().contiguous()
     else:
         coef = check_finite_number("kl_coef", kl_coef)
+        if coef < 0:
+            raise ValueError(f"kl_coef must be >= 0, got {coef}")
     if ref_logp is None and (beta is not None or coef != 0.0):
         raise ValueError("ref_logp is required when kl_coef is non-zero")
-    if num_tokens is not None and loss_agg != "token-mean":
-        raise ValueError(f"num_tokens only applies to loss_agg='token-mean', got loss_agg={loss_agg!r}")
     if norm_len is not None:
         norm_len = check_finite_number("norm_len", norm_len)
         if norm_len <= 0:
             raise ValueError(f"norm_len must be > 0, got {norm_len}")
+    raise_on_values([*checks, *value_checks])
     row_w, counts = _row_weights(mask, loss_agg, num_tokens, norm_len)
     return GRPOTerms(
         old_logp=old_logp.detach().contiguous(),

@@ -2,6 +2,10 @@
 
 Clamps follow the seeds' code: `d` to [-20, 20], the estimate to [-10, 10]. Gradients flow to `logp` only; the
 reference log-probs are a constant of the loss.
+
+NaN in, NaN out, on every backend and in `low_var_kl_ref`: a NaN in `logp` or `ref_logp` gives a NaN estimate and a
+NaN gradient there (the clamps keep NaN; torch.clamp's own backward would turn it into 0, so the reference uses
+`clamp_ref`).
 """
 
 from __future__ import annotations
@@ -19,14 +23,18 @@ _NUM_WARPS = 4
 
 @triton.jit
 def _kl_terms(logp, ref):
-    """Float32 k3 estimate and its derivative w.r.t. logp, with torch.clamp's gradient rule (ends included)."""
+    """Float32 k3 estimate and its derivative w.r.t. logp, with torch.clamp's gradient rule (ends included).
+
+    NaN-propagating clamps (tl.minimum/maximum alone drop NaN), and the derivative is selected to 0 only where a
+    clamp is known to be active, so a NaN input gives a NaN estimate and a NaN derivative.
+    """
     diff = ref - logp
-    d = tl.minimum(tl.maximum(diff, -20.0), 20.0)
+    d = tl.clamp(diff, -20.0, 20.0, propagate_nan=tl.PropagateNan.ALL)
     e = tl.exp(d)
     raw = e - d - 1.0
-    kl = tl.minimum(tl.maximum(raw, -10.0), 10.0)
-    live = (diff >= -20.0) & (diff <= 20.0) & (raw >= -10.0) & (raw <= 10.0)
-    dkl = tl.where(live, 1.0 - e, 0.0)
+    kl = tl.clamp(raw, -10.0, 10.0, propagate_nan=tl.PropagateNan.ALL)
+    saturated = (diff < -20.0) | (diff > 20.0) | (raw < -10.0) | (raw > 10.0)
+    dkl = tl.where(saturated, 0.0, 1.0 - e)
     return kl, dkl
 
 
@@ -75,8 +83,8 @@ def _torch_terms(logp: torch.Tensor, ref: torch.Tensor) -> tuple[torch.Tensor, t
     d = diff.clamp(-20.0, 20.0)
     e = d.exp()
     raw = e - d - 1.0
-    live = (diff >= -20.0) & (diff <= 20.0) & (raw >= -10.0) & (raw <= 10.0)
-    return raw.clamp(-10.0, 10.0), torch.where(live, 1.0 - e, 0.0)
+    saturated = (diff < -20.0) | (diff > 20.0) | (raw < -10.0) | (raw > 10.0)
+    return raw.clamp(-10.0, 10.0), torch.where(saturated, 0.0, 1.0 - e)
 
 
 @torch.library.custom_op("fastslow::low_var_kl_fwd", mutates_args=())
@@ -135,7 +143,16 @@ def low_var_kl(logp: torch.Tensor, ref_logp: torch.Tensor) -> torch.Tensor:
     return LowVarKLFunction.apply(logp.contiguous(), ref_logp.detach().contiguous())
 
 
+def clamp_ref(x: torch.Tensor, lo: float, hi: float) -> torch.Tensor:
+    """`x.clamp(lo, hi)` whose gradient is NaN, not 0, where `x` is NaN (the references' clamp, as the kernels').
+
+    torch.clamp's forward keeps NaN, but its backward passes the gradient only where `lo <= x <= hi`, which is
+    false for NaN: a NaN input would get a zero gradient.
+    """
+    return torch.where(x.isnan(), x, x.clamp(lo, hi))
+
+
 def low_var_kl_ref(logp: torch.Tensor, ref_logp: torch.Tensor) -> torch.Tensor:
     """Plain-torch k3 estimator (autograd does the backward); the reference the kernel is tested against."""
-    d = (ref_logp - logp).clamp(-20.0, 20.0)
-    return (d.exp() - d - 1.0).clamp(-10.0, 10.0)
+    d = clamp_ref(ref_logp - logp, -20.0, 20.0)
+    return clamp_ref(d.exp() - d - 1.0, -10.0, 10.0)

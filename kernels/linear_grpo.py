@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import torch
 
-from kernels._checks import check_finite_number
+from kernels._checks import ValueCheck, check_finite_number
 from kernels.grpo import grpo_loss, grpo_loss_ref
 from kernels.grpo_args import _N_STATS, GRPOTerms, LossAgg, _row_weights, grpo_metrics, prepare_grpo
 from kernels.logprobs import (
@@ -55,18 +55,19 @@ def _forward_backward(
     """Returns (loss [], row stats [B, _N_STATS + 1] with the masked entropy sum last, d hidden, d weight)."""
     terms = GRPOTerms(*terms_args)
     B, T = targets.shape
-    h3 = hidden.view(B, T, -1)
+    H = hidden.shape[-1]  # spelled out in the views below, not -1: H may be 0
+    h3 = hidden.view(B, T, H)
     dh = torch.empty_like(hidden) if need_hidden else hidden.new_empty(0)
-    dh3 = dh.view(B, T, -1) if need_hidden else None
+    dh3 = dh.view(B, T, H) if need_hidden else None
     dw = torch.zeros_like(weight) if need_weight else weight.new_empty(0)
     stats = torch.zeros(B, _N_STATS + 1, dtype=torch.float32, device=hidden.device)
     loss = torch.zeros((), dtype=torch.float32, device=hidden.device)
     for rows, cols in _blocks(B, T, chunk):
-        h_blk = h3[rows, cols].reshape(-1, h3.shape[-1])
+        n_rows, n_cols = targets[rows, cols].shape
+        h_blk = h3[rows, cols].reshape(n_rows * n_cols, H)
         t_blk = targets[rows, cols].reshape(-1)
         logits = chunk_logits(h_blk, weight)
         logp, ent, lse = _row_stats(logits, t_blk, inv_temp)
-        n_rows, n_cols = targets[rows, cols].shape
         blk_loss, blk_stats, g_logp = torch.ops.fastslow.grpo_loss_fwd(
             logp.view(n_rows, n_cols), *terms.block(rows, cols)
         )
@@ -80,7 +81,7 @@ def _forward_backward(
             g_ent = (-entropy_coef * m * w).reshape(-1) if entropy_coef != 0.0 else None
             backward_chunk(
                 h_blk, weight, logits, t_blk, lse, ent, g_logp.reshape(-1), g_ent, inv_temp,
-                dh3[rows, cols].reshape(-1, h3.shape[-1]) if need_hidden else None, dw if need_weight else None,
+                dh3[rows, cols].reshape(n_rows * n_cols, H) if need_hidden else None, dw if need_weight else None,
             )  # fmt: skip
     return loss, stats, dh, dw
 
@@ -173,24 +174,29 @@ def linear_grpo_loss(
     Args:
         hidden: `[B, T, H]` float32/bf16/fp16 final hidden states at the positions that predict `targets`.
         weight: `[V, H]` LM head, same dtype and device as `hidden`.
-        targets: `[B, T]` int64/int32 sampled token ids (or -100 where `mask` is 0).
+        targets: `[B, T]` int64/int32 sampled token ids (or -100 where `mask` is 0; a -100 where `mask` is 1 is a
+            ValueError: that token would count in the loss with a log-prob of 0 and no gradient).
         old_logp, advantages, mask, ref_logp, kl_coef, clip_low, clip_high, dual_clip, loss_agg, num_tokens,
             norm_len: exactly as in `kernels.grpo_loss` (`[B, T]` token grid).
         temperature: runtime float > 0 dividing the logits (the sampling temperature).
         entropy_coef: weight of the entropy bonus, subtracted from the loss with the same token weights.
-        chunk_tokens: override the tokens per chunk (default from the workspace budget).
+        chunk_tokens: override the tokens per chunk (an int > 0; default from the workspace budget).
 
     Returns:
         `(loss, metrics)`: float32 scalar differentiable w.r.t. `hidden` and `weight`; metrics as `grpo_loss`'s
-        plus "entropy" (token mean over masked tokens).
+        plus "entropy" (token mean over masked tokens). NaN and empty inputs behave as in `token_logprobs` and
+        `grpo_loss` (a NaN anywhere gives a NaN loss; B, T or H = 0 work).
+
+    All checks on tensor values (`targets`, `mask`, a tensor `kl_coef` or `num_tokens`) cost one device sync.
     """
-    V, inv_temp = check_logprob_inputs(hidden, weight, targets, temperature)
+    value_checks: list[ValueCheck] = []
+    V, inv_temp = check_logprob_inputs(hidden, weight, targets, temperature, value_checks=value_checks)
     if hidden.dim() != 3:
         raise ValueError(f"hidden must be [B, T, H], got shape {tuple(hidden.shape)}")
     terms = prepare_grpo(
         targets.shape, hidden.device, "targets", old_logp, advantages, mask, ref_logp=ref_logp, kl_coef=kl_coef,
         clip_low=clip_low, clip_high=clip_high, dual_clip=dual_clip, loss_agg=loss_agg, num_tokens=num_tokens,
-        norm_len=norm_len,
+        norm_len=norm_len, targets=targets, value_checks=value_checks,
     )  # fmt: skip
     entropy_coef = check_finite_number("entropy_coef", entropy_coef)
     B, T, H = hidden.shape

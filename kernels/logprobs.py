@@ -10,13 +10,27 @@ interpreter) and torch otherwise, chosen in `kernels._dispatch`.
 
 For one token with logits `z = hidden @ W.T / temperature`, `p = softmax(z)`, `lse = logsumexp(z)`:
 `logp = z_t - lse`, `H = lse - sum(p * z)`, `dlogp/dz = onehot(t) - p`, `dH/dz = -p * (z - lse + H)`.
+
+NaN in, NaN out, as in `token_logprobs_ref`: a NaN logit (from a NaN in `hidden[i]` or in a row of `weight`) makes
+the log-prob and entropy of every token whose logits it is in NaN, and the gradients that flow through them; rows
+are independent, so a NaN in `hidden[i]` leaves the other tokens' results and `d hidden` untouched (`d weight`
+sums over all tokens and is NaN). A position whose target is -100 is selected to 0 (a where, not a product) and
+stays 0, but the backward still multiplies its NaN softmax by a zero gradient, so its `d hidden` row is NaN, as
+torch's log_softmax backward makes it.
 """
 
 from __future__ import annotations
 
 import torch
 
-from kernels._checks import check_device, check_finite_number, check_float
+from kernels._checks import (
+    ValueCheck,
+    check_device,
+    check_finite_number,
+    check_float,
+    check_positive_int,
+    raise_on_values,
+)
 from kernels._dispatch import backend_for, workspace_bytes
 from kernels._triton import cast_rtne, tl, triton
 
@@ -52,6 +66,8 @@ def _row_stats_kernel(
         offs = v0 + tl.arange(0, BLOCK_V)
         inb = offs < V
         z = tl.load(base + offs, mask=inb, other=float("-inf")).to(tl.float32) * inv_temp
+        # tl.max skips NaN (compiled and interpreted), but a NaN z still reaches s and t through exp(z - m_new),
+        # and `s * scale` keeps it through the later blocks: a NaN logit gives NaN lse, logp and entropy.
         m_new = tl.maximum(m, tl.max(z, axis=0))
         scale = tl.exp(m - m_new)
         e = tl.exp(z - m_new)
@@ -195,9 +211,10 @@ def chunk_logits(hidden: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
 
 
 def chunk_rows(n_tokens: int, vocab: int, device: torch.device, chunk_tokens: int | None = None) -> int:
-    """Tokens per chunk: `chunk_tokens` if given, else as many float32 logit rows as the workspace holds."""
+    """Tokens per chunk: `chunk_tokens` (an int > 0) if given, else as many float32 logit rows as the workspace
+    holds."""
     if chunk_tokens is not None:
-        return max(1, int(chunk_tokens))
+        return check_positive_int("chunk_tokens", chunk_tokens)
     return max(1, min(n_tokens, workspace_bytes(device) // (4 * max(vocab, 1))))
 
 
@@ -333,9 +350,18 @@ class TokenLogprobsFunction(torch.autograd.Function):
 
 
 def check_logprob_inputs(
-    hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor, temperature: float
+    hidden: torch.Tensor,
+    weight: torch.Tensor,
+    targets: torch.Tensor,
+    temperature: float,
+    *,
+    value_checks: list[ValueCheck] | None = None,
 ) -> tuple[int, float]:
-    """Shared checks of `token_logprobs` and `linear_grpo_loss`; returns (vocab size, 1 / temperature)."""
+    """Shared checks of `token_logprobs` and `linear_grpo_loss`; returns (vocab size, 1 / temperature).
+
+    The check on the target ids' values (a device sync) runs here, or is appended to `value_checks` for the
+    caller to run with its own in one sync.
+    """
     check_float("hidden", hidden, dtypes=_FLOAT_DTYPES)
     check_float("weight", weight, dtypes=_FLOAT_DTYPES)
     if hidden.dim() < 1:
@@ -357,13 +383,16 @@ def check_logprob_inputs(
     V = weight.shape[0]
     if V == 0:
         raise ValueError("weight has an empty vocabulary (V = 0)")
-    if targets.numel() and not torch.compiler.is_compiling():
-        bad = ((targets < 0) & (targets != IGNORE_INDEX)) | (targets >= V)
-        if bool(bad.any()):
-            raise ValueError(f"targets must lie in [0, {V}) or equal {IGNORE_INDEX}; found {targets[bad][:5].tolist()}")
     temperature = check_finite_number("temperature", temperature)
     if temperature <= 0:
         raise ValueError(f"temperature must be > 0, got {temperature}")
+    bad = lambda: ((targets < 0) & (targets != IGNORE_INDEX)) | (targets >= V)
+    message = lambda: f"targets must lie in [0, {V}) or equal {IGNORE_INDEX}; found {targets[bad()][:5].tolist()}"
+    check = (bad().any(), message)
+    if value_checks is None:
+        raise_on_values([check])
+    else:
+        value_checks.append(check)
     return V, 1.0 / temperature
 
 
@@ -387,15 +416,16 @@ def token_logprobs(
         targets: `[...]` int64/int32 token ids in `[0, V)`, or -100 for positions to ignore.
         temperature: runtime float > 0 dividing the logits (sampling temperature).
         with_entropy: also return the entropy of each position's distribution.
-        chunk_tokens: override the number of tokens per chunk.
+        chunk_tokens: override the number of tokens per chunk (an int > 0).
 
     Returns:
         `logp [...]` float32 (0 where the target is -100), and with `with_entropy` also `entropy [...]` float32
         (0 there too). Both are differentiable w.r.t. `hidden` and `weight`; ignored positions get no gradient.
+        Empty inputs (no tokens, or H = 0) work: empty outputs, or those of all-zero logits.
     """
     V, inv_temp = check_logprob_inputs(hidden, weight, targets, temperature)
     lead = targets.shape
-    h2d = hidden.reshape(-1, hidden.shape[-1]).contiguous()
+    h2d = hidden.reshape(targets.numel(), hidden.shape[-1]).contiguous()  # not -1: H may be 0
     chunk = chunk_rows(h2d.shape[0], V, hidden.device, chunk_tokens)
     logp, ent = TokenLogprobsFunction.apply(
         h2d, weight.contiguous(), targets.reshape(-1).contiguous(), inv_temp, chunk, with_entropy

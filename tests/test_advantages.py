@@ -84,3 +84,40 @@ def test_empty_rewards_give_empty() -> None:
 def test_bad_input_names_the_argument(kwargs: dict, name: str) -> None:
     with pytest.raises(ValueError, match=name):
         group_advantages(**kwargs)
+
+
+@pytest.mark.parametrize("value", [0.7, 1.3, -0.1, 1e-30, 3.0e-8, 12345.678, 1e30, -3e38])
+@pytest.mark.parametrize("group_size", [2, 5, 8, 16])
+@pytest.mark.parametrize("std_normalize", [True, False])
+def test_constant_groups_are_exactly_zero(value: float, group_size: int, std_normalize: bool) -> None:
+    # The float32 mean of eight 0.7s is off by an ulp; divided by std + 1e-6 that was an advantage of 0.056 for
+    # every sample (1.3: -0.106), a push on every step from a reward that says nothing.
+    rewards = torch.cat([torch.full((group_size,), value), torch.arange(group_size, dtype=torch.float32)])
+    adv = group_advantages(rewards, group_size, std_normalize=std_normalize)
+    assert torch.equal(adv[:group_size], torch.zeros(group_size))
+    assert torch.isfinite(adv).all()  # 1e30 and -3e38: no overflow in the variance
+
+
+@pytest.mark.parametrize("value", [0.7, 1.3, 1e-20, 1e30])
+def test_groups_one_ulp_apart_match_float64(value: float) -> None:
+    base = torch.tensor(value, dtype=torch.float32)
+    up = torch.nextafter(base, torch.tensor(math.inf))
+    r = torch.stack([up] + [base] * 7)  # one sample one ulp above the other seven
+    adv = group_advantages(r, 8)
+    r64 = r.double()
+    expected = (r64 - r64.mean()) / (r64.std() + 1e-6)
+    torch.testing.assert_close(adv, expected.float(), rtol=1e-6, atol=1e-12)
+    assert adv[0] > 0 and bool((adv[1:] < 0).all())
+    assert bool((adv[1:] == adv[1]).all())  # equal rewards, exactly equal advantages
+
+
+def test_equal_rewards_get_equal_advantages_in_a_mixed_group() -> None:
+    r = torch.tensor([0.7, 0.7, 0.7, 0.1, 0.7, 0.1, 0.1, 0.7])
+    adv = group_advantages(r, 8)
+    assert torch.unique(adv[r == 0.7]).numel() == 1 and torch.unique(adv[r == 0.1]).numel() == 1
+    assert abs(float(adv.double().sum())) < 1e-6
+
+
+def test_large_rewards_do_not_overflow() -> None:
+    adv = group_advantages(torch.tensor([1e30, 0.0, 1e30, 0.0]), 4)
+    torch.testing.assert_close(adv, torch.tensor([S3, -S3, S3, -S3]), atol=1e-5, rtol=0)

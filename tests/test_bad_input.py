@@ -53,6 +53,20 @@ GRPO_CASES = {
     "loss_agg": (dict(loss_agg="mean"), "loss_agg"),
     "num_tokens_wrong_mode": (dict(num_tokens=10, loss_agg="seq-mean-token-mean"), "num_tokens"),
     "norm_len": (dict(norm_len=0, loss_agg="seq-mean-token-sum-norm"), "norm_len"),
+    # values: a mask other than 0/1 (a -1 multiplied the loss by -10), a count or a coefficient out of range
+    "mask_minus_one": (dict(mask=-torch.ones(B, T)), "mask must hold only 0 and 1"),
+    "mask_half": (dict(mask=torch.full((B, T), 0.5)), "mask must hold only 0 and 1"),
+    "mask_two_int": (dict(mask=torch.full((B, T), 2)), "mask must hold only 0 and 1"),
+    "mask_nan": (dict(mask=torch.full((B, T), float("nan"))), "mask must hold only 0 and 1"),
+    "num_tokens_zero": (dict(num_tokens=0), "num_tokens"),
+    "num_tokens_negative": (dict(num_tokens=-3.0), "num_tokens"),
+    "num_tokens_nan": (dict(num_tokens=float("nan")), "num_tokens"),
+    "num_tokens_tensor_zero": (dict(num_tokens=torch.tensor(0.0)), "num_tokens"),
+    "num_tokens_tensor_inf": (dict(num_tokens=torch.tensor(float("inf"))), "num_tokens"),
+    "num_tokens_tensor_shape": (dict(num_tokens=torch.tensor([4.0, 5.0])), "num_tokens"),
+    "coef_negative": (dict(kl_coef=-0.01), "kl_coef"),
+    "coef_row_negative": (dict(kl_coef=torch.tensor([0.01, -0.01, 0.02])), "kl_coef"),
+    "coef_row_nan": (dict(kl_coef=torch.tensor([0.01, float("nan"), 0.02])), "kl_coef"),
 }
 
 
@@ -61,6 +75,44 @@ def test_grpo_loss_rejects(case):
     changes, name = GRPO_CASES[case]
     with pytest.raises(ValueError, match=name):
         call_grpo(**changes)
+
+
+def test_grpo_loss_accepts_edge_values():
+    """The boundaries of the value checks are fine: a zero coefficient (scalar or per row), a 0/1 float mask."""
+    call_grpo(kl_coef=torch.zeros(B), mask=torch.ones(B, T))
+    call_grpo(kl_coef=0.0, num_tokens=torch.tensor(1))
+
+
+def test_value_checks_cost_one_host_read(monkeypatch):
+    """All checks on tensor values of one call come back to the host together: one read (one device sync), with
+    a float mask, a per-row kl_coef and a tensor num_tokens all to check."""
+    from kernels import linear_grpo_loss, token_logprobs
+
+    reads = []
+    for method in ("tolist", "item", "__bool__"):
+        original = getattr(torch.Tensor, method)
+        monkeypatch.setattr(torch.Tensor, method, lambda t, *a, _f=original, _m=method: reads.append(_m) or _f(t, *a))
+    kw = dict(mask=torch.ones(B, T), kl_coef=torch.full((B,), 0.01), num_tokens=torch.tensor(15.0))
+    call_grpo(**kw)
+    assert reads == ["tolist"]
+    reads.clear()
+    hidden, weight, targets = torch.randn(B, T, 4), torch.randn(7, 4), torch.randint(0, 7, (B, T))
+    g = good()
+    linear_grpo_loss(hidden, weight, targets, g["old_logp"], g["advantages"], ref_logp=g["ref_logp"], **kw)
+    assert reads == ["tolist"]
+    reads.clear()
+    token_logprobs(hidden, weight, targets)
+    assert reads == ["tolist"]
+
+
+def test_raise_on_values_reports_the_first_failure():
+    from kernels._checks import raise_on_values
+
+    yes, no = torch.tensor(True), torch.tensor(False)
+    raise_on_values([])
+    raise_on_values([(no, "a"), (no, lambda: 1 / 0)])  # a message callable is only called on failure
+    with pytest.raises(ValueError, match=r"^b$"):
+        raise_on_values([(no, "a"), (yes, lambda: "b"), (yes, "c")])
 
 
 @pytest.mark.parametrize(

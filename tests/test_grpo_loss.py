@@ -182,11 +182,110 @@ def test_norm_len(backend):
     torch.testing.assert_close(halved, default / 2)
 
 
-def test_float_mask_weights(backend):
-    """A float mask weights tokens (e.g. 0.5) and matches the reference."""
+@pytest.mark.parametrize("mask_dtype", [torch.float32, torch.bfloat16, torch.int64, torch.uint8], ids=str)
+def test_numeric_mask_equals_bool(backend, mask_dtype):
+    """A 0/1 mask of any numeric dtype gives exactly the bool mask's loss and gradient (other values raise:
+    tests/test_bad_input.py)."""
     logp, old, ref, adv, mask, beta = make_inputs(3, 11, torch.float32)
-    weights = mask.float() * (torch.rand(3, 11, device=DEVICE) + 0.5)
-    check(*run_both(logp, old, ref, adv, weights, kl_coef=beta), torch.float32)
+    results = []
+    for m in (mask, mask.to(mask_dtype)):
+        x = logp.clone().requires_grad_()
+        loss, _ = grpo_loss(x, old, adv, m, ref_logp=ref, kl_coef=beta, loss_agg="seq-mean-token-mean")
+        loss.backward()
+        results.append((loss, x.grad))
+    torch.testing.assert_close(results[1], results[0], atol=0, rtol=0)
+
+
+NAN_INPUTS = ["logp", "old_logp", "ref_logp", "advantages", "advantages_per_token"]
+
+
+def nan_case(name: str, masked_out: bool, B: int = 3, T: int = 9):
+    """Inputs with one NaN in `name`; returns (inputs, bool [B, T] of the tokens the NaN is in).
+
+    The NaN sits at a counted token, or (`masked_out`) at a token of the all-masked last row. The last column's
+    ratio is saturated (log-ratio -25): its derivative is a select to 0, which a NaN advantage does not pass.
+    """
+    logp, old, ref, adv, mask, beta = make_inputs(B, T, torch.float32, per_token_adv=name == "advantages_per_token")
+    old[:, -1] = logp[:, -1] + 25.0
+    b, t = (B - 1, 4) if masked_out else (0, 0)  # mask[0, 0] is set, the last row is empty
+    at = torch.zeros(B, T, dtype=torch.bool, device=DEVICE)
+    if name == "advantages":
+        adv[b] = float("nan")
+        at[b, :-1] = True  # one advantage per row: the whole row, but for the saturated token
+    else:
+        tensor = {"logp": logp, "old_logp": old, "ref_logp": ref, "advantages_per_token": adv}[name]
+        tensor[b, t] = float("nan")
+        at[b, t] = True
+    return (logp, old, ref, adv, mask, beta), at
+
+
+@pytest.mark.parametrize("loss_agg", LOSS_AGGS)
+@pytest.mark.parametrize("masked_out", [False, True], ids=["counted", "masked-out"])
+@pytest.mark.parametrize("name", NAN_INPUTS)
+def test_nan_propagates(backend, name, masked_out, loss_agg):
+    """A NaN in any input gives a NaN loss and a NaN gradient at its token(s) on every backend, as in the torch
+    reference (masked-out tokens too: torch weights them by 0 and 0 * NaN = NaN); every other gradient entry and
+    the metrics equal the reference's, NaN where the reference has NaN."""
+    (logp, old, ref, adv, mask, beta), at = nan_case(name, masked_out)
+    kw = dict(kl_coef=beta, dual_clip=3.0, loss_agg=loss_agg)
+    (loss, metrics, grad), (loss64, metrics64, grad64) = run_both(logp, old, ref, adv, mask, **kw)
+    assert loss.isnan() and loss64.isnan()
+    assert grad[at].isnan().all() and grad64[at].isnan().all()
+    assert torch.equal(grad.isnan(), grad64.isnan())
+    torch.testing.assert_close(grad.double(), grad64, atol=1e-6, rtol=1e-5, equal_nan=True)
+    for key in metrics64:
+        torch.testing.assert_close(metrics[key].double(), metrics64[key], atol=1e-6, rtol=1e-5, equal_nan=True)
+    reached = {"logp": ("pg_loss", "ratio", "kl"), "old_logp": ("pg_loss", "ratio"), "ref_logp": ("kl",)}
+    for key in reached.get(name, ("pg_loss",)):
+        assert metrics[key].isnan(), key
+
+
+def test_nan_old_logp_everywhere(backend):
+    """The issue's case: an all-NaN old_logp gave a finite loss (ratio 0) on the Triton path."""
+    logp, _, _, adv, mask, _ = make_inputs(2, 6, torch.float32)
+    x = logp.clone().requires_grad_()
+    loss, metrics = grpo_loss(x, torch.full_like(logp, float("nan")), adv, mask)
+    loss.backward()
+    assert loss.isnan() and metrics["ratio"].isnan() and metrics["pg_loss"].isnan()
+    assert x.grad.isnan().all()
+
+
+def test_nan_reaches_only_its_tokens(backend):
+    """Outside the token a NaN is in, the gradient equals the clean run's (token-mean: weights don't depend on
+    values), and the clamp's zero derivative stays a zero where a clamp is active and the NaN is elsewhere."""
+    logp, old, _, adv, mask, _ = make_inputs(3, 9, torch.float32, per_token_adv=True)
+    old[1, :3] = logp[1, :3] - 25.0  # saturated ratio: zero derivative (no KL term to add one)
+    mask[1] = True
+    grads = []
+    for poison in (False, True):
+        o = old.clone()
+        if poison:
+            o[1, 5] = float("nan")
+        x = logp.clone().requires_grad_()
+        grpo_loss(x, o, adv, mask, dual_clip=3.0)[0].backward()
+        grads.append(x.grad)
+    nan_at = grads[1].isnan()
+    assert nan_at[1, 5] and nan_at.sum() == 1
+    torch.testing.assert_close(grads[1][~nan_at], grads[0][~nan_at], atol=0, rtol=0)
+    assert torch.all(grads[1][1, :3] == 0)
+
+
+@pytest.mark.parametrize("loss_agg", LOSS_AGGS)
+@pytest.mark.parametrize("shape", [(3, 0), (0, 5), (0, 0)], ids=str)
+def test_empty_inputs(backend, shape, loss_agg):
+    """No tokens (T = 0 or B = 0): a zero loss, an empty gradient of logp's shape, finite metrics, as the
+    reference gives them."""
+    B = shape[0]
+    logp, old, ref = (-torch.rand(shape, device=DEVICE) - 0.1 for _ in range(3))
+    adv, beta, mask = torch.randn(B, device=DEVICE), torch.rand(B, device=DEVICE), torch.ones(shape, device=DEVICE)
+    x = logp.clone().requires_grad_()
+    loss, metrics = grpo_loss(x, old, adv, mask, ref_logp=ref, kl_coef=beta, loss_agg=loss_agg)
+    loss.backward()
+    assert loss.item() == 0.0 and x.grad.shape == shape
+    assert all(torch.isfinite(v) for v in metrics.values()) and metrics["tokens"].item() == 0
+    x64 = logp.double().requires_grad_()
+    loss64, _ = grpo_loss_ref(x64, old.double(), adv.double(), mask, ref_logp=ref.double(), kl_coef=beta.double())
+    assert loss64.item() == 0.0
 
 
 def test_clip_values_are_runtime_arguments():

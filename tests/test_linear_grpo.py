@@ -115,6 +115,96 @@ def test_bad_input():
         linear_grpo_loss(hidden, weight, targets, old, adv, mask, kl_coef=0.1)
 
 
+def bad_cases() -> dict:
+    """Arguments `linear_grpo_loss` used to accept silently, each with the name its error must give."""
+    B, T = 2, 5
+    return {
+        # the issue's case: a loss of 0.207 with zero gradient from tokens that count but have no target
+        "all_targets_ignored": (dict(targets=torch.full((B, T), IGNORE_INDEX)), "targets.*mask"),
+        "one_counted_target_ignored": (dict(mask=torch.ones(B, T, dtype=torch.bool)), "targets.*mask"),
+        "mask_minus_one": (dict(mask=-torch.ones(B, T)), "mask must hold only 0 and 1"),
+        "mask_half": (dict(mask=torch.full((B, T), 0.5)), "mask must hold only 0 and 1"),
+        "kl_coef_negative": (dict(kl_coef=-0.1), "kl_coef"),
+        "kl_coef_row_negative": (dict(kl_coef=torch.tensor([0.1, -0.1])), "kl_coef"),
+        "num_tokens_zero": (dict(num_tokens=torch.tensor(0.0)), "num_tokens"),
+        "chunk_tokens_zero": (dict(chunk_tokens=0), "chunk_tokens"),
+        "target_out_of_vocab": (dict(targets=torch.full((B, T), 30)), "targets"),
+    }
+
+
+@pytest.mark.parametrize("case", bad_cases())
+def test_rejects_bad_values(case):
+    changes, name = bad_cases()[case]
+    hidden, weight, _, old, ref, adv, mask, _ = make(2, 5, 8, 30)
+    targets = torch.randint(0, 30, (2, 5), device=DEVICE)
+    mask[:] = True
+    targets[0, 3] = IGNORE_INDEX  # counted (mask 1) in "one_counted_target_ignored" only
+    mask[0, 3] = False
+    linear_grpo_loss(hidden, weight, targets, old, adv, mask, ref_logp=ref, kl_coef=0.01)  # the base case is fine
+    kw = dict(targets=targets, mask=mask, ref_logp=ref, kl_coef=0.01) | changes
+    with pytest.raises(ValueError, match=name):
+        linear_grpo_loss(hidden, weight, kw.pop("targets"), old, adv, kw.pop("mask"), **kw)
+
+
+def run_pair(hidden, weight, targets, old, adv, mask, **kw):
+    """(loss, metrics, d hidden, d weight) fused and unfused (token_logprobs then grpo_loss)."""
+    fused = run(linear_grpo_loss, hidden, weight, targets, old, adv, mask, **kw)
+    unfused = run(linear_grpo_loss_ref, hidden, weight, targets, old, adv, mask, **kw)
+    return fused, unfused
+
+
+@pytest.mark.filterwarnings("ignore::RuntimeWarning")  # the interpreter's numpy warns about the NaN
+@pytest.mark.parametrize("name", ["hidden", "weight", "old_logp", "ref_logp", "advantages"])
+def test_nan_propagates(backend, name):
+    """A NaN in any input: a NaN loss, and NaN gradients exactly where the unfused chain has them (a NaN in
+    hidden[b, t]: d hidden NaN in that token's row only, d weight all NaN)."""
+    hidden, weight, targets, old, ref, adv, mask, beta = make(2, 6, 8, 40)
+    nan = float("nan")
+    {
+        "hidden": lambda: hidden[1, 2].fill_(nan),
+        "weight": lambda: weight[5, 1].fill_(nan),
+        "old_logp": lambda: old[0, 0].fill_(nan),
+        "ref_logp": lambda: ref[0, 0].fill_(nan),
+        "advantages": lambda: adv[1].fill_(nan),
+    }[name]()
+    mask[1, 2] = True
+    targets[1, 2] = 7
+    kw = dict(ref_logp=ref, kl_coef=beta, dual_clip=3.0, entropy_coef=0.01, chunk_tokens=5)
+    fused, unfused = run_pair(hidden, weight, targets, old, adv, mask, **kw)
+    assert fused[0].isnan() and unfused[0].isnan()
+    for a, b in ((fused[2], unfused[2]), (fused[3], unfused[3])):
+        assert torch.equal(a.isnan(), b.isnan())
+        torch.testing.assert_close(a, b, atol=1e-7, rtol=1e-5, equal_nan=True)
+    for key in unfused[1]:
+        torch.testing.assert_close(fused[1][key], unfused[1][key], atol=1e-6, rtol=1e-5, equal_nan=True)
+    if name == "hidden":
+        nan_rows = fused[2].isnan().all(-1)
+        assert nan_rows[1, 2] and nan_rows.sum() == 1 and not fused[2][~nan_rows].isnan().any()
+    assert fused[3].isnan().all()
+
+
+@pytest.mark.parametrize("loss_agg", LOSS_AGGS)
+@pytest.mark.parametrize("B, T, H", [(2, 0, 8), (0, 4, 8), (2, 3, 0), (0, 0, 0)], ids=str)
+def test_empty_inputs(backend, B, T, H, loss_agg):
+    """No tokens (B or T = 0): a zero loss and zero gradients of the inputs' shapes. H = 0: all-zero logits, a
+    finite loss equal to the unfused chain's."""
+    V = 11
+    hidden = torch.randn(B, T, H, device=DEVICE)
+    weight = torch.randn(V, H, device=DEVICE)
+    targets = torch.randint(0, V, (B, T), device=DEVICE)
+    old = -torch.rand(B, T, device=DEVICE) - 2.0
+    adv, mask = torch.randn(B, device=DEVICE), torch.ones(B, T, dtype=torch.bool, device=DEVICE)
+    kw = dict(loss_agg=loss_agg, entropy_coef=0.01, chunk_tokens=2)
+    fused, unfused = run_pair(hidden, weight, targets, old, adv, mask, **kw)
+    assert fused[2].shape == hidden.shape and fused[3].shape == weight.shape
+    assert torch.isfinite(fused[0]) and all(torch.isfinite(v) for v in fused[1].values())
+    if B * T == 0:
+        assert fused[0].item() == 0.0 and fused[1]["tokens"].item() == 0 and torch.all(fused[3] == 0)
+    torch.testing.assert_close(fused[0], unfused[0], atol=1e-6, rtol=1e-5)
+    for a, b in zip(fused[1:], unfused[1:]):
+        torch.testing.assert_close(a, b, atol=1e-7, rtol=1e-5)
+
+
 MEMORY_SCRIPT = textwrap.dedent(
     """
     import resource, sys, torch

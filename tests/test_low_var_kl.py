@@ -62,3 +62,31 @@ def test_identical_distributions_give_zero(backend):
     kl = low_var_kl(x, logp)
     kl.sum().backward()
     assert torch.all(kl == 0) and torch.all(x.grad == 0)
+
+
+def test_nan_propagates(backend):
+    """NaN in logp or ref_logp gives a NaN estimate and gradient exactly there (the clamps once turned NaN into 10
+    on the Triton path, and torch.clamp's backward turns it into a zero gradient); other entries are unaffected."""
+    nan = float("nan")
+    logp = -torch.rand(2, 7, dtype=torch.float64, device=DEVICE) - 0.5
+    ref = logp + 0.5 * torch.randn_like(logp)
+    logp[0, 1] = nan
+    ref[1, 3] = nan
+    ref[1, 5] = logp[1, 5] + 25.0  # clamped: zero gradient next to the NaN
+    (kl, grad), (kl64, grad64) = run_both(logp.float(), ref.float())
+    at = logp.isnan() | ref.isnan()
+    assert torch.equal(kl.isnan(), at) and torch.equal(grad.isnan(), at)
+    assert torch.equal(kl64.isnan(), at) and torch.equal(grad64.isnan(), at)
+    assert_close(kl[~at], kl64[~at], torch.float32, "value")
+    assert_close(grad[~at], grad64[~at], torch.float32, "grad")
+    assert kl[1, 5] == 10.0 and grad[1, 5] == 0.0
+    # the issue's case: low_var_kl(NaN, 0) was 10
+    assert low_var_kl(torch.full((1,), nan, device=DEVICE), torch.zeros(1, device=DEVICE)).isnan().all()
+
+
+@pytest.mark.parametrize("shape", [(0,), (3, 0), (0, 4)], ids=str)
+def test_empty_inputs(backend, shape):
+    x = torch.rand(shape, device=DEVICE).requires_grad_()
+    kl = low_var_kl(x, torch.rand(shape, device=DEVICE))
+    kl.sum().backward()
+    assert kl.shape == shape and kl.dtype == torch.float32 and x.grad.shape == shape

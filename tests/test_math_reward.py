@@ -36,7 +36,7 @@ def boxed(answer: str) -> str:
 
 # (response, reference, correct). Debatable choices, as decided in fastslow/math_reward.py's docstring:
 # numbers agree to 6 decimals (math-verify's float_rounding), so 0.333333 ~ 1/3 but 0.33 and 3.14 do not;
-# a percentage reference matches both 50 and 0.5; a trailing LaTeX unit is ignored; `x=3` answers `3`.
+# a percentage reference matches both 50 and 0.5; a trailing LaTeX unit and degrees are ignored; `x=3` answers `3`.
 TABLE = [
     (boxed(r"\frac{1}{2}"), "0.5", True),
     (boxed("0.5"), r"\frac{1}{2}", True),
@@ -92,6 +92,68 @@ def test_table(response: str, reference: str, correct: bool) -> None:
     assert isinstance(score, MathScore)
     assert score.correct is correct, score
     assert score.reason in ("exact", "symbolic") if correct else score.reason in ("mismatch", "no_answer")
+
+
+# (predicted, reference, correct): answer-choice and emphasis wrappers, as decided in math_reward's docstring.
+WRAPPERS = [
+    (r"\textbf{(073)}", "073", True),  # AIME24's own solution: emphasis, parentheses and a zero pad
+    (r"\boxed{\textbf{(073)}}", "73", True),
+    (r"\textbf{(113) }", "113", True),
+    (r"\mathbf{127} ", "127", True),
+    (r"\mathrm{\frac{1}{2}}", "0.5", True),
+    (r"\textit{12}", "12", True),
+    (r"\emph{x}", "x", True),
+    (r"\textbf{5}.", "5", True),
+    (r"\textbf{1,000}", "1000", True),
+    (r"\mathbf{(-5)}", "-5", True),
+    (r"\textbf{(1,2)}", "(1,2)", True),
+    ("073", "73", True),  # AIME answers are integers 0-999, often zero-padded
+    ("073", "730", False),
+    ("(B)", "B", True),
+    (r"\textbf{(B)}", r"\text{(B)}", True),
+    (r"\mathrm{(E)}", "E", True),
+    ("b", r"\text{(B)}", True),  # single letters compare case-blind, as in math-verify
+    (r"\text{(B)}", "C", False),
+    # A bare letter never matches a number.
+    ("B", "2", False),
+    (r"\text{(B)}", "2", False),
+    ("2", r"\textbf{(B)}", False),
+    # A labelled choice: the parts both sides give must agree, and at least one must be shared.
+    (r"\text{(A) } 5", "5", True),
+    (r"\text{(A) } 5", "A", True),
+    (r"\text{(A) } 5", r"\text{(A)}", True),
+    (r"\textbf{(C)}\ \frac{1}{2}", "0.5", True),
+    (r"\textbf{(C) }5", r"\text{(C) } 5", True),
+    ("(A) 5", "(A) 5", True),
+    ("A", r"\text{(A) } 5", True),
+    ("5", r"\text{(A) } 5", True),
+    (r"\text{(A) } 5", "B", False),
+    (r"\text{(A) } 5", "6", False),
+    (r"\text{(A) } 5", r"\text{(B) } 5", False),
+    ("(A) 5", "(A) 6", False),
+    ("B", r"\text{(A) } 5", False),
+    ("(A)(B)", "A", False),  # no space after the label: a product, not a choice
+    # Words stay one symbol for math-verify, not a product of letters that an anagram would equal.
+    (r"\text{seat}", r"\text{east}", False),
+    (r"\textbf{seat}", "east", False),
+    (r"\textbf{east}", r"\text{east}", True),
+    # Degrees are dropped, not converted to radians.
+    ("120", r"120^\circ", True),
+    (r"120^{\circ}", "120", True),
+    (r"60^\circ", r"\frac{\pi}{3}", False),
+]
+
+
+@pytest.mark.parametrize(("predicted", "reference", "correct"), WRAPPERS)
+def test_wrappers(predicted: str, reference: str, correct: bool) -> None:
+    verdict = check_answer(predicted, reference)
+    assert verdict.correct is correct, verdict
+    assert verdict.reason in (("exact", "symbolic") if correct else ("mismatch",))
+
+
+def test_wrapped_box_in_a_response() -> None:
+    response = r"so $d = \boxed{\textbf{(073)}}.$"  # AIME24's own solution, as written
+    assert math_reward(response, "073") == MathScore(True, False, r"\textbf{(073)}", "exact")
 
 
 def test_reasons_and_counter() -> None:

@@ -239,7 +239,7 @@ def test_switch_never_fires_before_window_values():
     # A jump as the W-th value fires at once (step W-1, 0-based); one value short of W it cannot.
     sw = EntropySwitch(window=5, threshold=1.0)
     assert _run(sw, [1.0, 1.0, 1.0, 1.0, 1000.0]) == [True] * 4 + [False]
-    assert sw.switched_at == 4 and sw.reason == "entropy"
+    assert sw.switched_at == 5 and sw.reason == "entropy"  # step 4's entropy fired it: step 5 is plain GRPO
     sw = EntropySwitch(window=6, threshold=1.0)
     assert _run(sw, [1.0, 1.0, 1.0, 1.0, 1000.0]) == [True] * 5 and sw.last_z is None
 
@@ -270,7 +270,7 @@ def test_switch_crafted_sequence(threshold, fires):
     assert zs[:4] == [None] * 4 and zs[4:7] == [0.0] * 3
     assert zs[7] == pytest.approx(Z7, rel=1e-12, abs=0) and zs[7] < 2.0
     assert sw.active is not fires
-    assert sw.switched_at == (7 if fires else None)
+    assert sw.switched_at == (8 if fires else None)
     assert sw.reason == ("entropy" if fires else None)
 
 
@@ -290,21 +290,27 @@ def test_switch_uses_the_last_w_values_including_the_newest():
     # (mean 1.5) or the window before the newest ([5, 0, 0], mean 5/3) would both give z < 0 at step 3.
     sw = EntropySwitch(window=3, threshold=1.0)
     assert _run(sw, [5.0, 0.0, 0.0, 1.0]) == [True, True, True, False]
-    assert sw.last_z == pytest.approx((2 / 3) / (math.sqrt(2) / 3 + 1e-9), rel=1e-12) and sw.switched_at == 3
+    assert sw.last_z == pytest.approx((2 / 3) / (math.sqrt(2) / 3 + 1e-9), rel=1e-12) and sw.switched_at == 4
 
 
 def test_switch_is_permanent():
     sw = EntropySwitch(window=5, threshold=1.0)
     assert _run(sw, CRAFTED) == [True] * 7 + [False]
     assert _run(sw, [1.0] * 20 + [0.5, 0.1]) == [False] * 22
-    assert not sw.active and sw.switched_at == 7 and sw.reason == "entropy" and sw.steps == 30
+    assert not sw.active and sw.switched_at == 8 and sw.reason == "entropy" and sw.steps == 30
 
 
 def test_stop_step():
-    sw = EntropySwitch(window=30, stop_step=3)  # 0-based: steps 0, 1, 2 run SFPO; step 3 on is GRPO
-    assert sw.active
-    assert _run(sw, [1.0] * 6) == [True, True, True, False, False, False]
+    # The seed: `stop_sfpo_step >= global_steps`, steps from 1: stop 3 runs SFPO on its steps 1, 2, 3 (ours 0, 1, 2).
+    sw = EntropySwitch(window=30, stop_step=3)
+    decided = [sw.active]  # step 0's update
+    decided += _run(sw, [1.0] * 5)  # the call after step k decides step k + 1
+    assert decided == [True, True, True, False, False, False]
+    assert sum(decided) == 3
     assert not sw.active and sw.switched_at == 3 and sw.reason == "stop_step"
+
+    sw = EntropySwitch(stop_step=1)  # SFPO on step 0 only
+    assert sw.active and _run(sw, [1.0]) == [False] and sw.switched_at == 1
 
     sw = EntropySwitch(stop_step=0)  # never SFPO
     assert not sw.active
@@ -330,7 +336,7 @@ def test_switch_state_dict_resumes_exactly(split):
     kwargs = {"window": 6, "threshold": 2.0}  # the noise peaks at z = 1.52 (step 17), the planted jump 2.23
     whole = EntropySwitch(**kwargs)
     expected = [(whole.update(v), whole.last_z, whole.switched_at) for v in values]
-    assert whole.switched_at == 22
+    assert whole.switched_at == 23  # step 22 fired it
 
     first = EntropySwitch(**kwargs)
     got = [(first.update(v), first.last_z, first.switched_at) for v in values[:split]]
@@ -372,7 +378,8 @@ def test_switch_bad_input():
         ({"steps": 1}, "steps"),  # fewer steps than recorded values
         ({"reason": "bored", "switched_at": 0}, "reason"),
         ({"reason": "entropy"}, "switched_at"),
-        ({"reason": "entropy", "switched_at": 2}, "switched_at"),  # not before the step count
+        ({"reason": "entropy", "switched_at": 3}, "switched_at"),  # after the step count
+        ({"reason": "entropy", "switched_at": 0}, "switched_at"),  # only stop_step=0 switches before step 1
         ({"last_z": math.inf}, "last_z"),
     ]:
         with pytest.raises(ValueError, match=name):

@@ -198,6 +198,8 @@ def test_result_on_input_device() -> None:
         (dict(percentile=float("nan")), "percentile"),
         (dict(length_weight=float("inf")), "length_weight"),
         (dict(format_weight="0.5"), "format_weight"),
+        (dict(brevity_cap=-0.1), "brevity_cap"),
+        (dict(brevity_cap=float("nan")), "brevity_cap"),
     ],
 )
 def test_bad_input_names_the_argument(changes: dict, name: str) -> None:
@@ -210,3 +212,61 @@ def test_bad_input_names_the_argument(changes: dict, name: str) -> None:
     kw |= changes
     with pytest.raises(ValueError, match=name):
         thinking_reward(kw.pop("lengths"), kw.pop("correct"), kw.pop("formatted"), kw.pop("group_size"), **kw)
+
+
+# The seed's brevity budget (punish_count = 0.8 * N, spent by each easy-and-correct response in chunk order).
+# One group of 8 correct, formatted answers of 100 .. 800 characters: L = 450, the budget 6.4 admits responses
+# 1 .. 7 (6.4, 5.4, ..., 0.4 > 0) and not the 8th, whose reward is then 1 + 0.5 = 1.5 (uncapped: 1.1111).
+EIGHT = [100.0 * (i + 1) for i in range(8)]
+
+
+def _eight(**kwargs) -> ThinkingReward:
+    return thinking_reward(_t(EIGHT), torch.ones(8, dtype=torch.bool), torch.ones(8, dtype=torch.bool), 8, **kwargs)
+
+
+def test_brevity_cap_seed_example() -> None:
+    out = _eight()
+    expected = [1.5 + 0.5 * (1 - x / 450) for x in EIGHT[:7]] + [1.5]
+    _close(out.rewards, expected)
+    _close(out.length_score[7], 0.0)
+    torch.testing.assert_close(out.rewards[7], torch.tensor(1.5))
+
+
+@pytest.mark.parametrize("cap", [None, 1.0, 2.5])
+def test_brevity_cap_off_scores_every_easy_correct_response(cap: float | None) -> None:
+    out = _eight(brevity_cap=cap)
+    _close(out.rewards, [1.5 + 0.5 * (1 - x / 450) for x in EIGHT])
+    assert abs(float(out.rewards[7]) - 1.1111111) < 1e-6
+
+
+@pytest.mark.parametrize(("cap", "scored"), [(0.75, 6), (0.7, 6), (0.5, 4), (0.1, 1), (0.0, 0)])
+def test_brevity_cap_counts_like_the_seed(cap: float, scored: int) -> None:
+    # 0.75 * 8 = 6.0 exactly: the 7th response meets a budget of 0, which is not > 0. 0.7 * 8 = 5.6: six pass.
+    out = _eight(brevity_cap=cap)
+    expected = [1 - x / 450 for x in EIGHT[:scored]] + [0.0] * (8 - scored)
+    _close(out.length_score, expected)
+
+
+def test_brevity_budget_runs_over_the_chunk_in_order_and_only_easy_correct_spend_it() -> None:
+    # Three groups of 4 (N = 12, budget 0.8 * 12 = 9.6: ten easy-and-correct responses at most).
+    # g0 all correct, g1 all correct, g2 all wrong: p = [1, 1, 0], d = [0, 0, 0.5], thr = 0.3: g2 is hard.
+    # The budget is spent by g0's 4 and g1's 4 (8 < 9.6): every one scored; g2's hard-incorrect ones spend nothing.
+    lengths = _t([10, 20, 30, 40, 50, 60, 70, 80, 90, 100, 110, 120])  # L = 65
+    correct = torch.tensor([1] * 8 + [0] * 4).bool()
+    out = thinking_reward(lengths, correct, torch.ones(12), 4)
+    rel = lengths.double() / 65
+    _close(out.length_score[:8], (1 - rel[:8]).float().tolist())
+    _close(out.length_score[8:], torch.clamp(rel[8:] - 1, max=1).float().tolist())
+
+    # Budget 0.5 * 12 = 6: g0's four and g1's first two; g1's last two get 0, the hard group is untouched.
+    out = thinking_reward(lengths, correct, torch.ones(12), 4, brevity_cap=0.5)
+    _close(out.length_score[:6], (1 - rel[:6]).float().tolist())
+    _close(out.length_score[6:8], [0.0, 0.0])
+    _close(out.length_score[8:], torch.clamp(rel[8:] - 1, max=1).float().tolist())
+
+    # The order is the order given: g1 first, its four are scored before g0's, so g0's last two lose theirs.
+    swapped = torch.cat([lengths[4:8], lengths[:4], lengths[8:]])
+    out = thinking_reward(swapped, correct, torch.ones(12), 4, brevity_cap=0.5)
+    rel_s = swapped.double() / 65
+    _close(out.length_score[:6], (1 - rel_s[:6]).float().tolist())
+    _close(out.length_score[6:8], [0.0, 0.0])

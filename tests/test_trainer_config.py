@@ -25,7 +25,7 @@ from trainer.config import (
 
 PRESETS = ("fast_grpo_r1_distill_1p5b", "sfpo_qwen2p5_math_1p5b")
 PATHS = ("model.path=/models/some model", "data.source=/data/train.parquet")
-SECTIONS = ("model", "data", "rollout", "reward", "algorithm", "optim", "checkpoint", "logging")
+SECTIONS = ("model", "warm_start", "data", "rollout", "reward", "algorithm", "optim", "checkpoint", "logging", "eval")
 
 
 def _optional_keys() -> set[str]:
@@ -120,7 +120,7 @@ def test_later_override_wins_and_file_then_overrides() -> None:
         ("modle.path=x", "unknown section 'modle'; did you mean 'model'?"),
         ("model.pth=x", "unknown key 'model.pth'; did you mean 'model.path'?"),
         ("algorithm.clip_lwo=0.1", "did you mean 'algorithm.clip_low'?"),
-        ("rollout.lr=0.1", "unknown key 'rollout.lr'; did you mean 'optim.lr'?"),
+        ("rollout.grad_clip=0.1", "unknown key 'rollout.grad_clip'; did you mean 'optim.grad_clip'?"),
         ("sed=1", "unknown key 'sed'; did you mean 'seed'?"),
         ("model=1", "'model' is a section"),
         ("model.path.x=1", "unknown key 'model.path.x'"),

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import sys
-from collections import Counter
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -42,63 +41,7 @@ def _jsonl(path: Path, rows: list) -> Path:
 # ------------------------------------------------------------------------------------------------ synthetic task
 
 
-def test_synthetic_dataset_is_deterministic_and_uniform_over_answers() -> None:
-    a, b = task.make_dataset(2000, seed=1), task.make_dataset(2000, seed=1)
-    assert a == b
-    assert a != task.make_dataset(2000, seed=2)
-    for item in a:
-        x, plus, y, eq = item["prompt"].split()
-        assert (plus, eq) == ("+", "=") and int(x) + int(y) == int(item["answer"]) <= task.MAX_SUM
-    counts = Counter(item["answer"] for item in a)
-    assert set(counts) == {str(s) for s in range(task.MAX_SUM + 1)}
-    assert max(counts.values()) < 1.25 * min(counts.values())  # uniform over answers: no mode to collapse onto
-    assert {tuple(map(int, i["prompt"].split()[::2])) for i in a} == set(task.problems())
-    with pytest.raises(ValueError, match="size"):
-        task.make_dataset(0, seed=0)
-
-
-@pytest.mark.parametrize(
-    ("response", "correct", "formatted"),
-    [
-        ("<think> so 1 plus 2 </think> <answer> 3 </answer>", True, True),
-        ("<think>so1plus2</think><answer>3</answer>", True, True),  # the built-in tokenizer decodes without spaces
-        ("<think> </think> <answer> 3 </answer>", True, True),  # empty think block
-        ("<answer> 3 </answer>", True, True),  # no think block: fast thinking may skip it
-        ("</think> <answer> 3", True, True),  # the prompt opened the block; answer cut at the token limit
-        ("<answer> 3 </answer> ok wait", True, True),  # words after the answer
-        ("3", True, False),  # no tag: the first digit is the answer
-        ("333 so", True, False),  # digits are read one by one
-        ("so 3 then 4", True, False),
-        ("so 4 then 3", False, False),  # the FIRST digit counts, not the last
-        ("5 <answer> 3 </answer>", True, True),  # a tagged answer wins over earlier digits
-        ("<answer> so 3 </answer>", True, False),  # the digit is after the tag, but not right after it
-        ("<answer> 2 </answer> 3", False, True),
-        ("<think> <answer> 3 </answer>", True, False),  # think block never closed
-        ("</think> <think> <answer> 3 </answer>", True, False),  # think tags out of order
-        ("<think> </think> </think> <answer> 3 </answer>", True, False),
-        ("<answer> 3 </answer> <answer> 3 </answer>", True, False),  # two answers
-        ("<answer> 3 </answer> </answer>", True, False),
-        ("<answer> 3 <think> </think>", True, False),  # think tags after the answer
-        ("<answer>", False, False),
-        ("", False, False),
-        ("so wait hmm", False, False),
-        ("<<<>>> </ans wer> <answer", False, False),
-        ("\x00\ufffd\U0001f600 3", True, False),
-    ],
-)
-def test_task_rule_on_hand_written_responses(response: str, correct: bool, formatted: bool) -> None:
-    verdict = task.check(response, "3")
-    assert (verdict.correct, verdict.formatted) == (correct, formatted)
-
-
-def test_task_rule_never_raises() -> None:
-    for bad_response in (None, 3, b"3", ["3"]):
-        assert task.check(bad_response, "3") == task.Verdict(False, False, None)  # type: ignore[arg-type]
-    for bad_answer in ("x", "", " ", "-3", "3.0", "9" * 40):
-        assert not task.check("<answer> 3 </answer>", bad_answer).correct
-    assert task.check("<answer> 3 </answer>", " 3 ").correct
-    assert task.check("so 7 <answer> 4", "4").predicted == "4"
-    assert task.check("so", "4").predicted is None
+# The task itself (problems, split, levels, the reward rule) is tested in tests/test_task.py.
 
 
 # ------------------------------------------------------------------------------------------------ load_prompts
@@ -109,7 +52,8 @@ def test_synthetic_prompts(tok) -> None:
     assert len(prompts) == 50 and prompts.skipped == 0 and prompts.source == "synthetic"
     expected = task.make_dataset(50, seed=4)
     assert [p["prompt"] for p in prompts] == [e["prompt"] for e in expected]
-    assert all(p["prompt_ids"] == tok(p["prompt"])["input_ids"] and len(p["prompt_ids"]) == 4 for p in prompts)
+    n_tokens = task.NUM_DIGITS + 1  # the digits and "="
+    assert all(p["prompt_ids"] == tok(p["prompt"])["input_ids"] and len(p["prompt_ids"]) == n_tokens for p in prompts)
     assert len(data.load_prompts(_data_cfg(), tok)) == data.SYNTHETIC_SIZE
 
 
@@ -347,7 +291,7 @@ def test_score_synthetic() -> None:
     responses = ["<think> so </think> <answer> 2 </answer>", "2", "<answer> 5 </answer>", "", "so"]
     correct, formatted = rewards.score(responses, ["2", "2", "2", "2", "2"], task="synthetic")
     assert correct.dtype == formatted.dtype == torch.bool
-    assert correct.tolist() == [True, True, False, False, False]
+    assert correct.tolist() == [True, False, False, False, False]  # "2": no answer tag, no answer
     assert formatted.tolist() == [True, False, True, False, False]
     assert rewards.task_for(_data_cfg()) == "synthetic"
     assert rewards.task_for(_data_cfg("x.jsonl")) == "math"

@@ -242,7 +242,10 @@ def _chunk(tok) -> tuple[list[dict], list[list[list[int]]]]:
     items = [
         {"prompt": p, "prompt_ids": tok(p)["input_ids"], "answer": a} for p, a in (("1 + 2 =", "3"), ("2 + 2 =", "4"))
     ]
-    texts = [["<think> so </think> <answer> 3 </answer>", "2"], ["<answer> 4 </answer>", "<think> 4"]]
+    texts = [
+        ["<think> so </think> <answer> 3 </answer>", "2"],
+        ["<answer> 4 </answer>", "<think> 4 </think> <answer> 4"],
+    ]
     completions = [[tok(t)["input_ids"] + [tok.eos_token_id] for t in group] for group in texts]
     return items, completions
 

@@ -14,6 +14,8 @@ ROOT = Path(__file__).resolve().parents[1]
 SMALL = [
     "optim.total_steps=3", "rollout.prompts_per_step=4", "rollout.group_size=4", "rollout.max_new_tokens=8",
     "optim.micro_batch_size=8", "logging.tensorboard=false", "checkpoint.export_hf=false", "rollout.max_chunks=16",
+    "eval.enabled=false",  # tests/test_eval.py turns it on; these tests read metrics.jsonl as training rows only
+    "warm_start.mode=off",  # the mechanics on random weights; test_default_runs_of_each_algorithm warm-starts
 ]  # fmt: skip
 # The FAST runs filter with DAPO's bounds: Slow2Fast's first phase keeps only groups above 30% accuracy, which a
 # random-init model rarely produces (the filter then stops with its clear error, as it should).
@@ -92,3 +94,41 @@ def test_importance_sampling_correction_against_the_engine(tmp_path):
     for line in lines:
         assert line["rollout/logp_abs_diff"] < 1e-4, line
         assert abs(line["rollout/is_weight"] - 1.0) < 1e-4 and line["rollout/is_capped"] == 0.0, line
+
+
+@pytest.fixture(scope="session")
+def warm_cache(tmp_path_factory) -> Path:
+    """One warm-start cache for the session: the first default run trains it, the others load it."""
+    return tmp_path_factory.mktemp("warm_start")
+
+
+@pytest.mark.distributed
+@pytest.mark.slow
+@pytest.mark.parametrize("algorithm", ["grpo", "fast_grpo", "sfpo", "fast_sfpo"])
+def test_default_runs_of_each_algorithm(tmp_path, warm_cache, algorithm):
+    """The built-in job as shipped (warm start, Slow2Fast for FAST, eval), cut to 2 steps: every mechanism has
+    something to act on from the first step."""
+    env = dict(os.environ, TRITON_INTERPRET="0", OMP_NUM_THREADS="1")
+    cmd = [
+        sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m", "trainer.main",
+        f"logging.run_dir={tmp_path}", f"warm_start.cache={warm_cache}", f"algorithm.name={algorithm}",
+        "optim.total_steps=2", "eval.synthetic_size=32", "checkpoint.export_hf=false", "logging.tensorboard=false",
+    ]  # fmt: skip
+    out = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-6000:]
+    rows = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    train = [r for r in rows if r.get("kind") != "eval"]
+    evals = [r for r in rows if r.get("kind") == "eval"]
+    assert [r["step"] for r in evals] == [0, 2] and len(train) == 2
+    first = evals[0]
+    # Mixed difficulty: neither solved nor hopeless, easy levels above hard ones, and lengths in between a direct
+    # answer (4 tokens) and a full thought (12).
+    assert 0.3 < first["eval/synthetic/avg@4"] < 0.95
+    assert first["eval/synthetic/level_1/avg@4"] > first["eval/synthetic/level_5/avg@4"]
+    assert 5.0 < first["eval/synthetic/length"] < 12.0
+    for r in train:
+        assert r["actor/grad_norm"] > 0 and r["actor/skipped_updates"] == 0
+        assert 0.2 < r["accuracy"] < 1.0
+    if algorithm.startswith("fast"):  # Slow2Fast's first band keeps groups from step 1, without a top-up
+        assert train[0]["rollout/filled_groups"] == 0.0 and train[0]["rollout/kept_groups"] == 8.0
+    assert "held-out accuracy" in out.stdout

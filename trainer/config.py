@@ -18,6 +18,7 @@ import importlib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from functools import cache
+from pathlib import PurePath
 from typing import TYPE_CHECKING, Any, Literal
 
 # `_describe` and `_unwrap` are not used here: re-exported for trainer.config_io, which imports them from this module.
@@ -33,11 +34,13 @@ __all__ = [
     "Config",
     "ConfigError",
     "DataConfig",
+    "EvalConfig",
     "LoggingConfig",
     "ModelConfig",
     "OptimConfig",
     "RewardConfig",
     "RolloutConfig",
+    "WarmStartConfig",
     "configs_dir",
     "find_config",
     "from_dict",
@@ -110,6 +113,41 @@ class ModelConfig(_Section):
 
 
 @dataclass
+class WarmStartConfig(_Section):
+    """The built-in warm start (`trainer.warm_start`): a short supervised pass on the synthetic task's worked
+    solutions, cached, so that RL starts from a model that already answers (directly or by thinking), as the
+    papers' models do."""
+
+    SECTION = "warm_start"
+    mode: Literal["auto", "on", "off"] = "auto"
+    """"auto": on for the tiny preset on the synthetic task (the built-in job), off otherwise; "on" requires
+    data.source = "synthetic"; "off": RL from the model as built or loaded."""
+    steps: int = 200
+    """Supervised steps (AdamW, linear warm-up then decay). 200 leaves the thinking imperfect (held-out accuracy
+    of a thought 0.97 at level 1 down to 0.84 at level 5), so RL has more to improve than the choice to think."""
+    batch_size: int = 128
+    """Examples per step."""
+    lr: float = 0.005
+    """Peak learning rate."""
+    direct: float = 0.5
+    """Fraction of examples answered directly (no think block); the rest think."""
+    filler: float = 0.5
+    """In a thought, the chance of each further filler word before `</think>` (0: none; 0.5: one on average)."""
+    seed: int = 0
+    """Seeds the fresh init and the examples; independent of the run's seed, so every RL seed starts from the same
+    model."""
+    cache: str = ""
+    """Folder of the cached weights ("": `.warm_start` beside the run folder, i.e. in logging.run_dir's parent)."""
+
+    def validate(self) -> None:
+        self._at_least(1, "steps", "batch_size")
+        self._require(self.lr > 0, "lr", "must be > 0")
+        self._require(0 <= self.direct <= 1, "direct", "must be in [0, 1]")
+        self._require(0 <= self.filler < 1, "filler", "must be in [0, 1)")
+        self._require(0 <= self.seed < 2**63, "seed", "must be in [0, 2**63)")
+
+
+@dataclass
 class DataConfig(_Section):
     """Training prompts and their reference answers."""
 
@@ -151,12 +189,17 @@ class RolloutConfig(_Section):
     """Sampling temperature (0: greedy); the log-probs of the update use the same temperature."""
     top_p: float = 1.0
     """Nucleus sampling mass, in (0, 1]."""
-    max_new_tokens: int = 8
+    max_new_tokens: int = 20
     """Response length cap in tokens."""
     sync_bucket_mb: float = 64.0
     """Weight sync: MiB of full tensors gathered per bucket (bounds the extra memory of a sync)."""
     max_chunks: int = 4
-    """With a filter on: generation chunks per step at most before the step stops with a clear error."""
+    """With a filter on: generation chunks per step at most (see `on_filter_exhausted`)."""
+    on_filter_exhausted: Literal["fill", "error"] = "fill"
+    """When `max_chunks` chunks did not give enough kept groups: "fill" tops the batch up with the step's most
+    recently rejected groups (an all-right or all-wrong group has zero advantage, so it adds only its KL term) and
+    counts them in `rollout/filled_groups`; "error" stops the run with a message naming the bounds and the
+    accuracies seen (the seeds' code, verl and EasyR1 stop)."""
     is_correction: bool = False
     """Importance-sampling correction for the rollout engine's numerics: each response token's advantage is
     multiplied by min(exp(trainer old log-prob - engine log-prob), `is_cap`) (truncated IS, as verl's TIS)."""
@@ -235,6 +278,14 @@ class RewardConfig(_Section):
     Else a user function, "package.module:function" (importable from the working directory or the installed
     packages) or "path/to/file.py:function"; imported when the config loads, so a bad path stops the run before
     any work."""
+    think_opened: Literal["auto", "true", "false"] = "auto"
+    """Whether the generation prompt already opens the `<think>` block (R1-distilled chat templates end with it), so
+    that FAST's format term expects a response that closes it without opening it. "auto": read from each rendered
+    prompt (`trainer.rewards.prompt_opens_think`); "true" / "false" (or TOML booleans) force it."""
+    truncated: Literal["wrong", "score"] = "wrong"
+    """A response cut at `rollout.max_new_tokens` (no stop token): "wrong" counts it as incorrect and unformatted,
+    whatever it holds (it never finished its answer; without this, a correctness-only reward lets text after the
+    answer grow until every response runs to the limit); "score": scored like any other (the seeds' code)."""
     on_error: Literal["raise", "zero"] = "raise"
     """When the user function raises or returns something other than one finite number per response: "raise"
     stops the run with an error naming the function and the first bad sample; "zero" scores the bad samples 0 (the
@@ -267,7 +318,10 @@ class AlgorithmConfig(_Section):
     dual_clip: float | None = None
     """Dual-clip constant c > 1 for negative advantages, or None."""
     loss_agg: Literal["token-mean", "seq-mean-token-mean", "seq-mean-token-sum-norm"] = "token-mean"
-    """How per-token losses become one number (token-mean is global across micro-batches and ranks)."""
+    """How per-token losses become one number (token-mean is global across micro-batches and ranks).
+    "seq-mean-token-sum-norm" (Dr. GRPO) is `(1/B) * sum_i sum_t(l * m) / T`, as Liger-Kernel's `dr_grpo`; verl's
+    mode of the same name does not divide by B (its loss, and so its gradient, is B times ours: scale the learning
+    rate to compare)."""
     entropy_coef: float = 0.0
     """Entropy bonus coefficient (0: off)."""
     kl_type: Literal["fixed", "batch_accuracy", "group_accuracy"] = "fixed"
@@ -285,7 +339,13 @@ class AlgorithmConfig(_Section):
     percentile: float = 80.0
     """FAST thinking reward: difficulty percentile above which a group is hard, in [0, 100]."""
     length_unit: Literal["tokens", "chars"] = "tokens"
-    """FAST thinking reward: response length in tokens, or characters (as the seed's code counts)."""
+    """FAST thinking reward: response length in tokens, or characters as the seed's code counts them (after
+    removing the whitespace around `<`, `>` and `/`)."""
+    brevity_cap: float = 0.8
+    """FAST thinking reward: the seed's `punish_count`. Of the easy-and-correct responses of a generation chunk
+    (all ranks' responses, rank 0's first, each rank's in prompt then sample order), only those met while
+    `brevity_cap * N - (those already scored) > 0` get the brevity score `1 - len / L`; later ones get 0. 1.0 (or
+    more) scores all of them (no cap); 0 none."""
     filter: Literal["none", "dapo", "slow2fast", "custom"] = "none"
     """Online group filter with refill: none; dapo (drop all-right and all-wrong groups); slow2fast (FAST-GRPO's
     curriculum, as the seed's code does it: 0.3 < acc < 0.99 for the first half of total_steps, then 0.01..0.7);
@@ -302,7 +362,8 @@ class AlgorithmConfig(_Section):
     sfpo_entropy_threshold: float = 1.0
     """SFPO entropy switch: tau; once z >= tau, switch to plain GRPO for good."""
     sfpo_stop_step: int | None = None
-    """SFPO: switch to plain GRPO at this step regardless of entropy, or None."""
+    """SFPO: run it for at most the first N steps (steps 1..N; plain GRPO from step N + 1 on), regardless of
+    entropy, as the seed's `stop_sfpo_step`; None: only the entropy switch ends it."""
 
     @property
     def fast(self) -> bool:
@@ -319,6 +380,7 @@ class AlgorithmConfig(_Section):
         self._require(self.clip_high > 0, "clip_high", "must be > 0")
         self._require(self.dual_clip is None or self.dual_clip > 1, "dual_clip", "must be > 1 (or none)")
         self._at_least(0, "kl_coef", "kl_min", "kl_max", "length_weight", "format_weight", "sfpo_inner_steps")
+        self._require(self.brevity_cap >= 0, "brevity_cap", "must be >= 0 (1.0: no cap)")
         self._require(self.kl_min <= self.kl_max, "kl_min", f"must be <= algorithm.kl_max ({self.kl_max})")
         self._require(0 <= self.percentile <= 100, "percentile", "must be in [0, 100]")
         self._require(0 <= self.sfpo_alpha <= 1, "sfpo_alpha", "must be in [0, 1]")
@@ -350,8 +412,8 @@ class OptimConfig(_Section):
     """AdamW, its schedule (linear warmup, then constant) and how an update splits the batch."""
 
     SECTION = "optim"
-    lr: float = 3e-3
-    """Peak learning rate (the tiny default; the 1.5B presets use 1e-6)."""
+    lr: float = 5e-4
+    """Peak learning rate (the built-in job's, for the warm-started tiny model; the 1.5B presets use 1e-6)."""
     weight_decay: float = 0.0
     """AdamW decoupled weight decay."""
     betas: tuple[float, float] = (0.9, 0.999)
@@ -360,7 +422,7 @@ class OptimConfig(_Section):
     """Clip the global gradient norm to this (0: no clipping; the norm is still logged)."""
     warmup_steps: int = 0
     """Linear learning-rate warmup, in steps."""
-    total_steps: int = 150
+    total_steps: int = 100
     """Training steps (one rollout batch each); also the denominator of the curriculum's progress."""
     minibatches: int = 1
     """Optimizer steps per update: the batch is split into this many minibatches."""
@@ -415,11 +477,92 @@ class LoggingConfig(_Section):
         self._at_least(1, "console_every")
 
 
+EVAL_SUFFIXES = (".jsonl", ".parquet")
+"""File types an `eval.source` entry may name (besides "synthetic")."""
+
+
+def eval_source_name(entry: str) -> str:
+    """How an `eval.source` entry is reported: "synthetic", or the file's stem (`data/math500.jsonl` -> `math500`)."""
+    return entry if entry == "synthetic" else PurePath(entry.replace("\\", "/")).stem
+
+
+@dataclass
+class EvalConfig(_Section):
+    """Held-out evaluation (`trainer.eval`): before training, every `every` steps and at the end, on the rollout
+    engine with the weights just synced; also standalone (`python -m trainer.eval MODEL`)."""
+
+    SECTION = "eval"
+    enabled: bool = True
+    """Evaluate during training (false: never; `python -m trainer.eval` ignores this)."""
+    source: str = "synthetic"
+    """What to evaluate on: "synthetic" (the built-in task's held-out split, disjoint from its training prompts), or
+    .jsonl / .parquet files, given as a TOML list (`["a.jsonl", "b.parquet"]`) or one string with commas
+    (`eval.source=a.jsonl,b.parquet`); each is reported under its file stem (`eval/math500/...`). A relative path
+    is taken from the working directory when it is there, else from the repository root (so the presets'
+    `../shared/data/math500.jsonl` is found from any folder). Same columns and scorer as the training files."""
+    before_train: bool = True
+    """Evaluate once before the first step (after the first weight sync); a resumed run does not repeat it."""
+    every: int = 10
+    """Evaluate every this many steps (0: only before training and at the end); always at the end."""
+    synthetic_size: int = 128
+    """Prompts of the synthetic held-out split."""
+    max_prompts: int = 0
+    """Evaluate the first N usable prompts of each source only (0: all of them)."""
+    n: int = 4
+    """Samples per prompt (avg@n, pass@k for k = 1, 2, 4, ... <= n, maj@n)."""
+    temperature: float = 1.0
+    """Sampling temperature (0: greedy; the n samples are then the same)."""
+    top_p: float = 1.0
+    """Nucleus sampling mass, in (0, 1]."""
+    max_new_tokens: int = 0
+    """Response length cap in tokens (0: rollout.max_new_tokens)."""
+    max_prompt_tokens: int = 0
+    """Longer prompts (after the chat template) are skipped and counted (`skipped_prompts`); 0:
+    data.max_prompt_tokens."""
+    prompt_key: str = ""
+    """Column holding the prompt text in the files ("": data.prompt_key)."""
+    answer_key: str = ""
+    """Column holding the reference answer in the files ("": data.answer_key)."""
+    difficulty_key: str = "level"
+    """Optional column with a difficulty (MATH-500's `level`, 1-5; the synthetic task's `level`): metrics are also
+    reported per value, `eval/<source>/level_<d>/...`. Rows without it are left out of that split; "": none."""
+    batch_size: int = 16
+    """Prompts per `generate` call. Prompts are cut into blocks of this size, dealt round-robin to the ranks, each
+    block sampled with its own seed: the numbers depend on it (and on the seed and step), not on the number of
+    ranks. Larger is faster on vLLM."""
+
+    def __post_init__(self) -> None:
+        if isinstance(self.source, (list, tuple)):  # a TOML list of paths: kept as one comma-separated string
+            if not all(isinstance(s, str) for s in self.source):
+                raise ConfigError(f"eval.source = {self.source!r}: expected a string or a list of strings")
+            self.source = ",".join(s.strip() for s in self.source)
+        super().__post_init__()
+
+    @property
+    def sources(self) -> list[str]:
+        """The `source` entries: "synthetic" and file paths, in order."""
+        return [s.strip() for s in self.source.split(",") if s.strip()]
+
+    def validate(self) -> None:
+        sources = self.sources
+        self._require(bool(sources), "source", "must be 'synthetic' or one or more .jsonl / .parquet paths")
+        for s in sources:
+            ok = s == "synthetic" or s.lower().endswith(EVAL_SUFFIXES)
+            self._require(ok, "source", f"{s!r} is neither 'synthetic' nor a path to a .jsonl or .parquet file")
+        names = [eval_source_name(s) for s in sources]
+        for name in names:
+            self._require(names.count(name) == 1, "source", f"two entries report as {name!r} (stems must differ)")
+        self._at_least(0, "every", "max_prompts", "max_new_tokens", "max_prompt_tokens", "temperature")
+        self._at_least(1, "synthetic_size", "n", "batch_size")
+        self._require(0 < self.top_p <= 1, "top_p", "must be in (0, 1]")
+
+
 @dataclass
 class Config(_Section):
     """The whole run: one section per component, plus the seed."""
 
     model: ModelConfig = field(default_factory=ModelConfig)
+    warm_start: WarmStartConfig = field(default_factory=WarmStartConfig)
     data: DataConfig = field(default_factory=DataConfig)
     rollout: RolloutConfig = field(default_factory=RolloutConfig)
     reward: RewardConfig = field(default_factory=RewardConfig)
@@ -427,6 +570,7 @@ class Config(_Section):
     optim: OptimConfig = field(default_factory=OptimConfig)
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
     logging: LoggingConfig = field(default_factory=LoggingConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
     seed: int = 0
     """Seeds everything (model init, data order, sampling); a run is deterministic for a seed on CPU."""
     explicit_keys: frozenset[str] = field(default=frozenset(), compare=False, repr=False, metadata={"internal": True})
@@ -434,6 +578,11 @@ class Config(_Section):
 
     def validate(self) -> None:
         self._require(0 <= self.seed < 2**63, "seed", "must be in [0, 2**63)")
+        if self.warm_start.mode == "on" and str(self.data.source) != "synthetic":
+            raise ConfigError(
+                f"warm_start.mode = 'on': the warm start trains on the synthetic task, but data.source = "
+                f"{self.data.source!r}; use warm_start.mode = 'off' (or 'auto')"
+            )
 
     def resolved(self) -> Config:
         """This config with `FAST_DEFAULTS` applied, for FAST names, to the keys not in `explicit_keys`."""

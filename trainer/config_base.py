@@ -85,6 +85,8 @@ def _coerce(key: str, value: Any, hint: Any) -> Any:
         choices = typing.get_args(base)
         if isinstance(value, str) and value in choices:
             return value
+        if isinstance(value, bool) and str(value).lower() in choices:  # `think_opened = true` in TOML
+            return str(value).lower()
         raise ConfigError(f"{key} = {value!r}: expected {_describe(hint)}{_suggest(str(value), choices)}")
     elif base is bool or base is str:
         if isinstance(value, base):

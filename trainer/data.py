@@ -2,8 +2,10 @@
 resumable per-rank sampler.
 
 `load_prompts(cfg.data, tokenizer)` returns a `Prompts` sequence whose items are
-`{"prompt": str, "prompt_ids": list[int], "answer": str}`; `PromptSampler` hands each rank its share of every chunk
-of prompts, from a permutation reshuffled per epoch, and can be saved and resumed exactly.
+`{"prompt": str, "prompt_ids": list[int], "answer": str}`, plus `"difficulty"` (the row's value of the
+`difficulty_key` column: an int, float or str, None where the row has none) when the config names such a column;
+`PromptSampler` hands each rank its share of every chunk of prompts, from a permutation reshuffled per epoch, and can
+be saved and resumed exactly.
 
 Memory: a JSONL file is never held in memory. One pass at load time reads it line by line, validates every row
 (UTF-8, JSON, keys, types) and tokenises it in batches to apply `max_prompt_tokens`, then forgets it, keeping only
@@ -19,7 +21,9 @@ held in a list.
 
 The data config is read by attribute (duck typing): `source` ("synthetic" or a path to .jsonl / .json / .parquet),
 `prompt_key`, `answer_key`, `max_prompt_tokens`, `on_long_prompt` ("skip" | "error"), `apply_chat_template`, and
-optionally `synthetic_size`.
+optionally `synthetic_size`, `synthetic_split` ("train", the default, or "eval": the task's held-out split, see
+`trainer.task.make_dataset`) and `difficulty_key` (a column name; unset or "": no difficulty). The training data
+config (`DataConfig`) sets none of the optional ones; the evaluation (`trainer.eval`) sets them.
 """
 
 from __future__ import annotations
@@ -44,6 +48,7 @@ __all__ = [
     "SYNTHETIC_SIZE",
     "PromptSampler",
     "Prompts",
+    "difficulty_key",
     "encode_prompt",
     "encode_prompts",
     "load_prompts",
@@ -60,8 +65,9 @@ _BATCH = 4096
 the batch's Python objects stay a few MB."""
 
 Item = dict[str, Any]
-Row = tuple[str, Any, Any, int]
-"""(row label for messages, prompt, answer, locator: byte offset in a JSONL file, row number in a Parquet file)."""
+Row = tuple[str, Any, Any, int, Any]
+"""(row label for messages, prompt, answer, locator: byte offset in a JSONL file, row number in a Parquet file,
+difficulty: the `difficulty_key` value, None when the config names no such column or the row lacks it)."""
 
 
 class Prompts(Sequence):
@@ -124,9 +130,11 @@ def load_prompts(data_cfg: Any, tokenizer: PreTrainedTokenizerBase, *, seed: int
         raise ValueError(f"data.on_long_prompt: {data_cfg.on_long_prompt!r} is not allowed; allowed: 'skip', 'error'")
     if source == SYNTHETIC:
         size = int(getattr(data_cfg, "synthetic_size", SYNTHETIC_SIZE))
+        split = str(getattr(data_cfg, "synthetic_split", "train"))
+        key = difficulty_key(data_cfg)
         rows: Iterator[Row] = (
-            (f"synthetic item {i}", item["prompt"], item["answer"], i)
-            for i, item in enumerate(task.make_dataset(size, seed))
+            (f"synthetic item {i}", item["prompt"], item["answer"], i, item.get(key) if key else None)
+            for i, item in enumerate(task.make_dataset(size, seed, split=split))
         )
         return _eager(SYNTHETIC, rows, tokenizer, data_cfg)
     path = Path(source).expanduser()
@@ -203,7 +211,8 @@ def _scan(
     chat_template = bool(data_cfg.apply_chat_template)
     counter = None if keep_items else _TokenCounter(tokenizer, chat_template=chat_template)
     skipped = 0
-    batch: list[tuple[str, str, str, int]] = []
+    batch: list[tuple[str, str, str, int, Any]] = []
+    with_difficulty = difficulty_key(data_cfg) is not None
 
     def flush() -> None:
         nonlocal skipped
@@ -213,15 +222,19 @@ def _scan(
             counts = [len(ids) for ids in all_ids]
         else:
             counts = counter(prompts)
-        for k, ((row, prompt, answer, loc), n) in enumerate(zip(batch, counts)):
+        for k, ((row, prompt, answer, loc, level), n) in enumerate(zip(batch, counts)):
             if _too_long(where, row, n, data_cfg):
                 skipped += 1
+            elif all_ids:
+                item = {"prompt": prompt, "prompt_ids": all_ids[k], "answer": answer}
+                keep(loc, item | ({"difficulty": level} if with_difficulty else {}))
             else:
-                keep(loc, {"prompt": prompt, "prompt_ids": all_ids[k], "answer": answer} if all_ids else None)
+                keep(loc, None)
         batch.clear()
 
-    for row, prompt, answer, loc in rows:
-        batch.append((row, *_check_row(where, row, prompt, answer, data_cfg), loc))
+    for row, prompt, answer, loc, level in rows:
+        level = _check_difficulty(where, row, level)
+        batch.append((row, *_check_row(where, row, prompt, answer, data_cfg), loc, level))
         if len(batch) == _BATCH:
             flush()
     if batch:
@@ -269,6 +282,18 @@ class _TokenCounter:
                 self.backend = None
             return exact
         return fast
+
+
+def difficulty_key(data_cfg: Any) -> str | None:
+    """The difficulty column the config names (`difficulty_key`), None when it names none."""
+    return getattr(data_cfg, "difficulty_key", None) or None
+
+
+def _check_difficulty(where: str, row: str, value: Any) -> Any:
+    """A row's difficulty as given (int, float or str; None when absent); a clear error for another type."""
+    if value is None or (isinstance(value, (int, float, str)) and not isinstance(value, bool)):
+        return value
+    raise ValueError(f"{where}: {row}: the difficulty column must hold a number or a string, got {value!r:.80}")
 
 
 def _too_long(where: str, row: str, n_tokens: int, data_cfg: Any) -> bool:
@@ -319,7 +344,8 @@ def _json_array_rows(path: Path, data_cfg: Any) -> Iterator[Row]:
     if not isinstance(records, list):
         raise ValueError(f"{path}: expected a JSON array, got {type(records).__name__}")
     for i, record in enumerate(records):
-        yield (*_pick(path, f"element {i}", record, data_cfg), i)
+        label, prompt, answer, level = _pick(path, f"element {i}", record, data_cfg)
+        yield label, prompt, answer, i, level
 
 
 def _jsonl_rows(path: Path, data_cfg: Any) -> Iterator[Row]:
@@ -330,7 +356,8 @@ def _jsonl_rows(path: Path, data_cfg: Any) -> Iterator[Row]:
             start, offset = offset, offset + len(raw)
             record = _parse_line(path, raw, start, f"line {lineno}")
             if record is not None:
-                yield (*_pick(path, f"line {lineno}", record, data_cfg), start)
+                label, prompt, answer, level = _pick(path, f"line {lineno}", record, data_cfg)
+                yield label, prompt, answer, start, level
 
 
 def _parse_line(path: Path, raw: bytes, offset: int, row: str) -> Any:
@@ -354,15 +381,17 @@ def _utf8(path: Path, raw: bytes, offset: int, where: str) -> str:
         ) from exc
 
 
-def _pick(path: Path, row: str, record: Any, data_cfg: Any) -> tuple[str, Any, Any]:
-    """(row, prompt, answer) of one JSON record; a clear error for a non-object or a missing key."""
+def _pick(path: Path, row: str, record: Any, data_cfg: Any) -> tuple[str, Any, Any, Any]:
+    """(row, prompt, answer, difficulty) of one JSON record; a clear error for a non-object or a missing key (the
+    difficulty column is optional: None where it is missing)."""
     if not isinstance(record, dict):
         raise ValueError(f"{path}: {row}: expected a JSON object, got {type(record).__name__}")
     for key, name in ((data_cfg.prompt_key, "data.prompt_key"), (data_cfg.answer_key, "data.answer_key")):
         if key not in record:
             keys = ", ".join(sorted(map(str, record)))[:200]
             raise ValueError(f"{path}: {row}: no key {key!r} ({name}); the row has: {keys}")
-    return row, record[data_cfg.prompt_key], record[data_cfg.answer_key]
+    key = difficulty_key(data_cfg)
+    return row, record[data_cfg.prompt_key], record[data_cfg.answer_key], record.get(key) if key else None
 
 
 def _stamp(path: Path) -> tuple[int, int]:
@@ -404,14 +433,18 @@ class _JsonlItems(Sequence):
         return _item(str(self.path), _pick(self.path, row, record, self.data_cfg), self.tokenizer, self.data_cfg)
 
 
-def _item(where: str, row: tuple[str, Any, Any], tokenizer: PreTrainedTokenizerBase, data_cfg: Any) -> Item:
-    """One row, checked and tokenised again on access (the load-time pass already accepted it)."""
-    label, prompt, answer = row
+def _item(where: str, row: tuple[str, Any, Any, Any], tokenizer: PreTrainedTokenizerBase, data_cfg: Any) -> Item:
+    """One row `(label, prompt, answer, difficulty)`, checked and tokenised again on access (the load-time pass
+    already accepted it)."""
+    label, prompt, answer, level = row
     prompt, answer = _check_row(where, label, prompt, answer, data_cfg)
     ids = encode_prompt(tokenizer, prompt, chat_template=bool(data_cfg.apply_chat_template))
     if len(ids) > int(data_cfg.max_prompt_tokens):
         raise ValueError(f"{where}: {label}: the prompt has {len(ids)} tokens now; the tokenizer changed after loading")
-    return {"prompt": prompt, "prompt_ids": ids, "answer": answer}
+    item = {"prompt": prompt, "prompt_ids": ids, "answer": answer}
+    if difficulty_key(data_cfg) is not None:
+        item["difficulty"] = _check_difficulty(where, label, level)
+    return item
 
 
 # ------------------------------------------------------------------------------------------------ sampler

@@ -46,28 +46,38 @@ def _open_parquet(pq: Any, path: Path, data_cfg: Any) -> Any:
     return file
 
 
-def parquet_rows(pq: Any, path: Path, data_cfg: Any) -> Iterator[Row]:
-    """(label, prompt, answer, row number) of each row, one row group at a time."""
-    file = _open_parquet(pq, path, data_cfg)
+def _columns(file: Any, data_cfg: Any) -> list[str]:
+    """The columns to read: prompt, answer, and the optional difficulty column (`difficulty_key`) when it exists."""
     columns = [data_cfg.prompt_key, data_cfg.answer_key]
+    level = getattr(data_cfg, "difficulty_key", None)
+    return [*columns, level] if level and level in file.schema_arrow.names else columns
+
+
+def parquet_rows(pq: Any, path: Path, data_cfg: Any) -> Iterator[Row]:
+    """(label, prompt, answer, row number, difficulty or None) of each row, one row group at a time."""
+    file = _open_parquet(pq, path, data_cfg)
+    columns = _columns(file, data_cfg)
     i = 0
     for g in range(file.num_row_groups):
         table = file.read_row_group(g, columns=columns)
-        for prompt, answer in zip(table.column(0).to_pylist(), table.column(1).to_pylist()):
-            yield f"row {i}", prompt, answer, i
+        levels = table.column(2).to_pylist() if len(columns) == 3 else [None] * table.num_rows
+        for prompt, answer, level in zip(table.column(0).to_pylist(), table.column(1).to_pylist(), levels):
+            yield f"row {i}", prompt, answer, i, level
             i += 1
 
 
 class ParquetItems(Sequence):
     """The usable rows of a Parquet file, read on access a row group at a time (the last few kept as Arrow).
 
-    `to_item` turns a row `(label, prompt, answer)` into the item (checked and tokenised again by `trainer.data`)."""
+    `to_item` turns a row `(label, prompt, answer, difficulty)` into the item (checked and tokenised again by
+    `trainer.data`)."""
 
     def __init__(
-        self, pq: Any, path: Path, rows: array, data_cfg: Any, to_item: Callable[[tuple[str, Any, Any]], Item]
+        self, pq: Any, path: Path, rows: array, data_cfg: Any, to_item: Callable[[tuple[str, Any, Any, Any]], Item]
     ) -> None:
         self.path, self.rows, self.data_cfg, self.to_item = path, rows, data_cfg, to_item
         self.file = _open_parquet(pq, path, data_cfg)
+        self.columns = _columns(self.file, data_cfg)
         meta = self.file.metadata
         self.group_starts = [0]
         for g in range(meta.num_row_groups):
@@ -81,10 +91,11 @@ class ParquetItems(Sequence):
         row = self.rows[i]
         g = bisect.bisect_right(self.group_starts, row) - 1
         if g not in self.cache:
-            self.cache[g] = self.file.read_row_group(g, columns=[self.data_cfg.prompt_key, self.data_cfg.answer_key])
+            self.cache[g] = self.file.read_row_group(g, columns=self.columns)
             while len(self.cache) > _CACHED_ROW_GROUPS:
                 self.cache.popitem(last=False)
         self.cache.move_to_end(g)
         table, j = self.cache[g], row - self.group_starts[g]
         prompt, answer = table.column(0)[j].as_py(), table.column(1)[j].as_py()
-        return self.to_item((f"row {row}", prompt, answer))
+        level = table.column(2)[j].as_py() if len(self.columns) == 3 else None
+        return self.to_item((f"row {row}", prompt, answer, level))

@@ -4,6 +4,10 @@ Only rank 0 writes (the trainer's metrics are already reduced across ranks); on 
 no-op. `run_dir/metrics.jsonl` is opened for appending, so a resumed run continues the same file; a step logged
 twice (a run killed after its last checkpoint, then resumed) appears twice, and readers such as `trainer.plot`
 keep the last line for each step. Non-finite values are written as JSON `null` (strict JSON has no NaN).
+
+An evaluation (`log_eval`) writes a row of its own, `{"step": k, "time": ..., "kind": "eval", "eval/<source>/...":
+...}`, beside the training row of step k (step 0: before training); training rows have no "kind". Readers keep the
+last row of each (step, kind) and may merge the two (`trainer.plot.read_metrics` does).
 """
 
 from __future__ import annotations
@@ -22,6 +26,8 @@ import torch
 
 METRICS_FILE = "metrics.jsonl"
 SUMMARY_FILE = "summary.txt"
+EVAL_KIND = "eval"
+"""The "kind" of an evaluation's row in metrics.jsonl (a training row has no "kind")."""
 # The console line: (label, the metric keys it shows, first present wins, format). Keys are the trainer's.
 CONSOLE_FIELDS: tuple[tuple[str, tuple[str, ...], str], ...] = (
     ("reward", ("reward",), "{:.3f}"),
@@ -94,16 +100,30 @@ class MetricsLogger:
         TensorBoard scalars. Values: floats, ints, bools, strings, or one-element tensors."""
         if self._file is None:
             return
-        record: dict[str, Any] = {"step": int(step), "time": time.time()}
+        record = self._write(step, metrics, {})
+        if self.console_every > 0 and (step % self.console_every == 0 or step == 1):
+            self._print(self.format_line(step, record))
+
+    def log_eval(self, step: int, metrics: Mapping[str, Any]) -> None:
+        """Appends an evaluation's row `{"step", "time", "kind": "eval", **metrics}` (beside the step's training
+        row), writes TensorBoard scalars, and prints `format_eval_line` (unless `console_every` is 0)."""
+        if self._file is None:
+            return
+        record = self._write(step, metrics, {"kind": EVAL_KIND})
+        if self.console_every > 0:
+            self._print(format_eval_line(step, record))
+
+    def _write(self, step: int, metrics: Mapping[str, Any], head: dict[str, Any]) -> dict[str, Any]:
+        record: dict[str, Any] = {"step": int(step), "time": time.time(), **head}
         record.update({k: to_number(k, v) for k, v in metrics.items()})
+        assert self._file is not None
         self._file.write(json.dumps(record) + "\n")
         self._file.flush()
         if self._tb is not None:
             for key, value in record.items():
                 if key not in ("step", "time") and isinstance(value, (int, float)):
                     self._tb.add_scalar(key, value, global_step=step)
-        if self.console_every > 0 and (step % self.console_every == 0 or step == 1):
-            self._print(self.format_line(step, record))
+        return record
 
     def format_line(self, step: int, metrics: Mapping[str, Any]) -> str:
         """`step 12/60 | reward 0.512 | acc 0.438 | len 14.2 | ...`: the fields of CONSOLE_FIELDS present."""
@@ -143,6 +163,31 @@ class MetricsLogger:
 
     def _print(self, line: str) -> None:
         print(line, file=self.stream or sys.stdout, flush=True)
+
+
+def format_eval_line(step: int, metrics: Mapping[str, Any]) -> str:
+    """`eval step 25 | synthetic avg@4 0.531 pass@4 0.812 maj@4 0.600 len 6.1 fmt 0.500 | 2.1 s`: per source, its
+    avg@n, largest pass@k, maj@n, mean length and format rate (levels left out: they are in the file)."""
+    by_source: dict[str, dict[str, Any]] = {}
+    for key, value in metrics.items():
+        parts = key.split("/")
+        if len(parts) == 3 and parts[0] == "eval":
+            by_source.setdefault(parts[1], {})[parts[2]] = value
+    fmt = lambda v, spec: "nan" if v is None else spec.format(v)
+    out = [f"eval step {step}"]
+    for source, m in by_source.items():
+        fields = [source]
+        passes = sorted((k for k in m if k.startswith("pass@")), key=lambda k: int(k[5:]))
+        for key in [k for k in m if k.startswith("avg@")] + passes[-1:] + [k for k in m if k.startswith("maj@")]:
+            fields.append(f"{key} {fmt(m[key], '{:.3f}')}")
+        if "length" in m:
+            fields.append(f"len {fmt(m['length'], '{:.1f}')}")
+        if "format" in m:
+            fields.append(f"fmt {fmt(m['format'], '{:.3f}')}")
+        out.append(" ".join(fields))
+    if "time/eval" in metrics:
+        out.append(f"{fmt(metrics['time/eval'], '{:.1f}')} s")
+    return " | ".join(out)
 
 
 def _current_rss_bytes() -> int | None:

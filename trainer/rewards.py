@@ -38,6 +38,7 @@ import importlib.util
 import inspect
 import math
 import numbers
+import re
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -56,8 +57,10 @@ __all__ = [
     "RewardError",
     "RewardFn",
     "call_reward_fn",
+    "char_length",
     "lengths",
     "load_reward_fn",
+    "prompt_opens_think",
     "score",
     "task_for",
 ]
@@ -88,7 +91,7 @@ def score(
     answers: Sequence[str],
     *,
     task: str,
-    think_opened: bool = False,
+    think_opened: bool | Sequence[bool] = False,
     timeout_s: float = 2.0,
 ) -> tuple[Tensor, Tensor]:
     """Scores `N` decoded responses against their reference answers.
@@ -98,7 +101,9 @@ def score(
         answers: `N` reference answers, `answers[i]` for `responses[i]`.
         task: "synthetic" (`trainer.task.check`) or "math" (`fastslow.math_reward`: boxed or `<answer>` answer,
             exact then symbolic comparison, FAST's think/answer format).
-        think_opened: math only: the prompt (chat template) already opened the `<think>` block.
+        think_opened: math only: the prompt (chat template) already opened the `<think>` block, so FAST's format
+            term expects the response to close it without opening it: one bool for all, or one per response
+            (`prompt_opens_think` tells it from a rendered prompt).
         timeout_s: math only: limit of one symbolic check.
 
     Returns:
@@ -110,10 +115,20 @@ def score(
         raise ValueError("responses and answers must be sequences of strings, not one string")
     if len(responses) != len(answers):
         raise ValueError(f"answers has {len(answers)} items but responses has {len(responses)}")
+    opened = [bool(think_opened)] * len(responses) if isinstance(think_opened, bool) else list(think_opened)
+    if len(opened) != len(responses):
+        raise ValueError(f"think_opened has {len(opened)} items but responses has {len(responses)}")
     if task == "math":
-        correct, formatted, _ = score_batch(
-            list(responses), [str(a) for a in answers], timeout_s=timeout_s, think_opened=think_opened
-        )
+        correct = torch.zeros(len(responses), dtype=torch.bool)
+        formatted = torch.zeros(len(responses), dtype=torch.bool)
+        for flag in (False, True):  # one verifier batch per kind of prompt
+            idx = [i for i, o in enumerate(opened) if o == flag]
+            if idx:
+                c, f, _ = score_batch(
+                    [responses[i] for i in idx], [str(answers[i]) for i in idx], timeout_s=timeout_s,
+                    think_opened=flag,
+                )  # fmt: skip
+                correct[idx], formatted[idx] = c, f
         return correct, formatted
     verdicts = [synthetic_task.check(r, str(a)) for r, a in zip(responses, answers)]
     correct = torch.tensor([v.correct for v in verdicts], dtype=torch.bool)
@@ -121,8 +136,17 @@ def score(
     return correct, formatted
 
 
+def prompt_opens_think(tokenizer: Any, prompt_ids: Sequence[int]) -> bool:
+    """Whether a rendered generation prompt ends inside an open think block (R1-distilled models' chat templates end
+    with `<think>`): its last tokens, decoded with the special tokens kept, end with `<think>` once trailing white
+    space is removed."""
+    tail = tokenizer.decode(list(prompt_ids[-16:]), skip_special_tokens=False)
+    return tail.rstrip().endswith("<think>")
+
+
 def lengths(response_token_counts: Sequence[int] | Tensor, responses: Sequence[str], unit: str) -> Tensor:
-    """Response lengths for the FAST length score, in `unit`: "tokens" (the counts given) or "chars" (of the text).
+    """Response lengths for the FAST length score, in `unit`: "tokens" (the counts given) or "chars" (of the text,
+    counted as the seed does: `char_length`).
 
     Args:
         response_token_counts: `[N]` generated tokens per response (the stop token included, padding not).
@@ -138,10 +162,21 @@ def lengths(response_token_counts: Sequence[int] | Tensor, responses: Sequence[s
     if n_tokens != len(responses):
         raise ValueError(f"response_token_counts has {n_tokens} items but responses has {len(responses)}")
     if unit == "chars":
-        return torch.tensor([float(len(r)) for r in responses], dtype=torch.float32)
+        return torch.tensor([float(char_length(r)) for r in responses], dtype=torch.float32)
     if isinstance(response_token_counts, Tensor):
         return response_token_counts.detach().to("cpu", torch.float32).reshape(-1)
     return torch.tensor([float(c) for c in response_token_counts], dtype=torch.float32)
+
+
+_TAG_SPACE = re.compile(r"\s*([<>/])\s*")
+
+
+def char_length(response: str) -> int:
+    """The FAST seed's character count: `len(response)` once the whitespace around `<`, `>` and `/` is removed.
+
+    `"<think> 3 / 4 </think> The answer is \\boxed{42}"` is 42 characters (47 before the removal).
+    """
+    return len(_TAG_SPACE.sub(r"\1", response))
 
 
 def load_reward_fn(spec: str) -> RewardFn:

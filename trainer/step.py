@@ -83,6 +83,14 @@ def _sampling(ctx: StepContext, step: int, chunk: int) -> SamplingParams:
     )  # fmt: skip
 
 
+def _think_opened(ctx: StepContext, items: list[dict], n: int) -> list[bool]:
+    """`reward.think_opened` per response: forced, or read from each item's rendered prompt ("auto")."""
+    mode = ctx.cfg.reward.think_opened
+    if mode != "auto":
+        return [mode == "true"] * (len(items) * n)
+    return [reward_fns.prompt_opens_think(ctx.tokenizer, it["prompt_ids"]) for it in items for _ in range(n)]
+
+
 def _score_chunk(ctx: StepContext, items: list[dict], completions: list[list[list[int]]]) -> list[Group]:
     """Rewards for one generated chunk; the FAST thinking reward takes its statistics over all ranks' chunk.
 
@@ -96,7 +104,10 @@ def _score_chunk(ctx: StepContext, items: list[dict], completions: list[list[lis
     flat = [c for comps in completions for c in comps]
     texts = [ctx.tokenizer.decode([t for t in c if t != eos], skip_special_tokens=True) for c in flat]
     answers = [it["answer"] for it in items for _ in range(n)]
-    correct, formatted = reward_fns.score(texts, answers, task=ctx.task)
+    correct, formatted = reward_fns.score(texts, answers, task=ctx.task, think_opened=_think_opened(ctx, items, n))
+    if cfg.reward.truncated == "wrong":  # cut at the token limit: the answer was never finished
+        ended = torch.tensor([bool(c) and c[-1] == eos for c in flat], dtype=torch.bool)
+        correct, formatted = correct & ended, formatted & ended
     lengths = reward_fns.lengths([len(c) for c in flat], texts, cfg.algorithm.length_unit)
     user = cfg.reward.function
     if user:  # resolved (and cached) when the config loaded
@@ -110,9 +121,12 @@ def _score_chunk(ctx: StepContext, items: list[dict], completions: list[list[lis
         rank, local = ctx.info.rank, len(flat)
         stats = torch.stack([lengths.float(), correct.float(), formatted.float()]).to(ctx.info.device)
         every = all_gather_cat(stats.t().contiguous()).cpu()  # [world * local, 3], rank by rank
+        # The chunk's order, which FAST's brevity budget (brevity_cap) follows: rank 0's responses first, each
+        # rank's in prompt order, then sample order.
         fast = thinking_reward(
             every[:, 0], every[:, 1] > 0.5, every[:, 2] > 0.5, n, percentile=cfg.algorithm.percentile,
             length_weight=cfg.algorithm.length_weight, format_weight=cfg.algorithm.format_weight,
+            brevity_cap=cfg.algorithm.brevity_cap,
         )  # fmt: skip
         rewards = fast.rewards[rank * local : (rank + 1) * local]
         if user:
@@ -131,12 +145,14 @@ def collect(ctx: StepContext, step: int) -> tuple[list[Group], dict[str, float]]
     """Generate chunks of prompts until every rank holds its share of kept groups (or the chunk cap is hit)."""
     cfg = ctx.cfg
     per_rank = cfg.rollout.prompts_per_step // ctx.info.world
-    progress = step / max(cfg.optim.total_steps, 1)
+    # `step` counts from 0; the seed's k-th step (k from 1) filters with progress k / total_steps.
+    progress = (step + 1) / max(cfg.optim.total_steps, 1)
     filt = None
     if ctx.schedule is not None:
         filt = OnlineFilter(ctx.schedule, per_rank, max_chunks=cfg.rollout.max_chunks)
         filt.start(progress)
     chunk = 0
+    rejected: list[Group] = []  # this rank's groups the filter dropped, in arrival order (for on_filter_exhausted)
     while True:
         items = [ctx.prompts[i] for i in ctx.sampler.next_chunk()]
         completions = ctx.engine.generate([it["prompt_ids"] for it in items], _sampling(ctx, step, chunk))
@@ -145,8 +161,10 @@ def collect(ctx: StepContext, step: int) -> tuple[list[Group], dict[str, float]]
         if filt is None:
             return groups, {"rollout/chunks": 1.0, "rollout/kept_groups": float(len(groups))}
         failure = None
+        acc = torch.stack([g.correct.float().mean() for g in groups])
+        rejected += [g for g, keep in zip(groups, ctx.schedule.keep(acc, progress).tolist()) if not keep]
         try:
-            filt.add(torch.stack([g.correct.float().mean() for g in groups]), items=groups)
+            filt.add(acc, items=groups)
         except FilterExhausted as err:
             failure = err
         flags = torch.tensor([float(filt.done), float(failure is not None)], device=ctx.info.device)
@@ -154,9 +172,19 @@ def collect(ctx: StepContext, step: int) -> tuple[list[Group], dict[str, float]]
         any_failed = all_reduce(flags[1:].clone(), "max").item() > 0.5
         if all_done:
             kept = filt.result().items
-            return list(kept), {"rollout/chunks": float(chunk), "rollout/kept_groups": float(len(kept))}
-        if any_failed:
-            raise FilterExhausted(str(failure) if failure else "another rank's online filter ran out of chunks")
+            return list(kept), {
+                "rollout/chunks": float(chunk), "rollout/kept_groups": float(len(kept)), "rollout/filled_groups": 0.0,
+            }  # fmt: skip
+        if any_failed:  # every rank is at its max_chunks-th chunk: all stop here
+            if cfg.rollout.on_filter_exhausted == "error":
+                raise FilterExhausted(str(failure) if failure else "another rank's online filter ran out of chunks")
+            kept = list(filt.result(partial=True).items)
+            fill = rejected[len(rejected) - (per_rank - len(kept)) :] if len(kept) < per_rank else []
+            counts = all_reduce(torch.tensor([float(len(kept)), float(len(fill))], device=ctx.info.device))
+            counts = (counts / ctx.info.world).tolist()  # per rank, as the other kept_groups values
+            return kept + fill, {
+                "rollout/chunks": float(chunk), "rollout/kept_groups": counts[0], "rollout/filled_groups": counts[1],
+            }  # fmt: skip
 
 
 def make_batch(groups: list[Group], pad_id: int, device: torch.device) -> Batch:
@@ -227,7 +255,8 @@ def update(
     rows_all = torch.arange(B, device=device)
     for _ in range(o.epochs):
         for mb in torch.tensor_split(rows_all, o.minibatches):
-            n_tok = all_reduce(batch.mask[mb].sum().float())
+            # clamp: a minibatch without response tokens (every response empty) has a zero loss, not 0 / 0.
+            n_tok = all_reduce(batch.mask[mb].sum().float()).clamp(min=1.0)
             n_seq = all_reduce(batch.mask[mb].any(-1).sum().float())
             n_rows = all_reduce(torch.tensor(float(len(mb)), device=device))
             for r in _micro(mb, o.micro_batch_size):

@@ -1,50 +1,60 @@
-"""The built-in synthetic verifiable task: small sums, answered in a think/answer layout.
+"""The built-in synthetic verifiable task: the last digit of a sum of digits, with a think trace that can help.
 
-A prompt is `"a + b ="` with `a + b <= MAX_SUM` (4: fifteen problems); the answer is the sum. The expected response
-is `"<think> ... </think> <answer> 3 </answer>"`. Prompts and responses are made of the words of `VOCAB`, one token
-each in the code-built tokenizer (`trainer.model.build_tokenizer`).
+A prompt is `NUM_DIGITS` digits and `=`, e.g. `"3 0 0 5 0 2 ="`; the answer is the last digit of their sum (`0`).
+The level (difficulty) of a problem is how many of its digits are not zero, 1 to `MAX_LEVEL`. Two ways to answer:
 
-Why this task. The default run must show a randomly initialised 2-layer, 64-wide Qwen2 learning with GRPO in ~150
-steps on a CPU. Measured with plain group-normalised policy gradient (the GRPO loss on-policy: 16 prompts x 8
-samples, 16 new tokens, temperature 1, token-mean loss, Adam lr 3e-3, grad clip 1; sampled accuracy over the first
--> last 10% of 150 steps): seeds 0-5 go 0.12 -> 0.60, 0.13 -> 0.72, 0.12 -> 0.75, 0.14 -> 0.65, 0.11 -> 0.40,
-0.11 -> 0.52. Sums <= 9 (55 problems) only reached 0.15-0.29 in the same budget and `(a + b) mod 10` did not move.
-Two choices matter as much as the task:
-- Problems are drawn uniformly over the ANSWER (then `a` uniformly), so no answer is more frequent than another: with
-  the natural pair distribution the policy collapses onto the most frequent sum and stays there.
-- A response without an answer tag is read by its FIRST number, not its last: a random-init model sees the prompt
-  clearly only in its first generated tokens (on a copy-the-digit variant: 0.10 -> 0.34 reading the last number,
-  0.12 -> 0.81 reading the first).
+    direct:  <answer> 0 </answer>                                   (3 tokens + the stop token)
+    thought: <think> 3 3 3 8 8 0 </think> <answer> 0 </answer>        (the running sums' last digits, 11 + 1)
 
-The reward rule (`check`), exactly. The response is split into pieces (`pieces`): the four tags, single digits (the
-numbers: the built-in tokenizer decodes without spaces, so `3 3` reads `33`, and every answer is one digit) and
+and a thought may carry filler words before `</think>` ("<think> 3 3 3 8 8 0 wait check </think> ..."), which cost
+length and carry nothing.
+
+Why this task. Each algorithm's mechanism needs something real to act on, on 2 CPU cores with a 2-layer, 64-wide
+model:
+- Thinking helps on hard problems and only costs on easy ones, by the model's own limits, not by a rule: the j-th
+  running sum is the previous one plus the prompt's j-th digit, which sits at a fixed distance back (every prompt
+  has the same length), so a small transformer learns the step and it generalises to unseen digit strings; the
+  direct answer needs the whole sum at once, which the same model gets right for one non-zero digit (a copy) and
+  rarely for three or more. After the built-in warm start (`trainer.warm_start`) on the training split, measured on
+  held-out problems (greedy, level 1 -> 5): direct 1.00, 0.48, 0.03, 0.14, 0.09; thought 1.00 at every level.
+- Lengths vary and can move both ways: 4 tokens for a direct answer, 12 or more for a thought, a stop token after
+  `</answer>` that the model learns, and filler words that only cost.
+- Mixed difficulty with pass rates spread across (0, 1) from the first step: the warm-started model answers directly
+  about half the time, so held-out accuracy is ~1.0 at level 1 and ~0.5-0.75 above it.
+- Enough problems for a held-out split: `split="eval"` is the fifth of digit strings whose CRC-32 is divisible by 5,
+  `split="train"` the rest; the two never share a problem.
+
+How this relates to the papers' set-ups: they start RL from models that already reason at length (distilled long-CoT
+or math models) on math problems of graded difficulty (MATH levels), and measure held-out accuracy and response
+length. Here the warm start plays the distilled model (it thinks about half the time, and sometimes pads its
+thinking), the levels play MATH's levels, and `trainer.eval` measures the held-out split the same way.
+
+The reward rule (`check`), exactly. The response is split into pieces (`pieces`): the four tags, single digits and
 other words.
-- predicted: the first digit after the first `<answer>` when the response has one; otherwise the first digit in
-  the response; None if there is none. correct: predicted equals the answer as an integer. A random policy is right
-  ~10% of the time, which gives GRPO a signal from the first step.
+- predicted: the first digit after the first `<answer>`; None if there is no `<answer>` or no digit after it (the
+  digits of the thinking are not an answer). correct: predicted equals the answer as an integer.
 - formatted (the FAST format bonus): (1) exactly one `<answer>`, and the piece right after it is a digit; (2) at
   most one `<think>` and at most one `</think>`, both before `<answer>`; a `<think>` must be closed by a later
   `</think>` (a lone `</think>` is fine: the prompt may have opened the block); (3) at most one `</answer>`, and
-  only right after the answer's digit. The full layout `<think> ... </think> <answer> 3 </answer>` is formatted,
-  and so are its shortened forms: no think block (fast thinking may skip it, as in
-  `fastslow.math_reward.format_ok`) and words after the answer (a response cut at the token limit). Deliberately
-  lenient: a random policy over the 31 tokens hits it ~3-10% of the time, so the bonus is reachable and learnable
-  (with a 0.5 format bonus added to the reward above: formatted 0.05-0.10 -> 0.34-1.0 over 150 steps, accuracy
-  0.12 -> 0.23-0.37), whereas the strict layout needs five specific tokens in a row and a random policy
-  essentially never produces it.
+  only right after the answer's digit. The full layout is formatted, and so are its shortened forms: no think block
+  (fast thinking skips it, as in `fastslow.math_reward.format_ok`) and words after the answer (a response cut at the
+  token limit).
 """
 
 from __future__ import annotations
 
 import random
 import re
+import zlib
 from dataclasses import dataclass
 
 __all__ = [
     "ANSWER_CLOSE",
     "ANSWER_OPEN",
     "FILLER",
-    "MAX_SUM",
+    "MAX_LEVEL",
+    "NUM_DIGITS",
+    "SPLITS",
     "THINK_CLOSE",
     "THINK_OPEN",
     "VOCAB",
@@ -52,7 +62,8 @@ __all__ = [
     "check",
     "make_dataset",
     "pieces",
-    "problems",
+    "solution",
+    "split_of",
 ]
 
 THINK_OPEN, THINK_CLOSE, ANSWER_OPEN, ANSWER_CLOSE = "<think>", "</think>", "<answer>", "</answer>"
@@ -64,8 +75,11 @@ FILLER = ("so", "is", "plus", "makes", "then", "ok", "wait", "hmm", "check", "co
 VOCAB = DIGITS + OPERATORS + TAGS + FILLER
 """The task's words, in token-id order after the special tokens (see `trainer.model.build_tokenizer`)."""
 
-MAX_SUM = 4
-"""Largest answer; operands and sums are one digit."""
+NUM_DIGITS = 6
+"""Digits per prompt: every prompt has the same length, so each running sum's digit is a fixed distance back."""
+MAX_LEVEL = 5
+"""Levels are 1 .. MAX_LEVEL non-zero digits."""
+SPLITS = ("train", "eval")
 
 
 @dataclass(frozen=True)
@@ -75,7 +89,7 @@ class Verdict:
     correct: bool
     formatted: bool
     predicted: str | None
-    """The number the rule read as the answer (None if the response holds none)."""
+    """The digit the rule read as the answer (None if the response gives none)."""
 
 
 _PIECE = re.compile(r"</?(?:think|answer)>|\d|[^\s<\d]+|<")
@@ -90,26 +104,52 @@ def pieces(response: str) -> list[str]:
     return _PIECE.findall(response)
 
 
-def problems() -> list[tuple[int, int]]:
-    """Every `(a, b)` the task asks about: `a + b <= MAX_SUM` (15 pairs)."""
-    return [(a, b) for a in range(MAX_SUM + 1) for b in range(MAX_SUM + 1) if a + b <= MAX_SUM]
+def split_of(digits: list[int] | tuple[int, ...]) -> str:
+    """ "eval" for the fifth of digit strings whose CRC-32 is divisible by 5, else "train"."""
+    return "eval" if zlib.crc32("".join(map(str, digits)).encode()) % 5 == 0 else "train"
 
 
-def make_dataset(size: int, seed: int) -> list[dict[str, str]]:
-    """`size` problems, deterministic for `seed`: the sum uniform in [0, MAX_SUM], then `a` uniform in [0, sum].
+def _problem(rng: random.Random, split: str) -> tuple[list[int], int]:
+    """Digits of one problem of `split`: a level uniform in 1..MAX_LEVEL, then its positions, then digits 1-9."""
+    level = rng.randint(1, MAX_LEVEL)
+    while True:
+        digits = [0] * NUM_DIGITS
+        for p in rng.sample(range(NUM_DIGITS), level):
+            digits[p] = rng.randint(1, 9)
+        if split_of(digits) == split:
+            return digits, level
+
+
+def make_dataset(size: int, seed: int, *, split: str = "train") -> list[dict]:
+    """`size` problems of `split`, deterministic for `seed` (problems may repeat within the list).
 
     Returns:
-        `[{"prompt": "1 + 2 =", "answer": "3"}, ...]`.
+        `[{"prompt": "3 0 0 5 0 2 =", "answer": "0", "level": 3, "digits": [3, 0, 0, 5, 0, 2]}, ...]`.
     """
     if isinstance(size, bool) or not isinstance(size, int) or size < 1:
         raise ValueError(f"size must be a positive int, got {size!r}")
-    rng = random.Random(seed)
+    if split not in SPLITS:
+        raise ValueError(f"split must be one of {', '.join(SPLITS)}, got {split!r}")
+    rng = random.Random(f"{seed}:{split}")
     items = []
     for _ in range(size):
-        total = rng.randint(0, MAX_SUM)
-        a = rng.randint(0, total)
-        items.append({"prompt": f"{a} + {total - a} =", "answer": str(total)})
+        digits, level = _problem(rng, split)
+        prompt = " ".join(map(str, digits)) + " ="
+        items.append({"prompt": prompt, "answer": str(sum(digits) % 10), "level": level, "digits": digits})
     return items
+
+
+def solution(digits: list[int], *, think: bool, fillers: int = 0, rng: random.Random | None = None) -> str:
+    """A correct response: the direct answer, or the running-sum thought (with `fillers` filler words at its end)."""
+    answer = f"{ANSWER_OPEN} {sum(digits) % 10} {ANSWER_CLOSE}"
+    if not think:
+        return answer
+    running, total = [], 0
+    for d in digits:
+        total = (total + d) % 10
+        running.append(str(total))
+    words = [(rng or random).choice(FILLER) for _ in range(fillers)]
+    return " ".join([THINK_OPEN, *running, *words, THINK_CLOSE, answer])
 
 
 def _as_int(text: str) -> int | None:
@@ -123,11 +163,10 @@ def check(response: str, answer: str) -> Verdict:
     if not isinstance(response, str):
         return Verdict(False, False, None)
     ps = pieces(response)
+    predicted = None
     if ANSWER_OPEN in ps:
         after = ps[ps.index(ANSWER_OPEN) + 1 :]
         predicted = next((p for p in after if p.isdigit()), None)
-    else:
-        predicted = next((p for p in ps if p.isdigit()), None)
     want = _as_int(str(answer))
     correct = predicted is not None and want is not None and _as_int(predicted) == want
     return Verdict(correct, _formatted(ps), predicted)

@@ -13,6 +13,12 @@ Failure behaviour of the loop:
   checkpoint is written after a bad step, so rotation never removes the last good one. After
   `optim.max_bad_steps` in a row, or at the end of the run inside such a streak, the run stops with a message
   naming the count and the last good checkpoint, writes nothing, and exits with status 3.
+
+Evaluation (`trainer.eval`, the `[eval]` section): before the first step (after the first weight sync), after every
+`eval.every`-th step (before that step's checkpoint, so a resumed run does not repeat it) and at the end, on the
+rollout engine; each is a row of its own in metrics.jsonl. Its random streams are its own: a run trains the same
+with evaluation on and off. The summary's first line is the held-out accuracy (avg@n) of the first evaluation ->
+the last.
 """
 
 from __future__ import annotations
@@ -28,9 +34,11 @@ import torch.distributed as dist
 
 from fastslow import EntropySwitch, FilterSchedule, KLController
 from trainer import checkpoint as ckpt
+from trainer import warm_start
 from trainer.config import Config, save_toml
 from trainer.data import PromptSampler, load_prompts
 from trainer.dist import DistInfo, all_reduce, parallelize
+from trainer.eval import eval_context_tokens, evaluate, headline, load_eval_sets
 from trainer.metrics import MetricsLogger, system_metrics
 from trainer.model import freeze, load_model_and_tokenizer
 from trainer.policy import Policy
@@ -87,14 +95,19 @@ class Trainer:
         mixed = on_gpu and cfg.model.dtype in ("auto", "bfloat16")
         torch.manual_seed(cfg.seed)
         lm, self.tokenizer = load_model_and_tokenizer(cfg.model, device=info.device, seed=cfg.seed)
+        if warm_start.applies(cfg):
+            lm = warm_start.warm_start(lm, self.tokenizer, cfg, self.run_dir, is_main=info.is_main)
         self.template = copy.deepcopy(lm).cpu()  # unsharded architecture + config for the HF export
         engine_dtype = torch.bfloat16 if mixed else torch.float32
         self.engine_dtype = engine_dtype
+        model_len = cfg.data.max_prompt_tokens + cfg.rollout.max_new_tokens
+        if cfg.eval.enabled:  # the engine's context must hold the evaluation's prompts and responses too
+            model_len = max(model_len, eval_context_tokens(cfg))
         self.engine = build_engine(
             cfg.rollout.engine, make_model=lambda: copy.deepcopy(self.template),
             pad_token_id=self.tokenizer.pad_token_id, device=info.device, dtype=engine_dtype, rollout=cfg.rollout,
             model_dir=self._engine_model_dir() if cfg.rollout.engine == "vllm" else None, seed=cfg.seed + info.rank,
-            rank=info.rank, world=info.world, max_model_len=cfg.data.max_prompt_tokens + cfg.rollout.max_new_tokens,
+            rank=info.rank, world=info.world, max_model_len=model_len,
         )  # fmt: skip
         a = cfg.algorithm
         needs_ref = a.kl_type != "fixed" or a.kl_coef != 0.0
@@ -116,6 +129,7 @@ class Trainer:
         )
         self.prompts = load_prompts(cfg.data, self.tokenizer, seed=cfg.seed)
         self.task = task_for(cfg.data)
+        self.eval_sets = load_eval_sets(cfg, self.tokenizer) if cfg.eval.enabled else []
         sampler = PromptSampler(
             len(self.prompts), cfg.rollout.prompts_per_step, seed=cfg.seed, rank=info.rank, world=info.world
         )
@@ -140,6 +154,7 @@ class Trainer:
         )  # fmt: skip
         self.step = 0
         self.history: list[float] = []  # accuracy per step, for the final summary
+        self.eval_history: dict[str, dict[str, float]] = {}  # str(step) -> {source: avg@n}, for the summary
         self._resume()
         sync_policy(self.ctx)
 
@@ -164,6 +179,7 @@ class Trainer:
         return {
             "step": self.step,
             "history": list(self.history),
+            "eval": {step: dict(values) for step, values in self.eval_history.items()},
             "rng": ckpt.rng_state(),
             "sampler": c.sampler.state_dict(),
             "scheduler": self.scheduler.state_dict(),
@@ -175,6 +191,7 @@ class Trainer:
     def load_state_dict(self, state: dict[str, Any]) -> None:
         c = self.ctx
         self.step, self.history = int(state["step"]), list(state["history"])
+        self.eval_history = {str(k): dict(v) for k, v in state.get("eval", {}).items()}  # absent before evaluation
         ckpt.set_rng_state(state["rng"])
         c.sampler.load_state_dict(state["sampler"])
         self.scheduler.load_state_dict(state["scheduler"])
@@ -212,6 +229,8 @@ class Trainer:
         max_bad = cfg.optim.max_bad_steps
         optimizer_steps = cfg.optim.epochs * cfg.optim.minibatches
         saved = self.step  # the state at start is already on disk (resumed) or is the initial one
+        if self.step == 0 and cfg.eval.before_train:
+            self._evaluate()
         while self.step < total:
             if self._stop_agreed(stop):
                 return self._stop(stop, saved)
@@ -226,17 +245,32 @@ class Trainer:
             self.logger.log(self.step, metrics)
             if c.bad_steps >= max_bad:
                 raise BadStepsError(self._bad_message(f"{c.bad_steps} bad steps in a row (optim.max_bad_steps)"))
+            if cfg.eval.every and self.step % cfg.eval.every == 0 and self.step < total:
+                self._evaluate()
             due = cfg.checkpoint.every and self.step % cfg.checkpoint.every == 0 and self.step < total
             if due and c.bad_steps == 0:
                 self.save()
                 saved = self.step
         if c.bad_steps:
             raise BadStepsError(self._bad_message(f"the run ended inside {c.bad_steps} bad steps in a row"))
+        if str(self.step) not in self.eval_history:  # a run resumed at its end has evaluated there already
+            self._evaluate()
         self.save()
         if cfg.checkpoint.export_hf:
             dtype = torch.bfloat16 if self.info.device.type == "cuda" else None
             ckpt.export_hf(self.run_dir / "hf", self.policy, self.template, self.tokenizer, prefix="lm.", dtype=dtype)
         return self.summary()
+
+    def _evaluate(self) -> None:
+        """Evaluate the engine's weights (the policy's, synced after every step) at `self.step`; log, remember."""
+        if not self.eval_sets:
+            return
+        info = self.info
+        metrics = evaluate(
+            self.cfg, self.engine, self.tokenizer, self.eval_sets, step=self.step, rank=info.rank, world=info.world
+        )
+        self.logger.log_eval(self.step, metrics)
+        self.eval_history[str(self.step)] = headline(metrics, self.eval_sets, self.cfg.eval.n)
 
     def _stop_agreed(self, stop: StopFlag | None) -> bool:
         """Whether any rank was signalled: every rank reaches this between the same two steps, so all agree."""
@@ -272,18 +306,28 @@ class Trainer:
         )
 
     def summary(self) -> dict[str, float]:
-        """First-10% vs last-10% mean accuracy (the learning check), printed as the run's final line."""
+        """The run's closing lines: held-out accuracy (avg@n) at the first evaluation -> the last, then the training
+        accuracy, first-10% vs last-10% mean (the learning check), as the final line.
+
+        Returns those numbers: `eval_first/<source>` and `eval_last/<source>` (when the run evaluated),
+        `accuracy_first_10pct`, `accuracy_last_10pct`, `steps`.
+        """
         h = self.history
         k = max(1, math.ceil(len(h) / 10)) if h else 0
         first = sum(h[:k]) / k if k else float("nan")
         final = sum(h[-k:]) / k if k else float("nan")
         result = {"accuracy_first_10pct": first, "accuracy_last_10pct": final, "steps": float(self.step)}
-        self.logger.summary(
-            [
-                f"run folder: {self.run_dir}",
-                f"accuracy: first 10% of steps {first:.3f} -> last 10% {final:.3f} ({self.step} steps)",
-            ]
-        )
+        lines = [f"run folder: {self.run_dir}"]
+        if self.eval_history:
+            steps = sorted(self.eval_history, key=int)
+            start, end = self.eval_history[steps[0]], self.eval_history[steps[-1]]
+            parts = [f"{name} {start[name]:.3f} -> {end.get(name, math.nan):.3f}" for name in start]
+            n = self.cfg.eval.n
+            lines.append(f"held-out accuracy (eval avg@{n}, step {steps[0]} -> {steps[-1]}): " + ", ".join(parts))
+            result.update({f"eval_first/{name}": start[name] for name in start})
+            result.update({f"eval_last/{name}": end[name] for name in end})
+        lines.append(f"accuracy: first 10% of steps {first:.3f} -> last 10% {final:.3f} ({self.step} steps)")
+        self.logger.summary(lines)
         return result
 
     def close(self) -> None:

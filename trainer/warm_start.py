@@ -1,0 +1,186 @@
+"""The built-in warm start: a short supervised pass on worked solutions of the synthetic task, before RL.
+
+The papers run RL on models that already answer at length (distilled long-CoT or math models), not on random
+weights. The built-in job's stand-in: the tiny preset, trained with plain next-token cross-entropy on responses to
+the task's *training* split (`trainer.task`, never its held-out split) written three ways, chosen per example:
+a direct answer (probability `warm_start.direct`), else the running-sum thought, followed by filler words (each one
+more with probability `warm_start.filler`, so 0, 1, 2, ... of them). The mixture is fixed before any RL run and is
+the same for every algorithm: the model it makes thinks about half the time, pads some thoughts, and gets the hard
+levels right only when it thinks (see `trainer.task` for the measured accuracies).
+
+The weights are a property of the model's shape and these settings, not of the RL seed (the papers start every seed
+from one base model): they are trained once from `warm_start.seed` and cached as safetensors in `warm_start.cache`
+(by default the run folder's parent, `runs/.warm_start/`), named by a hash of everything that determines them, so a
+comparison of many runs pays for it once. With several ranks, rank 0 trains and writes the file (atomically) while
+the others wait at a barrier, then every rank loads it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+import random
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.distributed as dist
+from safetensors.torch import load_model, save_model
+from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+from trainer import task
+from trainer.data import encode_prompts
+
+__all__ = ["TASK_VERSION", "applies", "cache_path", "examples", "supervised_pass", "warm_start"]
+
+TASK_VERSION = "digit-sum-v1"
+"""Changes whenever `trainer.task`'s prompts or solutions change, so that an old cache is never reused."""
+
+_ARCH_KEYS = (
+    "model_type", "vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads",
+    "num_key_value_heads", "tie_word_embeddings", "max_position_embeddings", "rope_theta", "rms_norm_eps",
+)  # fmt: skip
+
+
+def applies(cfg: Any) -> bool:
+    """Whether the run warm-starts: `warm_start.mode` "on", or "auto" with the tiny preset on the synthetic task."""
+    mode = cfg.warm_start.mode
+    if mode == "auto":
+        m = cfg.model
+        return m.path is None and m.config is None and m.preset == "tiny" and str(cfg.data.source) == "synthetic"
+    return mode == "on"
+
+
+def _settings(ws: Any) -> dict[str, Any]:
+    return {k: getattr(ws, k) for k in ("steps", "batch_size", "lr", "direct", "filler", "seed")}
+
+
+def cache_path(cfg: Any, model: PreTrainedModel, run_dir: Path) -> Path:
+    """Where the weights for this model shape and these settings are cached."""
+    arch = model.config.to_dict()
+    key = {
+        "task": TASK_VERSION,
+        "arch": {k: arch.get(k) for k in _ARCH_KEYS},
+        "settings": _settings(cfg.warm_start),
+        "torch": torch.__version__.split("+")[0],
+    }
+    digest = hashlib.sha256(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()[:16]
+    folder = Path(cfg.warm_start.cache).expanduser() if cfg.warm_start.cache else run_dir.parent / ".warm_start"
+    return folder / f"{TASK_VERSION}-{digest}.safetensors"
+
+
+def examples(n: int, *, seed: int, direct: float, filler: float) -> list[tuple[str, str]]:
+    """`n` (prompt, response) pairs on the training split: direct with probability `direct`, else a thought with
+    a geometric number of filler words (each further one with probability `filler`)."""
+    rng = random.Random(f"warm-start:{seed}")
+    pairs = []
+    for item in task.make_dataset(n, seed, split="train"):
+        think = rng.random() >= direct
+        fillers = 0
+        while think and rng.random() < filler:
+            fillers += 1
+        pairs.append((item["prompt"], task.solution(item["digits"], think=think, fillers=fillers, rng=rng)))
+    return pairs
+
+
+def _batch(
+    pairs: list[tuple[str, str]], tokenizer: PreTrainedTokenizerBase, device: torch.device
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """`(input_ids [B, L], attention_mask [B, L], labels [B, L])`: right-padded; labels only on response tokens."""
+    prompts = encode_prompts(tokenizer, [p for p, _ in pairs], chat_template=True)
+    responses = [tokenizer(r, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id] for _, r in pairs]
+    L = max(len(p) + len(r) for p, r in zip(prompts, responses))
+    B = len(pairs)
+    ids = torch.full((B, L), tokenizer.pad_token_id, dtype=torch.long)
+    att = torch.zeros(B, L, dtype=torch.long)
+    labels = torch.full((B, L), -100, dtype=torch.long)
+    for i, (p, r) in enumerate(zip(prompts, responses)):
+        seq = torch.tensor(p + r)
+        ids[i, : len(seq)], att[i, : len(seq)] = seq, 1
+        labels[i, len(p) : len(seq)] = torch.tensor(r)
+    return ids.to(device), att.to(device), labels.to(device)
+
+
+def supervised_pass(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, ws: Any) -> dict[str, float]:
+    """Trains `model` in place on `examples(...)`: AdamW, linear warm-up then decay to a tenth, grad clip 1.
+
+    Returns `{"loss_first", "loss_last", "seconds"}` (mean cross-entropy of the first and last 20 steps).
+    """
+    device = next(model.parameters()).device
+    pairs = examples(ws.steps * ws.batch_size, seed=ws.seed, direct=ws.direct, filler=ws.filler)
+    opt = torch.optim.AdamW(model.parameters(), lr=ws.lr, weight_decay=0.0)
+    warmup = max(1, ws.steps // 12)
+    sched = torch.optim.lr_scheduler.LambdaLR(
+        opt, lambda s: min(1.0, (s + 1) / warmup) * max(0.1, 1.0 - s / ws.steps)
+    )  # fmt: skip
+    model.train()
+    losses, start = [], time.perf_counter()
+    for s in range(ws.steps):
+        ids, att, labels = _batch(pairs[s * ws.batch_size : (s + 1) * ws.batch_size], tokenizer, device)
+        loss = model(input_ids=ids, attention_mask=att, labels=labels).loss
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        sched.step()
+        opt.zero_grad(set_to_none=True)
+        losses.append(loss.item())
+    k = min(20, len(losses))
+    return {
+        "loss_first": sum(losses[:k]) / k,
+        "loss_last": sum(losses[-k:]) / k,
+        "seconds": time.perf_counter() - start,
+    }
+
+
+def warm_start(
+    model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, cfg: Any, run_dir: Path, *, is_main: bool
+) -> PreTrainedModel:
+    """`model` with the warm-start weights: loaded from the cache, or trained (on rank 0) and cached first.
+
+    Every rank must call this (it holds a barrier when a process group is up). The model's own initial weights are
+    replaced: the supervised pass starts from a fresh init seeded with `warm_start.seed`.
+    """
+    path = cache_path(cfg, model, run_dir)
+    distributed = dist.is_available() and dist.is_initialized()
+    if not path.is_file() and is_main:
+        _train_and_save(model, tokenizer, cfg, path)
+    if distributed:
+        dist.barrier()
+    if not path.is_file():
+        raise FileNotFoundError(f"warm start: {path} was not written (does every rank see warm_start.cache?)")
+    missing, unexpected = load_model(model, str(path), strict=True, device=str(next(model.parameters()).device))
+    if missing or unexpected:  # strict=True raises first; kept for clarity should that change
+        raise ValueError(f"warm start: {path} does not fit the model (missing {missing}, unexpected {unexpected})")
+    model.train()
+    return model
+
+
+def _train_and_save(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, cfg: Any, path: Path) -> None:
+    """Fresh init from `warm_start.seed`, the supervised pass on all this machine's cores, then an atomic write."""
+    from trainer.model import model_from_config
+
+    ws = cfg.warm_start
+    fresh = model_from_config(model.config, seed=ws.seed).to(next(model.parameters()).device)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(max(threads, os.cpu_count() or 1))  # the other ranks wait at the barrier meanwhile
+    try:
+        print(f"warm start: {ws.steps} supervised steps on the task's worked solutions -> {path}", flush=True)
+        stats = supervised_pass(fresh, tokenizer, ws)
+    finally:
+        torch.set_num_threads(threads)
+    if not all(math.isfinite(v) for v in stats.values()):
+        raise RuntimeError(f"warm start: the supervised pass diverged ({stats})")
+    print(
+        f"warm start: loss {stats['loss_first']:.3f} -> {stats['loss_last']:.3f} in {stats['seconds']:.1f} s",
+        flush=True,
+    )
+    model.load_state_dict(fresh.state_dict())
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f"{path.name}.tmp{os.getpid()}")
+    save_model(model, str(tmp))
+    tmp.with_suffix(".json").write_text(json.dumps({**stats, "settings": _settings(ws)}, indent=1))
+    os.replace(tmp.with_suffix(".json"), path.with_suffix(".json"))
+    os.replace(tmp, path)
