@@ -51,11 +51,13 @@ def _parse(argv: list[str] | None) -> tuple[argparse.Namespace, list[str]]:
 
 
 def _run(alg: str, seed: int, args: argparse.Namespace, overrides: list[str], run_dir: Path, nproc: int) -> float:
-    """One training run into `run_dir` (replaced); its wall seconds. Raises with the run's last output on failure."""
+    """One training run into `run_dir` (replaced), its output kept beside it in `<run_dir>.log`; its wall seconds.
+    Raises with the run's last output on failure."""
     if run_dir.exists():
         import shutil
 
         shutil.rmtree(run_dir)
+    run_dir.parent.mkdir(parents=True, exist_ok=True)
     cmd = [
         sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
         "-m", "trainer.main", *(["--config", args.config] if args.config else []), *overrides,
@@ -65,6 +67,7 @@ def _run(alg: str, seed: int, args: argparse.Namespace, overrides: list[str], ru
     env = dict(os.environ, PYTHONUNBUFFERED="1")
     start = time.perf_counter()
     out = subprocess.run(cmd, cwd=Path.cwd(), env=env, capture_output=True, text=True, timeout=args.timeout)
+    run_dir.with_suffix(".log").write_text(out.stdout + out.stderr)
     if out.returncode != 0:
         tail = out.stdout[-2000:] + out.stderr[-4000:]
         raise RuntimeError(f"{alg} seed {seed} failed (exit {out.returncode}):\n{tail}")
@@ -89,9 +92,17 @@ def main(argv: list[str] | None = None) -> int:
     curves: dict[str, dict[int, report.Curve]] = {a: {} for a in algorithms}
     total = len(algorithms) * len(seeds)
     begin = time.perf_counter()
+    retried: list[str] = []
     for k, (seed, alg) in enumerate(((s, a) for s in seeds for a in algorithms), start=1):
         run_dir = work / f"{alg}-seed{seed}"
-        seconds = _run(alg, seed, args, overrides, run_dir, nproc)
+        try:
+            seconds = _run(alg, seed, args, overrides, run_dir, nproc)
+        except RuntimeError as err:  # a crash is not a result: say so, keep its log, run it once more
+            first = err.args[0].splitlines()[0]
+            print(f"[{k}/{total}] {first}; log in {run_dir.with_suffix('.failed.log')}; running it again", flush=True)
+            run_dir.with_suffix(".log").rename(run_dir.with_suffix(".failed.log"))
+            retried.append(f"{alg}-seed{seed}")
+            seconds = _run(alg, seed, args, overrides, run_dir, nproc)
         c = report.curve(run_dir, source=source, prompts_per_step=r.prompts_per_step, group_size=r.group_size)
         curves[alg][seed] = c
         length = "-" if c.length[-1] is None else f"{c.length[-1]:.1f}"
@@ -120,6 +131,7 @@ def main(argv: list[str] | None = None) -> int:
         "nproc": nproc,
         "date": _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%dT%H:%MZ"),
         "seconds": round(time.perf_counter() - begin, 1),
+        "retried_after_a_crash": retried,
         "curves": {a: {str(s): c.__dict__ for s, c in by_seed.items()} for a, by_seed in curves.items()},
     }
     result["targets"] = report.targets(result["algorithms"])

@@ -149,7 +149,9 @@ def _cell(values: Sequence[float | None], fmt: str) -> str:
 def markdown(result: dict[str, Any]) -> str:
     """The comparison as a markdown table (median [min, max] over seeds) and the targets."""
     rows = [
-        f"Learning comparison on `{result['config']}` ({result['device']}, {result['date']}), seeds "
+        f"Learning comparison on `{result['config']}`"
+        + (f" with `{' '.join(result['overrides'])}`" if result.get("overrides") else "")
+        + f" ({result['device']}, {result['date']}), seeds "
         f"{', '.join(map(str, result['seeds']))}; eval `{result['source']}` ({result['metric']}); "
         f"budget {result['budget']['steps']} steps x {result['budget']['prompts_per_step']} prompts x "
         f"{result['budget']['group_size']} responses = {result['budget']['rollouts']} rollouts before refills.",

@@ -8,7 +8,9 @@ Every `loss_agg` mode weights token (b, t) by `mask[b, t] * w[b]` with one weigh
 computed from the mask's row sums before the kernel runs:
 - "token-mean":              w[b] = 1 / max(sum(mask), 1), or 1 / num_tokens when given (global denominator);
 - "seq-mean-token-mean":     w[b] = 1 / (n_rows * sum_t mask[b]) over rows with any mask, 0 for empty rows;
-- "seq-mean-token-sum-norm": w[b] = 1 / (B * norm_len), norm_len defaulting to T (Dr. GRPO).
+- "seq-mean-token-sum-norm": w[b] = 1 / (B * norm_len), norm_len defaulting to T (Dr. GRPO). The 1 / B is
+  Liger-Kernel's `dr_grpo`; verl's mode of the same name sums over sequences without it, so its loss (and gradient)
+  is B times this one.
 
 NaN in, NaN out, on every backend and in `grpo_loss_ref`: a NaN in `logp`, `old_logp`, `ref_logp` or `advantages`
 makes that token's loss term and its gradient NaN, hence the loss and the token-mean metrics (the clip fractions
