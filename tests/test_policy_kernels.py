@@ -128,7 +128,7 @@ def test_reference_trainer_step_matches_fused(one_rank, tmp_path: Path) -> None:
     for kernels in KERNELS:
         cfg = from_dict({
             "model": {"kernels": kernels},
-            "warm_start": {"mode": "off"},
+            "warm_start": {"steps": 30, "cache": str(tmp_path / "warm_start")},  # a signal for the reward
             "rollout": {"prompts_per_step": 2, "group_size": 4, "max_new_tokens": 6},
             "algorithm": {"kl_coef": 0.01},
             "logging": {"run_dir": str(tmp_path / kernels), "tensorboard": False},

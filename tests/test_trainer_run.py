@@ -35,14 +35,26 @@ def run(tmp: Path, *args: str, nproc: int = 2, timeout: int = 240) -> list[dict]
     return [json.loads(line) for line in (tmp / "metrics.jsonl").read_text().splitlines()]
 
 
+@pytest.fixture(scope="session")
+def warm_cache(tmp_path_factory) -> Path:
+    """One warm-start cache for the session: the first run of each setting trains it, the others load it."""
+    return tmp_path_factory.mktemp("warm_start")
+
+
+# A short warm start (30 steps, ~2 s once): enough for the format, so that a correctness-only reward has a signal
+# (a random-weights model never writes an <answer> tag).
+SHORT_WARM_START = ("warm_start.mode=auto", "warm_start.steps=30")
+
+
 @pytest.mark.distributed
 @pytest.mark.slow
 @pytest.mark.parametrize("algorithm", ["grpo", "fast_grpo", "sfpo", "fast_sfpo"])
-def test_algorithms_run(tmp_path, algorithm):
+def test_algorithms_run(tmp_path, warm_cache, algorithm):
     extra = FAST if algorithm.startswith("fast") else ()
     if algorithm == "grpo":  # one of the runs with activation checkpointing
         extra = ("model.activation_checkpointing=true",)
-    lines = run(tmp_path, f"algorithm.name={algorithm}", "algorithm.kl_coef=0.01", *extra)
+    warm = (*SHORT_WARM_START, f"warm_start.cache={warm_cache}")
+    lines = run(tmp_path, f"algorithm.name={algorithm}", "algorithm.kl_coef=0.01", *warm, *extra)
     assert len(lines) == 3
     for line in lines:
         assert set(line) >= METRIC_KEYS, METRIC_KEYS - set(line)
@@ -94,12 +106,6 @@ def test_importance_sampling_correction_against_the_engine(tmp_path):
     for line in lines:
         assert line["rollout/logp_abs_diff"] < 1e-4, line
         assert abs(line["rollout/is_weight"] - 1.0) < 1e-4 and line["rollout/is_capped"] == 0.0, line
-
-
-@pytest.fixture(scope="session")
-def warm_cache(tmp_path_factory) -> Path:
-    """One warm-start cache for the session: the first default run trains it, the others load it."""
-    return tmp_path_factory.mktemp("warm_start")
 
 
 @pytest.mark.distributed
