@@ -15,12 +15,13 @@ model:
   running sum is the previous one plus the prompt's j-th digit, which sits at a fixed distance back (every prompt
   has the same length), so a small transformer learns the step and it generalises to unseen digit strings; the
   direct answer needs the whole sum at once, which the same model gets right for one non-zero digit (a copy) and
-  rarely for three or more. After the built-in warm start (`trainer.warm_start`) on the training split, measured on
-  held-out problems (greedy, level 1 -> 5): direct 1.00, 0.48, 0.03, 0.14, 0.09; thought 1.00 at every level.
+  rarely for three or more. After the built-in warm start (`trainer.warm_start`, 200 steps on the training split),
+  measured on 64 held-out problems per level, sampled at temperature 1 (level 1 -> 5): a direct answer is right
+  0.95, 0.66, 0.06, 0.14, 0.11 of the time, a thought 0.97, 0.95, 0.91, 0.86, 0.84.
 - Lengths vary and can move both ways: 4 tokens for a direct answer, 12 or more for a thought, a stop token after
   `</answer>` that the model learns, and filler words that only cost.
 - Mixed difficulty with pass rates spread across (0, 1) from the first step: the warm-started model answers directly
-  about half the time, so held-out accuracy is ~1.0 at level 1 and ~0.5-0.75 above it.
+  about half the time, so its held-out accuracy is 0.95, 0.80, 0.47, 0.42, 0.31 by level (avg@4 ~0.67 overall).
 - Enough problems for a held-out split: `split="eval"` is the fifth of digit strings whose CRC-32 is divisible by 5,
   `split="train"` the rest; the two never share a problem.
 
