@@ -74,6 +74,8 @@ def job_config(job: StepJob, *, kernels: str, run_dir: Path, model_dir: Path | N
         model["config"] = str(model_dir)
     return from_dict({
         "model": model,
+        "warm_start": {"mode": "off"},  # step throughput on the job's own (random) weights, as before the warm start
+        "eval": {"enabled": False},
         "rollout": {"prompts_per_step": job.prompts, "group_size": job.group, "max_new_tokens": job.max_new_tokens},
         "algorithm": {"name": "grpo", "kl_coef": job.kl_coef},
         "optim": {"lr": job.lr, "micro_batch_size": job.micro_batch, "total_steps": 1000},

@@ -15,6 +15,8 @@ from __future__ import annotations
 
 import dataclasses
 import importlib
+import os
+import sys
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from functools import cache
@@ -439,6 +441,9 @@ class OptimConfig(_Section):
         self._at_least(0, "weight_decay", "grad_clip", "warmup_steps")
         self._require(all(0 <= b < 1 for b in self.betas), "betas", "each must be in [0, 1)")
         self._at_least(1, "total_steps", "minibatches", "epochs", "micro_batch_size", "max_bad_steps")
+        if not 1e-9 <= self.lr <= 1.0 and os.environ.get("RANK", "0") == "0":  # legal, but likely a typo
+            warning = f"warning: optim.lr = {self.lr:g} is far outside the usual range (about 1e-7 to 1e-2): a typo?"
+            print(warning, file=sys.stderr)
 
 
 @dataclass
@@ -472,6 +477,10 @@ class LoggingConfig(_Section):
     """Print a progress line every this many steps."""
     tensorboard: bool = True
     """Write TensorBoard scalars too (only when tensorboard is installed)."""
+    overwrite: bool = False
+    """A fresh run (no resume) into a `run_dir` that already holds a run: false stops with a one-line error (use
+    `--resume auto` to continue it, or another folder); true deletes that run's metrics, config, checkpoints, export
+    and plots first."""
 
     def validate(self) -> None:
         self._at_least(1, "console_every")

@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 from array import array
 from collections.abc import Callable, Iterator, Sequence
@@ -318,6 +319,12 @@ def _check_row(where: str, row: str, prompt: Any, answer: Any, data_cfg: Any) ->
     if isinstance(answer, bool) or not isinstance(answer, (str, int, float)):
         raise ValueError(
             f"{where}: {row}: data.answer_key={data_cfg.answer_key!r} must be a string or a number, got {answer!r:.80}"
+        )
+    if (isinstance(answer, float) and not math.isfinite(answer)) or not str(answer).strip():
+        # JSON's NaN and an empty answer would be trained against as the text "nan" or "".
+        raise ValueError(
+            f"{where}: {row}: data.answer_key={data_cfg.answer_key!r} must be a finite number or a non-empty "
+            f"string, got {answer!r:.80}"
         )
     return prompt, str(answer)
 

@@ -39,7 +39,13 @@ def main(argv: list[str] | None = None) -> int:
                 )
             close()
             return 2
-        trainer = Trainer(cfg, info)
+        try:
+            trainer = Trainer(cfg, info)
+        except ConfigError as err:  # found once the world is up (the run folder): the same one line, exit 2
+            if info.is_main:
+                print(f"config error: {err}", file=sys.stderr)
+            close()
+            return 2
         try:
             trainer.train(stop)
         except BadStepsError as err:

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import copy
 import math
+import shutil
 import time
 from pathlib import Path
 from typing import Any
@@ -35,7 +36,7 @@ import torch.distributed as dist
 from fastslow import EntropySwitch, FilterSchedule, KLController
 from trainer import checkpoint as ckpt
 from trainer import warm_start
-from trainer.config import Config, save_toml
+from trainer.config import Config, ConfigError, save_toml
 from trainer.data import PromptSampler, load_prompts
 from trainer.dist import DistInfo, all_reduce, parallelize
 from trainer.eval import eval_context_tokens, evaluate, headline, load_eval_sets
@@ -64,8 +65,25 @@ def _run_dir(cfg: Config, info: DistInfo) -> Path:
             chosen = [str(runs / f"{cfg.algorithm.name}-{time.strftime('%Y%m%dT%H%M%S', time.gmtime())}")]
     dist.broadcast_object_list(chosen, src=0)
     path = Path(chosen[0])
+    refusal = [None]
+    if info.is_main and cfg.checkpoint.resume == "none":
+        held = [name for name in RUN_FILES if (path / name).exists()]
+        if held and not cfg.logging.overwrite:
+            refusal = [
+                f"logging.run_dir = {str(path)!r} holds a run ({', '.join(held)}): continue it with --resume auto, "
+                "choose another folder, or set logging.overwrite=true to replace it"
+            ]
+        for name in held if cfg.logging.overwrite else ():
+            shutil.rmtree(path / name) if (path / name).is_dir() else (path / name).unlink()
+    dist.broadcast_object_list(refusal, src=0)
+    if refusal[0] is not None:
+        raise ConfigError(refusal[0])
     path.mkdir(parents=True, exist_ok=True)
     return path
+
+
+RUN_FILES = ("metrics.jsonl", "config.toml", ckpt.CHECKPOINTS, "hf", "plots")
+"""What makes a folder hold a run (and what `logging.overwrite` deletes)."""
 
 
 # Metrics whose non-finite value makes a step bad (the loss terms and the reward; step.py reduces them over ranks).

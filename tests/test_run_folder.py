@@ -1,0 +1,68 @@
+"""A run folder is never clobbered by a fresh run, nonsense answers stop at load time, and a wild lr is flagged
+(issue 14, items 2 and 10)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from trainer import data
+from trainer.config import load_config
+from trainer.model import build_tokenizer
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _launch(run_dir: Path, *args: str) -> subprocess.CompletedProcess:
+    from test_trainer_run import SMALL
+
+    env = dict(os.environ, TRITON_INTERPRET="0", OMP_NUM_THREADS="1")
+    cmd = [
+        sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=1", "-m", "trainer.main",
+        f"logging.run_dir={run_dir}", *SMALL, "optim.total_steps=2", *args,
+    ]  # fmt: skip
+    return subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=240)
+
+
+@pytest.mark.distributed
+@pytest.mark.slow
+def test_a_fresh_run_into_a_used_folder_is_refused_then_replaced_on_request(tmp_path: Path) -> None:
+    first = _launch(tmp_path)
+    assert first.returncode == 0, first.stderr[-3000:]
+    before = {p: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()}
+
+    again = _launch(tmp_path, "optim.lr=0.001")
+    assert again.returncode != 0
+    lines = [line for line in again.stderr.splitlines() if line.startswith("config error:")]
+    assert len(lines) == 1 and "logging.run_dir" in lines[0] and "holds a run" in lines[0]
+    assert "--resume auto" in lines[0] and "logging.overwrite=true" in lines[0]
+    assert "trainer/trainer.py" not in again.stderr  # no traceback from the worker (torchrun adds its own report)
+    assert "exitcode  : 2" in again.stderr
+    assert {p: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()} == before  # nothing touched
+
+    replaced = _launch(tmp_path, "logging.overwrite=true")
+    assert replaced.returncode == 0, replaced.stderr[-3000:]
+    steps = [json.loads(line)["step"] for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert steps == [1, 2]  # the old run's rows are gone, not appended to
+
+
+@pytest.mark.parametrize(("answer", "shown"), [("NaN", "nan"), ('""', "''"), ('"  "', "'  '"), ("null", "None")])
+def test_nonsense_answers_stop_at_load_naming_file_and_row(tmp_path: Path, answer: str, shown: str) -> None:
+    path = tmp_path / "d.jsonl"
+    path.write_text('{"prompt": "1 + 1 =", "answer": "2"}\n' + f'{{"prompt": "2 + 2 =", "answer": {answer}}}\n')
+    cfg = load_config([f"data.source={path}"]).data
+    with pytest.raises(ValueError, match="answer") as err:
+        data.load_prompts(cfg, build_tokenizer())
+    assert str(path) in str(err.value) and "2" in str(err.value) and shown in str(err.value)
+
+
+def test_a_wild_learning_rate_is_flagged(capsys: pytest.CaptureFixture[str]) -> None:
+    load_config(["optim.lr=1e6"])
+    assert "warning: optim.lr = 1e+06 is far outside the usual range" in capsys.readouterr().err
+    load_config(["optim.lr=1e-6"])
+    assert capsys.readouterr().err == ""
