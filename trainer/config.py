@@ -435,12 +435,17 @@ class OptimConfig(_Section):
     max_bad_steps: int = 10
     """Stop the run after this many steps in a row whose update was skipped because the loss or the gradient norm
     was not finite (the parameters and optimizer state stay as they were; the last good checkpoint is kept)."""
+    max_param_abs: float = 1e4
+    """An update that leaves any parameter non-finite or larger than this in magnitude has diverged: the run stops
+    at once (exit 3), saving nothing, naming the last good checkpoint. Trained LMs' weights are far below 1e4;
+    bf16 overflows at ~3.4e38, and logits (hence sampling) long before."""
 
     def validate(self) -> None:
         self._require(self.lr > 0, "lr", "must be > 0")
         self._at_least(0, "weight_decay", "grad_clip", "warmup_steps")
         self._require(all(0 <= b < 1 for b in self.betas), "betas", "each must be in [0, 1)")
         self._at_least(1, "total_steps", "minibatches", "epochs", "micro_batch_size", "max_bad_steps")
+        self._require(self.max_param_abs > 0, "max_param_abs", "must be > 0")
         if not 1e-9 <= self.lr <= 1.0 and os.environ.get("RANK", "0") == "0":  # legal, but likely a typo
             warning = f"warning: optim.lr = {self.lr:g} is far outside the usual range (about 1e-7 to 1e-2): a typo?"
             print(warning, file=sys.stderr)

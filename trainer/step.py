@@ -341,12 +341,25 @@ def learn(ctx: StepContext, batch: Batch, timing: dict[str, float] | None = None
         )
     else:
         update_metrics = run_update()
+    update_metrics.update(parameter_health(ctx.policy, ctx.cfg.optim.max_param_abs, info.device))
     if ctx.switch is not None and math.isfinite(update_metrics["entropy"]):
         ctx.switch.update(update_metrics["entropy"])
     ctx.scheduler.step()
     if timing is not None:
         timing["logprobs"], timing["update"] = seconds_logprobs, time.perf_counter() - t
     return {**update_metrics, **is_metrics, "sfpo": float(sfpo_on)}
+
+
+@torch.no_grad()
+def parameter_health(policy: nn.Module, limit: float, device: torch.device) -> dict[str, float]:
+    """After an update, over all ranks' shards: "actor/param_abs_max" (the largest finite |p|) and "actor/diverged"
+    (1.0 when a parameter is non-finite or above `limit`): one pass over the local shards, one all-reduce."""
+    local = [p.to_local() if hasattr(p, "to_local") else p for p in policy.parameters() if p.requires_grad]
+    local = [t.detach() for t in local if t.numel()]
+    finite = all(bool(torch.isfinite(t).all()) for t in local)
+    biggest = max((float(t.abs().max()) for t in local), default=0.0) if finite else 0.0
+    worst = all_reduce(torch.tensor([biggest, float(not finite)], dtype=torch.float64, device=device), "max").tolist()
+    return {"actor/param_abs_max": worst[0], "actor/diverged": float(worst[1] > 0 or worst[0] > limit)}
 
 
 def importance_weights(

@@ -253,14 +253,27 @@ class Trainer:
             if self._stop_agreed(stop):
                 return self._stop(stop, saved)
             start = time.perf_counter()
-            metrics = train_step(c, self.step)
+            try:
+                metrics = train_step(c, self.step)
+            except RuntimeError as err:  # sampling from weights that overflow: the last update diverged
+                if "probability tensor contains" not in str(err):
+                    raise
+                message = self._bad_message(f"the rollout failed ({err})", "the weights had diverged")
+                raise BadStepsError(message) from err
             self.step += 1
-            c.bad_steps = c.bad_steps + 1 if is_bad_step(metrics, optimizer_steps) else 0
+            diverged = metrics.get("actor/diverged", 0.0) > 0
+            c.bad_steps = c.bad_steps + 1 if diverged or is_bad_step(metrics, optimizer_steps) else 0
             metrics["bad_steps"] = float(c.bad_steps)
             metrics["time/step"] = time.perf_counter() - start
             metrics.update(system_metrics(self.info.device))
             self.history.append(metrics["accuracy"])
             self.logger.log(self.step, metrics)
+            if diverged:
+                what = (
+                    f"a parameter is non-finite or above optim.max_param_abs = {cfg.optim.max_param_abs:g} (largest "
+                    f"finite |p| {metrics['actor/param_abs_max']:.3g})"
+                )
+                raise BadStepsError(self._bad_message("the update diverged", what))
             if c.bad_steps >= max_bad:
                 raise BadStepsError(self._bad_message(f"{c.bad_steps} bad steps in a row (optim.max_bad_steps)"))
             if cfg.eval.every and self.step % cfg.eval.every == 0 and self.step < total:
@@ -315,13 +328,11 @@ class Trainer:
             )
         return {"steps": float(self.step), "stopped": 1.0}
 
-    def _bad_message(self, why: str) -> str:
+    def _bad_message(self, why: str, what: str | None = None) -> str:
         last = ckpt.find_latest(self.run_dir)
         where = f"last good checkpoint: {last}" if last is not None else "no checkpoint was written before them"
-        return (
-            f"{why} at step {self.step}: every optimizer step skipped (non-finite gradient norm) or a non-finite "
-            f"loss/reward; nothing saved, {where}"
-        )
+        what = what or "every optimizer step skipped (non-finite gradient norm) or a non-finite loss/reward"
+        return f"{why} at step {self.step}: {what}; nothing saved, {where}"
 
     def summary(self) -> dict[str, float]:
         """The run's closing lines: held-out accuracy (avg@n) at the first evaluation -> the last, then the training

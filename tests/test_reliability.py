@@ -1,5 +1,5 @@
-"""A run folder is never clobbered by a fresh run, nonsense answers stop at load time, and a wild lr is flagged
-(issue 14, items 2 and 10)."""
+"""Nothing silently wrong: a run folder is never clobbered by a fresh run, a diverged update is never saved as good,
+nonsense answers stop at load time, and a wild lr is flagged."""
 
 from __future__ import annotations
 
@@ -66,3 +66,25 @@ def test_a_wild_learning_rate_is_flagged(capsys: pytest.CaptureFixture[str]) -> 
     assert "warning: optim.lr = 1e+06 is far outside the usual range" in capsys.readouterr().err
     load_config(["optim.lr=1e-6"])
     assert capsys.readouterr().err == ""
+
+
+@pytest.mark.distributed
+@pytest.mark.slow
+def test_a_diverged_update_stops_the_run_before_it_is_saved(tmp_path: Path) -> None:
+    from test_trainer_run import SHORT_WARM_START  # a reward signal, hence a gradient, from the first step
+
+    warm = (*SHORT_WARM_START, f"warm_start.cache={tmp_path.parent / 'warm'}")
+    out = _launch(tmp_path, "optim.lr=1e30", "optim.grad_clip=0", "checkpoint.every=1", "optim.total_steps=3", *warm)
+    assert "exitcode  : 3" in out.stderr, out.stderr[-3000:]
+    line = next(line for line in out.stderr.splitlines() if line.startswith("stopping:"))
+    assert "the update diverged at step" in line and "optim.max_param_abs" in line and "nothing saved" in line
+    assert "warning: optim.lr = 1e+30" in out.stderr
+    rows = [json.loads(x) for x in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    # The first update with a gradient diverges (an all-wrong batch has none: its step moves nothing).
+    bad = rows[-1]["step"]
+    assert rows[-1]["actor/diverged"] == 1.0 and rows[-1]["actor/param_abs_max"] > 1e4
+    assert all(r["actor/diverged"] == 0.0 and r["actor/param_abs_max"] < 1e4 for r in rows[:-1])
+    saved = sorted(int(p.name.split("_")[1]) for p in (tmp_path / "checkpoints").glob("step_*"))
+    assert all(s < bad for s in saved)  # the diverged weights were never checkpointed
+    assert (f"last good checkpoint: {tmp_path}/checkpoints/step_{saved[-1]:08d}" if saved
+            else "no checkpoint was written before them") in line  # fmt: skip
