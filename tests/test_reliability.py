@@ -88,3 +88,29 @@ def test_a_diverged_update_stops_the_run_before_it_is_saved(tmp_path: Path) -> N
     assert all(s < bad for s in saved)  # the diverged weights were never checkpointed
     assert (f"last good checkpoint: {tmp_path}/checkpoints/step_{saved[-1]:08d}" if saved
             else "no checkpoint was written before them") in line  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("edit", "expected"),
+    [
+        (lambda sd: {f"policy.{k}": v for k, v in sd.items()}, "unexpected keys (policy.model.embed_tokens.weight"),
+        (lambda sd: {k: v for k, v in sd.items() if ".layers.1." not in k}, "missing keys (model.layers.1."),
+    ],
+    ids=["prefixed", "a layer removed"],
+)
+def test_weights_that_do_not_fit_the_model_stop_the_load(tmp_path: Path, edit, expected: str) -> None:
+    from _tiny import tiny_lm
+    from safetensors.torch import load_file, save_file
+
+    from trainer.model import load_model_and_tokenizer
+
+    folder = tmp_path / "model"
+    tiny_lm().save_pretrained(folder)
+    build_tokenizer().save_pretrained(folder)
+    cfg = load_config([f"model.path={folder}", "warm_start.mode=off"]).model
+    load_model_and_tokenizer(cfg)  # as saved: loads
+    weights = folder / "model.safetensors"
+    save_file(edit(load_file(weights)), weights, metadata={"format": "pt"})
+    with pytest.raises(ValueError, match="do not fit its model") as err:
+        load_model_and_tokenizer(cfg)
+    assert str(folder) in str(err.value) and expected in str(err.value)

@@ -205,17 +205,39 @@ def load_model_and_tokenizer(
         if isinstance(vocab, int):  # fail before reading the weights; the embedding is checked below either way
             _check_vocab(vocab, tok, model_cfg)
         try:
-            model = AutoModelForCausalLM.from_pretrained(
-                folder, dtype=dtype, trust_remote_code=bool(model_cfg.trust_remote_code)
+            model, info = AutoModelForCausalLM.from_pretrained(
+                folder, dtype=dtype, trust_remote_code=bool(model_cfg.trust_remote_code), output_loading_info=True
             )
         except Exception as exc:
             raise ValueError(f"model.path: cannot load a causal LM from {folder}: {type(exc).__name__}: {exc}") from exc
+        _check_loaded(folder, info)
     _check_vocab(model.get_input_embeddings().weight.shape[0], tok, model_cfg)
     if model.config.pad_token_id is None:
         model.config.pad_token_id = tok.pad_token_id
     model.to(device)
     model.train()
     return model, tok
+
+
+_BENIGN_KEYS = ("rotary_emb.inv_freq",)
+"""Non-persistent buffers that older checkpoints carry and transformers recomputes (tied weights are not reported)."""
+
+
+def _check_loaded(folder: Path, info: dict[str, Any]) -> None:
+    """A folder whose weights do not fill the model (missing, unexpected or mismatched keys) is an error, not a
+    partly random model: transformers only logs it and goes on."""
+    problems = []
+    for kind in ("missing_keys", "unexpected_keys", "mismatched_keys"):
+        keys = [str(k[0] if isinstance(k, tuple) else k) for k in info.get(kind) or []]
+        keys = [k for k in keys if not k.endswith(_BENIGN_KEYS)]
+        if keys:
+            shown = ", ".join(sorted(keys)[:3]) + (", ..." if len(keys) > 3 else "")
+            problems.append(f"{len(keys)} {kind.replace('_', ' ')} ({shown})")
+    if problems:
+        raise ValueError(
+            f"model.path: the weights in {folder} do not fit its model: {'; '.join(problems)}; training would start "
+            "from random weights for those (a state dict saved with a prefix, or a partial save?)"
+        )
 
 
 def freeze(model: PreTrainedModel) -> PreTrainedModel:
