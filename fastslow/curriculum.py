@@ -108,12 +108,14 @@ DAPO = FilterSchedule([(1.0, 0.01, 0.99)])
 
 
 class FilterResult(NamedTuple):
-    """The kept groups of one step, exactly `target_groups` of them, in arrival order."""
+    """The kept groups of one step, exactly `target_groups` of them, in arrival order (then the top-up, if any)."""
 
     group_accuracy: Tensor
     """`[target_groups]` float32 accuracies of the kept groups (on CPU)."""
     items: list[Any]
     """The payload of each kept group (see `OnlineFilter.add`)."""
+    filled: int = 0
+    """How many of them are rejected groups topping up a batch the filter could not fill (`result(fill=True)`)."""
 
 
 class FilterExhausted(RuntimeError):
@@ -155,6 +157,7 @@ class OnlineFilter:
         self._seen = 0
         self._kept_acc: list[Tensor] = []
         self._kept_items: list[Any] = []
+        self._rejected: list[tuple[Tensor, Any]] = []  # (accuracy, payload) of the dropped groups, arrival order
         self._seen_acc: list[Tensor] = []
         self._active = False
 
@@ -166,6 +169,7 @@ class OnlineFilter:
         self._seen = 0
         self._kept_acc = []
         self._kept_items = []
+        self._rejected = []
         self._seen_acc = []
         self._active = True
         self.steps += 1
@@ -215,6 +219,7 @@ class OnlineFilter:
         idx = keep_cpu_G.nonzero().flatten().tolist()
         self._kept_acc.append(acc_cpu_G[keep_cpu_G])
         self._kept_items.extend(items[i] for i in idx)
+        self._rejected.extend((acc_cpu_G[i], items[i]) for i in (~keep_cpu_G).nonzero().flatten().tolist())
         self._seen_acc.append(acc_cpu_G)
         self._chunks += 1
         self._seen += g
@@ -225,20 +230,23 @@ class OnlineFilter:
             raise self._exhausted()
         return keep_G
 
-    def result(self, *, partial: bool = False) -> FilterResult:
+    def result(self, *, fill: bool = False) -> FilterResult:
         """Exactly `target_groups` kept groups, in arrival order; ends the step.
 
-        With `partial=True` (after a `FilterExhausted`, for a caller that tops the batch up itself), whatever was
-        kept, up to `target_groups`, even fewer.
+        With `fill=True` (after a `FilterExhausted`, to train on a full batch anyway), a step short of its target is
+        topped up with its most recently rejected groups, after the kept ones; `filled` counts them.
         """
         if not self._active:
             raise RuntimeError("OnlineFilter.result before start(progress)")
-        if not self.done and not partial:
+        if not self.done and not fill:
             raise RuntimeError(f"OnlineFilter.result before done: {self.kept} of {self.target_groups} groups kept")
-        acc = torch.cat(self._kept_acc)[: self.target_groups] if self._kept_acc else torch.zeros(0)
+        acc = list(torch.cat(self._kept_acc)[: self.target_groups]) if self._kept_acc else []
         items = self._kept_items[: self.target_groups]
+        need = self.target_groups - len(items)
+        top_up = self._rejected[len(self._rejected) - need :] if need > 0 else []
         self._active = False
-        return FilterResult(group_accuracy=acc, items=items)
+        acc_G = torch.stack([*acc, *(a for a, _ in top_up)]) if acc or top_up else torch.zeros(0)
+        return FilterResult(group_accuracy=acc_G, items=[*items, *(it for _, it in top_up)], filled=len(top_up))
 
     def metrics(self) -> dict[str, float]:
         """The current (or last) step's filtering and the run's totals, for logging; empty before the first step."""

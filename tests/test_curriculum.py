@@ -219,3 +219,18 @@ def test_state_dict_round_trip_mid_run() -> None:
 def test_bad_state(state: object) -> None:
     with pytest.raises(ValueError, match="OnlineFilter state"):
         OnlineFilter(DAPO, 2, max_chunks=2).load_state_dict(state)  # type: ignore[arg-type]
+
+
+def test_result_fill_tops_up_with_the_latest_rejected_groups() -> None:
+    f = OnlineFilter(FilterSchedule([(1.0, 0.2, 0.8)]), 3, max_chunks=2)
+    f.start(0.5)
+    f.add(torch.tensor([0.5, 1.0, 0.0]), items=["a", "b", "c"])  # keeps a; rejects b, c
+    with pytest.raises(FilterExhausted):
+        f.add(torch.tensor([1.0, 0.0]), items=["d", "e"])  # rejects d, e: 1 of 3 kept
+    out = f.result(fill=True)
+    assert out.items == ["a", "d", "e"] and out.filled == 2
+    assert out.group_accuracy.tolist() == [0.5, 1.0, 0.0]
+    f.start(0.5)
+    f.add(torch.tensor([0.5, 0.5, 0.5, 0.0]), items=["a", "b", "c", "d"])
+    done = f.result(fill=True)  # a full step: nothing to top up
+    assert done.items == ["a", "b", "c"] and done.filled == 0

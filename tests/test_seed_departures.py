@@ -171,7 +171,7 @@ def test_score_chunk_passes_think_opened(mode: str, template: str, opened: bool)
     formatted = R.score(["so</think><answer>3</answer>", "<think>so</think><answer>3</answer>"], ["3", "3"],
                         task="math", think_opened=opened)[1]  # fmt: skip
     assert formatted.tolist() == ([True, False] if opened else [False, True])
-    assert step_mod._think_opened(ctx, items, 2) == [opened, opened]
+    assert R.think_opened_flags(ctx.cfg.reward.think_opened, ctx.tokenizer, items, 2) == [opened, opened]
 
 
 def test_think_opened_config() -> None:

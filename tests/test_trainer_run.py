@@ -138,3 +138,15 @@ def test_default_runs_of_each_algorithm(tmp_path, warm_cache, algorithm):
     if algorithm.startswith("fast"):  # Slow2Fast's first band keeps groups from step 1, without a top-up
         assert train[0]["rollout/filled_groups"] == 0.0 and train[0]["rollout/kept_groups"] == 8.0
     assert "held-out accuracy" in out.stdout
+
+
+@pytest.mark.distributed
+@pytest.mark.slow
+def test_a_dry_filter_tops_the_batch_up(tmp_path, warm_cache):
+    """One chunk per step and DAPO's bounds: steps the filter cannot fill train on a topped-up, full batch."""
+    warm = (*SHORT_WARM_START, f"warm_start.cache={warm_cache}")
+    lines = run(tmp_path, "algorithm.filter=dapo", "rollout.max_chunks=1", *warm)
+    assert len(lines) == 3
+    for line in lines:
+        assert line["rollout/kept_groups"] + line["rollout/filled_groups"] == 2.0  # per rank: 4 prompts, 2 ranks
+    assert any(line["rollout/filled_groups"] > 0 for line in lines)

@@ -152,13 +152,6 @@ def _rng_preserved() -> Iterator[None]:
         ckpt.set_rng_state(state)
 
 
-def _think_opened(mode: str, tokenizer: Any, items: Sequence[dict], n: int) -> list[bool]:
-    """`reward.think_opened` per response, as the training step reads it."""
-    if mode != "auto":
-        return [mode == "true"] * (len(items) * n)
-    return [rewards.prompt_opens_think(tokenizer, it["prompt_ids"]) for it in items for _ in range(n)]
-
-
 def _same_math_answer(a: str, b: str) -> bool:
     return a.strip() == b.strip() or answers_match(a, b)
 
@@ -167,11 +160,11 @@ def _score_block(
     cfg: Any, tokenizer: Any, task: str, items: Sequence[dict], completions: Sequence[Sequence[list[int]]]
 ) -> list[PromptResult]:
     """Each prompt's samples scored with the training scorer, and its majority vote."""
-    n, eos = cfg.eval.n, tokenizer.eos_token_id
+    n = cfg.eval.n
     flat = [c for comps in completions for c in comps]
-    texts = [tokenizer.decode([t for t in c if t != eos], skip_special_tokens=True) for c in flat]
+    texts = rewards.decode_responses(tokenizer, flat)
     answers = [str(it["answer"]) for it in items for _ in range(n)]
-    opened = _think_opened(cfg.reward.think_opened, tokenizer, items, n)
+    opened = rewards.think_opened_flags(cfg.reward.think_opened, tokenizer, items, n)
     correct, formatted = rewards.score(texts, answers, task=task, think_opened=opened)
     same: Callable[[str, str], bool]
     if task == SYNTHETIC:

@@ -58,11 +58,13 @@ __all__ = [
     "RewardFn",
     "call_reward_fn",
     "char_length",
+    "decode_responses",
     "lengths",
     "load_reward_fn",
     "prompt_opens_think",
     "score",
     "task_for",
+    "think_opened_flags",
 ]
 
 TASKS = ("synthetic", "math")
@@ -134,6 +136,20 @@ def score(
     correct = torch.tensor([v.correct for v in verdicts], dtype=torch.bool)
     formatted = torch.tensor([v.formatted for v in verdicts], dtype=torch.bool)
     return correct, formatted
+
+
+def decode_responses(tokenizer: Any, completions: Sequence[Sequence[int]]) -> list[str]:
+    """The texts the scorers read: each completion decoded without its stop token and special tokens."""
+    eos = tokenizer.eos_token_id
+    return [tokenizer.decode([t for t in c if t != eos], skip_special_tokens=True) for c in completions]
+
+
+def think_opened_flags(mode: str, tokenizer: Any, items: Sequence[dict], n: int) -> list[bool]:
+    """`reward.think_opened` per response of `items` (each with `n` responses): forced by "true" / "false", or
+    read from each item's rendered prompt ("auto", `prompt_opens_think`)."""
+    if mode != "auto":
+        return [mode == "true"] * (len(items) * n)
+    return [prompt_opens_think(tokenizer, it["prompt_ids"]) for it in items for _ in range(n)]
 
 
 def prompt_opens_think(tokenizer: Any, prompt_ids: Sequence[int]) -> bool:

@@ -83,14 +83,6 @@ def _sampling(ctx: StepContext, step: int, chunk: int) -> SamplingParams:
     )  # fmt: skip
 
 
-def _think_opened(ctx: StepContext, items: list[dict], n: int) -> list[bool]:
-    """`reward.think_opened` per response: forced, or read from each item's rendered prompt ("auto")."""
-    mode = ctx.cfg.reward.think_opened
-    if mode != "auto":
-        return [mode == "true"] * (len(items) * n)
-    return [reward_fns.prompt_opens_think(ctx.tokenizer, it["prompt_ids"]) for it in items for _ in range(n)]
-
-
 def _score_chunk(ctx: StepContext, items: list[dict], completions: list[list[list[int]]]) -> list[Group]:
     """Rewards for one generated chunk; the FAST thinking reward takes its statistics over all ranks' chunk.
 
@@ -102,9 +94,10 @@ def _score_chunk(ctx: StepContext, items: list[dict], completions: list[list[lis
     cfg, n = ctx.cfg, ctx.cfg.rollout.group_size
     eos = ctx.tokenizer.eos_token_id
     flat = [c for comps in completions for c in comps]
-    texts = [ctx.tokenizer.decode([t for t in c if t != eos], skip_special_tokens=True) for c in flat]
+    texts = reward_fns.decode_responses(ctx.tokenizer, flat)
     answers = [it["answer"] for it in items for _ in range(n)]
-    correct, formatted = reward_fns.score(texts, answers, task=ctx.task, think_opened=_think_opened(ctx, items, n))
+    opened = reward_fns.think_opened_flags(cfg.reward.think_opened, ctx.tokenizer, items, n)
+    correct, formatted = reward_fns.score(texts, answers, task=ctx.task, think_opened=opened)
     if cfg.reward.truncated == "wrong":  # cut at the token limit: the answer was never finished
         ended = torch.tensor([bool(c) and c[-1] == eos for c in flat], dtype=torch.bool)
         correct, formatted = correct & ended, formatted & ended
@@ -152,7 +145,6 @@ def collect(ctx: StepContext, step: int) -> tuple[list[Group], dict[str, float]]
         filt = OnlineFilter(ctx.schedule, per_rank, max_chunks=cfg.rollout.max_chunks)
         filt.start(progress)
     chunk = 0
-    rejected: list[Group] = []  # this rank's groups the filter dropped, in arrival order (for on_filter_exhausted)
     while True:
         items = [ctx.prompts[i] for i in ctx.sampler.next_chunk()]
         completions = ctx.engine.generate([it["prompt_ids"] for it in items], _sampling(ctx, step, chunk))
@@ -161,10 +153,8 @@ def collect(ctx: StepContext, step: int) -> tuple[list[Group], dict[str, float]]
         if filt is None:
             return groups, {"rollout/chunks": 1.0, "rollout/kept_groups": float(len(groups))}
         failure = None
-        acc = torch.stack([g.correct.float().mean() for g in groups])
-        rejected += [g for g, keep in zip(groups, ctx.schedule.keep(acc, progress).tolist()) if not keep]
         try:
-            filt.add(acc, items=groups)
+            filt.add(torch.stack([g.correct.float().mean() for g in groups]), items=groups)
         except FilterExhausted as err:
             failure = err
         flags = torch.tensor([float(filt.done), float(failure is not None)], device=ctx.info.device)
@@ -178,11 +168,11 @@ def collect(ctx: StepContext, step: int) -> tuple[list[Group], dict[str, float]]
         if any_failed:  # every rank is at its max_chunks-th chunk: all stop here
             if cfg.rollout.on_filter_exhausted == "error":
                 raise FilterExhausted(str(failure) if failure else "another rank's online filter ran out of chunks")
-            kept = list(filt.result(partial=True).items)
-            fill = rejected[len(rejected) - (per_rank - len(kept)) :] if len(kept) < per_rank else []
-            counts = all_reduce(torch.tensor([float(len(kept)), float(len(fill))], device=ctx.info.device))
+            result = filt.result(fill=True)  # topped up with this rank's latest rejected groups
+            kept, filled = len(result.items) - result.filled, result.filled
+            counts = all_reduce(torch.tensor([float(kept), float(filled)], device=ctx.info.device))
             counts = (counts / ctx.info.world).tolist()  # per rank, as the other kept_groups values
-            return kept + fill, {
+            return list(result.items), {
                 "rollout/chunks": float(chunk), "rollout/kept_groups": counts[0], "rollout/filled_groups": counts[1],
             }  # fmt: skip
 
@@ -355,10 +345,11 @@ def parameter_health(policy: nn.Module, limit: float, device: torch.device) -> d
     """After an update, over all ranks' shards: "actor/param_abs_max" (the largest finite |p|) and "actor/diverged"
     (1.0 when a parameter is non-finite or above `limit`): one pass over the local shards, one all-reduce."""
     local = [p.to_local() if hasattr(p, "to_local") else p for p in policy.parameters() if p.requires_grad]
-    local = [t.detach() for t in local if t.numel()]
-    finite = all(bool(torch.isfinite(t).all()) for t in local)
-    biggest = max((float(t.abs().max()) for t in local), default=0.0) if finite else 0.0
-    worst = all_reduce(torch.tensor([biggest, float(not finite)], dtype=torch.float64, device=device), "max").tolist()
+    peaks = [t.detach().abs().amax().float() for t in local if t.numel()]  # amax keeps NaN and inf
+    peak = float(torch.stack(peaks).amax()) if peaks else 0.0  # the one device sync
+    finite = math.isfinite(peak)
+    flags = torch.tensor([peak if finite else 0.0, float(not finite)], dtype=torch.float64, device=device)
+    worst = all_reduce(flags, "max").tolist()
     return {"actor/param_abs_max": worst[0], "actor/diverged": float(worst[1] > 0 or worst[0] > limit)}
 
 
