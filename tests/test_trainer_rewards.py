@@ -323,3 +323,17 @@ def test_run_with_a_user_reward(tmp_path: Path) -> None:
     # 4 prompts x 4 responses per step, across both ranks: half of them NaN
     assert all(line["reward/errors"] == 8.0 for line in lines)
     assert all(0.0 <= line["reward"] <= 0.5 and line["actor/skipped_updates"] == 0 for line in lines)
+
+
+@pytest.mark.parametrize(("truncated", "expected"), [("wrong", [True, False]), ("score", [True, True])])
+def test_score_completions_cut_at_the_limit(truncated: str, expected: list[bool]) -> None:
+    """Training and evaluation score through this one function: a completion without its stop token is wrong
+    under reward.truncated = "wrong"."""
+    tok = build_tokenizer()
+    ids = tok("<answer> 3 </answer>")["input_ids"]
+    completions = [[*ids, tok.eos_token_id], ids]  # the second was cut at the token limit
+    texts, correct, formatted = R.score_completions(
+        tok, completions, ["3", "3"], task="synthetic", think_opened=[False, False], truncated=truncated
+    )
+    assert texts == ["<answer>3</answer>"] * 2
+    assert correct.tolist() == expected and formatted.tolist() == expected

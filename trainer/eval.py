@@ -14,7 +14,8 @@ the end; `python -m trainer.eval MODEL` runs it standalone on a Hugging Face fol
    the same for any number of ranks, are reproduced by the standalone command on the same weights and step, and
    never touch the training's random streams: those (python, numpy, torch CPU and CUDA) are saved before and
    restored after, so a run trains the same with and without evaluation.
-4. Scoring: the training scorer, `trainer.rewards.score` ("synthetic" for the built-in task, "math" for files). The
+4. Scoring: the training scorer, `trainer.rewards.score_completions` ("synthetic" for the built-in task, "math" for
+   files; a response cut at the token limit is wrong under `reward.truncated = "wrong"`, as in training). The
    vote's answers are `trainer.task.check(...).predicted` and `fastslow.math_reward.extract_answer`; two incorrect
    math answers are the same vote when they are equal as stripped strings or `answers_match` says so (normalised
    strings, then math-verify), see `trainer.eval_metrics.majority_correct`.
@@ -162,10 +163,11 @@ def _score_block(
     """Each prompt's samples scored with the training scorer, and its majority vote."""
     n = cfg.eval.n
     flat = [c for comps in completions for c in comps]
-    texts = rewards.decode_responses(tokenizer, flat)
     answers = [str(it["answer"]) for it in items for _ in range(n)]
     opened = rewards.think_opened_flags(cfg.reward.think_opened, tokenizer, items, n)
-    correct, formatted = rewards.score(texts, answers, task=task, think_opened=opened)
+    texts, correct, formatted = rewards.score_completions(
+        tokenizer, flat, answers, task=task, think_opened=opened, truncated=cfg.reward.truncated
+    )
     same: Callable[[str, str], bool]
     if task == SYNTHETIC:
         extracted = [synthetic_task.check(t, a).predicted for t, a in zip(texts, answers)]

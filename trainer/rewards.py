@@ -63,6 +63,7 @@ __all__ = [
     "load_reward_fn",
     "prompt_opens_think",
     "score",
+    "score_completions",
     "task_for",
     "think_opened_flags",
 ]
@@ -136,6 +137,29 @@ def score(
     correct = torch.tensor([v.correct for v in verdicts], dtype=torch.bool)
     formatted = torch.tensor([v.formatted for v in verdicts], dtype=torch.bool)
     return correct, formatted
+
+
+def score_completions(
+    tokenizer: Any,
+    completions: Sequence[Sequence[int]],
+    answers: Sequence[str],
+    *,
+    task: str,
+    think_opened: Sequence[bool],
+    truncated: str,
+) -> tuple[list[str], Tensor, Tensor]:
+    """`(texts, correct, formatted)` of generated completions, as training and evaluation both score them.
+
+    `score` on the decoded texts; with `truncated = "wrong"` (`reward.truncated`) a completion that does not end
+    with the stop token (cut at the token limit: its answer was never finished) is neither correct nor formatted.
+    """
+    texts = decode_responses(tokenizer, completions)
+    correct, formatted = score(texts, answers, task=task, think_opened=think_opened)
+    if truncated == "wrong":
+        eos = tokenizer.eos_token_id
+        ended = torch.tensor([bool(c) and c[-1] == eos for c in completions], dtype=torch.bool)
+        correct, formatted = correct & ended, formatted & ended
+    return texts, correct, formatted
 
 
 def decode_responses(tokenizer: Any, completions: Sequence[Sequence[int]]) -> list[str]:

@@ -92,15 +92,12 @@ def _score_chunk(ctx: StepContext, items: list[dict], completions: list[list[lis
     "zero"` are counted in `ctx.extra["reward_errors"]`.
     """
     cfg, n = ctx.cfg, ctx.cfg.rollout.group_size
-    eos = ctx.tokenizer.eos_token_id
     flat = [c for comps in completions for c in comps]
-    texts = reward_fns.decode_responses(ctx.tokenizer, flat)
     answers = [it["answer"] for it in items for _ in range(n)]
     opened = reward_fns.think_opened_flags(cfg.reward.think_opened, ctx.tokenizer, items, n)
-    correct, formatted = reward_fns.score(texts, answers, task=ctx.task, think_opened=opened)
-    if cfg.reward.truncated == "wrong":  # cut at the token limit: the answer was never finished
-        ended = torch.tensor([bool(c) and c[-1] == eos for c in flat], dtype=torch.bool)
-        correct, formatted = correct & ended, formatted & ended
+    texts, correct, formatted = reward_fns.score_completions(
+        ctx.tokenizer, flat, answers, task=ctx.task, think_opened=opened, truncated=cfg.reward.truncated
+    )
     lengths = reward_fns.lengths([len(c) for c in flat], texts, cfg.algorithm.length_unit)
     user = cfg.reward.function
     if user:  # resolved (and cached) when the config loaded
