@@ -37,7 +37,7 @@ from fastslow import EntropySwitch, FilterSchedule, KLController
 from trainer import checkpoint as ckpt
 from trainer import warm_start
 from trainer.config import Config, ConfigError, save_toml
-from trainer.data import PromptSampler, load_prompts
+from trainer.data import load_prompts
 from trainer.dist import DistInfo, all_reduce, parallelize
 from trainer.eval import eval_context_tokens, evaluate, headline, load_eval_sets
 from trainer.metrics import MetricsLogger, system_metrics
@@ -45,6 +45,7 @@ from trainer.model import freeze, load_model_and_tokenizer
 from trainer.policy import Policy
 from trainer.rewards import task_for
 from trainer.rollout import build_engine
+from trainer.sampler import PromptSampler
 from trainer.signals import StopFlag
 from trainer.step import StepContext, sync_policy, train_step
 
