@@ -19,6 +19,7 @@ import argparse
 import datetime as _dt
 import json
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -54,8 +55,6 @@ def _run(alg: str, seed: int, args: argparse.Namespace, overrides: list[str], ru
     """One training run into `run_dir` (replaced), its output kept beside it in `<run_dir>.log`; its wall seconds.
     Raises with the run's last output on failure."""
     if run_dir.exists():
-        import shutil
-
         shutil.rmtree(run_dir)
     run_dir.parent.mkdir(parents=True, exist_ok=True)
     cmd = [

@@ -151,9 +151,7 @@ def warm_start(
         dist.barrier()
     if not path.is_file():
         raise FileNotFoundError(f"warm start: {path} was not written (does every rank see warm_start.cache?)")
-    missing, unexpected = load_model(model, str(path), strict=True, device=str(next(model.parameters()).device))
-    if missing or unexpected:  # strict=True raises first; kept for clarity should that change
-        raise ValueError(f"warm start: {path} does not fit the model (missing {missing}, unexpected {unexpected})")
+    load_model(model, str(path), strict=True, device=str(next(model.parameters()).device))  # raises on a misfit
     model.train()
     return model
 
@@ -179,8 +177,9 @@ def _train_and_save(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, 
     )
     model.load_state_dict(fresh.state_dict())
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f"{path.name}.tmp{os.getpid()}")
+    tmp = path.with_name(f"{path.name}.tmp{os.getpid()}")  # written whole, then renamed: never half a file
+    tmp_json = tmp.with_name(f"{tmp.name}.json")
     save_model(model, str(tmp))
-    tmp.with_suffix(".json").write_text(json.dumps({**stats, "settings": _settings(ws)}, indent=1))
-    os.replace(tmp.with_suffix(".json"), path.with_suffix(".json"))
+    tmp_json.write_text(json.dumps({**stats, "settings": _settings(ws)}, indent=1))
+    os.replace(tmp_json, path.with_suffix(".json"))
     os.replace(tmp, path)
