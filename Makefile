@@ -19,8 +19,11 @@ $(STAMP): pyproject.toml setup.py $(wildcard csrc/*.cpp)
 	$(PY) -m pip install -q -e ".[dev]"
 	touch $@
 
+# A bad input ends the workers with one line, which torchrun follows with its own failure report: the line is
+# printed again after it (FASTSLOW_ERROR_FILE), so it is the last thing on the screen.
 run: $(STAMP)
-	$(VENV)/bin/torchrun --standalone --nproc_per_node=$(NPROC) -m trainer.main $(ARGS)
+	@err=$$(mktemp); FASTSLOW_ERROR_FILE=$$err $(VENV)/bin/torchrun --standalone --nproc_per_node=$(NPROC) \
+		-m trainer.main $(ARGS); rc=$$?; if [ -s $$err ]; then cat $$err >&2; fi; rm -f $$err; exit $$rc
 
 test: $(STAMP)
 	$(PY) -m pytest tests -q $(PYTEST_ARGS)

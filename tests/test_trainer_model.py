@@ -235,3 +235,30 @@ def test_model_vocab_smaller_than_the_tokenizer(saved: tuple[Path, torch.nn.Modu
         M.load_model_and_tokenizer(_cfg(path=str(folder)), tokenizer=tok)
     built, _ = M.load_model_and_tokenizer(_cfg(), tokenizer=tok)
     assert built.get_input_embeddings().weight.shape[0] == rows + 2
+
+
+def test_a_qwen2_tokenizer_without_a_pad_token_pads_with_eos_and_adds_nothing(tmp_path: Path) -> None:
+    """A real Qwen2-style tokenizer_config.json without the `pad_token` key (not `pad_token: null`): transformers'
+    Qwen2Tokenizer would add `<|endoftext|>` as a new token, one id past the model's vocabulary."""
+    from transformers import Qwen2Config, Qwen2ForCausalLM, Qwen2Tokenizer
+
+    words = ["1", "2", "3", "+", "=", "<|im_end|>"]
+    vocab = {w: i for i, w in enumerate(words)}
+    tok = Qwen2Tokenizer(vocab=vocab, merges=[], eos_token="<|im_end|>", pad_token=None, unk_token=None)
+    tok.save_pretrained(tmp_path)
+    config_file = tmp_path / "tokenizer_config.json"
+    declared = json.loads(config_file.read_text())
+    for name in ("pad_token", "unk_token"):
+        declared.pop(name, None)
+    config_file.write_text(json.dumps(declared))
+    assert "<|endoftext|>" in AutoTokenizer.from_pretrained(tmp_path).get_vocab()  # what transformers does alone
+    config = Qwen2Config(
+        vocab_size=len(words), hidden_size=16, intermediate_size=32, num_hidden_layers=1, num_attention_heads=2,
+        num_key_value_heads=1, tie_word_embeddings=True,
+    )  # fmt: skip
+    Qwen2ForCausalLM(config).save_pretrained(tmp_path)
+
+    model, loaded = M.load_model_and_tokenizer(_cfg(path=str(tmp_path)))
+    assert len(loaded) == len(words) and "<|endoftext|>" not in loaded.get_vocab()
+    assert loaded.pad_token == loaded.eos_token == "<|im_end|>" and loaded.pad_token_id == words.index("<|im_end|>")
+    assert model.config.pad_token_id == loaded.pad_token_id

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import dataclasses
 import importlib
+import math
 import os
 import sys
 from collections.abc import Mapping
@@ -24,7 +25,7 @@ from pathlib import PurePath
 from typing import TYPE_CHECKING, Any, Literal
 
 # `_describe` and `_unwrap` are not used here: re-exported for trainer.config_io, which imports them from this module.
-from trainer.config_base import ConfigError, _describe, _hints, _Section, _suggest, _unwrap  # noqa: F401
+from trainer.config_base import ConfigError, InputError, _describe, _hints, _Section, _suggest, _unwrap, input_errors  # noqa: F401
 
 if TYPE_CHECKING:
     from trainer.config_io import configs_dir, find_config, load_config, save_toml, to_toml, usage
@@ -37,6 +38,7 @@ __all__ = [
     "ConfigError",
     "DataConfig",
     "EvalConfig",
+    "InputError",
     "LoggingConfig",
     "ModelConfig",
     "OptimConfig",
@@ -46,6 +48,7 @@ __all__ = [
     "configs_dir",
     "find_config",
     "from_dict",
+    "input_errors",
     "load_config",
     "save_toml",
     "to_toml",
@@ -197,11 +200,18 @@ class RolloutConfig(_Section):
     """Weight sync: MiB of full tensors gathered per bucket (bounds the extra memory of a sync)."""
     max_chunks: int = 4
     """With a filter on: generation chunks per step at most (see `on_filter_exhausted`)."""
-    on_filter_exhausted: Literal["fill", "error"] = "fill"
-    """When `max_chunks` chunks did not give enough kept groups: "fill" tops the batch up with the step's most
-    recently rejected groups (an all-right or all-wrong group has zero advantage, so it adds only its KL term) and
-    counts them in `rollout/filled_groups`; "error" stops the run with a message naming the bounds and the
-    accuracies seen (the seeds' code, verl and EasyR1 stop)."""
+    on_filter_exhausted: Literal["fill", "partial", "skip", "stop", "error"] = "fill"
+    """When `max_chunks` chunks did not give enough kept groups (the filter ran dry, normal late in training when most
+    groups are all-correct): "fill" tops the batch up with the step's most recently rejected groups (an all-right or
+    all-wrong group has zero advantage, so it adds only its KL term), counted in `rollout/filled_groups`;
+    "partial" trains on the groups kept so far, the same number on every rank (the smallest rank's count);
+    "skip" skips the step's update (the step and its prompts are spent; `rollout/skipped`); "stop" saves a
+    checkpoint and ends the run (exit status 4). "error" is the former name of "stop". Every dry step counts in
+    `rollout/dry`. Default "fill": the run goes on with a full batch whose extra groups cost compute but carry no
+    advantage; the seeds' FAST code refills without any limit instead, which a step cap replaces here."""
+    max_dry_steps: int = 0
+    """Dry filter steps in a row after which the run saves and stops (exit status 4), whatever
+    `on_filter_exhausted` says; 0: no limit."""
     is_correction: bool = False
     """Importance-sampling correction for the rollout engine's numerics: each response token's advantage is
     multiplied by min(exp(trainer old log-prob - engine log-prob), `is_cap`) (truncated IS, as verl's TIS)."""
@@ -245,7 +255,9 @@ class RolloutConfig(_Section):
     def validate(self) -> None:
         self._at_least(2, "group_size")
         self._at_least(1, "prompts_per_step", "max_new_tokens", "max_chunks")
-        self._at_least(0, "temperature")
+        self._at_least(0, "temperature", "max_dry_steps")
+        if self.on_filter_exhausted == "error":  # the former name
+            self.on_filter_exhausted = "stop"
         self._require(0 < self.top_p <= 1, "top_p", "must be in (0, 1]")
         self._require(self.sync_bucket_mb > 0, "sync_bucket_mb", "must be > 0")
         self._at_least(1, "is_cap", "vllm_tensor_parallel_size", "vllm_server_workers", "vllm_timeout_s")
@@ -289,12 +301,18 @@ class RewardConfig(_Section):
     whatever it holds (it never finished its answer; without this, a correctness-only reward lets text after the
     answer grow until every response runs to the limit); "score": scored like any other (the seeds' code)."""
     on_error: Literal["raise", "zero"] = "raise"
-    """When the user function raises or returns something other than one finite number per response: "raise"
-    stops the run with an error naming the function and the first bad sample; "zero" scores the bad samples 0 (the
-    whole chunk when the call raised or returned the wrong count) and counts them in the metric `reward/errors`."""
+    """When the user function raises, times out or returns something other than one finite number per response:
+    "raise" stops the run with an error naming the function and the first bad sample; "zero" scores the bad samples
+    0 (the whole chunk when the call raised, timed out or returned the wrong count) and counts them in the metric
+    `reward/errors`."""
+    timeout_s: float = 120.0
+    """Time limit of one call of the user function (one generation chunk), in seconds: the call runs in a forked
+    child process, killed past the limit (a failure under `on_error`); Ctrl-C stops the run even while it hangs.
+    0: no limit, called in the trainer's own process (no fork; Ctrl-C then waits for the call to return)."""
 
     def validate(self) -> None:
         self.function = self.function.strip()
+        self._require(math.isfinite(self.timeout_s) and self.timeout_s >= 0, "timeout_s", "must be a number >= 0")
         if self.function:
             from trainer.rewards import RewardError, load_reward_fn  # torch and the verifiers: only when needed
 

@@ -6,20 +6,39 @@ type helpers (`_describe`, `_hints`, `_suggest`, `_unwrap`) for its override val
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import difflib
 import math
 import types
 import typing
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from functools import cache
 from typing import Any, Literal
 
-__all__ = ["ConfigError"]
+__all__ = ["ConfigError", "InputError", "input_errors"]
 
 
 class ConfigError(ValueError):
     """A bad configuration: the message names the key (`section.key`), the value and what is allowed."""
+
+
+class InputError(ConfigError):
+    """A bad input found after the config parsed (data file, model folder, resume target, run folder): one line,
+    exit status 2, like a config error; the message names the file or folder and the key that points at it."""
+
+
+@contextlib.contextmanager
+def input_errors() -> Iterator[None]:
+    """Inside, a loader's `ValueError` / `OSError` (a missing file, a bad row, a folder that does not load: their
+    messages name the file) becomes an `InputError` with the same message."""
+    try:
+        yield
+    except ConfigError:
+        raise
+    except (ValueError, OSError) as err:
+        message = str(err) if not isinstance(err, OSError) or not err.filename else f"{err.filename}: {err.strerror}"
+        raise InputError(message) from err
 
 
 class _Section:

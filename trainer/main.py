@@ -4,16 +4,41 @@ With no arguments it runs the built-in job (`trainer/configs/default.toml`): a t
 trained with GRPO on a synthetic verifiable task, on whatever the machine has.
 
 Exit status: 0 when the run finished, or was stopped by SIGTERM / SIGINT (Ctrl-C) and saved (see
-trainer/trainer.py); 2 for bad configuration, with one line naming the key, before any work; 3 when the run
-stopped on `optim.max_bad_steps` non-finite steps in a row, its last good checkpoint intact.
+trainer/trainer.py); 2 for a bad input (config, data file, model folder, resume target, run folder), with one
+line naming it, from rank 0, before the models are built (`FASTSLOW_DEBUG=1` adds the traceback); 3 when the run
+stopped on `optim.max_bad_steps` non-finite steps in a row, its last good checkpoint intact; 4 when it saved and
+stopped on a dry online filter (`rollout.on_filter_exhausted = "stop"`, or `rollout.max_dry_steps`).
 """
 
 from __future__ import annotations
 
+import contextlib
+import os
 import sys
+import traceback
+from pathlib import Path
 
-from trainer.config import ConfigError, load_config
+from trainer.config import ConfigError, InputError, load_config
 from trainer.signals import StopFlag, die_with_launcher
+
+
+def report_input_error(err: ConfigError, *, is_main: bool = True) -> int:
+    """One line on stderr (rank 0 only) for a bad input, its traceback first when `FASTSLOW_DEBUG=1`; returns 2.
+
+    The line also goes to the file `FASTSLOW_ERROR_FILE` names, when set: `make run` prints it again after
+    torchrun's own report, so that it is the last thing on the screen.
+    """
+    if not is_main:
+        return 2
+    if os.environ.get("FASTSLOW_DEBUG") == "1":
+        traceback.print_exception(err)
+    line = f"{'error' if isinstance(err, InputError) else 'config error'}: {err}"
+    print(line, file=sys.stderr, flush=True)
+    where = os.environ.get("FASTSLOW_ERROR_FILE")
+    if where:
+        with contextlib.suppress(OSError):
+            Path(where).write_text(line + "\n", encoding="utf-8")
+    return 2
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -22,36 +47,37 @@ def main(argv: list[str] | None = None) -> int:
     try:
         cfg = load_config(sys.argv[1:] if argv is None else argv)
     except ConfigError as err:
-        print(f"config error: {err}", file=sys.stderr)
-        return 2
+        return report_input_error(err)
 
     with StopFlag() as stop:  # from here on, SIGTERM / SIGINT stop the run at the next step boundary
         from trainer.dist import close, init_distributed
-        from trainer.trainer import BadStepsError, Trainer
+        from trainer.trainer import BadStepsError, DryFilterStop, Trainer
 
         info = init_distributed()
         if cfg.rollout.prompts_per_step % info.world:  # the one check that needs the world size
-            if info.is_main:
-                print(
-                    f"config error: rollout.prompts_per_step = {cfg.rollout.prompts_per_step}: must be divisible by "
-                    f"the number of processes ({info.world})",
-                    file=sys.stderr,
-                )
+            err = ConfigError(
+                f"rollout.prompts_per_step = {cfg.rollout.prompts_per_step}: must be divisible by the number of "
+                f"processes ({info.world})"
+            )
             close()
-            return 2
+            return report_input_error(err, is_main=info.is_main)
         try:
             trainer = Trainer(cfg, info)
-        except ConfigError as err:  # found once the world is up (the run folder): the same one line, exit 2
-            if info.is_main:
-                print(f"config error: {err}", file=sys.stderr)
+        except ConfigError as err:  # found once the world is up (run folder, data, model folder, resume target)
             close()
-            return 2
+            return report_input_error(err, is_main=info.is_main)
         try:
             trainer.train(stop)
+        except ConfigError as err:  # a checkpoint that does not load
+            return report_input_error(err, is_main=info.is_main)
         except BadStepsError as err:
             if info.is_main:
                 print(f"stopping: {err}", file=sys.stderr, flush=True)
             return 3
+        except DryFilterStop as err:
+            if info.is_main:
+                print(f"stopping: {err}", file=sys.stderr, flush=True)
+            return 4
         finally:
             trainer.close()
             close()

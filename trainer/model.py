@@ -12,6 +12,7 @@ The model config is read by attribute (duck typing): `path`, `preset`, `hidden_s
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
@@ -107,7 +108,9 @@ def load_tokenizer(model_cfg: Any) -> PreTrainedTokenizerBase:
         return build_tokenizer()
     folder = _check_folder(path, need_weights=False, key=key)
     try:
-        tok = AutoTokenizer.from_pretrained(folder, trust_remote_code=bool(model_cfg.trust_remote_code))
+        tok = AutoTokenizer.from_pretrained(
+            folder, trust_remote_code=bool(model_cfg.trust_remote_code), **_undeclared_specials(folder)
+        )
     except Exception as exc:  # transformers raises many types here; say which folder and key failed
         raise ValueError(f"{key}: cannot load a tokenizer from {folder}: {type(exc).__name__}: {exc}") from exc
     if tok.pad_token is None:
@@ -115,6 +118,22 @@ def load_tokenizer(model_cfg: Any) -> PreTrainedTokenizerBase:
             raise ValueError(f"{key}: the tokenizer in {folder} has neither a pad nor an eos token")
         tok.pad_token = tok.eos_token
     return tok
+
+
+def _undeclared_specials(folder: Path) -> dict[str, None]:
+    """`{"pad_token": None, ...}` for the special tokens `tokenizer_config.json` does not declare.
+
+    A tokenizer class may default a special token the folder never named (Qwen2Tokenizer defaults pad and unk to
+    `<|endoftext|>`), and transformers then adds it as a new token when the vocabulary lacks it: one id past the
+    model's embedding. Passing None keeps the folder's vocabulary as it is; pad then becomes eos (`load_tokenizer`).
+    """
+    try:
+        declared = json.loads((folder / "tokenizer_config.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+    if not isinstance(declared, dict):
+        return {}
+    return {name: None for name in ("pad_token", "unk_token") if name not in declared}
 
 
 def model_config(model_cfg: Any, tokenizer: PreTrainedTokenizerBase) -> PretrainedConfig:

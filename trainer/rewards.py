@@ -29,10 +29,13 @@ run with `reward.function=my_rewards:brevity` (from the folder holding it, or wi
 built-in scorer still judges correctness for the accuracy metric, the online filters, the accuracy-based KL and
 FAST's difficulty (see `trainer.step`). The function runs on every rank, on that rank's responses; when it raises,
 `call_reward_fn` with on_error="raise" calls it again on each sample alone to name the first one that fails.
+With `reward.timeout_s > 0` (the default) each call runs in a forked child process that is killed past the limit
+(`trainer.reward_worker`), so a function that hangs costs at most that long and Ctrl-C still stops the run.
 """
 
 from __future__ import annotations
 
+import functools
 import importlib
 import importlib.util
 import inspect
@@ -303,6 +306,7 @@ def call_reward_fn(
     *,
     name: str,
     on_error: str = "raise",
+    timeout_s: float = 0.0,
 ) -> tuple[Tensor, int]:
     """A user reward function's rewards for `N` responses, checked: one finite number each.
 
@@ -312,7 +316,10 @@ def call_reward_fn(
         name: how errors name the function (its import path, `reward.function`).
         on_error: what a failure does: "raise" (a `RewardError` naming `name`, the first bad sample's index in
             this chunk and what was wrong) or "zero" (the bad samples score 0: each bad entry, or all `N` when the
-            call raised or returned the wrong count or type).
+            call raised, timed out or returned the wrong count or type).
+        timeout_s: `> 0`: the call runs in a child process (`trainer.reward_worker`) killed after this many
+            seconds, which counts as a failure of the whole call; a stop requested meanwhile raises
+            `trainer.signals.Interrupted`. 0: called in this process, without a limit.
 
     Returns:
         `(rewards, errors)`: `[N]` float32 CPU tensor, and how many samples were scored 0 for an error.
@@ -323,35 +330,66 @@ def call_reward_fn(
     if len(answers) != n or len(prompts) != n:
         raise ValueError(f"responses, answers and prompts differ in length: {n}, {len(answers)}, {len(prompts)}")
     args = (list(responses), list(answers), list(prompts))
-    try:
-        out = fn(*args)
-    except Exception as exc:
+    if timeout_s > 0:
+        from trainer import reward_worker
+
+        try:
+            outcome = reward_worker.run(_checked(fn, on_error), args, timeout_s)
+        except reward_worker.RewardTimeout as exc:
+            outcome = ("failed", f"took longer than reward.timeout_s = {timeout_s:g} s on a chunk of {n} samples")
+            if on_error == "raise":
+                raise RewardError(f"reward function {name} {outcome[1]} ({exc})") from None
+        except reward_worker.ChildError as exc:
+            outcome = ("failed", f"failed on a chunk of {n} samples: {exc}")
+    else:
+        outcome = _outcome(fn, on_error, *args, keep_exception=True)
+    if outcome[0] == "failed":
         if on_error == "zero":
             return torch.zeros(n), n
-        raise RewardError(
-            f"reward function {name} raised on a chunk of {n} samples: {type(exc).__name__}: {exc}"
-            f"{_first_failing(fn, args)}"
-        ) from exc
-    values, problem = _as_list(out, n)
-    if values is None:
-        if on_error == "zero":
-            return torch.zeros(n), n
-        raise RewardError(f"reward function {name} {problem}")
-    rewards, errors, first = [], 0, None
-    for i, v in enumerate(values):
-        x, why = _as_number(v)
-        if why is not None:
-            errors += 1
-            first = first if first is not None else (i, why)
-            x = 0.0
-        rewards.append(x)
+        raise RewardError(f"reward function {name} {outcome[1]}") from (outcome[2] if len(outcome) > 2 else None)
+    values, first = outcome[1], outcome[2]
     if first is not None and on_error == "raise":
         i, why = first
         raise RewardError(
             f"reward function {name} returned {why} for sample {i} of {n} in this chunk "
             f"(response {_short(responses[i])}, answer {_short(answers[i])})"
         )
-    return torch.tensor(rewards, dtype=torch.float32), errors
+    errors = sum(why is not None for _, why in values)
+    return torch.tensor([x for x, _ in values], dtype=torch.float32), errors
+
+
+@functools.cache
+def _checked(fn: RewardFn, on_error: str) -> Callable[..., tuple[Any, ...]]:
+    """`_outcome` bound to one function and policy: the same object each time (the worker keeps one child per)."""
+    return functools.partial(_outcome, fn, on_error)
+
+
+def _outcome(
+    fn: RewardFn,
+    on_error: str,
+    responses: list[str],
+    answers: list[str],
+    prompts: list[str],
+    *,
+    keep_exception: bool = False,
+) -> tuple[Any, ...]:
+    """Call `fn` and check what it returned, in plain values (it may run in a child process):
+    `("failed", why)` when it raised or returned the wrong type or count (`("failed", why, exception)` for a raise
+    with `keep_exception`), else `("values", [(x, why), ...], first)` with each entry's number (0.0 when bad) and
+    what was wrong with it (None when fine), and the first bad entry `(i, why)` or None."""
+    n, args = len(responses), (responses, answers, prompts)
+    try:
+        out = fn(*args)
+    except Exception as exc:
+        where = _first_failing(fn, args) if on_error == "raise" else ""
+        why = f"raised on a chunk of {n} samples: {type(exc).__name__}: {exc}{where}"
+        return ("failed", why, exc) if keep_exception else ("failed", why)
+    values, problem = _as_list(out, n)
+    if values is None:
+        return ("failed", problem)
+    checked = [_as_number(v) for v in values]
+    first = next(((i, why) for i, (_, why) in enumerate(checked) if why is not None), None)
+    return ("values", checked, first)
 
 
 def _first_failing(fn: RewardFn, args: tuple[list[str], list[str], list[str]]) -> str:

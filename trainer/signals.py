@@ -18,6 +18,17 @@ from types import FrameType
 from typing import Any
 
 _PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
+_installed: list[StopFlag] = []  # the StopFlag whose handlers are in place (at most one)
+
+
+class Interrupted(Exception):
+    """A stop was requested while a step waited on something that would not return by itself (a hanging reward
+    function, see trainer/reward_worker.py): the step in progress is dropped, the run stops without saving it."""
+
+
+def stop_requested() -> bool:
+    """Whether the installed StopFlag (if any) has seen SIGTERM / SIGINT; callable from anywhere in the step."""
+    return any(flag.requested for flag in _installed)
 
 
 class StopFlag:
@@ -46,12 +57,15 @@ class StopFlag:
         if threading.current_thread() is threading.main_thread():
             for signum in self.signums:
                 self._previous[signum] = signal.signal(signum, self._handle)
+            _installed.append(self)
         return self
 
     def restore(self) -> None:
         for signum, previous in self._previous.items():
             signal.signal(signum, previous)
         self._previous.clear()
+        if self in _installed:
+            _installed.remove(self)
 
     def __enter__(self) -> StopFlag:
         return self.install()

@@ -104,7 +104,7 @@ def _score_chunk(ctx: StepContext, items: list[dict], completions: list[list[lis
         prompts = [it["prompt"] for it in items for _ in range(n)]
         fn = reward_fns.load_reward_fn(user)
         user_rewards, errors = reward_fns.call_reward_fn(
-            fn, texts, answers, prompts, name=user, on_error=cfg.reward.on_error
+            fn, texts, answers, prompts, name=user, on_error=cfg.reward.on_error, timeout_s=cfg.reward.timeout_s
         )
         ctx.extra["reward_errors"] = ctx.extra.get("reward_errors", 0) + errors
     if cfg.algorithm.fast:
@@ -148,7 +148,7 @@ def collect(ctx: StepContext, step: int) -> tuple[list[Group], dict[str, float]]
         groups = _score_chunk(ctx, items, completions)
         chunk += 1
         if filt is None:
-            return groups, {"rollout/chunks": 1.0, "rollout/kept_groups": float(len(groups))}
+            return groups, {"rollout/chunks": 1.0, "rollout/kept_groups": float(len(groups)), **_NOT_DRY}
         failure = None
         try:
             filt.add(torch.stack([g.correct.float().mean() for g in groups]), items=groups)
@@ -159,19 +159,42 @@ def collect(ctx: StepContext, step: int) -> tuple[list[Group], dict[str, float]]
         any_failed = all_reduce(flags[1:].clone(), "max").item() > 0.5
         if all_done:
             kept = filt.result().items
-            return list(kept), {
-                "rollout/chunks": float(chunk), "rollout/kept_groups": float(len(kept)), "rollout/filled_groups": 0.0,
-            }  # fmt: skip
+            return list(kept), {"rollout/chunks": float(chunk), "rollout/kept_groups": float(len(kept)), **_NOT_DRY}
         if any_failed:  # every rank is at its max_chunks-th chunk: all stop here
-            if cfg.rollout.on_filter_exhausted == "error":
-                raise FilterExhausted(str(failure) if failure else "another rank's online filter ran out of chunks")
-            result = filt.result(fill=True)  # topped up with this rank's latest rejected groups
-            kept, filled = len(result.items) - result.filled, result.filled
-            counts = all_reduce(torch.tensor([float(kept), float(filled)], device=ctx.info.device))
-            counts = (counts / ctx.info.world).tolist()  # per rank, as the other kept_groups values
-            return list(result.items), {
-                "rollout/chunks": float(chunk), "rollout/kept_groups": counts[0], "rollout/filled_groups": counts[1],
-            }  # fmt: skip
+            why = str(failure) if failure else "another rank's online filter ran out of chunks"
+            return _dry(ctx, filt, chunk, why)
+
+
+_NOT_DRY = {"rollout/filled_groups": 0.0, "rollout/dry": 0.0, "rollout/skipped": 0.0}
+
+
+class FilterDry(RuntimeError):
+    """The online filter ran dry with `rollout.on_filter_exhausted = "stop"`: the Trainer saves and stops."""
+
+
+def _dry(ctx: StepContext, filt: OnlineFilter, chunks: int, why: str) -> tuple[list[Group], dict[str, float]]:
+    """What a dry filter step trains on, by `rollout.on_filter_exhausted` (the same choice on every rank).
+
+    "fill": the kept groups topped up with this rank's latest rejected ones; "partial": the first `m` kept groups
+    on every rank, `m` the smallest rank's count; "stop": raises `FilterDry`. "skip", and "partial" where some rank
+    kept none, return the filled groups with `rollout/skipped` = 1: the caller reports their reward and accuracy
+    but skips the update. `rollout/kept_groups` and `rollout/filled_groups` are per-rank means of what is trained on.
+    """
+    mode, device = ctx.cfg.rollout.on_filter_exhausted, ctx.info.device
+    if mode == "stop":
+        raise FilterDry(why)
+    result = filt.result(fill=True)
+    groups, kept, filled = list(result.items), len(result.items) - result.filled, result.filled
+    if mode == "partial":
+        kept = int(all_reduce(torch.tensor([float(kept)], device=device), "min").item())
+        groups, filled = (groups[:kept], 0) if kept else (groups, filled)
+    skipped = mode == "skip" or (mode == "partial" and kept == 0)
+    kept, filled = (0, 0) if skipped else (kept, filled)
+    counts = all_reduce(torch.tensor([float(kept), float(filled)], device=device)) / ctx.info.world
+    return groups, {
+        "rollout/chunks": float(chunks), "rollout/kept_groups": counts[0].item(),
+        "rollout/filled_groups": counts[1].item(), "rollout/dry": 1.0, "rollout/skipped": float(skipped),
+    }  # fmt: skip
 
 
 def make_batch(groups: list[Group], pad_id: int, device: torch.device) -> Batch:
@@ -389,16 +412,20 @@ def train_step(ctx: StepContext, step: int) -> dict[str, float]:
 
     ctx.engine.wake_up()
     ctx.extra["reward_errors"] = 0
-    groups, metrics = collect(ctx, step)
-    ctx.engine.sleep()
+    try:
+        groups, metrics = collect(ctx, step)
+    finally:  # a dry filter that stops the run leaves the engine asleep too
+        ctx.engine.sleep()
     batch = make_batch(groups, ctx.tokenizer.pad_token_id, info.device)
     timing["rollout"] = time.perf_counter() - t
 
-    update_metrics = learn(ctx, batch, timing)
-    t = time.perf_counter()
-
-    sync = sync_policy(ctx)
-    timing["sync"] = time.perf_counter() - t
+    update_metrics: dict[str, float] = {}
+    sync = {"bytes": 0}
+    if not metrics["rollout/skipped"]:  # a dry filter step with on_filter_exhausted = "skip": no update, no sync
+        update_metrics = learn(ctx, batch, timing)
+        t = time.perf_counter()
+        sync = sync_policy(ctx)
+        timing["sync"] = time.perf_counter() - t
 
     sums = [batch.rewards.sum(), batch.correct.float().sum(), batch.lengths.sum(), batch.mask.sum().float()]
     local = [x.item() for x in sums] + [float(len(batch.rewards))]

@@ -35,23 +35,24 @@ import torch.distributed as dist
 
 from fastslow import EntropySwitch, FilterSchedule, KLController
 from trainer import checkpoint as ckpt
-from trainer import warm_start
-from trainer.config import Config, ConfigError, save_toml
+from trainer import resume_check, reward_worker, warm_start
+from trainer.config import Config, ConfigError, InputError, input_errors, save_toml
 from trainer.data import load_prompts
 from trainer.dist import DistInfo, all_reduce, parallelize
 from trainer.eval import eval_context_tokens, evaluate, headline, load_eval_sets
 from trainer.metrics import MetricsLogger, system_metrics
-from trainer.model import freeze, load_model_and_tokenizer
+from trainer.model import freeze, load_model_and_tokenizer, load_tokenizer
 from trainer.policy import Policy
 from trainer.rewards import task_for
 from trainer.rollout import build_engine
 from trainer.sampler import PromptSampler
-from trainer.signals import StopFlag
-from trainer.step import StepContext, sync_policy, train_step
+from trainer.signals import Interrupted, StopFlag
+from trainer.step import FilterDry, StepContext, sync_policy, train_step
 
 
-def _run_dir(cfg: Config, info: DistInfo) -> Path:
-    """The run folder: `logging.run_dir`, or `runs/<algorithm>-<UTC time>` chosen by rank 0 for everyone.
+def _run_dir(cfg: Config, info: DistInfo) -> tuple[Path, bool]:
+    """The run folder: `logging.run_dir`, or `runs/<algorithm>-<UTC time>` chosen by rank 0 for everyone, and
+    whether this start created it.
 
     With `--resume auto` and no run folder given, the newest `runs/<algorithm>-*` folder holding a checkpoint.
     """
@@ -79,8 +80,15 @@ def _run_dir(cfg: Config, info: DistInfo) -> Path:
     dist.broadcast_object_list(refusal, src=0)
     if refusal[0] is not None:
         raise ConfigError(refusal[0])
-    path.mkdir(parents=True, exist_ok=True)
-    return path
+    if path.exists() and not path.is_dir():
+        raise InputError(f"logging.run_dir = {str(path)!r} is a file, not a folder")
+    created = not path.exists()
+    dist.barrier()  # every rank has looked before any creates it
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise InputError(f"logging.run_dir = {str(path)!r}: cannot create it: {err.strerror or err}") from err
+    return path, created
 
 
 RUN_FILES = ("metrics.jsonl", "config.toml", ckpt.CHECKPOINTS, "hf", "plots")
@@ -95,6 +103,11 @@ class BadStepsError(RuntimeError):
     """The run stopped inside a streak of bad steps; the message names the count and the last good checkpoint."""
 
 
+class DryFilterStop(RuntimeError):
+    """The run saved and stopped on a dry online filter (`rollout.on_filter_exhausted = "stop"` or
+    `rollout.max_dry_steps` dry steps in a row); the message names the checkpoint. Exit status 4."""
+
+
 def is_bad_step(metrics: dict[str, float], optimizer_steps: int) -> bool:
     """Every optimizer step of the update was skipped, or a loss or reward metric is non-finite."""
     if metrics.get("actor/skipped_updates", 0.0) >= optimizer_steps:
@@ -106,14 +119,35 @@ class Trainer:
     """`Trainer(cfg, info).train()`: everything a run does, in the order it does it."""
 
     def __init__(self, cfg: Config, info: DistInfo) -> None:
+        """Checks the cheap inputs first (run folder, tokenizer, data, evaluation sets, resume target and config),
+        then builds the models. A bad input raises `InputError`; a start that fails removes the run folder it made.
+        config.toml is written once everything is built (and a resume loaded)."""
         self.cfg, self.info = cfg, info
-        self.run_dir = _run_dir(cfg, info)
+        self.run_dir, created = _run_dir(cfg, info)
+        try:
+            self._build()
+        except BaseException:
+            if created and info.is_main and not any((self.run_dir / name).exists() for name in RUN_FILES):
+                shutil.rmtree(self.run_dir, ignore_errors=True)
+            raise
         if info.is_main:
             save_toml(cfg, self.run_dir / "config.toml")
+
+    def _build(self) -> None:
+        cfg, info = self.cfg, self.info
+        with input_errors():
+            self.tokenizer = load_tokenizer(cfg.model)
+            self.prompts = load_prompts(cfg.data, self.tokenizer, seed=cfg.seed)
+            self.task = task_for(cfg.data)
+            self.eval_sets = load_eval_sets(cfg, self.tokenizer) if cfg.eval.enabled else []
+        self._resume_from = self._check_resume()
         on_gpu = info.device.type == "cuda"
         mixed = on_gpu and cfg.model.dtype in ("auto", "bfloat16")
         torch.manual_seed(cfg.seed)
-        lm, self.tokenizer = load_model_and_tokenizer(cfg.model, device=info.device, seed=cfg.seed)
+        with input_errors():
+            lm, self.tokenizer = load_model_and_tokenizer(
+                cfg.model, device=info.device, seed=cfg.seed, tokenizer=self.tokenizer
+            )
         if warm_start.applies(cfg):
             lm = warm_start.warm_start(lm, self.tokenizer, cfg, self.run_dir, is_main=info.is_main)
         self.template = copy.deepcopy(lm).cpu()  # unsharded architecture + config for the HF export
@@ -146,9 +180,6 @@ class Trainer:
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
             self.optimizer, lambda s: min(1.0, (s + 1) / warmup) if warmup else 1.0
         )
-        self.prompts = load_prompts(cfg.data, self.tokenizer, seed=cfg.seed)
-        self.task = task_for(cfg.data)
-        self.eval_sets = load_eval_sets(cfg, self.tokenizer) if cfg.eval.enabled else []
         sampler = PromptSampler(
             len(self.prompts), cfg.rollout.prompts_per_step, seed=cfg.seed, rank=info.rank, world=info.world
         )
@@ -172,6 +203,7 @@ class Trainer:
             tensorboard=cfg.logging.tensorboard, total_steps=cfg.optim.total_steps,
         )  # fmt: skip
         self.step = 0
+        self.dry_steps = 0  # dry filter steps in a row (rollout.max_dry_steps)
         self.history: list[float] = []  # accuracy per step, for the final summary
         self.eval_history: dict[str, dict[str, float]] = {}  # str(step) -> {source: avg@n}, for the summary
         self._resume()
@@ -205,6 +237,7 @@ class Trainer:
             "kl": c.kl.state_dict(),
             "switch": None if c.switch is None else c.switch.state_dict(),
             "bad_steps": c.bad_steps,
+            "dry_steps": self.dry_steps,
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -218,12 +251,31 @@ class Trainer:
         if c.switch is not None and state["switch"] is not None:
             c.switch.load_state_dict(state["switch"])
         c.bad_steps = int(state["bad_steps"])
+        self.dry_steps = int(state.get("dry_steps", 0))  # absent in checkpoints written before it
+
+    def _check_resume(self) -> Path | None:
+        """The checkpoint to resume from (None: start fresh), checked before any model is built: an explicit path
+        must be a checkpoint folder, and the config may differ from the saved one only in keys that can change
+        (`trainer.resume_check`; the changes are printed in one line)."""
+        how = self.cfg.checkpoint.resume
+        if how in ("", "none"):
+            return None
+        path = ckpt.find_latest(self.run_dir) if how == "auto" else Path(how)
+        if path is None:
+            return None
+        if how != "auto" and not (path / "meta.json").is_file():
+            what = "does not exist" if not path.exists() else "is not a complete checkpoint folder (no meta.json)"
+            raise InputError(f"--resume {how}: {what}")
+        changes = resume_check.compare(self.cfg, resume_check.saved_config_path(path))
+        if changes and self.info.is_main:
+            print(f"resume: changed since the saved config: {', '.join(changes)}", flush=True)
+        return path
 
     def _resume(self) -> None:
         how = self.cfg.checkpoint.resume
         if how in ("", "none"):
             return
-        path = ckpt.find_latest(self.run_dir) if how == "auto" else Path(how)
+        path = self._resume_from
         if path is None:
             if self.info.is_main:
                 print(f"resume=auto: no complete checkpoint in {self.run_dir}, starting fresh", flush=True)
@@ -232,8 +284,8 @@ class Trainer:
         if self.info.is_main:
             print(f"resumed from {path} at step {self.step}", flush=True)
 
-    def save(self) -> None:
-        ckpt.save_checkpoint(
+    def save(self) -> Path:
+        return ckpt.save_checkpoint(
             self.run_dir, self.step, self.policy, self.optimizer, self.state_dict(), keep=self.cfg.checkpoint.keep
         )
 
@@ -256,6 +308,12 @@ class Trainer:
             start = time.perf_counter()
             try:
                 metrics = train_step(c, self.step)
+            except Interrupted:  # a signal while a reward call hung: that step cannot finish, so it is dropped
+                return self._interrupted(stop)
+            except FilterDry as err:  # on_filter_exhausted = "stop": save the state reached (this step undone), stop
+                raise DryFilterStop(
+                    self._dry_stop(f"the online filter ran dry at step {self.step + 1} ({err})")
+                ) from err
             except RuntimeError as err:  # sampling from weights that overflow: the last update diverged
                 if "probability tensor contains" not in str(err):
                     raise
@@ -277,6 +335,10 @@ class Trainer:
                 raise BadStepsError(self._bad_message("the update diverged", what))
             if c.bad_steps >= max_bad:
                 raise BadStepsError(self._bad_message(f"{c.bad_steps} bad steps in a row (optim.max_bad_steps)"))
+            self.dry_steps = self.dry_steps + 1 if metrics.get("rollout/dry", 0.0) > 0 else 0
+            if cfg.rollout.max_dry_steps and self.dry_steps >= cfg.rollout.max_dry_steps and self.step < total:
+                why = f"the online filter ran dry {self.dry_steps} steps in a row (rollout.max_dry_steps)"
+                raise DryFilterStop(self._dry_stop(f"{why}, the last at step {self.step}"))
             if cfg.eval.every and self.step % cfg.eval.every == 0 and self.step < total:
                 self._evaluate()
             due = cfg.checkpoint.every and self.step % cfg.checkpoint.every == 0 and self.step < total
@@ -329,6 +391,28 @@ class Trainer:
             )
         return {"steps": float(self.step), "stopped": 1.0}
 
+    def _dry_stop(self, why: str) -> str:
+        """Save the state reached (unless inside a bad streak) and say so: the message of `DryFilterStop`."""
+        if self.ctx.bad_steps:
+            return self._bad_message(why, "a dry filter inside a streak of bad steps")
+        path = self.save()
+        return (
+            f"{why}; saved {path}; continue with --resume auto, with rollout.on_filter_exhausted = "
+            '"fill" | "partial" | "skip" or a larger rollout.max_chunks to go on through dry steps'
+        )
+
+    def _interrupted(self, stop: StopFlag | None) -> dict[str, float]:
+        """Stopped inside step `self.step + 1` (its reward call did not return): nothing of it is saved."""
+        if self.info.is_main:
+            signame = (stop.name if stop is not None else "") or "a stop request"
+            last = ckpt.find_latest(self.run_dir)
+            print(
+                f"{signame}: stopped during step {self.step + 1}/{self.cfg.optim.total_steps} while the reward "
+                f"function was running; that step is dropped; last checkpoint: {last}; continue with --resume auto",
+                flush=True,
+            )
+        return {"steps": float(self.step), "stopped": 1.0}
+
     def _bad_message(self, why: str, what: str | None = None) -> str:
         last = ckpt.find_latest(self.run_dir)
         where = f"last good checkpoint: {last}" if last is not None else "no checkpoint was written before them"
@@ -363,3 +447,4 @@ class Trainer:
     def close(self) -> None:
         self.logger.close()
         self.engine.close()
+        reward_worker.shutdown()

@@ -1,0 +1,82 @@
+"""Resuming with a changed config: which keys may change, and the one line that says what did.
+
+A resumed run continues the weights, optimizer and trainer state of the run that wrote the checkpoint, so some
+settings cannot change without making that state meaningless or relabelling the run: the model's shape and source,
+the algorithm, the data source (the data position is an offset into its order) and the seed. Changing one of them
+is an error naming each. Everything else (learning rate, total steps, logging, evaluation, the filter, ...) may
+change; the changes are listed in one line, so the run's log says where it departs from its saved config.
+
+The saved config is the run folder's `config.toml`, which the Trainer writes only once a run has started (a failed
+start or resume leaves it untouched).
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any
+
+import tomllib
+
+from trainer.config import Config, ConfigError
+
+FROZEN = (
+    "model.path", "model.config", "model.preset", "model.hidden_size", "model.num_layers", "model.num_heads",
+    "model.num_kv_heads", "model.intermediate_size", "algorithm.name", "data.source", "seed",
+)  # fmt: skip
+"""Keys a resumed run must keep (the checkpoint's state depends on them)."""
+
+IGNORED = ("checkpoint.resume", "logging.overwrite", "logging.run_dir")
+"""Keys that say how this start runs, not what the run is: never reported."""
+
+
+def flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """`{"optim": {"lr": 1e-4}, "seed": 0}` -> `{"optim.lr": 1e-4, "seed": 0}`; None values left out (as in TOML)."""
+    out: dict[str, Any] = {}
+    for key, value in tree.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict):
+            out.update(flatten(value, f"{name}."))
+        elif value is not None:
+            out[name] = list(value) if isinstance(value, tuple) else value
+    return out
+
+
+def _same(a: Any, b: Any) -> bool:
+    if isinstance(a, float) and isinstance(b, (int, float)) and not isinstance(b, bool):
+        return a == b or (math.isnan(a) and math.isnan(float(b)))
+    return a == b
+
+
+def saved_config_path(checkpoint: Path) -> Path:
+    """The `config.toml` of the run a checkpoint belongs to: `<run>/checkpoints/step_N` -> `<run>/config.toml`."""
+    return Path(checkpoint).parent.parent / "config.toml"
+
+
+def compare(cfg: Config, saved_file: Path) -> list[str]:
+    """The keys that changed since `saved_file`, as `"key old -> new"`; raises `ConfigError` naming the frozen ones.
+
+    A key the saved file lacks (an option added since it was written) or no longer known is not compared. A missing
+    or unreadable file compares nothing (a run written before config.toml existed) and returns `[]`.
+    """
+    try:
+        saved = flatten(tomllib.loads(Path(saved_file).read_text(encoding="utf-8")))
+    except (OSError, tomllib.TOMLDecodeError):
+        return []
+    now = flatten(cfg.to_dict())
+    changed = {
+        k: (saved.get(k), v) for k, v in now.items() if k in saved and k not in IGNORED and not _same(saved[k], v)
+    }
+    changed.update({k: (saved[k], None) for k in saved if k not in now and k in FROZEN})  # e.g. model.path dropped
+    frozen = [k for k in FROZEN if k in changed]
+    if frozen:
+        parts = ", ".join(f"{k} = {_show(changed[k][0])} -> {_show(changed[k][1])}" for k in frozen)
+        raise ConfigError(
+            f"--resume: {parts}: the checkpoint's state depends on {'it' if len(frozen) == 1 else 'them'} (saved in "
+            f"{saved_file}); keep the saved value{'s' if len(frozen) > 1 else ''}, or start a new run in another folder"
+        )
+    return [f"{k} {_show(old)} -> {_show(new)}" for k, (old, new) in changed.items()]
+
+
+def _show(value: Any) -> str:
+    return "unset" if value is None else repr(value)
