@@ -12,7 +12,9 @@ The model config is read by attribute (duck typing): `path`, `preset`, `hidden_s
 
 from __future__ import annotations
 
+import contextlib
 import json
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +32,7 @@ from transformers import (
     Qwen2ForCausalLM,
     Qwen2Tokenizer,
 )
+from transformers.utils import logging as hf_logging
 
 from trainer import task
 
@@ -224,9 +227,10 @@ def load_model_and_tokenizer(
         if isinstance(vocab, int):  # fail before reading the weights; the embedding is checked below either way
             _check_vocab(vocab, tok, model_cfg)
         try:
-            model, info = AutoModelForCausalLM.from_pretrained(
-                folder, dtype=dtype, trust_remote_code=bool(model_cfg.trust_remote_code), output_loading_info=True
-            )
+            with _quiet_transformers():  # its progress bar and load report: _check_loaded says what matters
+                model, info = AutoModelForCausalLM.from_pretrained(
+                    folder, dtype=dtype, trust_remote_code=bool(model_cfg.trust_remote_code), output_loading_info=True
+                )
         except Exception as exc:
             raise ValueError(f"model.path: cannot load a causal LM from {folder}: {type(exc).__name__}: {exc}") from exc
         _check_loaded(folder, info)
@@ -240,6 +244,20 @@ def load_model_and_tokenizer(
 
 _BENIGN_KEYS = ("rotary_emb.inv_freq",)
 """Non-persistent buffers that older checkpoints carry and transformers recomputes (tied weights are not reported)."""
+
+
+@contextlib.contextmanager
+def _quiet_transformers() -> Iterator[None]:
+    """No progress bar and no warnings from transformers inside (they would come from every rank)."""
+    bars, level = hf_logging.is_progress_bar_enabled(), hf_logging.get_verbosity()
+    hf_logging.disable_progress_bar()
+    hf_logging.set_verbosity_error()
+    try:
+        yield
+    finally:
+        hf_logging.set_verbosity(level)
+        if bars:
+            hf_logging.enable_progress_bar()
 
 
 def _check_loaded(folder: Path, info: dict[str, Any]) -> None:

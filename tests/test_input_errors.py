@@ -1,0 +1,190 @@
+"""Every bad input: one line on stderr naming it, exit status 2, before the models are built, and nothing changed.
+
+Table-driven over the config, the data file, the evaluation sets, the model folder, the reward function, the resume
+target and the run folder. Each case runs `trainer.main.main` in this process (a group of one, gloo); one more runs
+under torchrun, where the line must come from rank 0 only and `FASTSLOW_ERROR_FILE` (what `make run` prints last)
+holds it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+from safetensors.torch import load_file, save_file
+
+from trainer.main import main
+
+ROOT = Path(__file__).resolve().parents[1]
+QUICK = [
+    "optim.total_steps=1", "rollout.prompts_per_step=2", "rollout.group_size=2", "rollout.max_new_tokens=4",
+    "logging.tensorboard=false", "checkpoint.export_hf=false", "eval.enabled=false", "warm_start.mode=off",
+]  # fmt: skip
+DIST_ENV = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")
+
+
+@pytest.fixture(autouse=True)
+def _group_of_one():
+    """Each `main()` makes (and closes) its own group of one, on a fresh port."""
+    saved = {k: os.environ.pop(k) for k in DIST_ENV if k in os.environ}
+    yield
+    for k in DIST_ENV:
+        os.environ.pop(k, None)
+    os.environ.update(saved)
+
+
+@pytest.fixture(scope="module")
+def files(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """The inputs the cases point at: good and broken model folders, data files, a reward module, a finished run."""
+    from trainer import model as M
+    from trainer.config import load_config
+
+    root = tmp_path_factory.mktemp("inputs")
+    good = root / "model"
+    lm, tok = M.load_model_and_tokenizer(load_config([]).model, seed=0)
+    lm.save_pretrained(good)
+    tok.save_pretrained(good)
+    out: dict[str, Path] = {"root": root, "model": good}
+    for name, change in {
+        "no_config": lambda d: (d / "config.json").unlink(),
+        "no_weights": lambda d: (d / "model.safetensors").unlink(),
+        "prefixed": lambda d: save_file(
+            {f"policy.{k}": v for k, v in load_file(d / "model.safetensors").items()}, d / "model.safetensors"
+        ),
+        "bad_tokenizer": lambda d: (d / "tokenizer.json").write_text("{ not json"),
+    }.items():
+        folder = root / name
+        subprocess.run(["cp", "-r", str(good), str(folder)], check=True)
+        change(folder)
+        out[name] = folder
+    rows = {
+        "empty": "",
+        "bad_json": '{"prompt": "1 + 1 =", "answer": "2"}\n{"prompt": oops}\n',
+        "no_answer": '{"prompt": "1 + 1 =", "solution": "2"}\n',
+        "nan_answer": '{"prompt": "1 + 1 =", "answer": NaN}\n',
+    }
+    for name, text in rows.items():
+        (root / f"{name}.jsonl").write_text(text)
+        out[name] = root / f"{name}.jsonl"
+    (root / "bad.toml").write_text("[optim\nlr = 1\n")
+    (root / "rewards.py").write_text("NOT_A_FUNCTION = 3\n")
+    (root / "a_file").write_text("x")
+    out["a_file"] = root / "a_file"
+    run = root / "run"
+    assert main([f"logging.run_dir={run}", *QUICK]) == 0
+    out["run"] = run
+    for k in DIST_ENV:
+        os.environ.pop(k, None)
+    return out
+
+
+# name: (arguments, the run folder to use ("fresh" | "run" | a key of `files`), what the line must name)
+CASES: dict[str, tuple[Callable[[dict[str, Path]], list[str]], str, str]] = {
+    # config
+    "unknown_key": (lambda f: ["optim.lrr=1e-4"], "fresh", "optim.lrr"),
+    "bad_type": (lambda f: ["optim.lr=fast"], "fresh", "optim.lr"),
+    "out_of_range": (lambda f: ["rollout.group_size=1"], "fresh", "rollout.group_size"),
+    "missing_config_file": (lambda f: ["--config", str(f["root"] / "nope.toml")], "fresh", "nope.toml"),
+    "bad_toml": (lambda f: ["--config", str(f["root"] / "bad.toml")], "fresh", "bad.toml"),
+    "bad_choice": (lambda f: ["rollout.on_filter_exhausted=later"], "fresh", "rollout.on_filter_exhausted"),
+    "negative_timeout": (lambda f: ["reward.timeout_s=-1"], "fresh", "reward.timeout_s"),
+    # reward function
+    "reward_missing_module": (lambda f: ["reward.function=no_such_module_xyz:fn"], "fresh", "reward.function"),
+    "reward_not_a_function": (
+        lambda f: [f"reward.function={f['root'] / 'rewards.py'}:NOT_A_FUNCTION"], "fresh", "NOT_A_FUNCTION"
+    ),
+    "reward_missing_file": (lambda f: [f"reward.function={f['root'] / 'nope.py'}:fn"], "fresh", "nope.py"),
+    # data
+    "data_missing": (lambda f: [f"data.source={f['root'] / 'nope.jsonl'}"], "fresh", "nope.jsonl"),
+    "data_folder": (lambda f: [f"data.source={f['root']}"], "fresh", "data.source"),
+    "data_empty": (lambda f: [f"data.source={f['empty']}"], "fresh", "empty.jsonl"),
+    "data_bad_json": (lambda f: [f"data.source={f['bad_json']}"], "fresh", "bad_json.jsonl"),
+    "data_no_answer": (lambda f: [f"data.source={f['no_answer']}"], "fresh", "'answer'"),
+    "data_nan_answer": (lambda f: [f"data.source={f['nan_answer']}"], "fresh", "nan_answer.jsonl"),
+    "eval_missing": (lambda f: ["eval.enabled=true", f"eval.source={f['root'] / 'nope.jsonl'}"], "fresh", "eval.source"),
+    # model folder
+    "model_missing": (lambda f: [f"model.path={f['root'] / 'nope'}"], "fresh", "model.path"),
+    "model_no_config": (lambda f: [f"model.path={f['no_config']}"], "fresh", "config.json"),
+    "model_no_weights": (lambda f: [f"model.path={f['no_weights']}"], "fresh", "weights"),
+    "model_misfit": (lambda f: [f"model.path={f['prefixed']}"], "fresh", "prefixed"),
+    "model_bad_tokenizer": (lambda f: [f"model.path={f['bad_tokenizer']}"], "fresh", "tokenizer"),
+    # resume target
+    "resume_missing": (lambda f: ["--resume", str(f["root"] / "nope")], "fresh", "--resume"),
+    "resume_not_a_checkpoint": (lambda f: ["--resume", str(f["root"])], "fresh", "not a complete checkpoint"),
+    "resume_changed_shape": (lambda f: ["--resume", "auto", "model.hidden_size=32"], "run", "model.hidden_size"),
+    "resume_changed_algorithm": (lambda f: ["--resume", "auto", "algorithm.name=sfpo"], "run", "algorithm.name"),
+    # run folder
+    "run_folder_holds_a_run": (lambda f: ["optim.lr=1e-4"], "run", "holds a run"),
+    "run_folder_is_a_file": (lambda f: [], "a_file", "is a file"),
+    "run_folder_under_a_file": (lambda f: [], "under_a_file", "cannot create"),
+}
+
+
+def _snapshot(folder: Path) -> dict[str, bytes]:
+    return {str(p): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()} if folder.exists() else {}
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_a_bad_input_is_one_line_and_exit_2(
+    case: str, files: dict[str, Path], tmp_path: Path, capfd, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    args, where, named = CASES[case]
+    if case.startswith(("data_", "eval_", "resume_", "run_folder_")):  # found before any model is built
+
+        def no_model(*args, **kwargs):
+            raise AssertionError("the model was built before the bad input was found")
+
+        monkeypatch.setattr("trainer.trainer.load_model_and_tokenizer", no_model)
+    run_dir = {"fresh": tmp_path / "fresh", "under_a_file": files["a_file"] / "sub"}.get(where) or files[where]
+    before = _snapshot(run_dir) if run_dir.is_dir() else None
+    capfd.readouterr()
+    assert main([f"logging.run_dir={run_dir}", *QUICK, *args(files)]) == 2
+    err = capfd.readouterr().err
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert len(lines) == 1, err
+    assert lines[0].startswith(("config error: ", "error: ")) and named in lines[0], lines[0]
+    if where == "fresh":
+        assert not run_dir.exists()  # a failed start leaves no folder behind
+    elif before is not None:
+        assert _snapshot(run_dir) == before  # an existing run is untouched (config.toml included)
+
+
+def test_a_resume_with_changes_that_may_change_lists_them(files: dict[str, Path], tmp_path: Path, capfd) -> None:
+    run = tmp_path / "run"
+    subprocess.run(["cp", "-r", str(files["run"]), str(run)], check=True)
+    capfd.readouterr()
+    assert main([f"logging.run_dir={run}", *QUICK, "--resume", "auto", "optim.total_steps=2", "optim.lr=1e-4"]) == 0
+    out = capfd.readouterr().out
+    assert "resume: changed since the saved config: optim.lr 0.0005 -> 0.0001, optim.total_steps 1 -> 2" in out
+    saved = (run / "config.toml").read_text()
+    assert "total_steps = 2" in saved and "lr = 0.0001" in saved  # the run's config.toml is now this start's
+    assert [json.loads(x)["step"] for x in (run / "metrics.jsonl").read_text().splitlines()] == [1, 2]
+
+
+def test_debug_adds_the_traceback(files: dict[str, Path], tmp_path: Path, capfd, monkeypatch) -> None:
+    monkeypatch.setenv("FASTSLOW_DEBUG", "1")
+    assert main([f"logging.run_dir={tmp_path / 'r'}", *QUICK, f"data.source={files['root'] / 'nope.jsonl'}"]) == 2
+    err = capfd.readouterr().err
+    assert "Traceback (most recent call last)" in err and err.strip().splitlines()[-1].startswith("error: ")
+
+
+@pytest.mark.distributed
+@pytest.mark.slow
+def test_under_torchrun_rank_0_says_it_once_and_the_error_file_holds_it(files: dict[str, Path], tmp_path) -> None:
+    error_file = tmp_path / "error.txt"
+    env = dict(os.environ, TRITON_INTERPRET="0", OMP_NUM_THREADS="1", FASTSLOW_ERROR_FILE=str(error_file))
+    cmd = [
+        sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m", "trainer.main",
+        f"logging.run_dir={tmp_path / 'r'}", *QUICK, f"model.path={files['prefixed']}",
+    ]  # fmt: skip
+    out = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=240)
+    assert "exitcode  : 2" in out.stderr, out.stderr[-3000:]
+    ours = [line for line in out.stderr.splitlines() if line.startswith("error: ")]
+    assert len(ours) == 1 and "prefixed" in ours[0] and "Traceback" not in out.stderr.split("error: ")[0]
+    assert error_file.read_text().strip() == ours[0]
+    assert not (tmp_path / "r").exists()
