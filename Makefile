@@ -48,3 +48,11 @@ bench: $(STAMP)
 # seeds 0,1,2; results in bench/results/learning_DEVICE_DATE.{json,md,png}. ARGS passes flags and overrides through.
 compare: $(STAMP)
 	$(PY) -m bench.learning $(ARGS)
+
+# Every Triton kernel the tests launch, compiled for sm_80 / sm_90 / sm_100 with Triton's own compiler (no GPU
+# needed): records the kernel tests' launches (tests/triton_launches.json), then writes registers, spills, shared
+# memory and num_warps per kernel and target to bench/results/triton_compile.md. Commit both files.
+.PHONY: compile-report
+compile-report: $(STAMP)
+	$(PY) -m bench.triton_compile record
+	env -u TRITON_INTERPRET $(PY) -m bench.triton_compile report
