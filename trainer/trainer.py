@@ -110,8 +110,10 @@ class Trainer:
         self.run_dir = _run_dir(cfg, info)
         if info.is_main:
             save_toml(cfg, self.run_dir / "config.toml")
+        # "bfloat16" turns mixed precision on anywhere (a CPU run then takes the GPU's dtype path, to test it);
+        # "auto" only on a GPU, so a CPU run stays float32 by default.
         on_gpu = info.device.type == "cuda"
-        mixed = on_gpu and cfg.model.dtype in ("auto", "bfloat16")
+        mixed = cfg.model.dtype == "bfloat16" or (on_gpu and cfg.model.dtype == "auto")
         torch.manual_seed(cfg.seed)
         lm, self.tokenizer = load_model_and_tokenizer(cfg.model, device=info.device, seed=cfg.seed)
         if warm_start.applies(cfg):
@@ -289,7 +291,7 @@ class Trainer:
             self._evaluate()
         self.save()
         if cfg.checkpoint.export_hf:
-            dtype = torch.bfloat16 if self.info.device.type == "cuda" else None
+            dtype = torch.bfloat16 if self.engine_dtype == torch.bfloat16 else None  # the run's mixed precision
             ckpt.export_hf(self.run_dir / "hf", self.policy, self.template, self.tokenizer, prefix="lm.", dtype=dtype)
         return self.summary()
 
