@@ -75,8 +75,10 @@ def _source(record: dict[str, Any], backend: Any) -> Any:
 
     fn = _jit_function(record["kernel"])
     signature = {name: record["signature"][name] for name in fn.arg_names}  # in parameter order
-    constexprs = {(fn.arg_names.index(k),): _decode_constexpr(v) for k, v in record["constexprs"].items()}
-    attrs = {(fn.arg_names.index(k),): backend.parse_attr(v) for k, v in record["attrs"].items()}
+    # in parameter order, as the launcher builds them (the source's hash, hence the cache key, depends on it)
+    consts, given = record["constexprs"], record["attrs"]
+    constexprs = {(i,): _decode_constexpr(consts[k]) for i, k in enumerate(fn.arg_names) if k in consts}
+    attrs = {(i,): backend.parse_attr(given[k]) for i, k in enumerate(fn.arg_names) if k in given}
     return ASTSource(fn=fn, signature=signature, constexprs=constexprs, attrs=attrs)
 
 
@@ -275,13 +277,18 @@ def _cell(row: dict[str, Any] | None) -> str:
     return f"{row['registers']}" + (f" ({spills[0]}/{spills[1]})" if any(spills) else "")
 
 
-def record(out: Path) -> int:
-    """Run the kernel tests under the interpreter with the recorder on; write their launches to `out`."""
-    tests = sorted(
+def kernel_test_files() -> list[str]:
+    """The kernel tests: every tests/test_*.py that imports `kernels` (this compile test excepted), repo-relative."""
+    return sorted(
         str(p.relative_to(_ROOT))
         for p in (_ROOT / "tests").glob("test_*.py")
         if p.name != "test_triton_compile.py" and re.search(r"^\s*(from|import) kernels", p.read_text(), re.M)
     )
+
+
+def record(out: Path) -> int:
+    """Run the kernel tests under the interpreter with the recorder on; write their launches to `out`."""
+    tests = kernel_test_files()
     env = {**os.environ, "TRITON_INTERPRET": "1", "FASTSLOW_RECORD_TRITON": str(out)}
     cmd = [sys.executable, "-m", "pytest", *tests, "-q", "-p", "no:cacheprovider", "-m",
            "not slow and not distributed and not gpu"]  # fmt: skip
