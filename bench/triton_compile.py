@@ -94,6 +94,21 @@ def _short(value: Any) -> str:
     return value["dtype"] if isinstance(value, dict) else str(value)
 
 
+def compiler_problem() -> str | None:
+    """Why this triton cannot compile for a named target here (None: it can); checked before compiling anything."""
+    try:
+        from triton import knobs
+        from triton.backends.compiler import GPUTarget  # noqa: F401
+        from triton.compiler import ASTSource  # noqa: F401
+    except ImportError as e:
+        return f"triton {triton.__version__} lacks {e.name or e}: its compiler cannot be driven for a named target"
+    if not (hasattr(knobs, "cache") and hasattr(knobs.cache, "scope") and hasattr(knobs, "nvidia")):
+        return f"triton {triton.__version__} has no knobs.cache.scope / knobs.nvidia (written for triton >= 3.9)"
+    if not hasattr(knobs.nvidia, "dump_ptxas_log"):
+        return f"triton {triton.__version__} cannot print ptxas' log (knobs.nvidia.dump_ptxas_log)"
+    return None
+
+
 def compile_one(record: dict[str, Any], capability: int) -> dict[str, Any]:
     """Compile one launch for `sm_<capability>`; the row of the report (with "error" set when it failed)."""
     from triton import knobs
@@ -309,6 +324,9 @@ def main(argv: list[str] | None = None) -> int:
         return record(args.launches)
     if os.environ.get("TRITON_INTERPRET", "0") not in ("", "0"):
         parser.error("unset TRITON_INTERPRET: the interpreter's kernels cannot be compiled")
+    problem = compiler_problem()
+    if problem:
+        parser.error(problem)
     result = compile_all(triton_launches.load(args.launches))
     if args.json:
         args.json.write_text(json.dumps(result, indent=1) + "\n")

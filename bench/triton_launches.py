@@ -15,6 +15,7 @@ A record is a plain dict: {"kernel": "module:name", "signature": {arg: type}, "c
 
 from __future__ import annotations
 
+import functools
 import inspect
 import json
 import os
@@ -49,12 +50,17 @@ def _is_constexpr(param: inspect.Parameter) -> bool:
     return "constexpr" in str(param.annotation)
 
 
+@functools.cache
+def _signature(fn: Any) -> inspect.Signature:
+    return inspect.signature(fn)
+
+
 def describe_launch(fn: Any, do_not_specialize: tuple[Any, ...], args: tuple, kwargs: dict) -> dict[str, Any]:
     """The record of one launch of the Python function `fn` with `args`/`kwargs` (as given to `kernel[grid]`)."""
     from triton._C.libtriton import native_specialize_impl
     from triton.backends.compiler import BaseBackend
 
-    sig = inspect.signature(fn)
+    sig = _signature(fn)
     names = list(sig.parameters)
     options = {k: kwargs[k] for k in _OPTION_KEYS if k in kwargs}
     bound = sig.bind(*args, **{k: v for k, v in kwargs.items() if k not in options})

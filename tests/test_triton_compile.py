@@ -28,7 +28,16 @@ from kernels._triton import HAS_TRITON
 
 ROOT = Path(__file__).resolve().parent.parent
 
-pytestmark = pytest.mark.skipif(not HAS_TRITON, reason="Triton is not installed")
+
+def _skip_reason() -> str | None:
+    if not HAS_TRITON:
+        return "Triton is not installed"
+    from bench.triton_compile import compiler_problem
+
+    return compiler_problem()
+
+
+pytestmark = pytest.mark.skipif(_skip_reason() is not None, reason=str(_skip_reason()))
 
 
 def _triton_kernels() -> set[str]:
