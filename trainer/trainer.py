@@ -110,10 +110,8 @@ class Trainer:
         self.run_dir = _run_dir(cfg, info)
         if info.is_main:
             save_toml(cfg, self.run_dir / "config.toml")
-        # "bfloat16" turns mixed precision on anywhere (a CPU run then takes the GPU's dtype path, to test it);
-        # "auto" only on a GPU, so a CPU run stays float32 by default.
         on_gpu = info.device.type == "cuda"
-        mixed = cfg.model.dtype == "bfloat16" or (on_gpu and cfg.model.dtype == "auto")
+        mixed = cfg.model.dtype == "bfloat16" or (on_gpu and cfg.model.dtype == "auto")  # "bfloat16": on CPU too
         torch.manual_seed(cfg.seed)
         lm, self.tokenizer = load_model_and_tokenizer(cfg.model, device=info.device, seed=cfg.seed)
         if warm_start.applies(cfg):
