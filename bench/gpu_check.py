@@ -105,7 +105,7 @@ def _pytest_step(step: Step, args: list[str], env: dict[str, str], timeout: floa
         step.status, step.detail = "fail", f"timed out after {timeout:.0f} s; {step.detail}"
     else:
         step.status = "pass" if proc.returncode == 0 else "fail"
-        if proc.returncode not in (0, 1):
+        if proc.returncode not in (0, 1) or counts["tests"] == 0:  # not a test failure: say what it was
             step.detail += f" (exit {proc.returncode}: {_last_line(proc.stdout + proc.stderr)})"
         step.data["tail"] = (proc.stdout + proc.stderr)[-2000:]
 
