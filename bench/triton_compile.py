@@ -249,7 +249,7 @@ def markdown(result: dict[str, Any]) -> str:
     groups: dict[tuple[str, str], list[dict[str, Any]]] = {}
     for r in rows:
         groups.setdefault((r["kernel"], r["target"]), []).append(r)
-    for (kernel, target), group in sorted(groups.items()):
+    for (kernel, target), group in sorted(groups.items(), key=lambda kv: (kv[0][0], int(kv[0][1][3:]))):
         good = [r for r in group if "error" not in r]
         if not good:
             lines.append(f"| {kernel} | {target} | {len(group)} | error | - | - | - | - |")
