@@ -51,3 +51,23 @@ bench: $(STAMP)
 # seeds 0,1,2; results in bench/results/learning_DEVICE_DATE.{json,md,png}. ARGS passes flags and overrides through.
 compare: $(STAMP)
 	$(PY) -m bench.learning $(ARGS)
+
+# Every Triton kernel the tests launch, compiled for sm_80 / sm_90 / sm_100 with Triton's own compiler (no GPU
+# needed): records the kernel tests' launches (tests/triton_launches.json), then writes registers, spills, shared
+# memory and num_warps per kernel and target to bench/results/triton_compile.md. Commit both files.
+.PHONY: compile-report
+compile-report: $(STAMP)
+	$(PY) -m bench.triton_compile record
+	env -u TRITON_INTERPRET $(PY) -m bench.triton_compile report
+
+# One command for a bare one-GPU machine (<= 8 minutes; README, Performance): the kernel tests compiled, the
+# benchmarks with the device's ceilings, a 20-step bf16 training job on nccl, the vLLM GPU tests when vllm imports;
+# results in bench/results/DEVICE_DATE.{json,md}. It uses the machine's own python, torch, triton and transformers
+# (no venv, no registry): pure-Python tools come from the wheel folder WHEELS (`make gpu-wheels` where a registry is).
+WHEELS ?= gpu_wheels
+.PHONY: gpu-check gpu-wheels
+gpu-check:
+	$(PYTHON) -m bench.gpu_check --wheels $(WHEELS) $(ARGS)
+
+gpu-wheels:
+	$(PYTHON) -m bench.gpu_deps fetch $(WHEELS)

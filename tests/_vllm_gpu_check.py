@@ -26,6 +26,9 @@ from trainer.rollout.vllm_engine import VLLMColocatedEngine, VLLMServerEngine
 from trainer.weight_sync import sync_weights
 
 STOP = 1
+# Smaller than the model's largest tensors (the 512 x 256 bf16 embedding and the MLP weights are 256 KiB): vLLM's
+# packed IPC / NCCL producer refuses a tensor larger than its buffer, as a real model's embedding would be.
+BUCKET = 128 << 10
 
 
 def trainer_logprobs(model: torch.nn.Module, prompt: list[int], completion: list[int]) -> torch.Tensor:
@@ -69,18 +72,20 @@ def main(out_dir: Path, mode: str, url: str | None) -> None:
     if mode.startswith("server-"):
         engine = VLLMServerEngine(
             base_url=str(url), rank=0, nccl_address="127.0.0.1", nccl_port=free_port(), server_workers=1,
-            bucket_bytes=1 << 20, timeout_s=120, weight_transfer=mode.removeprefix("server-"),
+            bucket_bytes=BUCKET, timeout_s=120, weight_transfer=mode.removeprefix("server-"),
         )  # fmt: skip
         result: dict = {"route": f"server-{engine.route}"}
     else:
         engine = VLLMColocatedEngine(
             model_dir=str(out_dir / "model"), dtype=torch.bfloat16, seed=0, rank=0, world=1,
             gpu_memory_utilization=0.2, max_model_len=256, sleep_level=2, enforce_eager=True, weight_transfer=mode,
-            bucket_bytes=1 << 20,
+            bucket_bytes=BUCKET,
         )  # fmt: skip
         result = {"route": engine.route}
-    sync = sync_weights(model, engine, bucket_bytes=1 << 20, dtype=torch.bfloat16)
+    sync = sync_weights(model, engine, bucket_bytes=BUCKET, dtype=torch.bfloat16)
     result["sync"] = sync
+    result["bucket_bytes"] = BUCKET
+    result["largest_tensor_bytes"] = max(p.numel() * 2 for p in model.parameters())  # bf16 on the wire
     prompts = [[5, 6, 7, 8], [9, 10], [11, 12, 13, 14, 15, 16]]
     sampling = SamplingParams(n=4, temperature=1.0, max_new_tokens=24, stop_token_ids=[STOP], seed=1, logprobs=True)
     first = engine.generate(prompts, sampling)
@@ -92,7 +97,7 @@ def main(out_dir: Path, mode: str, url: str | None) -> None:
     with torch.no_grad():  # new weights: the engine must generate from these after the sync
         for p in model.parameters():
             p.add_(torch.randn_like(p) * 0.05)
-    sync_weights(model, engine, bucket_bytes=1 << 20, dtype=torch.bfloat16)
+    sync_weights(model, engine, bucket_bytes=BUCKET, dtype=torch.bfloat16)
     engine.wake_up()
     second = engine.generate(prompts, sampling)
     result["second"] = compare(model, prompts, second)

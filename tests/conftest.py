@@ -17,8 +17,12 @@ import pytest
 import torch.distributed as dist
 from _distributed import free_port
 
+from bench import triton_launches
 from kernels._dispatch import force_backend, interpreting, native_available
 from kernels._triton import HAS_TRITON
+
+# Every interpreted launch is recorded, so tests/test_triton_compile.py compiles what this session launched.
+triton_launches.install_recorder()
 
 DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
@@ -36,6 +40,13 @@ def available_backends(*, native: bool = False) -> list[str]:
     if native and DEVICE.type == "cpu" and native_available():
         names.append("native")
     return names
+
+
+def pytest_sessionfinish(session: pytest.Session) -> None:
+    """With `FASTSLOW_RECORD_TRITON=FILE`, write the session's recorded Triton launches there."""
+    path = triton_launches.save_on_exit_path()
+    if path is not None:
+        triton_launches.save(triton_launches.recorded(), path)
 
 
 @pytest.fixture(params=available_backends())

@@ -1,170 +1,43 @@
 """The vllm engines' own logic against a stand-in `vllm` package: lifecycle order, routes, weight stream adapters.
 
-vLLM itself cannot run here (no GPU); these stand-ins record what the engines ask of vLLM's API, as vLLM 0.33
-spells it, so the order of sleep / wake-up / weight transfer / prefix reset and the weight source's contents are
-checked on CPU. The real thing is covered by tests/test_vllm_gpu.py on a GPU machine with vllm installed.
+vLLM itself cannot run here (no GPU); the stand-in (tests/_fake_vllm.py) records what the engines ask of vLLM's
+API, as vLLM 0.33 spells it, so the order of sleep / wake-up / weight transfer / prefix reset and the weight
+source's contents are checked on CPU; it is as strict as the real API (signatures, unknown keywords, rank-0-only
+clients, the packed buffer), so that a CPU test fails where a real run would. The real thing is covered by
+tests/test_vllm_gpu.py on a GPU machine with vllm installed.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import importlib.machinery
 import json
 import queue
 import sys
 import types
-import typing
 from types import SimpleNamespace
 
 import _tiny
 import pytest
 import torch
 from _distributed import run_two_ranks
+from _fake_vllm import (
+    FakeFactory,
+    FakeIPCTrainerInitInfo,
+    FakeLLM,
+    FakeNCCLTrainerInitInfo,
+    FakeSamplingParams,
+    install,
+    packed_chunks,
+)
 
 from trainer.rollout import SamplingParams
 from trainer.weight_sync import ModelWeightStream
 
 
-class FakeLLM:
-    """Records calls; `generate` answers completion [p[-1] + 1, stop] for each prompt."""
-
-    instances: typing.ClassVar[list[FakeLLM]] = []
-
-    def __init__(self, **kwargs) -> None:
-        self.kwargs = kwargs
-        self.calls: list[tuple] = []
-        self.loaded: dict[str, torch.Tensor] = {}
-        FakeLLM.instances.append(self)
-
-    def generate(self, prompts, params, use_tqdm=True):
-        self.calls.append(("generate", len(prompts)))
-        self.prompts = [p["prompt_token_ids"] for p in prompts]
-        self.seeds = [sp.kwargs["seed"] for sp in params]
-        outs = []
-        for p, sp in zip(prompts, params):
-            stop = sp.kwargs["stop_token_ids"][0]
-            comps = [SimpleNamespace(index=j, token_ids=[p["prompt_token_ids"][-1] + 1, stop], logprobs=None)
-                     for j in range(sp.kwargs["n"])]  # fmt: skip
-            outs.append(SimpleNamespace(outputs=comps))
-        return outs
-
-    def sleep(self, level: int = 1) -> None:
-        self.calls.append(("sleep", level))
-
-    def wake_up(self, tags=None) -> None:
-        self.calls.append(("wake_up", tuple(tags or ())))
-
-    def reset_prefix_cache(self) -> bool:
-        self.calls.append(("reset_prefix_cache",))
-        return True
-
-    def collective_rpc(self, method, args=(), kwargs=None):
-        self.calls.append(("collective_rpc", method))
-        for name, tensor in args[0]:
-            self.loaded[name] = tensor.clone()
-        return [len(args[0])]
-
-    # the RL mixin (vLLM 0.33 `RLOfflineMixin`): request dicts
-    def init_weight_transfer_engine(self, request) -> None:
-        self.calls.append(("init_weight_transfer_engine", request["init_info"]))
-
-    def start_weight_update(self) -> None:
-        self.calls.append(("start_weight_update",))
-
-    def update_weights(self, request) -> None:
-        self.calls.append(("update_weights",))
-
-    def finish_weight_update(self, weight_version=None) -> None:
-        self.calls.append(("finish_weight_update",))
-
-
-class FakeSamplingParams:
-    def __init__(self, **kwargs) -> None:
-        self.kwargs = kwargs
-
-
-@dataclasses.dataclass(frozen=True)
-class FakeParamMeta:
-    name: str
-    dtype: torch.dtype
-    shape: tuple
-
-
-class FakeWeightSource:
-    pass
-
-
-class FakeFactory:
-    built: typing.ClassVar[list[tuple]] = []
-
-    @classmethod
-    def trainer_init(cls, info, *, client, source):
-        sender = SimpleNamespace(info=info, client=client, source=source, sends=[], shutdown=lambda: None)
-
-        def send_weights() -> None:  # what vLLM's IPC sender does: start, update with the full tensors, finish
-            client.start_weight_update()
-            sender.sends.append([(n, t.clone()) for n, t in source.iter_full()])
-            client.update_weights({"names": [n for n, _ in sender.sends[-1]]})
-            client.finish_weight_update()
-
-        sender.send_weights = send_weights
-        if info.rank == 0:
-            client.init_weight_transfer_engine({"packed": info.packed})
-        cls.built.append((info, sender))
-        return sender
-
-
-class FakeHTTPSync:
-    """vLLM's HTTP weight-sync client: the four control-plane calls, recorded."""
-
-    def __init__(self, base_url: str) -> None:
-        self.base_url, self.calls = base_url, []
-
-    def init_weight_transfer_engine(self, init_info) -> None:
-        self.calls.append("init")
-
-    def start_weight_update(self) -> None:
-        self.calls.append("start")
-
-    def update_weights(self, update_info) -> None:
-        self.calls.append("update")
-
-    def finish_weight_update(self, weight_version=None) -> None:
-        self.calls.append("finish")
-
-
-@dataclasses.dataclass
-class FakeInitInfo:
-    rank: int
-    packed: bool = False
-    packed_buffer_size_bytes: int = 0
-    master_address: str = ""
-    master_port: int = 0
-    world_size: int = 0
-
-
 @pytest.fixture
 def fake_vllm(monkeypatch):
-    """A `vllm` package with the names the engines import, native weight transfer included."""
-    FakeLLM.instances, FakeFactory.built = [], []
-    mods = {}
-    for name in (
-        "vllm", "vllm.distributed", "vllm.distributed.weight_transfer", "vllm.distributed.weight_transfer.clients",
-        "vllm.distributed.weight_transfer.ipc_engine", "vllm.distributed.weight_transfer.nccl_engine",
-    ):  # fmt: skip
-        mod = types.ModuleType(name)
-        mod.__spec__ = importlib.machinery.ModuleSpec(name, None)
-        mods[name] = mod
-        monkeypatch.setitem(sys.modules, name, mod)
-    mods["vllm"].LLM, mods["vllm"].SamplingParams = FakeLLM, FakeSamplingParams
-    wt = mods["vllm.distributed.weight_transfer"]
-    wt.ParamMeta, wt.WeightSource, wt.WeightTransferTrainerFactory = FakeParamMeta, FakeWeightSource, FakeFactory
-    wt.TrainerWeightTransferEngine = object
-    mods["vllm.distributed.weight_transfer.clients"].HTTPVLLMWeightSyncClient = FakeHTTPSync
-    mods["vllm.distributed.weight_transfer.ipc_engine"].IPCTrainerInitInfo = FakeInitInfo
-    mods["vllm.distributed.weight_transfer.nccl_engine"].NCCLTrainerInitInfo = FakeInitInfo
-    monkeypatch.delitem(sys.modules, "trainer.rollout.vllm_transfer", raising=False)
-    return mods
+    """The stand-in `vllm` (tests/_fake_vllm.py) in `sys.modules` for the test."""
+    return install(monkeypatch)
 
 
 def _engine(route: str, **kw):
@@ -179,8 +52,59 @@ def _stream(dtype: torch.dtype | None = torch.bfloat16) -> ModelWeightStream:
     return ModelWeightStream(_tiny.tiny_lm(), bucket_bytes=4096, dtype=dtype)
 
 
-def test_colocated_lifecycle_weights_before_kv_cache(fake_vllm) -> None:
+def test_colocated_auto_hands_tensors_over_in_process(fake_vllm) -> None:
+    """`auto`, colocated: the worker extension by reference, although this vLLM has the IPC engine (IPC is for
+    separate processes; with `external_launcher` the worker is this process)."""
     eng = _engine("auto")
+    llm = FakeLLM.instances[-1]
+    assert eng.route == "extension" and "weight_transfer_config" not in llm.kwargs
+    s = SamplingParams(n=2, stop_token_ids=[3])
+    model = _tiny.tiny_lm()
+    eng.update_weights(ModelWeightStream(model, bucket_bytes=4096, dtype=torch.bfloat16))
+    eng.generate([[5]], s)
+    eng.sleep()
+    eng.update_weights(ModelWeightStream(model, bucket_bytes=4096, dtype=torch.bfloat16))
+    eng.wake_up()
+    eng.generate([[5]], s)
+    names = [c[0] for c in llm.calls]
+    rpcs = names.count("collective_rpc") // 2
+    assert rpcs > 1 and names == [
+        *["collective_rpc"] * rpcs, "reset_prefix_cache", "generate",
+        "sleep", "wake_up", *["collective_rpc"] * rpcs,
+        "wake_up", "reset_prefix_cache", "generate",
+    ]  # fmt: skip
+    assert not FakeFactory.built
+    for name, p in model.named_parameters():
+        assert llm.loaded[name].dtype == torch.bfloat16 and torch.equal(llm.loaded[name], p.detach().bfloat16())
+
+
+def test_colocated_refused_prefix_reset_stops_generation(fake_vllm) -> None:
+    eng = _engine("auto")
+    eng.update_weights(_stream())
+    FakeLLM.reset_answer = False  # vLLM could not reset (requests running): the old weights' KV would be reused
+    with pytest.raises(RuntimeError, match="refused to reset its prefix cache"):
+        eng.generate([[5]], SamplingParams(n=2, stop_token_ids=[3]))
+
+
+def test_stand_in_vllm_is_as_strict_as_the_real_api(fake_vllm) -> None:
+    with pytest.raises(TypeError, match="top_a"):
+        FakeSamplingParams(n=1, top_a=0.5)
+    with pytest.raises(TypeError, match="gpu_memory_fraction"):
+        FakeLLM(model="/m", gpu_memory_fraction=0.3)
+    with pytest.raises(TypeError):
+        FakeIPCTrainerInitInfo(0)  # keyword-only
+    with pytest.raises(TypeError):
+        FakeNCCLTrainerInitInfo(rank=0)  # address, port and world size are required
+    assert (
+        FakeIPCTrainerInitInfo(rank=0).packed
+        and FakeNCCLTrainerInitInfo(rank=0, master_address="h", master_port=1, world_size=2).packed
+    )
+    with pytest.raises(AttributeError, match="fastslow_load_weights"):
+        FakeLLM(model="/m").collective_rpc("fastslow_load_weights", args=([],))
+
+
+def test_colocated_native_ipc_lifecycle_weights_before_kv_cache(fake_vllm) -> None:
+    eng = _engine("native")
     llm = FakeLLM.instances[-1]
     assert llm.kwargs["weight_transfer_config"] == {"backend": "ipc"} and llm.kwargs["dtype"] == "bfloat16"
     s = SamplingParams(n=2, stop_token_ids=[3])
@@ -204,6 +128,24 @@ def test_colocated_lifecycle_weights_before_kv_cache(fake_vllm) -> None:
     info, sender = FakeFactory.built[0]
     assert info.rank == 0 and info.packed and info.packed_buffer_size_bytes == 1 << 30
     assert len(sender.sends) == 2 and isinstance(sender.client.llm, FakeLLM)
+
+
+def test_ipc_buffer_holds_a_tensor_larger_than_the_bucket(fake_vllm) -> None:
+    """vLLM's packed producer refuses a tensor larger than its buffer (a 151936 x 896 bf16 embedding is ~260 MiB
+    against a 64 MiB bucket): the buffer grows to the largest tensor, and each chunk is one update."""
+    model = _tiny.tiny_lm()
+    largest = max(p.numel() * 2 for p in model.parameters())  # bf16 on the wire: the 40 x 64 embedding, 5 KiB
+    bucket = 1024
+    assert largest > bucket
+    with pytest.raises(ValueError, match="larger than the packed buffer"):  # what the old sizing met
+        list(packed_chunks([("e", torch.zeros(largest // 2, dtype=torch.bfloat16))], bucket))
+    eng = _engine("native", bucket_bytes=bucket)
+    eng.update_weights(ModelWeightStream(model, bucket_bytes=bucket, prefix="", dtype=torch.bfloat16))
+    info, sender = FakeFactory.built[0]
+    assert info.packed_buffer_size_bytes == largest
+    assert [n for n, _ in sender.sends[-1]] == [n for n, _ in model.named_parameters()]
+    updates = [c for c in FakeLLM.instances[-1].calls if c[0] == "update_weights"]
+    assert len(updates) == sender.updates > 1  # one update per packed chunk
 
 
 def test_native_source_streams_every_parameter_by_hf_name_in_wire_dtype(fake_vllm) -> None:
@@ -261,8 +203,12 @@ def test_server_engine_pushes_from_rank0_and_resets_the_cache(fake_vllm, monkeyp
         eng.update_weights(_stream())
         eng.update_weights(_stream())
         info, sender = FakeFactory.built[-1]
+        assert isinstance(info, FakeNCCLTrainerInitInfo) and info.packed
         assert (info.rank, info.world_size, info.master_address, info.master_port) == (rank, 5, "10.0.0.1", 5000)
         assert len(sender.sends) == 2 and sender.client.base_url == "http://h:8000"
+        # the client hears from rank 0 only; every rank still drains the stream (its gathers are collective)
+        expected = ["init", "start", "update", "finish", "start", "update", "finish"] if rank == 0 else []
+        assert sender.client.calls == expected
         assert eng.generate([[4]], SamplingParams(n=2)) == [[[1], [1]]]
     assert calls == ["reset", "reset"]  # rank 0 only, once per sync
 
@@ -348,7 +294,9 @@ def test_extension_route_server_loopback(monkeypatch) -> None:
     loaded: dict[str, torch.Tensor] = {}
     worker = WeightLoaderExtension()
     worker.rank, worker.device = 1, torch.device("cpu")  # the server's second worker (tensor parallel 2)
-    worker.vllm_config = SimpleNamespace(parallel_config=SimpleNamespace(data_parallel_rank=0, world_size=2))
+    # the replica index vLLM's own NCCL engine uses is `data_parallel_index`; `data_parallel_rank` is not it
+    parallel = SimpleNamespace(data_parallel_index=0, data_parallel_rank=3, world_size=2)
+    worker.vllm_config = SimpleNamespace(parallel_config=parallel)
     worker.model_runner = SimpleNamespace(model=SimpleNamespace(load_weights=lambda weights: loaded.update(weights)))
 
     rpcs = []

@@ -53,6 +53,7 @@ def _check_agreement(result: dict) -> None:
         assert result[phase]["tokens"] > 0
         assert result[phase]["mean_abs"] < 0.02 and result[phase]["max_abs"] < 0.5, result
     assert result["tokens_differ"], result  # the second generation used the new weights
+    assert result["largest_tensor_bytes"] > result["bucket_bytes"], result  # a tensor larger than the bucket synced
 
 
 @pytest.mark.parametrize("route", ["native", "extension"])

@@ -119,8 +119,12 @@ def test_completions_from_response() -> None:
 
 
 def test_route_choice() -> None:
-    assert choose_route("auto", "colocated", native=True) == "native"
+    # colocated: in-process by reference (collective_rpc) even when vLLM has its IPC engine, which is made for
+    # separate processes; "native" still forces IPC
+    assert choose_route("auto", "colocated", native=True) == "extension"
     assert choose_route("auto", "colocated", native=False) == "extension"
+    assert choose_route("native", "colocated", native=True) == "native"
+    assert choose_route("auto", "server", native=True) == "native"
     assert choose_route("extension", "colocated", native=True) == "extension"
     assert choose_route("native", "server", native=True) == "native"
     assert choose_route("auto", "server", native=False) == "extension"
@@ -175,6 +179,23 @@ def test_vllm_config_keys_are_validated() -> None:
             load_config([bad])
 
 
+def test_vllm_temperature_range_is_checked_at_config_load(monkeypatch: pytest.MonkeyPatch) -> None:
+    from trainer.rollout import vllm_params
+
+    # vLLM rejects T > 2 and raises 0 < T < 0.01 to 0.01 (log-probs of another distribution): both stop the load
+    with pytest.raises(ConfigError, match=r"rollout\.temperature = 2\.5: .*<= 2"):
+        load_config(["rollout.engine=vllm", "rollout.temperature=2.5"])
+    with pytest.raises(ConfigError, match=r"rollout\.temperature = 0\.005: .*raises a smaller temperature"):
+        load_config(["rollout.engine=vllm", "rollout.temperature=0.005"])
+    assert load_config(["rollout.temperature=2.5"]).rollout.temperature == 2.5  # the hf engine has no such range
+    monkeypatch.setattr(vllm_params, "vllm_missing", lambda: None)  # as if vllm were installed
+    for ok in (0.0, 0.01, 1.0, 2.0):
+        assert load_config(["rollout.engine=vllm", f"rollout.temperature={ok}"]).rollout.temperature == ok
+    with pytest.raises(ConfigError, match=r"eval\.temperature = 3\.0 \(rollout\.engine = 'vllm'\)"):
+        load_config(["rollout.engine=vllm", "eval.enabled=true", "eval.temperature=3.0"])
+    assert load_config(["rollout.engine=vllm", "eval.enabled=false", "eval.temperature=3.0"])
+
+
 # ------------------------------------------------------------------------------------ the server's HTTP side
 
 
@@ -182,6 +203,7 @@ class _FakeVLLM(BaseHTTPRequestHandler):
     """Answers like `vllm serve` with return_token_ids: completion j of a prompt is prompt[-1] + j, then stop."""
 
     requests: typing.ClassVar[list[dict]] = []
+    reset_succeeds: typing.ClassVar[bool] = True  # vLLM answers {"success": bool}
 
     def log_message(self, *args) -> None:  # keep pytest's output clean
         pass
@@ -201,7 +223,7 @@ class _FakeVLLM(BaseHTTPRequestHandler):
         body = json.loads(self.rfile.read(int(self.headers["Content-Length"] or 0)) or b"{}")
         if self.path == "/reset_prefix_cache":
             type(self).requests.append({"path": self.path})
-            self._send(200, {})
+            self._send(200, {"success": type(self).reset_succeeds})
             return
         type(self).requests.append(body)
         if body["prompt"] == [666]:
@@ -220,7 +242,7 @@ class _FakeVLLM(BaseHTTPRequestHandler):
 
 @pytest.fixture
 def fake_server():
-    _FakeVLLM.requests = []
+    _FakeVLLM.requests, _FakeVLLM.reset_succeeds = [], True
     server = ThreadingHTTPServer(("127.0.0.1", 0), _FakeVLLM)
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
@@ -242,6 +264,9 @@ def test_server_client_generates_token_in_token_out(fake_server: str) -> None:
     assert len({b["seed"] for b in bodies}) == 3
     client.reset_prefix_cache()
     assert _FakeVLLM.requests[-1] == {"path": "/reset_prefix_cache"}
+    _FakeVLLM.reset_succeeds = False  # e.g. requests still running: the old weights' KV would be reused
+    with pytest.raises(ServerError, match="refused to reset its prefix cache"):
+        client.reset_prefix_cache()
 
 
 def test_server_errors_name_the_route(fake_server: str) -> None:

@@ -89,7 +89,8 @@ class ModelConfig(_Section):
     trust_remote_code: bool = False
     """Let transformers run the model folder's own Python code. Off unless asked for."""
     dtype: Literal["auto", "float32", "bfloat16"] = "auto"
-    """"auto": bf16 mixed precision (fp32 reduction) on GPU, fp32 on CPU."""
+    """"auto": bf16 mixed precision (fp32 reduction) on GPU, fp32 on CPU. "bfloat16": mixed precision on any
+    device (on a CPU: slow, but the GPU's dtype path, FSDP2 `MixedPrecisionPolicy`, bf16 engine and export, runs)."""
     kernels: Literal["fused", "reference"] = "fused"
     """Log-probs and loss of the policy and the reference: "fused" (`kernels.token_logprobs` /
     `kernels.linear_grpo_loss`, which never form the `[tokens, vocab]` logits); "reference" (their plain-torch
@@ -266,8 +267,10 @@ class RolloutConfig(_Section):
         self._at_least(0, "vllm_max_model_len")
         self._require(0 < self.vllm_nccl_port < 65536, "vllm_nccl_port", "must be a TCP port (1-65535)")
         if self.engine == "vllm":
-            from trainer.rollout.vllm_params import vllm_missing
+            from trainer.rollout.vllm_params import temperature_problem, vllm_missing
 
+            problem = temperature_problem(self.temperature)
+            self._require(problem is None, "temperature", problem or "")
             missing = vllm_missing()
             if missing:
                 raise ConfigError(missing)
@@ -610,6 +613,12 @@ class Config(_Section):
 
     def validate(self) -> None:
         self._require(0 <= self.seed < 2**63, "seed", "must be in [0, 2**63)")
+        if self.rollout.engine == "vllm" and self.eval.enabled:  # the evaluation samples on the rollout engine
+            from trainer.rollout.vllm_params import temperature_problem
+
+            problem = temperature_problem(self.eval.temperature)
+            if problem:
+                raise ConfigError(f"eval.temperature = {self.eval.temperature!r} (rollout.engine = 'vllm'): {problem}")
         if self.warm_start.mode == "on" and str(self.data.source) != "synthetic":
             raise ConfigError(
                 f"warm_start.mode = 'on': the warm start trains on the synthetic task, but data.source = "

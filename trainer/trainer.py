@@ -142,7 +142,7 @@ class Trainer:
             self.eval_sets = load_eval_sets(cfg, self.tokenizer) if cfg.eval.enabled else []
         self._resume_from = self._check_resume()
         on_gpu = info.device.type == "cuda"
-        mixed = on_gpu and cfg.model.dtype in ("auto", "bfloat16")
+        mixed = cfg.model.dtype == "bfloat16" or (on_gpu and cfg.model.dtype == "auto")  # "bfloat16": on CPU too
         torch.manual_seed(cfg.seed)
         with input_errors():
             lm, self.tokenizer = load_model_and_tokenizer(
@@ -351,7 +351,7 @@ class Trainer:
             self._evaluate()
         self.save()
         if cfg.checkpoint.export_hf:
-            dtype = torch.bfloat16 if self.info.device.type == "cuda" else None
+            dtype = torch.bfloat16 if self.engine_dtype == torch.bfloat16 else None  # the run's mixed precision
             ckpt.export_hf(self.run_dir / "hf", self.policy, self.template, self.tokenizer, prefix="lm.", dtype=dtype)
         return self.summary()
 

@@ -76,7 +76,11 @@ class VLLMColocatedEngine:
         check_prompts(prompt_ids, "vllm engine")
         self.wake_up()
         if self._stale_prefixes:  # cached prefixes hold KV of the previous weights
-            self.llm.reset_prefix_cache()
+            if self.llm.reset_prefix_cache() is False:  # vLLM answers False when it could not (requests running)
+                raise RuntimeError(
+                    "vllm engine: vLLM refused to reset its prefix cache after a weight update; generating now would "
+                    "reuse KV cache of the previous weights"
+                )
             self._stale_prefixes = False
         mine = [(p, sampling_kwargs(sampling, i)) for i, p in enumerate(prompt_ids)]
         requests, offset = mine, 0
@@ -95,7 +99,8 @@ class VLLMColocatedEngine:
         return completions_from_outputs(outputs[offset : offset + len(mine)], sampling)
 
     def update_weights(self, stream: WeightStream) -> None:
-        """Wake the weights (not the KV cache) and stream into them: vLLM's IPC engine, else the extension."""
+        """Wake the weights (not the KV cache) and stream into them: by reference through the worker extension
+        (`collective_rpc`, in this process), or vLLM's IPC engine when `vllm_weight_transfer = "native"`."""
         self._wake(["weights"])
         if self.route == "native":
             if self._sender is None:

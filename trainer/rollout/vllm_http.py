@@ -79,5 +79,12 @@ class CompletionsClient:
 
     def reset_prefix_cache(self) -> None:
         """Drop the server's cached prefixes (their KV was computed with the old weights). Needs the server's
-        development routes (`VLLM_SERVER_DEV_MODE=1`), which the weight-transfer routes need too."""
-        self._call("POST", "/reset_prefix_cache")
+        development routes (`VLLM_SERVER_DEV_MODE=1`), which the weight-transfer routes need too. vLLM answers
+        `{"success": bool}`; a refusal (e.g. requests still running) raises `ServerError`: generating on would
+        reuse KV of the previous weights."""
+        answer = self._call("POST", "/reset_prefix_cache")
+        if isinstance(answer, dict) and answer.get("success") is False:
+            raise ServerError(
+                f"vllm server at {self.base_url} refused to reset its prefix cache after a weight update "
+                f"({answer}); its cached prefixes hold KV of the previous weights"
+            )

@@ -69,18 +69,40 @@ def has_weight_transfer() -> bool:
 
 
 def choose_route(requested: Literal["auto", "native", "extension"], mode: str, native: bool) -> Route:
-    """Which weight route a run takes: vLLM's own weight-transfer engines when present, else the worker extension.
+    """Which weight route a run takes.
 
-    `native` says whether the installed vLLM has them (`has_weight_transfer()`); `mode` ("colocated" or "server")
-    only shapes the error message.
+    "auto": colocated, the worker extension (the trainer and the vLLM worker are one process with
+    `external_launcher`, so `collective_rpc` hands the tensors over by reference; vLLM's native colocated engine
+    is CUDA IPC, made for separate processes: it would re-open, in the exporting process, an IPC handle that process
+    exported, which CUDA refuses); server, vLLM's own weight-transfer engine (packed NCCL) when the installed vLLM
+    has it (`native`, from `has_weight_transfer()`), else the extension. "native" / "extension" force a route.
     """
     if requested == "native" and not native:
         raise VLLMUnavailable(
             f"rollout.vllm_weight_transfer = 'native' ({mode}) but the installed vLLM has no "
             f"vllm.distributed.weight_transfer trainer API; install vLLM {VLLM_VERSION} ({INSTALL_HINT}) or use 'auto'"
         )
-    del mode
-    return "native" if requested == "native" or (requested == "auto" and native) else "extension"
+    if requested == "auto":
+        return "native" if native and mode == "server" else "extension"
+    return requested
+
+
+# vLLM's `SamplingParams` rejects a temperature above 2 and silently raises one in (0, 0.01) to 0.01 (it warns):
+# its log-probs would then be those of another distribution than the trainer's, which uses the configured value.
+VLLM_MAX_TEMPERATURE = 2.0
+VLLM_MIN_TEMPERATURE = 0.01
+
+
+def temperature_problem(temperature: float) -> str | None:
+    """Why vLLM cannot sample at `temperature` as the trainer scores it, or None (0, greedy, is fine)."""
+    if temperature > VLLM_MAX_TEMPERATURE:
+        return f"the vllm engine samples at temperature <= {VLLM_MAX_TEMPERATURE:g} (vLLM rejects higher)"
+    if 0 < temperature < VLLM_MIN_TEMPERATURE:
+        return (
+            f"the vllm engine needs 0 (greedy) or >= {VLLM_MIN_TEMPERATURE:g}: vLLM raises a smaller temperature to "
+            f"{VLLM_MIN_TEMPERATURE:g}, and its log-probs would no longer match the trainer's"
+        )
+    return None
 
 
 def _request_seed(seed: int, prompt_index: int) -> int:

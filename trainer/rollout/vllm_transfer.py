@@ -10,6 +10,7 @@ colocated worker; "nccl": packed broadcast to a server's workers); `send_weights
 from __future__ import annotations
 
 import functools
+import math
 from collections.abc import Iterator
 from typing import Any
 
@@ -74,6 +75,17 @@ class LLMSyncClient:
         self.llm.finish_weight_update(weight_version)
 
 
+def packed_buffer_bytes(source: StreamSource, bucket_bytes: int) -> int:
+    """The packed-transfer buffer: the bucket size, or the largest single tensor when that is larger.
+
+    vLLM's packed producer (`weight_transfer/packed_tensor.py`) raises `ValueError` for any one tensor larger than
+    the buffer; a 151936 x 896 bf16 embedding is ~260 MiB against the default 64 MiB bucket. The weight stream's
+    own buckets already hold an oversized tensor alone, so the extra memory is that one tensor, as in the stream.
+    """
+    largest = max((math.prod(m.shape) * m.dtype.itemsize for m in source.metadata), default=0)
+    return max(int(bucket_bytes), int(largest))
+
+
 def ipc_sender(
     llm: Any, stream: WeightStream, *, buffer_bytes: int
 ) -> tuple[TrainerWeightTransferEngine, StreamSource]:
@@ -83,7 +95,7 @@ def ipc_sender(
     default group still runs on all ranks and each worker picks the handle of its own GPU.
     """
     source = StreamSource(stream)
-    info = IPCTrainerInitInfo(rank=0, packed=True, packed_buffer_size_bytes=int(buffer_bytes))
+    info = IPCTrainerInitInfo(rank=0, packed=True, packed_buffer_size_bytes=packed_buffer_bytes(source, buffer_bytes))
     return WeightTransferTrainerFactory.trainer_init(info, client=LLMSyncClient(llm), source=source), source
 
 
@@ -106,7 +118,7 @@ def nccl_sender(
         master_port=master_port,
         world_size=1 + server_workers,
         packed=True,
-        packed_buffer_size_bytes=int(buffer_bytes),
+        packed_buffer_size_bytes=packed_buffer_bytes(source, buffer_bytes),
     )
     client = HTTPVLLMWeightSyncClient(base_url)
     return WeightTransferTrainerFactory.trainer_init(info, client=client, source=source), source

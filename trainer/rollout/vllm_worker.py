@@ -43,7 +43,8 @@ class WeightLoaderExtension:
 
         s = json.loads(spec)
         parallel = getattr(getattr(self, "vllm_config", None), "parallel_config", None)
-        replica = getattr(parallel, "data_parallel_rank", 0) or 0
+        # the replica's index, as vLLM's own NCCL weight-transfer engine takes it (`data_parallel_index`)
+        replica = getattr(parallel, "data_parallel_index", 0) or 0
         per_replica = getattr(parallel, "world_size", 1) or 1
         rank = replica * per_replica + self.rank + int(s["rank_offset"])
         group = StatelessProcessGroup.create(
