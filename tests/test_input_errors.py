@@ -96,7 +96,9 @@ CASES: dict[str, tuple[Callable[[dict[str, Path]], list[str]], str, str]] = {
     # reward function
     "reward_missing_module": (lambda f: ["reward.function=no_such_module_xyz:fn"], "fresh", "reward.function"),
     "reward_not_a_function": (
-        lambda f: [f"reward.function={f['root'] / 'rewards.py'}:NOT_A_FUNCTION"], "fresh", "NOT_A_FUNCTION"
+        lambda f: [f"reward.function={f['root'] / 'rewards.py'}:NOT_A_FUNCTION"],
+        "fresh",
+        "NOT_A_FUNCTION",
     ),
     "reward_missing_file": (lambda f: [f"reward.function={f['root'] / 'nope.py'}:fn"], "fresh", "nope.py"),
     # data
@@ -106,7 +108,11 @@ CASES: dict[str, tuple[Callable[[dict[str, Path]], list[str]], str, str]] = {
     "data_bad_json": (lambda f: [f"data.source={f['bad_json']}"], "fresh", "bad_json.jsonl"),
     "data_no_answer": (lambda f: [f"data.source={f['no_answer']}"], "fresh", "'answer'"),
     "data_nan_answer": (lambda f: [f"data.source={f['nan_answer']}"], "fresh", "nan_answer.jsonl"),
-    "eval_missing": (lambda f: ["eval.enabled=true", f"eval.source={f['root'] / 'nope.jsonl'}"], "fresh", "eval.source"),
+    "eval_missing": (
+        lambda f: ["eval.enabled=true", f"eval.source={f['root'] / 'nope.jsonl'}"],
+        "fresh",
+        "eval.source",
+    ),
     # model folder
     "model_missing": (lambda f: [f"model.path={f['root'] / 'nope'}"], "fresh", "model.path"),
     "model_no_config": (lambda f: [f"model.path={f['no_config']}"], "fresh", "config.json"),
