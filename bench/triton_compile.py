@@ -319,6 +319,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--launches", type=Path, default=triton_launches.RECORD_FILE, help="recorded launches")
     parser.add_argument("-o", "--output", type=Path, default=REPORT_FILE, help="markdown report (report)")
     parser.add_argument("--json", type=Path, default=None, help="also write the rows as JSON")
+    parser.add_argument(
+        "--targets", default=",".join(map(str, TARGETS)), help="compute capabilities, comma-separated (80,90,100)"
+    )
     args = parser.parse_args(argv)
     if args.command == "record":
         return record(args.launches)
@@ -327,7 +330,11 @@ def main(argv: list[str] | None = None) -> int:
     problem = compiler_problem()
     if problem:
         parser.error(problem)
-    result = compile_all(triton_launches.load(args.launches))
+    try:
+        targets = tuple(int(t) for t in args.targets.split(",") if t.strip())
+    except ValueError:
+        parser.error(f"--targets {args.targets!r}: expected compute capabilities such as 80,90")
+    result = compile_all(triton_launches.load(args.launches), targets)
     if args.json:
         args.json.write_text(json.dumps(result, indent=1) + "\n")
     if args.command == "report":
