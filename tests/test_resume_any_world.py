@@ -1,7 +1,8 @@
-"""Resume at another world size: a run written by 2 processes goes on with 1, then with 2 again, through the same
-data order (the global count of prompts consumed per step is the uninterrupted run's; tests/test_trainer_data.py
-shows the prompts themselves are the same at any world size). A world size that does not divide
-`rollout.prompts_per_step` is refused with one line before anything is read (tests/test_trainer_run.py)."""
+"""Resume at another world size: a run written by 2 processes goes on with 1, then with 2 again (past a damaged
+checkpoint), through the same data order: the global count of prompts consumed per step is the uninterrupted
+run's, and tests/test_trainer_data.py shows the prompts themselves are the same at any world size. A world size
+that does not divide `rollout.prompts_per_step` is refused with one line before anything is read
+(tests/test_trainer_run.py)."""
 
 from __future__ import annotations
 
@@ -30,22 +31,28 @@ def _launch(run_dir: Path, nproc: int, *args: str) -> subprocess.CompletedProces
 
 @pytest.mark.distributed
 def test_two_then_one_then_two_processes_continue_the_same_data_order(tmp_path: Path) -> None:
+    """2 processes for steps 1-2, 1 for steps 3-4, then step 4's shard is cut in half: 2 processes fall back to step
+    3 (both ranks the same choice) and run steps 4-5."""
     first = _launch(tmp_path, 2, "optim.total_steps=2")
     assert first.returncode == 0, first.stderr[-3000:]
-    fewer = _launch(tmp_path, 1, "optim.total_steps=3", "--resume", "auto")
+    fewer = _launch(tmp_path, 1, "optim.total_steps=4", "--resume", "auto")
     assert fewer.returncode == 0, fewer.stderr[-3000:]
-    step_2 = tmp_path / "checkpoints" / "step_00000002"
-    assert f"resumed from {step_2} at step 2 (written by 2 processes, now 1)" in fewer.stdout
-    more = _launch(tmp_path, 2, "optim.total_steps=4", "--resume", "auto")
+    ckpts = tmp_path / "checkpoints"
+    assert f"resumed from {ckpts / 'step_00000002'} at step 2 (written by 2 processes, now 1)" in fewer.stdout
+    shard = ckpts / "step_00000004" / "__0_0.distcp"
+    shard.write_bytes(shard.read_bytes()[: shard.stat().st_size // 2])
+    more = _launch(tmp_path, 2, "optim.total_steps=5", "--resume", "auto")
     assert more.returncode == 0, more.stderr[-3000:]
-    assert "at step 3 (written by 1 processes, now 2)" in more.stdout
+    warnings = [line for line in more.stderr.splitlines() if line.startswith("warning:")]
+    assert len(warnings) == 1 and f"{shard} is cut short" in warnings[0], more.stderr[-3000:]
+    assert f"resumed from {ckpts / 'step_00000003'} at step 3 (written by 1 processes, now 2)" in more.stdout
 
     rows = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
-    assert [r["step"] for r in rows] == [1, 2, 3, 4]
-    assert [r["rollout/prompts_seen"] for r in rows] == [PROMPTS * s for s in (1, 2, 3, 4)]
-    for step in (2, 3, 4):  # one state file, whichever world size wrote it
-        folder = tmp_path / "checkpoints" / f"step_{step:08d}"
+    assert [r["step"] for r in rows] == [1, 2, 3, 4, 4, 5]  # step 4 again: its checkpoint was lost
+    assert [r["rollout/prompts_seen"] for r in rows] == [PROMPTS * r["step"] for r in rows]
+    for step in (2, 3, 4, 5):  # one state file, whichever world size wrote it
+        folder = ckpts / f"step_{step:08d}"
         assert sorted(p.name for p in folder.glob("trainer_state*")) == ["trainer_state.pt"]
         state = torch.load(folder / "trainer_state.pt", weights_only=True)
         assert state["step"] == step and state["sampler"]["consumed"] == PROMPTS * step and "rng" not in state
-    assert len(list((tmp_path / "checkpoints" / "step_00000003").glob("*.distcp"))) == 1  # written by 1 rank
+    assert [len(list((ckpts / f"step_{s:08d}").glob("*.distcp"))) for s in (2, 3, 4)] == [2, 1, 2]
