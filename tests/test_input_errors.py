@@ -80,7 +80,18 @@ def files(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     out["run"] = run
     for k in DIST_ENV:
         os.environ.pop(k, None)
+    for name, victim in (("cut_shard", "__0_0.distcp"), ("cut_state", "trainer_state.pt")):  # damaged copies
+        folder = root / name
+        subprocess.run(["cp", "-r", str(run), str(folder)], check=True)
+        _cut(folder / "checkpoints" / "step_00000001" / victim)
+        out[name] = folder
     return out
+
+
+def _cut(path: Path) -> None:
+    """Keeps the first half of a file, as a full disk or an interrupted copy leaves it."""
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2])
 
 
 # name: (arguments, the run folder to use ("fresh" | "run" | a key of `files`), what the line must name)
@@ -124,6 +135,17 @@ CASES: dict[str, tuple[Callable[[dict[str, Path]], list[str]], str, str]] = {
     "resume_not_a_checkpoint": (lambda f: ["--resume", str(f["root"])], "fresh", "not a complete checkpoint"),
     "resume_changed_shape": (lambda f: ["--resume", "auto", "model.hidden_size=32"], "run", "model.hidden_size"),
     "resume_changed_algorithm": (lambda f: ["--resume", "auto", "algorithm.name=sfpo"], "run", "algorithm.name"),
+    "resume_cut_shard": (
+        lambda f: ["--resume", str(f["cut_shard"] / "checkpoints" / "step_00000001")],
+        "cut_shard",
+        "step_00000001/__0_0.distcp is cut short",
+    ),
+    "resume_cut_state": (
+        lambda f: ["--resume", str(f["cut_state"] / "checkpoints" / "step_00000001")],
+        "cut_state",
+        "step_00000001/trainer_state.pt does not load",
+    ),
+    "resume_auto_all_damaged": (lambda f: ["--resume", "auto"], "cut_shard", "none of the 1 checkpoints"),
     # run folder
     "run_folder_holds_a_run": (lambda f: ["optim.lr=1e-4"], "run", "holds a run"),
     "run_folder_is_a_file": (lambda f: [], "a_file", "is a file"),
@@ -170,6 +192,47 @@ def test_a_resume_with_changes_that_may_change_lists_them(files: dict[str, Path]
     saved = (run / "config.toml").read_text()
     assert "total_steps = 2" in saved and "lr = 0.0001" in saved  # the run's config.toml is now this start's
     assert [json.loads(x)["step"] for x in (run / "metrics.jsonl").read_text().splitlines()] == [1, 2]
+
+
+def test_auto_resume_skips_a_damaged_checkpoint_for_the_previous_one(
+    files: dict[str, Path], tmp_path: Path, capfd, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from trainer import trainer as trainer_mod
+
+    run = tmp_path / "run"
+    subprocess.run(["cp", "-r", str(files["run"]), str(run)], check=True)
+    assert main([f"logging.run_dir={run}", *QUICK, "--resume", "auto", "optim.total_steps=2"]) == 0
+    shard = run / "checkpoints" / "step_00000002" / "__0_0.distcp"
+    _cut(shard)
+    capfd.readouterr()
+    assert main([f"logging.run_dir={run}", *QUICK, "--resume", "auto", "optim.total_steps=2"]) == 0
+    out, err = capfd.readouterr()
+    warnings = [line for line in err.splitlines() if line.startswith("warning:")]
+    assert len(warnings) == 1 and f"{shard} is cut short" in warnings[0], err
+    assert f"resumed from {run / 'checkpoints' / 'step_00000001'} at step 1" in out
+    assert [json.loads(x)["step"] for x in (run / "metrics.jsonl").read_text().splitlines()] == [1, 2, 2]
+    assert shard.stat().st_size > 0 and not any("damaged" in w for w in _damage_all(run))  # step 2 written anew
+
+    # Whole by the check, but it does not load (bytes changed in place): skipped the same way.
+    real_load = trainer_mod.ckpt.load_checkpoint
+
+    def load(path, *args):
+        if path.name == "step_00000002":
+            raise RuntimeError("PytorchStreamReader failed reading zip archive")
+        return real_load(path, *args)
+
+    monkeypatch.setattr(trainer_mod.ckpt, "load_checkpoint", load)
+    capfd.readouterr()
+    assert main([f"logging.run_dir={run}", *QUICK, "--resume", "auto", "optim.total_steps=2"]) == 0
+    out, err = capfd.readouterr()
+    assert f"warning: checkpoint {shard.parent} does not load (PytorchStreamReader failed" in err
+    assert f"resumed from {run / 'checkpoints' / 'step_00000001'} at step 1" in out
+
+
+def _damage_all(run: Path) -> list[str]:
+    from trainer.checkpoint_check import resume_candidates
+
+    return resume_candidates(run).warnings
 
 
 def test_debug_adds_the_traceback(files: dict[str, Path], tmp_path: Path, capfd, monkeypatch) -> None:

@@ -296,4 +296,4 @@ def test_nan_steps_skip_updates_then_stop_with_the_last_good_checkpoint(tmp_path
     assert params.keys() <= saved.keys()
     for k, v in params.items():
         assert torch.equal(saved[k], v), k
-    assert torch.load(good / "trainer_state_rank0.pt", weights_only=True)["bad_steps"] == 0
+    assert torch.load(good / "trainer_state.pt", weights_only=True)["bad_steps"] == 0

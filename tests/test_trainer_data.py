@@ -273,6 +273,28 @@ def test_sampler_resume_continues_exactly() -> None:
         data.PromptSampler(30, 8, seed=6).load_state_dict(state)
 
 
+def test_sampler_resumes_at_another_world_size_with_the_same_global_order() -> None:
+    """Saved by 2 ranks, resumed by 1 (and back by 4): the global chunks go on as the uninterrupted run's, across an
+    epoch's end; the state is a global count, identical on every rank; the older (epoch, position) form loads."""
+    straight = _chunks(data.PromptSampler(30, 8, seed=5), 10)  # 3 chunks an epoch
+    ranks = [data.PromptSampler(30, 8, seed=5, rank=r, world=2) for r in range(2)]
+    together = lambda samplers: [i for s in samplers for i in s.next_chunk()]  # one global chunk, rank by rank
+    got = [together(ranks) for _ in range(2)]
+    state = ranks[0].state_dict()
+    assert state == ranks[1].state_dict() and state["consumed"] == 16
+    one = data.PromptSampler(30, 8, seed=5)
+    one.load_state_dict(state)
+    got += _chunks(one, 3)
+    four = [data.PromptSampler(30, 8, seed=5, rank=r, world=4) for r in range(4)]
+    for s in four:
+        s.load_state_dict(one.state_dict())
+    got += [together(four) for _ in range(5)]
+    assert got == straight
+    legacy = data.PromptSampler(30, 8, seed=5)
+    legacy.load_state_dict({"epoch": 1, "position": 8, "seed": 5, "n_items": 30, "prompts_per_chunk": 8})
+    assert legacy.consumed == 32 and legacy.next_chunk() == straight[4]
+
+
 def test_sampler_bad_arguments() -> None:
     with pytest.raises(ValueError, match="not divisible by the world size 2"):
         data.PromptSampler(10, 3, seed=0, rank=0, world=2)

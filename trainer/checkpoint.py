@@ -1,15 +1,21 @@
-"""Checkpoints: sharded model + optimizer (DCP) and per-rank trainer state, written atomically; Hugging Face export.
+"""Checkpoints: sharded model + optimizer (DCP) and the run's trainer state, written atomically; Hugging Face export.
 
 Layout of a run folder::
 
     checkpoints/
       step_00000040/                  complete: renamed from `.tmp` only after every rank finished writing
         .metadata, __0_0.distcp, ...  torch.distributed.checkpoint: model and optimizer, resharding-capable
-        trainer_state_rank{r}.pt      torch.save of plain python values and tensors; loads with weights_only=True
+        trainer_state.pt              torch.save of plain python values and tensors; loads with weights_only=True
         meta.json                     step, world size, torch version
       step_00000050.tmp/              a save in progress, or one killed midway: never loaded, removed by the next save
       latest                          the name of the newest complete folder (written last, via os.replace)
     hf/                               `export_hf`: safetensors + config + tokenizer
+
+Nothing in a checkpoint depends on the number of processes that wrote it: DCP reshards model and optimizer onto
+any mesh, and the trainer state is the run's, identical on every rank, written once by rank 0 (the RNG streams are
+derived from (seed, step, rank) by `seed_step`, not saved). A checkpoint written before that (one
+`trainer_state_rank{r}.pt` per rank) still loads, at any world size: each rank reads its own file when there is
+one, else rank 0's (their values agree but for the RNG state, which is no longer restored).
 
 Every function here that takes a model is a collective: all ranks call it, in the same order. The run folder must
 be on a filesystem all ranks see (DCP writes one file per rank, rank 0 renames). A process group is always
@@ -19,6 +25,8 @@ initialised (trainer/dist.py makes a group of one when run alone).
 from __future__ import annotations
 
 import copy
+import hashlib
+import io
 import json
 import os
 import random
@@ -43,6 +51,7 @@ from torch.distributed.checkpoint.state_dict import (
 
 CHECKPOINTS = "checkpoints"
 LATEST = "latest"
+TRAINER_STATE = "trainer_state.pt"
 _STEP_RE = re.compile(r"step_(\d{8,})")
 # Infixes that wrappers put into parameter names (FSDP1, activation checkpointing, torch.compile); weight_sync
 # strips the same ones, so the exported names are the HF model's own.
@@ -81,6 +90,24 @@ def set_rng_state(state: dict[str, Any]) -> None:
             warnings.warn("checkpoint has a CUDA RNG state but CUDA is not available: not restored", stacklevel=2)
 
 
+def step_seed(seed: int, step: int, rank: int) -> int:
+    """The seed of rank `rank`'s RNG streams for step `step` (from 0) of a run seeded `seed`: 63 bits of a hash."""
+    digest = hashlib.blake2b(f"fastslow:{seed}:{step}:{rank}".encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "little") >> 1
+
+
+def seed_step(seed: int, step: int, rank: int) -> None:
+    """Seeds python `random`, numpy's global RNG and torch (CPU and CUDA) for step `step` on rank `rank`.
+
+    Called before every step, so what a step draws depends on (seed, step, rank) only: a resumed run needs no saved
+    generator state, and resumes the same at any world size (a rank's streams do not depend on how many there are).
+    """
+    value = step_seed(seed, step, rank)
+    random.seed(value)
+    np.random.seed(value % 2**32)
+    torch.manual_seed(value)  # all CUDA devices too
+
+
 # ----------------------------------------------------------------------------------------------- save and load
 def _rank_world() -> tuple[int, int]:
     if not dist.is_initialized():
@@ -94,8 +121,8 @@ def _step_of(path: Path) -> int | None:
     return int(match.group(1)) if match and path.is_dir() else None
 
 
-def _complete(ckpt_dir: Path) -> list[Path]:
-    """Complete checkpoint folders, oldest step first."""
+def complete_checkpoints(ckpt_dir: Path) -> list[Path]:
+    """Complete checkpoint folders in `ckpt_dir` (a run's `checkpoints/`), oldest step first."""
     if not ckpt_dir.is_dir():
         return []
     found = [(s, p) for p in ckpt_dir.iterdir() if (s := _step_of(p)) is not None and (p / ".metadata").is_file()]
@@ -135,11 +162,12 @@ def save_checkpoint(
     """Writes `run_dir/checkpoints/step_{step:08d}` atomically and points `latest` at it; returns its path.
 
     All ranks call. Model and optimizer go through DCP (each rank writes its shards); `trainer_state` (python
-    values and plain tensors, e.g. from `rng_state()`; no DTensors: pass `.to_local()`) is this rank's and goes to
-    `trainer_state_rank{r}.pt`. It is read back once with `weights_only=True` before anything is renamed, so state
-    that could not be resumed fails here, not at resume time. Then rank 0 renames the `.tmp` folder (atomic on
-    POSIX), rewrites `latest`, and deletes older complete checkpoints beyond the newest `keep` (`keep <= 0`: keep
-    all; the folder just written is always kept). A leftover `.tmp` folder from a killed save is removed first.
+    values and plain tensors; no DTensors: pass `.to_local()`) is the run's, the same on every rank: rank 0 writes
+    it to `trainer_state.pt`. Every rank first checks that its state reads back with `weights_only=True` (in
+    memory), so state that could not be resumed fails here, on every rank, not at resume time. Then rank 0 renames
+    the `.tmp` folder (atomic on POSIX), rewrites `latest`, and deletes older complete checkpoints beyond the newest
+    `keep` (`keep <= 0`: keep all; the folder just written is always kept). A leftover `.tmp` folder from a killed
+    save is removed first.
 
     An optimizer without state yet (no step taken) gets it initialised by DCP's `get_state_dict` (a zero-gradient
     step at learning rate 0), so save after the first optimizer step if the step counters must stay exact.
@@ -158,16 +186,20 @@ def save_checkpoint(
         tmp.mkdir()
     dist.barrier()
 
-    dcp.save(_dcp_state(model, optimizer), checkpoint_id=tmp)
-    state_file = tmp / f"trainer_state_rank{rank}.pt"
-    torch.save(trainer_state, state_file)
+    buffer = io.BytesIO()
+    torch.save(trainer_state, buffer)
     try:
-        torch.load(state_file, weights_only=True)
+        torch.load(io.BytesIO(buffer.getvalue()), weights_only=True)
     except Exception as err:  # the unpickler's message names the offending type
         raise TypeError(
             f"trainer_state must hold only python values and plain tensors (it is read with weights_only=True): {err}"
         ) from err
+    dcp.save(_dcp_state(model, optimizer), checkpoint_id=tmp)
     if rank == 0:
+        with open(tmp / TRAINER_STATE, "wb") as f:
+            f.write(buffer.getvalue())
+            f.flush()
+            os.fsync(f.fileno())
         meta = {"step": step, "world_size": world, "torch": torch.__version__}
         _write_text_atomic(tmp / "meta.json", json.dumps(meta, indent=1) + "\n")
     dist.barrier()
@@ -176,7 +208,7 @@ def save_checkpoint(
         _replace_dir(tmp, final)
         _write_text_atomic(ckpt_dir / LATEST, name + "\n")
         if keep > 0:
-            older = [p for p in _complete(ckpt_dir) if p != final]
+            older = [p for p in complete_checkpoints(ckpt_dir) if p != final]
             for path in older[: max(len(older) - (keep - 1), 0)]:
                 shutil.rmtree(path)
     dist.barrier()
@@ -195,7 +227,7 @@ def find_latest(run_dir: Path) -> Path | None:
         return None
     for leftover in sorted(ckpt_dir.glob("step_*.tmp")):
         warnings.warn(f"ignoring incomplete checkpoint {leftover} (a save that did not finish)", stacklevel=2)
-    complete = _complete(ckpt_dir)
+    complete = complete_checkpoints(ckpt_dir)
     pointer = ckpt_dir / LATEST
     if pointer.is_file():
         named = ckpt_dir / pointer.read_text().strip()
@@ -206,13 +238,13 @@ def find_latest(run_dir: Path) -> Path | None:
 
 
 def load_checkpoint(path: Path, model: nn.Module, optimizer: torch.optim.Optimizer | None) -> dict[str, Any]:
-    """Loads model and optimizer in place from a checkpoint folder; returns this rank's trainer state.
+    """Loads model and optimizer in place from a checkpoint folder; returns the run's trainer state.
 
     All ranks call. `path` is a `step_*` folder, or a run folder (then `find_latest` picks the checkpoint). The
-    model must be wrapped (FSDP2) as it was when saved; DCP reshards across mesh changes, but the trainer state is
-    per rank, so the world size must match the saving run's.
+    model must be wrapped (FSDP2) as it was when saved, on any number of ranks: DCP reshards model and optimizer
+    onto this run's mesh, and the trainer state is the same for every rank.
     """
-    rank, world = _rank_world()
+    rank, _ = _rank_world()
     path = Path(path)
     if path.name.endswith(".tmp"):
         raise ValueError(f"{path} is an incomplete checkpoint (a save that did not finish)")
@@ -221,17 +253,9 @@ def load_checkpoint(path: Path, model: nn.Module, optimizer: torch.optim.Optimiz
         if found is None:
             raise FileNotFoundError(f"no complete checkpoint at {path} (expected a step_* folder or a run folder)")
         path = found
-    meta_file = path / "meta.json"
-    if meta_file.is_file():
-        saved_world = json.loads(meta_file.read_text())["world_size"]
-        if saved_world != world:
-            raise ValueError(
-                f"{path} was written by {saved_world} ranks, this run has {world}: the trainer state (RNG, data "
-                f"position) is per rank, so resume with {saved_world} processes"
-            )
-    state_file = path / f"trainer_state_rank{rank}.pt"
-    if not state_file.is_file():
-        raise FileNotFoundError(f"{state_file} is missing: was {path} written by a run with a different world size?")
+    state_file = trainer_state_file(path, rank)
+    if state_file is None:
+        raise FileNotFoundError(f"{path / TRAINER_STATE} is missing")
 
     state = _dcp_state(model, optimizer)
     dcp.load(state, checkpoint_id=path)
@@ -240,6 +264,16 @@ def load_checkpoint(path: Path, model: nn.Module, optimizer: torch.optim.Optimiz
     else:
         set_state_dict(model, optimizer, model_state_dict=state["model"], optim_state_dict=state["optim"])
     return torch.load(state_file, weights_only=True)
+
+
+def trainer_state_file(path: Path, rank: int) -> Path | None:
+    """The trainer state file rank `rank` reads from checkpoint folder `path`: `trainer_state.pt`; in a checkpoint
+    written before it, the rank's own `trainer_state_rank{r}.pt`, else rank 0's (a run resumed on more processes).
+    None when there is none."""
+    for name in (TRAINER_STATE, f"trainer_state_rank{rank}.pt", "trainer_state_rank0.pt"):
+        if (Path(path) / name).is_file():
+            return Path(path) / name
+    return None
 
 
 def _dcp_state(model: nn.Module, optimizer: torch.optim.Optimizer | None) -> dict[str, Any]:

@@ -57,7 +57,7 @@ def main(argv: list[str] | None = None) -> int:
         if cfg.rollout.prompts_per_step % info.world:  # the one check that needs the world size
             err = ConfigError(
                 f"rollout.prompts_per_step = {cfg.rollout.prompts_per_step}: must be divisible by the number of "
-                f"processes ({info.world})"
+                f"processes ({info.world}); a run resumes on any number that divides it"
             )
             close()
             return report_input_error(err, is_main=info.is_main)

@@ -14,7 +14,12 @@ class PromptSampler:
     `seed + e`. Every call to `next_chunk` advances all ranks by the same `prompts_per_chunk` positions (a global
     chunk); rank `r` takes the `r`-th slice of `prompts_per_chunk // world` items, so the ranks' items are disjoint.
     An epoch's last incomplete chunk is dropped (the next epoch's reshuffle picks those items up), so a chunk never
-    holds the same item twice. `state_dict()` / `load_state_dict()` save and restore (epoch, position) exactly.
+    holds the same item twice.
+
+    The order of the global chunks depends on the seed, the dataset size and the chunk size only, never on the
+    number of ranks: `world` only says how each chunk is split. So the state (`state_dict()`: the global count of
+    prompts consumed) is the same on every rank, and a run resumed on another number of ranks goes on with the very
+    prompts the saved run would have drawn next.
     """
 
     def __init__(self, n_items: int, prompts_per_chunk: int, *, seed: int, rank: int = 0, world: int = 1) -> None:
@@ -53,25 +58,40 @@ class PromptSampler:
         per_rank = self.prompts_per_chunk // self.world
         return chunk[self.rank * per_rank : (self.rank + 1) * per_rank]
 
+    @property
+    def consumed(self) -> int:
+        """Prompts drawn so far by all ranks together (dropped epoch tails not counted)."""
+        return self.epoch * self._per_epoch() + self.position
+
+    def _per_epoch(self) -> int:
+        """Prompts an epoch hands out: its whole chunks."""
+        return self.n_items // self.prompts_per_chunk * self.prompts_per_chunk
+
     def state_dict(self) -> dict[str, int]:
-        """The sampler's position (plain ints; identical on every rank)."""
+        """The data position, as the global count of prompts consumed (plain ints; identical on every rank)."""
         return {
-            "epoch": self.epoch,
-            "position": self.position,
+            "consumed": self.consumed,
             "seed": self.seed,
             "n_items": self.n_items,
             "prompts_per_chunk": self.prompts_per_chunk,
         }
 
     def load_state_dict(self, state: dict[str, int]) -> None:
-        """Continues from `state`; the dataset size, seed and chunk size must be the ones it was saved with."""
+        """Continues from `state` (saved at any world size; also the `epoch` / `position` form of older checkpoints);
+        the dataset size, seed and chunk size must be the ones it was saved with."""
         for key in ("n_items", "seed", "prompts_per_chunk"):
             if key in state and int(state[key]) != getattr(self, key):
                 raise ValueError(
                     f"sampler state: saved with {key}={state[key]} but this run has {key}={getattr(self, key)} "
                     "(the data or its config changed since the checkpoint)"
                 )
-        epoch, position = int(state["epoch"]), int(state["position"])
+        if "consumed" in state:
+            consumed = int(state["consumed"])
+            if consumed < 0 or consumed % self.prompts_per_chunk:
+                raise ValueError(f"sampler state: bad count of prompts consumed {consumed}")
+            epoch, position = divmod(consumed, self._per_epoch())
+        else:
+            epoch, position = int(state["epoch"]), int(state["position"])
         if epoch < 0 or not 0 <= position <= self.n_items:
             raise ValueError(f"sampler state: bad epoch/position {epoch}/{position} for {self.n_items} items")
         self.epoch, self.position, self._order = epoch, position, None

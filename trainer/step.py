@@ -336,6 +336,7 @@ def learn(ctx: StepContext, batch: Batch, timing: dict[str, float] | None = None
     kl_coef: torch.Tensor | float = float(cfg.algorithm.kl_coef)  # "fixed": one scalar, the kernel's fast path
     if cfg.algorithm.kl_type != "fixed":
         kl_coef = ctx.kl.coefficients(batch.correct, n).to(info.device)
+        _global_kl_summary(ctx)
     seconds_logprobs, t = time.perf_counter() - t, time.perf_counter()
 
     run_update: Callable[[], dict[str, float]] = lambda: update(ctx, batch, old_logp, ref_logp, adv, kl_coef)
@@ -358,6 +359,21 @@ def learn(ctx: StepContext, batch: Batch, timing: dict[str, float] | None = None
     if timing is not None:
         timing["logprobs"], timing["update"] = seconds_logprobs, time.perf_counter() - t
     return {**update_metrics, **is_metrics, "sfpo": float(sfpo_on)}
+
+
+def _global_kl_summary(ctx: StepContext) -> None:
+    """Replaces the KL controller's summary of its last coefficients (mean, min, max, accuracy) by the one over all
+    ranks, so its state, and its metrics, are the run's, the same on every rank (a checkpoint holds one copy). Every
+    rank trains on equally many groups, so the mean over ranks is the global mean. Two small all-reduces."""
+    state = ctx.kl.state_dict()
+    last, device = state["last"], ctx.info.device
+    as_tensor = lambda *values: torch.tensor(values, dtype=torch.float64, device=device)
+    means = all_reduce(as_tensor(last["coef_mean"], last["accuracy"])) / ctx.info.world
+    low, high = all_reduce(as_tensor(-last["coef_min"], last["coef_max"]), "max")  # -min: one MAX for both
+    state["last"] = {
+        "coef_mean": means[0].item(), "coef_min": -low.item(), "coef_max": high.item(), "accuracy": means[1].item()
+    }  # fmt: skip
+    ctx.kl.load_state_dict(state)
 
 
 @torch.no_grad()
@@ -435,6 +451,7 @@ def train_step(ctx: StepContext, step: int) -> dict[str, float]:
     metrics.update({
         "reward": reward_sum / count, "accuracy": correct_sum / count, "response_length": length_sum / count,
         "lr": ctx.scheduler.get_last_lr()[0], "sync/bytes": float(sync["bytes"]),
+        "rollout/prompts_seen": float(ctx.sampler.consumed),
         "tokens_per_s": resp_tokens / max(sum(timing.values()), 1e-9),
     })  # fmt: skip
     if cfg.reward.function:  # samples the user reward function scored 0 for an error, all ranks and chunks

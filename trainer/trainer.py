@@ -24,8 +24,10 @@ the last.
 from __future__ import annotations
 
 import copy
+import json
 import math
 import shutil
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -35,7 +37,7 @@ import torch.distributed as dist
 
 from fastslow import EntropySwitch, FilterSchedule, KLController
 from trainer import checkpoint as ckpt
-from trainer import resume_check, reward_worker, warm_start
+from trainer import checkpoint_check, resume_check, reward_worker, warm_start
 from trainer.config import Config, ConfigError, InputError, input_errors, save_toml
 from trainer.data import load_prompts
 from trainer.dist import DistInfo, all_reduce, parallelize
@@ -225,13 +227,14 @@ class Trainer:
         return str(folder)
 
     def state_dict(self) -> dict[str, Any]:
-        """Everything besides model and optimizer that a resumed run needs to continue exactly."""
+        """Everything besides model and optimizer that a resumed run needs to continue exactly: the run's, the same
+        on every rank (no RNG state: each step's streams are seeded from (seed, step, rank), `ckpt.seed_step`), so a
+        run resumes at any world size."""
         c = self.ctx
         return {
             "step": self.step,
             "history": list(self.history),
             "eval": {step: dict(values) for step, values in self.eval_history.items()},
-            "rng": ckpt.rng_state(),
             "sampler": c.sampler.state_dict(),
             "scheduler": self.scheduler.state_dict(),
             "kl": c.kl.state_dict(),
@@ -241,10 +244,10 @@ class Trainer:
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restores `state_dict()`'s output (an older checkpoint's "rng" entry is ignored: streams are seeded)."""
         c = self.ctx
         self.step, self.history = int(state["step"]), list(state["history"])
         self.eval_history = {str(k): dict(v) for k, v in state.get("eval", {}).items()}  # absent before evaluation
-        ckpt.set_rng_state(state["rng"])
         c.sampler.load_state_dict(state["sampler"])
         self.scheduler.load_state_dict(state["scheduler"])
         c.kl.load_state_dict(state["kl"])
@@ -253,36 +256,83 @@ class Trainer:
         c.bad_steps = int(state["bad_steps"])
         self.dry_steps = int(state.get("dry_steps", 0))  # absent in checkpoints written before it
 
-    def _check_resume(self) -> Path | None:
-        """The checkpoint to resume from (None: start fresh), checked before any model is built: an explicit path
-        must be a checkpoint folder, and the config may differ from the saved one only in keys that can change
-        (`trainer.resume_check`; the changes are printed in one line)."""
+    def _check_resume(self) -> list[Path]:
+        """The checkpoints to resume from, in the order to try them ([]: start fresh), checked before any model is
+        built. Rank 0 looks and every rank takes its answer, so all ranks resume from the same step.
+
+        `--resume auto`: the run folder's complete checkpoints, `latest` first, then newest first; each damaged one
+        (`trainer.checkpoint_check.damage`) is named in a warning line and left out, and if every one is damaged
+        that is an error. An explicit path must be a whole checkpoint folder. The config may differ from the saved
+        one only in keys that can change (`trainer.resume_check`; the changes are printed in one line).
+        """
         how = self.cfg.checkpoint.resume
         if how in ("", "none"):
-            return None
-        path = ckpt.find_latest(self.run_dir) if how == "auto" else Path(how)
-        if path is None:
-            return None
-        if how != "auto" and not (path / "meta.json").is_file():
-            what = "does not exist" if not path.exists() else "is not a complete checkpoint folder (no meta.json)"
-            raise InputError(f"--resume {how}: {what}")
-        changes = resume_check.compare(self.cfg, resume_check.saved_config_path(path))
-        if changes and self.info.is_main:
-            print(f"resume: changed since the saved config: {', '.join(changes)}", flush=True)
-        return path
+            return []
+        answer: list[Any] = [([], None)]
+        if self.info.is_main:
+            try:
+                answer = [self._resume_targets(how)]
+            except Exception as err:  # never leave the other ranks waiting at the broadcast
+                answer = [([], f"--resume {how}: {err}")]
+        dist.broadcast_object_list(answer, src=0)
+        names, error = answer[0]
+        if error is not None:
+            raise InputError(error)
+        targets = [Path(name) for name in names]
+        if targets:
+            changes = resume_check.compare(self.cfg, resume_check.saved_config_path(targets[0]))
+            if changes and self.info.is_main:
+                print(f"resume: changed since the saved config: {', '.join(changes)}", flush=True)
+        return targets
+
+    def _resume_targets(self, how: str) -> tuple[list[str], str | None]:
+        """Rank 0's half of `_check_resume`: (checkpoint folders to try, error line or None); warns on stderr."""
+        if how != "auto":
+            path = Path(how)
+            if not (path / "meta.json").is_file():
+                what = "does not exist" if not path.exists() else "is not a complete checkpoint folder (no meta.json)"
+                return [], f"--resume {how}: {what}"
+            why = checkpoint_check.damage(path)
+            return ([], f"--resume {how}: the checkpoint is damaged: {why}") if why else ([str(path)], None)
+        choice = checkpoint_check.resume_candidates(self.run_dir)
+        if choice.complete and not choice.candidates:  # the one line says it all: no warnings before it
+            where = self.run_dir / ckpt.CHECKPOINTS
+            return [], f"--resume auto: none of the {choice.complete} checkpoints in {where} is whole: {choice.damaged}"
+        for line in choice.warnings:
+            print(f"warning: {line}", file=sys.stderr, flush=True)
+        return [str(p) for p in choice.candidates], None
 
     def _resume(self) -> None:
+        """Loads the first of `_check_resume`'s checkpoints that loads (all ranks agree on each verdict): one that
+        passed the check but fails to load (bytes changed in place) is skipped like a damaged one under `--resume
+        auto`; with an explicit path it is an `InputError`."""
         how = self.cfg.checkpoint.resume
         if how in ("", "none"):
             return
-        path = self._resume_from
-        if path is None:
+        if not self._resume_from:
             if self.info.is_main:
                 print(f"resume=auto: no complete checkpoint in {self.run_dir}, starting fresh", flush=True)
             return
-        self.load_state_dict(ckpt.load_checkpoint(path, self.policy, self.optimizer))
+        for i, path in enumerate(self._resume_from):
+            failure: Exception | None = None
+            try:
+                self.load_state_dict(ckpt.load_checkpoint(path, self.policy, self.optimizer))
+            except Exception as err:  # a shard or state whose bytes do not decode
+                failure = err
+            flag = torch.tensor([float(failure is not None)], device=self.info.device)
+            if all_reduce(flag, "max").item() < 0.5:
+                break
+            detail = checkpoint_check.one_line(failure) if failure else "on another rank"
+            why = f"checkpoint {path} does not load ({detail})"
+            if how != "auto" or i + 1 == len(self._resume_from):
+                raise InputError(f"--resume {how}: {why}") from failure
+            if self.info.is_main:
+                print(f"warning: {why}; trying an older one", file=sys.stderr, flush=True)
         if self.info.is_main:
-            print(f"resumed from {path} at step {self.step}", flush=True)
+            saved_world = json.loads((path / "meta.json").read_text())["world_size"]
+            world = self.info.world
+            moved = f" (written by {saved_world} processes, now {world})" if saved_world != world else ""
+            print(f"resumed from {path} at step {self.step}{moved}", flush=True)
 
     def save(self) -> Path:
         return ckpt.save_checkpoint(
@@ -306,6 +356,7 @@ class Trainer:
             if self._stop_agreed(stop):
                 return self._stop(stop, saved)
             start = time.perf_counter()
+            ckpt.seed_step(cfg.seed, self.step, self.info.rank)
             try:
                 metrics = train_step(c, self.step)
             except Interrupted:  # a signal while a reward call hung: that step cannot finish, so it is dropped
