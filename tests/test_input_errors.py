@@ -257,3 +257,12 @@ def test_under_torchrun_rank_0_says_it_once_and_the_error_file_holds_it(files: d
     assert len(ours) == 1 and "prefixed" in ours[0] and "Traceback" not in out.stderr.split("error: ")[0]
     assert error_file.read_text().strip() == ours[0]
     assert not (tmp_path / "r").exists()
+
+
+@pytest.mark.parametrize(("rank", "lines"), [("0", 1), ("1", 0)])
+def test_a_config_error_before_the_process_group_is_said_by_rank_0_only(capfd, monkeypatch, rank, lines) -> None:
+    """Config parsing runs before the process group exists: torchrun's RANK decides who prints."""
+    monkeypatch.setenv("RANK", rank)
+    assert main(["checkpoint.keep=0"]) == 2
+    err = capfd.readouterr().err.strip().splitlines()
+    assert len(err) == lines and all(line.startswith("config error: checkpoint.keep") for line in err)

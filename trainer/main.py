@@ -46,8 +46,8 @@ def main(argv: list[str] | None = None) -> int:
     die_with_launcher()
     try:
         cfg = load_config(sys.argv[1:] if argv is None else argv)
-    except ConfigError as err:
-        return report_input_error(err)
+    except ConfigError as err:  # before the process group: torchrun's RANK says which process speaks
+        return report_input_error(err, is_main=os.environ.get("RANK", "0") == "0")
 
     with StopFlag() as stop:  # from here on, SIGTERM / SIGINT stop the run at the next step boundary
         from trainer.dist import close, init_distributed
