@@ -1,0 +1,90 @@
+"""Packed rows (trainer/packing.py, trainer/attention.py): the layout, sequence boundaries, packed == padded."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from _tiny import tiny_lm
+
+from kernels._dispatch import force_backend
+from trainer import attention
+from trainer.packing import first_fit_decreasing, make_row, pack_minibatches
+from trainer.policy import Policy
+from trainer.rollout.base import Completion
+from trainer.step import Group, logprobs, make_batch
+
+IMPLS = [attention.PACKED_SDPA, "sdpa", "eager"]
+
+
+@pytest.fixture(autouse=True)
+def _torch_kernels():
+    """The kernels' torch path: their Triton path (interpreted here, slow) has its own tests; this is the layout."""
+    with force_backend("torch"):
+        yield
+
+
+def test_first_fit_decreasing_fills_rows_and_isolates_long_sequences() -> None:
+    lengths = [5, 30, 3, 9, 12, 2, 7, 1]
+    rows = first_fit_decreasing(lengths, 16)
+    assert sorted(i for row in rows for i in row) == list(range(len(lengths)))
+    assert [1] in rows  # over the budget: alone
+    assert all(sum(lengths[i] for i in row) <= 16 for row in rows if row != [1])
+    assert len(rows) == 1 + 3  # 49 tokens besides the long one: 4 rows of 16 would be the bound, FFD needs 3
+
+
+def test_rows_restart_positions_and_name_their_sequences() -> None:
+    row = make_row([2, 0], [3, 1, 2], [True, False, True], torch.device("cpu"))
+    assert row.seq.tolist() == [2, 2, 0, 0, 0]
+    assert row.pos.tolist() == [0, 1, 0, 1, 2]
+    assert row.seq_ids.tolist() == [[0, 0, 1, 1, 1]]
+    assert row.cu_seqlens.tolist() == [0, 2, 5] and row.max_len == 3 and row.scored == 2
+    empty = make_row([], [3], [True], torch.device("cpu"))
+    assert empty.tokens == 1 and empty.seq.tolist() == [-1] and empty.scored == 0
+
+
+def _row_logp(policy: Policy, seqs: list[list[int]]) -> torch.Tensor:
+    """Per-token log-probs of the concatenated `seqs` (each token's next token in its own sequence), `[N]`."""
+    lengths = [len(s) for s in seqs]
+    row = make_row(list(range(len(seqs))), lengths, [True] * len(seqs), torch.device("cpu"))
+    ids = torch.tensor([t for s in seqs for t in s])[None]
+    targets = torch.cat([torch.tensor([*s[1:], -100]) for s in seqs])[None]
+    with torch.no_grad():
+        logp, _ = policy(ids, None, targets, packed=row.model_kwargs(policy.attn, torch.float32))
+    return logp[0]
+
+
+@pytest.mark.parametrize("impl", IMPLS)
+def test_a_sequence_does_not_see_its_row_neighbours(impl: str) -> None:
+    policy = Policy(tiny_lm().eval(), attn_implementation=impl if impl != attention.PACKED_SDPA else "auto")
+    assert policy.attn == impl
+    g = torch.Generator().manual_seed(0)
+    mine = torch.randint(4, 40, (9,), generator=g).tolist()
+    before = torch.randint(4, 40, (5,), generator=g).tolist()
+    after = torch.randint(4, 40, (6,), generator=g).tolist()
+    alone = _row_logp(policy, [mine])
+    a = _row_logp(policy, [before, mine, after])[5:14]
+    b = _row_logp(policy, [[*after, 7], mine, before])[7:16]  # other neighbours, other lengths, another offset
+    torch.testing.assert_close(a, alone, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(b, alone, atol=1e-5, rtol=1e-5)
+
+
+def _batch(lengths: list[int]) -> object:
+    g = torch.Generator().manual_seed(1)
+    comps = [Completion(torch.randint(4, 40, (n,), generator=g).tolist()) for n in lengths]
+    groups = [Group([1, 5, 6, 7], comps[:2], *[torch.zeros(2)] * 3), Group([1, 8], comps[2:], *[torch.zeros(2)] * 3)]
+    return make_batch(groups, 0, torch.device("cpu"))
+
+
+@pytest.mark.parametrize("impl", IMPLS)
+def test_packed_logprobs_equal_padded(group_of_one, impl: str) -> None:
+    batch = _batch([11, 0, 3, 25])  # an empty response; the last sequence is over the 20-token budget
+    policy = Policy(tiny_lm().eval(), attn_implementation="auto" if impl == attention.PACKED_SDPA else impl)
+    policy.reshard = lambda: None  # what FSDP2 adds, and `logprobs` calls
+    minibatches = torch.tensor_split(torch.arange(4), 2)
+    packed = pack_minibatches(minibatches, batch.attention_mask.sum(-1), batch.mask.any(-1), 20, torch.device("cpu"))
+    assert [len(mb) for mb in packed.minibatches] == [1, 2]
+    logp, ent = logprobs(policy, batch, 2, 0.9)
+    logp_p, ent_p = logprobs(policy, batch, 2, 0.9, packed)
+    m = batch.mask
+    torch.testing.assert_close(logp_p[m], logp[m], atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(ent_p[m], ent[m], atol=1e-5, rtol=1e-5)
