@@ -88,3 +88,19 @@ def test_packed_logprobs_equal_padded(group_of_one, impl: str) -> None:
     m = batch.mask
     torch.testing.assert_close(logp_p[m], logp[m], atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(ent_p[m], ent[m], atol=1e-5, rtol=1e-5)
+
+
+def test_attention_choice_and_config_keys() -> None:
+    from trainer.config import from_dict, load_config
+
+    cpu = torch.device("cpu")
+    assert attention.resolve("auto", cpu) == attention.PACKED_SDPA
+    with pytest.raises(ValueError, match="needs a CUDA device and flash-attn"):
+        attention.resolve("flash_attention_2", cpu)
+    with pytest.raises(ValueError, match="attn_implementation"):
+        from_dict({"model": {"attn_implementation": "flash"}})
+    with pytest.raises(ValueError, match="micro_batch_tokens"):
+        from_dict({"optim": {"micro_batch_tokens": -1}})
+    cfg = load_config([])
+    assert cfg.optim.packing is True and cfg.optim.micro_batch_tokens == 0
+    assert cfg.model.attn_implementation == "auto"
