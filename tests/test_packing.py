@@ -104,3 +104,32 @@ def test_attention_choice_and_config_keys() -> None:
     cfg = load_config([])
     assert cfg.optim.packing is True and cfg.optim.micro_batch_tokens == 0
     assert cfg.model.attn_implementation == "auto"
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(
+    not attention.flash_attn_available(torch.device("cuda")), reason="flash-attn varlen needs CUDA and flash-attn"
+)
+def test_flash_attn_varlen_keeps_sequences_apart() -> None:
+    """On a GPU with flash-attn: "auto" is varlen flash-attn, its packed rows match per-sequence SDPA (bf16)."""
+    lm = tiny_lm().cuda().to(torch.bfloat16).eval()
+    policy = Policy(lm)
+    assert policy.attn == "flash_attention_2"
+    g = torch.Generator().manual_seed(0)
+    seqs = [torch.randint(4, 40, (n,), generator=g).tolist() for n in (5, 9, 6)]
+    with force_backend(None):
+        flash = _row_logp_on(policy, seqs, "cuda")
+        policy.attn = attention.configure(lm, "sdpa")
+        ref = _row_logp_on(policy, seqs, "cuda")
+    # bf16 activations: two attention kernels differ by a few bf16 ulps of the logits
+    torch.testing.assert_close(flash, ref, atol=3e-2, rtol=3e-2)
+
+
+def _row_logp_on(policy: Policy, seqs: list[list[int]], device: str) -> torch.Tensor:
+    lengths = [len(s) for s in seqs]
+    row = make_row(list(range(len(seqs))), lengths, [True] * len(seqs), torch.device(device))
+    ids = torch.tensor([t for s in seqs for t in s], device=device)[None]
+    targets = torch.cat([torch.tensor([*s[1:], -100]) for s in seqs]).to(device)[None]
+    with torch.no_grad():
+        logp, _ = policy(ids, None, targets, packed=row.model_kwargs(policy.attn, torch.bfloat16))
+    return logp[0].float()

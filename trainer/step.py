@@ -297,12 +297,12 @@ def update(
     grad_norms, skipped = [], 0
     rows_all = torch.arange(B, device=device)
     for _ in range(o.epochs):
-        for k, mb in enumerate(torch.tensor_split(rows_all, o.minibatches)):
+        for i_mb, mb in enumerate(torch.tensor_split(rows_all, o.minibatches)):
             # clamp: a minibatch without response tokens (every response empty) has a zero loss, not 0 / 0.
             n_tok = all_reduce(batch.mask[mb].sum().float()).clamp(min=1.0)
             n_seq = all_reduce(batch.mask[mb].any(-1).sum().float())
             n_rows = all_reduce(torch.tensor(float(len(mb)), device=device))
-            micros = _micro(mb, o.micro_batch_size) if packed is None else packed.minibatches[k]
+            micros = _micro(mb, o.micro_batch_size) if packed is None else packed.minibatches[i_mb]
             for r in micros:
                 if isinstance(r, PackedRow):
                     take, n_scored, n_in = r.gather, float(r.scored), len(r.members)
