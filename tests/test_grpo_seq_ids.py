@@ -10,9 +10,10 @@ from __future__ import annotations
 import pytest
 import torch
 from _tolerance import assert_close
-from conftest import DEVICE
+from conftest import DEVICE, triton_runs_here
 
 from kernels import LOSS_AGGS, grpo_loss, grpo_loss_ref, linear_grpo_loss
+from kernels._dispatch import force_backend
 
 LENGTHS = [7, 1, 12, 3, 5]  # tokens per sequence; the second has none counted (an empty response)
 ROWS = [[2, 1], [0, 3, 4]]  # packed rows: which sequences, in order
@@ -94,8 +95,18 @@ def test_grpo_loss_packed_equals_padded(backend: str, loss_agg: str) -> None:
     assert_close(xp.grad, x64.grad, torch.float32, "grad")
 
 
-@pytest.mark.parametrize("loss_agg", LOSS_AGGS)
-def test_linear_grpo_loss_packed_equals_padded(backend: str, loss_agg: str) -> None:
+# The fused op inside is the one tested above on every backend; Triton's interpreter is slow, so the fused linear
+# loss runs it for the one mode with per-token weights only.
+LINEAR_CASES = [("torch", agg) for agg in LOSS_AGGS] + [("triton", "seq-mean-token-mean")] * triton_runs_here()
+
+
+@pytest.mark.parametrize(("backend_name", "loss_agg"), LINEAR_CASES)
+def test_linear_grpo_loss_packed_equals_padded(backend_name: str, loss_agg: str) -> None:
+    with force_backend(backend_name):
+        _linear_packed_equals_padded(loss_agg)
+
+
+def _linear_packed_equals_padded(loss_agg: str) -> None:
     d = {k: v.to(DEVICE) for k, v in _padded(1).items()}
     seq, pos, ids = (t.to(DEVICE) for t in _index())
     B, T = d["logp"].shape
