@@ -152,7 +152,8 @@ def test_step(benchmark: Any, device: torch.device, ceil: dict, running: Running
         "vocab": job.vocab,
         "sequences": sequences,
         "max_new_tokens": job.max_new_tokens,
-        "batch_positions": int(batch.targets.numel()),  # B x (L - 1): what the forward passes cover
+        "batch_positions": int(batch.targets.numel()),  # B x (L - 1): what padded forward passes cover
+        "packing": ctx.cfg.optim.packing,  # on by default: the passes cover the sequences' own tokens only
         "micro_batch": job.micro_batch,
         "kl_coef": job.kl_coef,
         "kernels": KERNELS[running.provider],

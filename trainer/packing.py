@@ -8,8 +8,10 @@ passes is the same with packing on or off.
 
 FSDP2 runs collectives in every forward and backward, so every rank must make as many micro-batches as the others:
 `pack_minibatches` all-reduces the row count of each minibatch and gives a rank with fewer rows empty ones (one
-padding token, nothing scored). Row counts are as few as first-fit decreasing makes them, so the ranks wait on each
-other by at most the longest rank's rows.
+padding token, nothing scored). Row counts are as few as first-fit decreasing makes them and every rank orders its
+rows fullest first, so the micro-batches that run together (the k-th of each rank) are of like size: the ranks wait
+on the one with the most tokens, and not longer. (Moving sequences between ranks to even out their tokens would cut
+that wait too; it is not done.)
 
 Shapes: B sequences in the batch, L = T + 1 padded positions, N tokens in a row, S sequences in a row.
 """
@@ -35,7 +37,7 @@ def row_tokens(budget: int, device: torch.device) -> int:
 
 
 def first_fit_decreasing(lengths: Sequence[int], budget: int) -> list[list[int]]:
-    """Indices of `lengths` grouped into rows of at most `budget` tokens (a longer one alone), fullest first.
+    """Indices of `lengths` grouped into rows of at most `budget` tokens (a longer one alone).
 
     Longest first, each into the first row with room for it. Within a row, indices keep the order they were placed
     in; rows come out in the order they were opened.
@@ -143,6 +145,8 @@ def pack_minibatches(
     for mb in minibatches:
         idx = mb.tolist()
         rows = first_fit_decreasing([lens[i] for i in idx], budget)
+        # Fullest first on every rank: the k-th rows of the ranks run together, so like sizes should meet.
+        rows.sort(key=lambda row: -sum(lens[idx[k]] for k in row))
         packed.append([make_row([idx[k] for k in row], lens, flags, device) for row in rows])
     counts = torch.tensor([float(len(rows)) for rows in packed], device=device)
     most = all_reduce(counts, "max").long().tolist() if counts.numel() else []
