@@ -54,8 +54,9 @@ def _worker(rank: int) -> None:
     from kernels import LOSS_AGGS
     from kernels._dispatch import force_backend
     from trainer.dist import DistInfo, parallelize
+    from trainer.packing import pack_batch
     from trainer.policy import Policy
-    from trainer.step import logprobs, pack_batch, update
+    from trainer.step import logprobs, update
 
     info = DistInfo(rank, 2, rank, torch.device("cpu"), init_device_mesh("cpu", (2,)))
     policy = Policy(tiny_lm(0))  # the same weights on both ranks
@@ -79,7 +80,7 @@ def _worker(rank: int) -> None:
         return SimpleNamespace(cfg=cfg, info=info, policy=policy, optimizer=_Capture(list(policy.parameters())))
 
     with force_backend("torch"):
-        packed = pack_batch(ctx("token-mean", True), batch)
+        packed = pack_batch(ctx("token-mean", True).cfg.optim, batch, info.device)
         rows = [len(mb) for mb in packed.minibatches]
         assert rows == [4, 4], rows  # rank 1: 4 answers per minibatch, each over half the budget; rank 0: 1 row + 3
         assert sum(not r.members for r in packed.rows) == (6 if rank == 0 else 0)

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 
@@ -172,3 +173,21 @@ def layout_metrics(
 def row_targets(row: PackedRow, targets: torch.Tensor) -> torch.Tensor:
     """`[1, N]` next-token targets of a row from the padded `[B, T]` ones (-100 at each sequence's last token)."""
     return row.gather(targets, IGNORE_INDEX)
+
+
+def pack_batch(optim: Any, batch: Any, device: torch.device) -> PackedBatch | None:
+    """A `trainer.step.Batch`'s rows for every pass of a step, minibatch by minibatch (the update's split), or None
+    when `optim.packing` is off (`optim`: the config section)."""
+    if not optim.packing:
+        return None
+    rows_all = torch.arange(batch.input_ids.shape[0], device=device)
+    return pack_minibatches(
+        torch.tensor_split(rows_all, optim.minibatches), batch.attention_mask.sum(-1), batch.mask.any(-1),
+        row_tokens(optim.micro_batch_tokens, device), device,
+    )  # fmt: skip
+
+
+def packed_inputs(policy: Any, batch: Any, row: PackedRow) -> tuple:
+    """`Policy.forward`'s positional arguments for one row of a `trainer.step.Batch`, then its `packed=` keyword."""
+    kwargs = row.model_kwargs(getattr(policy, "attn", "sdpa"), torch.float32)
+    return row.gather(batch.input_ids), None, row_targets(row, batch.targets), {"packed": kwargs}

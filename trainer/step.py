@@ -20,7 +20,7 @@ from fastslow import FilterExhausted, OnlineFilter, group_advantages, sfpo_updat
 from kernels import IGNORE_INDEX
 from trainer import rewards as reward_fns
 from trainer.dist import DistInfo, all_gather_cat, all_reduce
-from trainer.packing import PackedBatch, PackedRow, layout_metrics, pack_minibatches, row_targets, row_tokens
+from trainer.packing import PackedBatch, PackedRow, layout_metrics, pack_batch, packed_inputs
 from trainer.rollout import SamplingParams
 from trainer.weight_sync import sync_weights
 
@@ -241,7 +241,7 @@ def logprobs(
     if packed is not None:
         logp, ent = (torch.zeros(batch.targets.shape, device=batch.targets.device) for _ in range(2))
         for row in packed.rows:
-            *args, extra = _packed_inputs(policy, batch, row)
+            *args, extra = packed_inputs(policy, batch, row)
             out = policy(*args, temperature=temperature, **extra)
             row.scatter(logp, out[0])
             row.scatter(ent, out[1])
@@ -255,24 +255,6 @@ def logprobs(
     # shards, or the SFPO snapshot and reposition would see the gathered copies, freed at the next reshard.
     policy.reshard()
     return torch.cat([o[0] for o in outs]), torch.cat([o[1] for o in outs])
-
-
-def _packed_inputs(policy: nn.Module, batch: Batch, row: PackedRow) -> tuple:
-    """`Policy.forward`'s positional arguments and `packed=` for one packed row."""
-    kwargs = row.model_kwargs(getattr(policy, "attn", "sdpa"), torch.float32)
-    return row.gather(batch.input_ids), None, row_targets(row, batch.targets), {"packed": kwargs}
-
-
-def pack_batch(ctx: StepContext, batch: Batch) -> PackedBatch | None:
-    """The batch's packed rows for every pass of this step (`optim.packing`), minibatch by minibatch; or None."""
-    o = ctx.cfg.optim
-    if not o.packing:
-        return None
-    rows_all = torch.arange(batch.input_ids.shape[0], device=ctx.info.device)
-    return pack_minibatches(
-        torch.tensor_split(rows_all, o.minibatches), batch.attention_mask.sum(-1), batch.mask.any(-1),
-        row_tokens(o.micro_batch_tokens, ctx.info.device), ctx.info.device,
-    )  # fmt: skip
 
 
 def update(
@@ -306,7 +288,7 @@ def update(
             for r in micros:
                 if isinstance(r, PackedRow):
                     take, n_scored, n_in = r.gather, float(r.scored), len(r.members)
-                    *inputs, extra = _packed_inputs(ctx.policy, batch, r)
+                    *inputs, extra = packed_inputs(ctx.policy, batch, r)
                     extra_kw = {"seq_ids": r.seq_ids}
                     if a.loss_agg == "seq-mean-token-sum-norm":  # the padded path's default: T
                         extra_kw["norm_len"] = float(batch.targets.shape[1])
@@ -362,7 +344,7 @@ def learn(ctx: StepContext, batch: Batch, timing: dict[str, float] | None = None
     cfg, info = ctx.cfg, ctx.info
     n = cfg.rollout.group_size
     t = time.perf_counter()
-    packed = pack_batch(ctx, batch)
+    packed = pack_batch(cfg.optim, batch, info.device)
     layout = layout_metrics(packed, batch.attention_mask.sum(-1), batch.input_ids.shape[1], info.device, info.world)
     old_logp, _ = logprobs(ctx.policy, batch, cfg.optim.micro_batch_size, cfg.rollout.temperature, packed)
     ref_logp = None
