@@ -152,7 +152,8 @@ def test_step(benchmark: Any, device: torch.device, ceil: dict, running: Running
         "vocab": job.vocab,
         "sequences": sequences,
         "max_new_tokens": job.max_new_tokens,
-        "batch_positions": int(batch.targets.numel()),  # B x (L - 1): what the forward passes cover
+        "batch_positions": int(batch.targets.numel()),  # B x (L - 1): what padded forward passes cover
+        "packing": ctx.cfg.optim.packing,  # on by default: the passes cover the sequences' own tokens only
         "micro_batch": job.micro_batch,
         "kl_coef": job.kl_coef,
         "kernels": KERNELS[running.provider],
@@ -163,5 +164,84 @@ def test_step(benchmark: Any, device: torch.device, ceil: dict, running: Running
         benchmark, step, group="step", provider=running.provider, shape=job.shape, dtype=DTYPE, mode=mode,
         device=device, check=lambda: calls[0]["entropy"], extra=extra, rounds=rounds, work=work,
     )  # fmt: skip
+    benchmark.extra_info["first_grad_norm"] = calls[0]["actor/grad_norm"]
+    assert all(m["actor/skipped_updates"] == 0 for m in calls), "an update was skipped (non-finite gradients)"
+
+
+# Packed vs padded passes (issue 15): the same learning step (`trainer.step.learn`, rollout excluded) on one fixed
+# batch of uneven responses, with `optim.packing` off and on. The responses are made, not sampled (a random model's
+# lengths are whatever they are): per group of 8, seven short answers (8-32 tokens) and one at the cap, so the padded
+# passes are mostly padding (`padding_frac` in the JSON). Ids differ only by "padded" / "packed".
+UNEVEN_CPU = StepJob(
+    "tiny-uneven", prompts=4, group=8, max_new_tokens=256, micro_batch=32, lr=3e-3, kl_coef=1e-3, rounds=5,
+    rollout_rounds=0,
+)  # fmt: skip
+UNEVEN_GPU = StepJob(
+    "qwen2.5-0.5b-uneven", prompts=8, group=8, max_new_tokens=2048, micro_batch=8, lr=1e-6, kl_coef=1e-3, rounds=3,
+    rollout_rounds=0, hf_config=QWEN25_05B.hf_kwargs(),
+)  # fmt: skip
+UNEVEN = UNEVEN_GPU if ON_GPU else UNEVEN_CPU
+
+
+def uneven_batch(trainer: Trainer, job: StepJob, seed: int = 0) -> Batch:
+    """`job.prompts` x `job.group` responses: per group, one at `job.max_new_tokens`, the others 8-32 tokens long;
+    rewards 0/1 at random (both in every group, so the advantages and the gradient are not zero)."""
+    from trainer.rollout.base import Completion
+    from trainer.step import Group, make_batch
+
+    g = torch.Generator().manual_seed(seed)
+    vocab = min(job.vocab, len(trainer.tokenizer))
+    groups = []
+    for k in range(job.prompts):
+        lengths = [job.max_new_tokens, *torch.randint(8, 33, (job.group - 1,), generator=g).tolist()]
+        comps = [Completion(torch.randint(4, vocab, (n,), generator=g).tolist()) for n in lengths]
+        rewards = torch.tensor([float(i % 2) for i in range(job.group)])
+        lens = torch.tensor([float(n) for n in lengths])
+        groups.append(Group(trainer.ctx.prompts[k]["prompt_ids"], comps, rewards, rewards > 0.5, lens))
+    return make_batch(groups, trainer.tokenizer.pad_token_id, trainer.ctx.info.device)
+
+
+@pytest.fixture(scope="module", params=["padded", "packed"], ids=lambda p: f"{UNEVEN.shape}-{p}")
+def uneven(request: pytest.FixtureRequest, dist_info: Any, device: torch.device, tmp_path_factory) -> Iterator[Any]:
+    """A trainer with `optim.packing` off ("padded") or on ("packed") and its fixed uneven batch."""
+    from bench._step import job_config, write_model_folder
+
+    tmp = tmp_path_factory.mktemp(f"step-{request.param}")
+    model_dir = write_model_folder(tmp / "model", UNEVEN.hf_config) if UNEVEN.hf_config else None
+    cfg = job_config(UNEVEN, kernels="fused", run_dir=tmp / "run", model_dir=model_dir)
+    cfg.optim.packing = request.param == "packed"
+    torch.manual_seed(0)
+    trainer = Trainer(cfg, dist_info)
+    run = Running(UNEVEN, request.param, trainer, uneven_batch(trainer, UNEVEN))
+    del trainer
+    yield run
+    run.trainer.close()
+    del run.trainer, run.batch
+    free_memory(device)
+
+
+def test_step_packing(benchmark: Any, device: torch.device, ceil: dict, uneven: Running) -> None:
+    """`learn` (old and reference log-probs, the update) on uneven responses, padded or packed: tokens/s."""
+    ctx, batch, job = uneven.trainer.ctx, uneven.batch, uneven.job
+    calls: list[dict[str, float]] = []
+
+    def step() -> None:
+        with ours_backend(device):
+            calls.append(learn(ctx, batch))
+
+    extra = {
+        "model": job.name, "params": param_count(uneven.trainer), "vocab": job.vocab,
+        "sequences": job.prompts * job.group, "max_new_tokens": job.max_new_tokens,
+        "packing": uneven.provider == "packed", "attn_implementation": ctx.policy.attn,
+        "micro_batch": job.micro_batch, "kl_coef": job.kl_coef,
+        "precision": "bf16 compute, fp32 weights (FSDP2 mixed precision)" if ON_GPU else "fp32",
+    }  # fmt: skip
+    run_case(
+        benchmark, step, group="step-packing", provider=uneven.provider, shape=job.shape, dtype=DTYPE,
+        mode="rollout-excluded", device=device, check=lambda: calls[0]["entropy"], extra=extra, rounds=job.rounds,
+        work=(float(batch.mask.sum()), "tokens/s"),
+    )  # fmt: skip
+    benchmark.extra_info["padding_frac"] = calls[0]["batch/padding_frac"]
+    benchmark.extra_info["rows"] = calls[0]["batch/rows"]
     benchmark.extra_info["first_grad_norm"] = calls[0]["actor/grad_norm"]
     assert all(m["actor/skipped_updates"] == 0 for m in calls), "an update was skipped (non-finite gradients)"

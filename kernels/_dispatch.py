@@ -85,3 +85,13 @@ def workspace_bytes(device: torch.device) -> int:
     if override:
         return int(override)
     return (1 << 30) if device.type != "cpu" else (64 << 20)
+
+
+def flash_attn_available(device: torch.device) -> bool:
+    """flash-attn's varlen kernels can serve attention on `device`: a CUDA device with `flash_attn` installed.
+
+    The trainer's attention choice (`trainer.attention`, `model.attn_implementation = "auto"`) asks this.
+    """
+    import importlib.util
+
+    return device.type == "cuda" and importlib.util.find_spec("flash_attn") is not None

@@ -5,7 +5,8 @@ w.r.t. `logp` already scaled by the aggregation weight, plus per-row partial sum
 The backward is then a single scale of that saved gradient by the incoming scalar gradient.
 
 Every `loss_agg` mode weights token (b, t) by `mask[b, t] * w[b]` with one weight per row, so the weights are
-computed from the mask's row sums before the kernel runs:
+computed from the mask's row sums before the kernel runs (with `seq_ids`, packed rows holding several sequences,
+"sequence" below means a sequence id, and "seq-mean-token-mean" weights each token by its sequence's `w`):
 - "token-mean":              w[b] = 1 / max(sum(mask), 1), or 1 / num_tokens when given (global denominator);
 - "seq-mean-token-mean":     w[b] = 1 / (n_rows * sum_t mask[b]) over rows with any mask, 0 for empty rows;
 - "seq-mean-token-sum-norm": w[b] = 1 / (B * norm_len), norm_len defaulting to T (Dr. GRPO). The 1 / B is
@@ -43,8 +44,8 @@ def _grpo_loss_fwd_kernel(
     adv_ptr,  # [B] or [B, T]
     mask_ptr,  # [B, T] any numeric dtype (bool passed as uint8)
     ref_ptr,  # [B, T] (unused without HAS_REF)
-    beta_ptr,  # [B] float32 (unused unless BETA_PER_ROW)
-    row_w_ptr,  # [B] float32 aggregation weight per row
+    beta_ptr,  # [B] or [B, T] float32 (unused unless BETA_PER_ROW)
+    row_w_ptr,  # [B] float32 aggregation weight per row, or [B, T] per token (W_PER_TOKEN)
     grad_ptr,  # out [B, T] float32 d loss / d logp
     stats_ptr,  # out [B, n_tiles, _N_STATS] float32 partial sums
     T,
@@ -56,6 +57,8 @@ def _grpo_loss_fwd_kernel(
     ADV_PER_TOKEN: tl.constexpr,
     HAS_REF: tl.constexpr,
     BETA_PER_ROW: tl.constexpr,
+    BETA_PER_TOKEN: tl.constexpr,
+    W_PER_TOKEN: tl.constexpr,
     DUAL_CLIP: tl.constexpr,
     N_STATS: tl.constexpr,
     BLOCK_T: tl.constexpr,
@@ -101,18 +104,26 @@ def _grpo_loss_fwd_kernel(
     if HAS_REF:
         ref = tl.load(ref_ptr + idx, mask=inb, other=0.0).to(tl.float32)
         kl, dkl = _kl_terms(logp, ref)
-        if BETA_PER_ROW:
+        if BETA_PER_TOKEN:
+            beta = tl.load(beta_ptr + idx, mask=inb, other=0.0)
+        elif BETA_PER_ROW:
             beta = tl.load(beta_ptr + row)
         else:
             beta = kl_coef
         loss = loss + beta * kl
         dloss = dloss + beta * dkl
 
-    w = tl.load(row_w_ptr + row)
+    if W_PER_TOKEN:
+        w = tl.load(row_w_ptr + idx, mask=inb, other=0.0)
+    else:
+        w = tl.load(row_w_ptr + row)
     tl.store(grad_ptr + idx, dloss * m * w, mask=inb)
 
     out = stats_ptr + (row * n_tiles + tile) * N_STATS
-    tl.store(out + 0, tl.sum(loss * m, axis=0))
+    if W_PER_TOKEN:  # the loss's sum is weighted here, token by token (else by the row's weight on the host)
+        tl.store(out + 0, tl.sum(loss * m * w, axis=0))
+    else:
+        tl.store(out + 0, tl.sum(loss * m, axis=0))
     tl.store(out + 1, tl.sum(pg * m, axis=0))
     tl.store(out + 2, tl.sum(kl * m, axis=0))
     tl.store(out + 3, tl.sum(ratio * m, axis=0))
@@ -144,6 +155,7 @@ def _launch(
             beta if beta is not None else row_w,
             row_w, grad, stats, T, n_tiles, kl_coef, clip_low, clip_high, dual_clip,
             ADV_PER_TOKEN=adv.dim() == 2, HAS_REF=ref_logp is not None, BETA_PER_ROW=beta is not None,
+            BETA_PER_TOKEN=beta is not None and beta.dim() == 2, W_PER_TOKEN=row_w.dim() == 2,
             DUAL_CLIP=dual_clip > 0.0, N_STATS=_N_STATS, BLOCK_T=_BLOCK_T, num_warps=_NUM_WARPS,
         )  # fmt: skip
     else:
@@ -164,7 +176,10 @@ def _torch_terms(
     clip_high: float,
     dual_clip: float,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """The CPU path: the kernel's float32 math in torch, returning (grad [B, T], row stats [B, _N_STATS])."""
+    """The CPU path: the kernel's float32 math in torch, returning (grad [B, T], row stats [B, _N_STATS]).
+
+    As in the kernel, the loss column of the stats is weighted when `row_w` is per token `[B, T]`.
+    """
     logp, m = logp.float(), mask.float()
     adv = adv.float() if adv.dim() == 2 else adv.float()[:, None]
     log_ratio = logp - old_logp.float()
@@ -185,10 +200,13 @@ def _torch_terms(
     loss, dloss, kl = pg, dpg, torch.zeros_like(pg)
     if ref_logp is not None:
         kl, dkl = _kl_torch_terms(logp, ref_logp)
-        b = beta[:, None] if beta is not None else kl_coef
+        b = kl_coef if beta is None else (beta if beta.dim() == 2 else beta[:, None])
         loss, dloss = loss + b * kl, dloss + b * dkl
-    grad = dloss * m * row_w[:, None]
+    w = row_w if row_w.dim() == 2 else row_w[:, None]
+    grad = dloss * m * w
     stats = torch.stack([(x * m).sum(-1) for x in (loss, pg, kl, ratio, clipped, dual)], dim=-1)
+    if row_w.dim() == 2:
+        stats[:, 0] = (loss * m * w).sum(-1)
     return grad, stats
 
 
@@ -215,7 +233,8 @@ def _grpo_loss_fwd(
         grad, stats = _launch(*args)
     else:
         grad, stats = _torch_terms(*args)
-    return (stats[:, 0] * row_w).sum(), stats, grad
+    loss = stats[:, 0].sum() if row_w.dim() == 2 else (stats[:, 0] * row_w).sum()
+    return loss, stats, grad
 
 
 @_grpo_loss_fwd.register_fake
@@ -261,6 +280,7 @@ def grpo_loss(
     loss_agg: LossAgg = "token-mean",
     num_tokens: float | torch.Tensor | None = None,
     norm_len: float | None = None,
+    seq_ids: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """Clipped GRPO/PPO policy loss plus per-token k3 KL, aggregated over masked tokens.
 
@@ -276,13 +296,17 @@ def grpo_loss(
             value is a ValueError).
         ref_logp: `[B, T]` reference-model log-probs; required when `kl_coef` is non-zero.
         kl_coef: the KL weight beta >= 0: a float, or a float tensor `[B]` with each sequence's (group's)
-            coefficient.
+            coefficient, or `[B, T]` with each token's (packed rows).
         clip_low, clip_high: the clip range `[1 - clip_low, 1 + clip_high]` (clip-higher when they differ).
         dual_clip: `c > 1` enables the dual clip for negative advantages; None disables it.
         loss_agg: "token-mean", "seq-mean-token-mean" or "seq-mean-token-sum-norm" (Dr. GRPO).
         num_tokens: for "token-mean", a global token count > 0 replacing `sum(mask)` (shared across
             micro-batches and ranks); a number or a one-element tensor.
         norm_len: for "seq-mean-token-sum-norm", the length normaliser (default T).
+        seq_ids: `[B, T]` integer, for packed rows (several sequences per row): the id of each token's sequence,
+            in `[0, B*T)`, -1 for tokens of no sequence (padding; their mask must be 0). The per-sequence modes
+            then aggregate per id: "seq-mean-token-mean" over ids with a masked token, Dr. GRPO's `1/B` with B the
+            number of distinct ids. None: each row is one sequence.
 
     The checks on tensor values (`mask`, a tensor `kl_coef` or `num_tokens`) cost one device sync together.
 
@@ -297,7 +321,7 @@ def grpo_loss(
     terms = prepare_grpo(
         logp.shape, logp.device, "logp", old_logp, advantages, mask, ref_logp=ref_logp, kl_coef=kl_coef,
         clip_low=clip_low, clip_high=clip_high, dual_clip=dual_clip, loss_agg=loss_agg, num_tokens=num_tokens,
-        norm_len=norm_len,
+        norm_len=norm_len, seq_ids=seq_ids,
     )  # fmt: skip
     loss, stats = GRPOLossFunction.apply(logp.contiguous(), *terms.block(slice(None)))
     return loss, grpo_metrics(stats, terms.counts)
@@ -317,6 +341,7 @@ def grpo_loss_ref(
     loss_agg: LossAgg = "token-mean",
     num_tokens: float | torch.Tensor | None = None,
     norm_len: float | None = None,
+    seq_ids: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """Plain-torch GRPO loss written straight from the formulas (autograd does the backward).
 
@@ -334,14 +359,24 @@ def grpo_loss_ref(
         dual_on = (adv < 0) & (pg > lower)
         pg = torch.where(adv < 0, torch.minimum(pg, lower), pg)
     kl = torch.zeros_like(pg) if ref_logp is None else low_var_kl_ref(logp, ref_logp)
-    beta = kl_coef[:, None] if isinstance(kl_coef, torch.Tensor) else kl_coef
+    beta = kl_coef[:, None] if isinstance(kl_coef, torch.Tensor) and kl_coef.dim() == 1 else kl_coef
     per_token = pg + beta * kl
 
     # Masked-out tokens are multiplied by 0, never selected away, so a NaN anywhere gives a NaN loss (0 * NaN = NaN)
     # in every mode, empty rows included.
     counts = m.sum(-1)
     row_sums = (per_token * m).sum(-1)
-    if loss_agg == "token-mean":
+    if seq_ids is not None and loss_agg != "token-mean":  # one "row" per sequence id, wherever its tokens are
+        ids = seq_ids.reshape(-1).long()
+        keep = ids >= 0
+        uniq, inv = torch.unique(ids[keep], return_inverse=True)
+        seq_sum = lambda x: x.new_zeros(len(uniq)).index_add(0, inv, x.reshape(-1)[keep])
+        counts_s, sums_s = seq_sum(m), seq_sum(per_token * m)
+        loss = (sums_s / counts_s.clamp(min=1.0) * (counts_s > 0)).sum() / (counts_s > 0).sum().clamp(min=1)
+        if loss_agg != "seq-mean-token-mean":
+            T = max(logp.shape[1], 1) if norm_len is None else norm_len
+            loss = (sums_s / T).sum() / max(len(uniq), 1)
+    elif loss_agg == "token-mean":
         denom = counts.sum() if num_tokens is None else torch.as_tensor(num_tokens, dtype=logp.dtype)
         loss = row_sums.sum() / denom.clamp(min=1.0)
     elif loss_agg == "seq-mean-token-mean":

@@ -28,14 +28,26 @@ _N_STATS = len(_STATS)
 
 
 def _row_weights(
-    mask: torch.Tensor, loss_agg: str, num_tokens: float | torch.Tensor | None, norm_len: float | None
+    mask: torch.Tensor,
+    loss_agg: str,
+    num_tokens: float | torch.Tensor | None,
+    norm_len: float | None,
+    seq_ids: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per-row aggregation weight `w [B]` (float32) and the row token counts `[B]`."""
+    """The aggregation weight (float32) and the row token counts `[B]`.
+
+    The weight is one per row `[B]`, except for "seq-mean-token-mean" with `seq_ids`, where it is one per token
+    `[B, T]`: `1 / (n_seqs * tokens of the token's sequence)`, however the sequences are laid out in rows.
+    """
     B, T = mask.shape
     counts = mask.sum(-1, dtype=torch.float32)
     if loss_agg == "token-mean":
         denom = counts.sum() if num_tokens is None else torch.as_tensor(num_tokens, dtype=torch.float32)
         w = (1.0 / denom.to(mask.device).clamp(min=1.0)).expand(B)
+    elif loss_agg == "seq-mean-token-mean" and seq_ids is not None:
+        seq_counts, idx = _per_sequence(seq_ids, mask.float())
+        n_seqs = (seq_counts[:-1] > 0).sum().clamp(min=1).float()
+        w = (1.0 / (seq_counts[idx].clamp(min=1.0) * n_seqs)).view(B, T)
     elif loss_agg == "seq-mean-token-mean":
         has_tokens = counts > 0
         n_rows = has_tokens.sum().clamp(min=1).float()
@@ -43,8 +55,25 @@ def _row_weights(
     else:
         # norm_len defaults to T; with T = 0 there are no tokens, and 1 keeps the weight finite (loss 0, not 0/0).
         norm = max(T, 1) if norm_len is None else norm_len
-        w = torch.full((B,), 1.0 / (max(B, 1) * norm), device=mask.device)
+        if seq_ids is None:
+            n_seqs = torch.tensor(float(max(B, 1)), device=mask.device)
+        else:  # every sequence counts, an empty response too: it has prompt tokens with its id
+            present, _ = _per_sequence(seq_ids, torch.ones_like(mask, dtype=torch.float32))
+            n_seqs = (present[:-1] > 0).sum().clamp(min=1).float()
+        w = (1.0 / (n_seqs * norm)).expand(B)
     return w.contiguous(), counts
+
+
+def _per_sequence(seq_ids: torch.Tensor, values: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Sums of `values [B, T]` per sequence id: `[B*T + 1]` (the last slot collects id -1), and each token's slot.
+
+    No device sync: ids are < B*T (checked), so B*T + 1 slots hold every sequence and the "no sequence" bucket.
+    """
+    n = seq_ids.numel()
+    idx = seq_ids.reshape(-1).long()
+    idx = torch.where(idx >= 0, idx, n)
+    sums = torch.zeros(n + 1, dtype=torch.float32, device=values.device).scatter_add_(0, idx, values.reshape(-1))
+    return sums, idx
 
 
 def _validate(
@@ -59,6 +88,7 @@ def _validate(
     loss_agg: str,
     num_tokens: float | torch.Tensor | None,
     targets: torch.Tensor | None,
+    seq_ids: torch.Tensor | None = None,
 ) -> list[ValueCheck]:
     """Check types, shapes and devices now; return the checks on values, for one device sync with the caller's."""
     checks: list[ValueCheck] = []
@@ -89,11 +119,15 @@ def _validate(
         checks.append((ignored().any(), message))
     if isinstance(kl_coef, torch.Tensor):
         check_float("kl_coef", kl_coef)
-        if tuple(kl_coef.shape) != tuple(shape[:1]):
-            raise ValueError(f"kl_coef as a tensor must be [B] = [{shape[0]}], got {tuple(kl_coef.shape)}")
+        if tuple(kl_coef.shape) not in (tuple(shape[:1]), tuple(shape)):
+            raise ValueError(
+                f"kl_coef as a tensor must be [B] or [B, T] with [B, T] = {list(shape)}, got {list(kl_coef.shape)}"
+            )
         check_device("kl_coef", kl_coef, device, like=like)
         bad = lambda: ~(torch.isfinite(kl_coef) & (kl_coef >= 0))
         checks.append((bad().any(), lambda: f"kl_coef must be finite and >= 0, found {kl_coef[bad()][:5].tolist()}"))
+    if seq_ids is not None:
+        checks.extend(_check_seq_ids(seq_ids, mask, shape, device, like))
     if loss_agg not in LOSS_AGGS:
         raise ValueError(f"loss_agg must be one of {LOSS_AGGS}, got {loss_agg!r}")
     if num_tokens is not None and loss_agg != "token-mean":
@@ -108,6 +142,25 @@ def _validate(
     return checks
 
 
+def _check_seq_ids(
+    seq_ids: torch.Tensor, mask: torch.Tensor, shape: torch.Size, device: torch.device, like: str
+) -> list[ValueCheck]:
+    """`seq_ids` is an integer `[B, T]` grid of ids in [-1, B*T); a counted token belongs to a sequence (id >= 0)."""
+    if not isinstance(seq_ids, torch.Tensor) or seq_ids.dtype.is_floating_point or seq_ids.dtype == torch.bool:
+        raise ValueError("seq_ids must be an integer torch.Tensor of shape [B, T]")
+    if seq_ids.is_complex():
+        raise ValueError("seq_ids must be an integer torch.Tensor of shape [B, T]")
+    check_shape("seq_ids", seq_ids, shape, like=like)
+    check_device("seq_ids", seq_ids, device, like=like)
+    n = seq_ids.numel()
+    out = lambda: (seq_ids < -1) | (seq_ids >= n)
+    orphan = lambda: (mask != 0) & (seq_ids < 0)
+    return [
+        (out().any(), lambda: f"seq_ids must be in [-1, {n}) (B*T), found {seq_ids[out()][:5].tolist()}"),
+        (orphan().any(), lambda: f"seq_ids is -1 (no sequence) at {int(orphan().sum())} token(s) where mask is 1"),
+    ]
+
+
 @dataclass(frozen=True)
 class GRPOTerms:
     """The loss's inputs, checked and laid out for the fused op (shared by `grpo_loss` and `linear_grpo_loss`)."""
@@ -116,8 +169,8 @@ class GRPOTerms:
     advantages: torch.Tensor  # [B] or [B, T]
     mask: torch.Tensor  # [B, T]
     ref_logp: torch.Tensor | None  # [B, T]
-    beta: torch.Tensor | None  # [B] float32 per-row KL coefficient, or None for the scalar `kl_coef`
-    row_w: torch.Tensor  # [B] float32 aggregation weight
+    beta: torch.Tensor | None  # [B] or [B, T] float32 KL coefficient, or None for the scalar `kl_coef`
+    row_w: torch.Tensor  # [B] or [B, T] float32 aggregation weight (per row, or per token)
     counts: torch.Tensor  # [B] float32 masked tokens per row
     kl_coef: float
     clip_low: float
@@ -128,11 +181,22 @@ class GRPOTerms:
         """The fused op's arguments after `logp` for the tokens `[rows, cols]` (whole rows, or part of one row)."""
         adv = self.advantages[rows] if self.advantages.dim() == 1 else self.advantages[rows, cols]
         ref = None if self.ref_logp is None else self.ref_logp[rows, cols].contiguous()
-        beta = None if self.beta is None else self.beta[rows]
         return (
             self.old_logp[rows, cols].contiguous(), adv.contiguous(), self.mask[rows, cols].contiguous(), ref,
-            beta, self.row_w[rows], self.kl_coef, self.clip_low, self.clip_high, self.dual_clip,
+            _part(self.beta, rows, cols), _part(self.row_w, rows, cols), self.kl_coef, self.clip_low,
+            self.clip_high, self.dual_clip,
         )  # fmt: skip
+
+    def weights(self, rows: slice, cols: slice = slice(None)) -> torch.Tensor:
+        """The aggregation weights of the tokens `[rows, cols]`, broadcastable to them (`[n, 1]` or `[n, m]`)."""
+        return self.row_w[rows, None] if self.row_w.dim() == 1 else self.row_w[rows, cols]
+
+
+def _part(x: torch.Tensor | None, rows: slice, cols: slice) -> torch.Tensor | None:
+    """The rows (a per-row `[B]` tensor) or tokens (a per-token `[B, T]` one) of a block, contiguous."""
+    if x is None:
+        return None
+    return x[rows].contiguous() if x.dim() == 1 else x[rows, cols].contiguous()
 
 
 def prepare_grpo(
@@ -151,17 +215,20 @@ def prepare_grpo(
     loss_agg: str,
     num_tokens: float | torch.Tensor | None,
     norm_len: float | None,
+    seq_ids: torch.Tensor | None = None,
     targets: torch.Tensor | None = None,
     value_checks: Sequence[ValueCheck] = (),
 ) -> GRPOTerms:
     """Check every GRPO argument against the `[B, T]` token grid (`shape`, on `device`, named `like`).
 
-    `targets` (`linear_grpo_loss`'s token ids, already checked) must not be ignored where `mask` counts a token.
+    `seq_ids` (`[B, T]` integer, or None: each row is one sequence) says which sequence each token belongs to, for
+    packed rows; `targets` (`linear_grpo_loss`'s token ids, already checked) must not be ignored where `mask` counts
+    a token.
     The checks on tensor values (`mask` in {0, 1}, those `targets`, a tensor `kl_coef` >= 0, a tensor `num_tokens`
     > 0) run with the caller's `value_checks` in one device sync.
     """
     checks = _validate(
-        shape, device, like, old_logp, advantages, mask, ref_logp, kl_coef, loss_agg, num_tokens, targets
+        shape, device, like, old_logp, advantages, mask, ref_logp, kl_coef, loss_agg, num_tokens, targets, seq_ids
     )
     clip_low = check_finite_number("clip_low", clip_low)
     clip_high = check_finite_number("clip_high", clip_high)
@@ -189,7 +256,7 @@ def prepare_grpo(
         if norm_len <= 0:
             raise ValueError(f"norm_len must be > 0, got {norm_len}")
     raise_on_values([*checks, *value_checks])
-    row_w, counts = _row_weights(mask, loss_agg, num_tokens, norm_len)
+    row_w, counts = _row_weights(mask, loss_agg, num_tokens, norm_len, seq_ids)
     return GRPOTerms(
         old_logp=old_logp.detach().contiguous(),
         advantages=advantages.detach().contiguous(),

@@ -72,9 +72,9 @@ def _forward_backward(
             logp.view(n_rows, n_cols), *terms.block(rows, cols)
         )
         m = terms.mask[rows, cols].float()
-        w = terms.row_w[rows, None]
+        w = terms.weights(rows, cols)  # [n_rows, 1] or, per token, [n_rows, n_cols]
         ent_sum = (ent.view(n_rows, n_cols) * m).sum(-1)
-        loss = loss + blk_loss - entropy_coef * (ent_sum * terms.row_w[rows]).sum()
+        loss = loss + blk_loss - entropy_coef * (ent.view(n_rows, n_cols) * m * w).sum()
         stats[rows, :_N_STATS] += blk_stats
         stats[rows, _N_STATS] += ent_sum
         if need_hidden or need_weight:
@@ -96,7 +96,7 @@ def _linear_grpo_fwd(
     mask: torch.Tensor,
     ref_logp: torch.Tensor | None,
     beta: torch.Tensor | None,
-    row_w: torch.Tensor,
+    row_w: torch.Tensor,  # [B] or [B, T]
     counts: torch.Tensor,
     kl_coef: float,
     clip_low: float,
@@ -165,6 +165,7 @@ def linear_grpo_loss(
     loss_agg: LossAgg = "token-mean",
     num_tokens: float | torch.Tensor | None = None,
     norm_len: float | None = None,
+    seq_ids: torch.Tensor | None = None,
     temperature: float = 1.0,
     entropy_coef: float = 0.0,
     chunk_tokens: int | None = None,
@@ -177,7 +178,8 @@ def linear_grpo_loss(
         targets: `[B, T]` int64/int32 sampled token ids (or -100 where `mask` is 0; a -100 where `mask` is 1 is a
             ValueError: that token would count in the loss with a log-prob of 0 and no gradient).
         old_logp, advantages, mask, ref_logp, kl_coef, clip_low, clip_high, dual_clip, loss_agg, num_tokens,
-            norm_len: exactly as in `kernels.grpo_loss` (`[B, T]` token grid).
+            norm_len, seq_ids: exactly as in `kernels.grpo_loss` (`[B, T]` token grid; packed rows are `[1, N, H]`
+            hidden with `seq_ids` saying where each sequence lies).
         temperature: runtime float > 0 dividing the logits (the sampling temperature).
         entropy_coef: weight of the entropy bonus, subtracted from the loss with the same token weights.
         chunk_tokens: override the tokens per chunk (an int > 0; default from the workspace budget).
@@ -196,7 +198,7 @@ def linear_grpo_loss(
     terms = prepare_grpo(
         targets.shape, hidden.device, "targets", old_logp, advantages, mask, ref_logp=ref_logp, kl_coef=kl_coef,
         clip_low=clip_low, clip_high=clip_high, dual_clip=dual_clip, loss_agg=loss_agg, num_tokens=num_tokens,
-        norm_len=norm_len, targets=targets, value_checks=value_checks,
+        norm_len=norm_len, seq_ids=seq_ids, targets=targets, value_checks=value_checks,
     )  # fmt: skip
     entropy_coef = check_finite_number("entropy_coef", entropy_coef)
     B, T, H = hidden.shape
@@ -240,9 +242,11 @@ def linear_grpo_loss_ref(
         )
         loss, metrics = grpo_loss(logp, old_logp, advantages, mask, **grpo_kwargs)
     row_w, counts = _row_weights(
-        mask, grpo_kwargs.get("loss_agg", "token-mean"), grpo_kwargs.get("num_tokens"), grpo_kwargs.get("norm_len")
-    )
+        mask, grpo_kwargs.get("loss_agg", "token-mean"), grpo_kwargs.get("num_tokens"), grpo_kwargs.get("norm_len"),
+        grpo_kwargs.get("seq_ids"),
+    )  # fmt: skip
     ent_rows = (ent * mask.float()).sum(-1)
-    loss = loss - entropy_coef * (ent_rows * row_w).sum()
+    w = row_w[:, None] if row_w.dim() == 1 else row_w
+    loss = loss - entropy_coef * (ent * mask.float() * w.to(ent.dtype)).sum()
     metrics["entropy"] = (ent_rows.sum() / counts.sum().clamp(min=1.0)).detach()
     return loss, metrics

@@ -96,6 +96,12 @@ class ModelConfig(_Section):
     `kernels.linear_grpo_loss`, which never form the `[tokens, vocab]` logits); "reference" (their plain-torch
     references: full logits, float32 log-softmax, autograd; slower and far more memory), to check whether the fused
     path changes a run."""
+    attn_implementation: Literal["auto", "flash_attention_2", "sdpa", "eager"] = "auto"
+    """Attention of the policy and the reference in the trainer's passes (the rollout engine keeps its own). "auto":
+    flash-attn's varlen kernels on CUDA when flash-attn is installed (`pip install .[flash]`), else an exact
+    per-sequence SDPA ("fastslow_sdpa"); "flash_attention_2" (an error without CUDA and flash-attn); "sdpa" and
+    "eager": transformers' own, given a block-diagonal causal mask for packed rows (exact, quadratic in the row).
+    See `trainer/attention.py`."""
 
     def validate(self) -> None:
         if self.path is not None and not self.path.strip():
@@ -452,7 +458,15 @@ class OptimConfig(_Section):
     epochs: int = 1
     """Passes over the batch per update."""
     micro_batch_size: int = 32
-    """Sequences per forward/backward (gradient accumulation within a minibatch)."""
+    """Sequences per forward/backward (gradient accumulation within a minibatch) when `packing` is off."""
+    packing: bool = True
+    """Padding-free passes: every policy/reference pass packs the sequences (prompt + response) into rows of at
+    most `micro_batch_tokens` tokens, one row per forward/backward, attention kept within each sequence
+    (`model.attn_implementation`). Off: right-padded micro-batches of `micro_batch_size` sequences. The loss,
+    gradients and metrics are the same either way (up to float rounding); packing skips the padding's FLOPs."""
+    micro_batch_tokens: int = 0
+    """With `packing`: the token budget of one row (a longer sequence gets a row of its own). 0: the device's
+    default, 4096 on a CPU and 16384 on an accelerator (`trainer.packing.DEFAULT_ROW_TOKENS`)."""
     max_bad_steps: int = 10
     """Stop the run after this many steps in a row whose update was skipped because the loss or the gradient norm
     was not finite (the parameters and optimizer state stay as they were; the last good checkpoint is kept)."""
@@ -466,6 +480,7 @@ class OptimConfig(_Section):
         self._at_least(0, "weight_decay", "grad_clip", "warmup_steps")
         self._require(all(0 <= b < 1 for b in self.betas), "betas", "each must be in [0, 1)")
         self._at_least(1, "total_steps", "minibatches", "epochs", "micro_batch_size", "max_bad_steps")
+        self._at_least(0, "micro_batch_tokens")
         self._require(self.max_param_abs > 0, "max_param_abs", "must be > 0")
         if not 1e-9 <= self.lr <= 1.0 and os.environ.get("RANK", "0") == "0":  # legal, but likely a typo
             warning = f"warning: optim.lr = {self.lr:g} is far outside the usual range (about 1e-7 to 1e-2): a typo?"

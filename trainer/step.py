@@ -20,6 +20,7 @@ from fastslow import FilterExhausted, OnlineFilter, group_advantages, sfpo_updat
 from kernels import IGNORE_INDEX
 from trainer import rewards as reward_fns
 from trainer.dist import DistInfo, all_gather_cat, all_reduce
+from trainer.packing import PackedBatch, PackedRow, layout_metrics, pack_batch, packed_inputs
 from trainer.rollout import SamplingParams
 from trainer.weight_sync import sync_weights
 
@@ -232,8 +233,20 @@ def _micro(rows: torch.Tensor, size: int) -> list[torch.Tensor]:
 
 
 @torch.no_grad()
-def logprobs(policy: nn.Module, batch: Batch, micro: int, temperature: float) -> tuple[torch.Tensor, torch.Tensor]:
-    """`(logp [B, T], entropy [B, T])` of the batch's targets under `policy`, micro-batch by micro-batch."""
+def logprobs(
+    policy: nn.Module, batch: Batch, micro: int, temperature: float, packed: PackedBatch | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """`(logp [B, T], entropy [B, T])` of the batch's targets under `policy`, micro-batch by micro-batch (`micro`
+    sequences each), or packed row by packed row (0 where a position has no target)."""
+    if packed is not None:
+        logp, ent = (torch.zeros(batch.targets.shape, device=batch.targets.device) for _ in range(2))
+        for row in packed.rows:
+            *args, extra = packed_inputs(policy, batch, row)
+            out = policy(*args, temperature=temperature, **extra)
+            row.scatter(logp, out[0])
+            row.scatter(ent, out[1])
+        policy.reshard()
+        return logp, ent
     outs = [
         policy(batch.input_ids[r], batch.attention_mask[r], batch.targets[r], temperature=temperature)
         for r in _micro(torch.arange(batch.input_ids.shape[0], device=batch.input_ids.device), micro)
@@ -251,11 +264,13 @@ def update(
     ref_logp: torch.Tensor | None,
     adv: torch.Tensor,
     kl_coef: torch.Tensor | float,
+    packed: PackedBatch | None = None,
 ) -> dict[str, float]:
-    """One full policy update: `epochs` passes of `minibatches` optimizer steps, micro-batched.
+    """One full policy update: `epochs` passes of `minibatches` optimizer steps, micro-batched (or `packed`).
 
     Normalisation is global: every micro-batch's loss is scaled so that the sum over micro-batches and ranks is the
-    minibatch's loss under `loss_agg` (FSDP averages gradients over ranks, hence the factor `world`).
+    minibatch's loss under `loss_agg` (FSDP averages gradients over ranks, hence the factor `world`). Packed rows
+    aggregate per sequence through the kernels' `seq_ids`; Dr. GRPO's normaliser stays the padded width T.
     """
     cfg, world, device = ctx.cfg, ctx.info.world, ctx.info.device
     a, o = cfg.algorithm, cfg.optim
@@ -264,29 +279,36 @@ def update(
     grad_norms, skipped = [], 0
     rows_all = torch.arange(B, device=device)
     for _ in range(o.epochs):
-        for mb in torch.tensor_split(rows_all, o.minibatches):
+        for i_mb, mb in enumerate(torch.tensor_split(rows_all, o.minibatches)):
             # clamp: a minibatch without response tokens (every response empty) has a zero loss, not 0 / 0.
             n_tok = all_reduce(batch.mask[mb].sum().float()).clamp(min=1.0)
             n_seq = all_reduce(batch.mask[mb].any(-1).sum().float())
             n_rows = all_reduce(torch.tensor(float(len(mb)), device=device))
-            for r in _micro(mb, o.micro_batch_size):
+            micros = _micro(mb, o.micro_batch_size) if packed is None else packed.minibatches[i_mb]
+            for r in micros:
+                if isinstance(r, PackedRow):
+                    take, n_scored, n_in = r.gather, float(r.scored), len(r.members)
+                    *inputs, extra = packed_inputs(ctx.policy, batch, r)
+                    extra_kw = {"seq_ids": r.seq_ids}
+                    if a.loss_agg == "seq-mean-token-sum-norm":  # the padded path's default: T
+                        extra_kw["norm_len"] = float(batch.targets.shape[1])
+                else:
+                    take, n_scored, n_in = (lambda x, r=r: x[r]), batch.mask[r].any(-1).sum().float(), len(r)
+                    inputs, extra, extra_kw = [batch.input_ids[r], batch.attention_mask[r], batch.targets[r]], {}, {}
                 kw = dict(
-                    old_logp=old_logp[r], advantages=adv[r], mask=batch.mask[r],
-                    ref_logp=None if ref_logp is None else ref_logp[r],
-                    kl_coef=kl_coef[r] if isinstance(kl_coef, torch.Tensor) else kl_coef,
+                    old_logp=take(old_logp), advantages=take(adv), mask=take(batch.mask),
+                    ref_logp=None if ref_logp is None else take(ref_logp),
+                    kl_coef=take(kl_coef) if isinstance(kl_coef, torch.Tensor) else kl_coef,
                     clip_low=a.clip_low, clip_high=a.clip_high, dual_clip=a.dual_clip, loss_agg=a.loss_agg,
-                    entropy_coef=a.entropy_coef,
+                    entropy_coef=a.entropy_coef, **extra_kw,
                 )  # fmt: skip
                 if a.loss_agg == "token-mean":
                     kw["num_tokens"], scale = n_tok, 1.0
                 elif a.loss_agg == "seq-mean-token-mean":
-                    scale = batch.mask[r].any(-1).sum().float() / n_seq.clamp(min=1.0)
+                    scale = n_scored / n_seq.clamp(min=1.0)
                 else:
-                    scale = len(r) / n_rows
-                loss, m = ctx.policy(
-                    batch.input_ids[r], batch.attention_mask[r], batch.targets[r],
-                    temperature=cfg.rollout.temperature, loss_kwargs=kw,
-                )  # fmt: skip
+                    scale = n_in / n_rows
+                loss, m = ctx.policy(*inputs, temperature=cfg.rollout.temperature, loss_kwargs=kw, **extra)
                 (loss * scale * world).backward()
                 tokens = m["tokens"].item()
                 for k in ("pg_loss", "kl", "ratio", "clip_frac", "dual_clip_frac", "entropy"):
@@ -322,10 +344,12 @@ def learn(ctx: StepContext, batch: Batch, timing: dict[str, float] | None = None
     cfg, info = ctx.cfg, ctx.info
     n = cfg.rollout.group_size
     t = time.perf_counter()
-    old_logp, _ = logprobs(ctx.policy, batch, cfg.optim.micro_batch_size, cfg.rollout.temperature)
+    packed = pack_batch(cfg.optim, batch, info.device)
+    layout = layout_metrics(packed, batch.attention_mask.sum(-1), batch.input_ids.shape[1], info.device, info.world)
+    old_logp, _ = logprobs(ctx.policy, batch, cfg.optim.micro_batch_size, cfg.rollout.temperature, packed)
     ref_logp = None
     if ctx.ref is not None:
-        ref_logp, _ = logprobs(ctx.ref, batch, cfg.optim.micro_batch_size, cfg.rollout.temperature)
+        ref_logp, _ = logprobs(ctx.ref, batch, cfg.optim.micro_batch_size, cfg.rollout.temperature, packed)
     adv = group_advantages(batch.rewards, n, std_normalize=cfg.algorithm.std_normalize)
     is_metrics: dict[str, float] = {}
     if cfg.rollout.is_correction:
@@ -339,7 +363,7 @@ def learn(ctx: StepContext, batch: Batch, timing: dict[str, float] | None = None
         _global_kl_summary(ctx)
     seconds_logprobs, t = time.perf_counter() - t, time.perf_counter()
 
-    run_update: Callable[[], dict[str, float]] = lambda: update(ctx, batch, old_logp, ref_logp, adv, kl_coef)
+    run_update: Callable[[], dict[str, float]] = lambda: update(ctx, batch, old_logp, ref_logp, adv, kl_coef, packed)
     sfpo_on = ctx.switch is not None and ctx.switch.active
     if sfpo_on:
         if ctx.slow is None:
@@ -358,7 +382,7 @@ def learn(ctx: StepContext, batch: Batch, timing: dict[str, float] | None = None
     ctx.scheduler.step()
     if timing is not None:
         timing["logprobs"], timing["update"] = seconds_logprobs, time.perf_counter() - t
-    return {**update_metrics, **is_metrics, "sfpo": float(sfpo_on)}
+    return {**update_metrics, **is_metrics, **layout, "sfpo": float(sfpo_on)}
 
 
 def _global_kl_summary(ctx: StepContext) -> None:

@@ -168,9 +168,10 @@ class Trainer:
         needs_ref = a.kl_type != "fixed" or a.kl_coef != 0.0
         self.ref = None
         if needs_ref:
-            self.ref = Policy(freeze(copy.deepcopy(lm)), kernels=cfg.model.kernels).eval()
+            attn = cfg.model.attn_implementation
+            self.ref = Policy(freeze(copy.deepcopy(lm)), kernels=cfg.model.kernels, attn_implementation=attn).eval()
             parallelize(self.ref, info, mixed_precision=mixed, activation_checkpointing=False)
-        self.policy = Policy(lm, kernels=cfg.model.kernels)
+        self.policy = Policy(lm, kernels=cfg.model.kernels, attn_implementation=cfg.model.attn_implementation)
         parallelize(
             self.policy, info, mixed_precision=mixed, activation_checkpointing=cfg.model.activation_checkpointing
         )
