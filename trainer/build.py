@@ -35,7 +35,9 @@ from trainer.dist import DistInfo, parallelize
 from trainer.model import _check_vocab, _folder, freeze, load_model_and_tokenizer, model_config
 from trainer.policy import Policy
 
-__all__ = ["Models", "build_models", "empty_model", "fill_from_rank0", "meta_model", "params_on_meta"]
+__all__ = [
+    "Models", "build_models", "build_optimizer", "empty_model", "fill_from_rank0", "meta_model", "params_on_meta",
+]  # fmt: skip
 
 
 @dataclass
@@ -226,3 +228,13 @@ def build_models(
         return empty_model(config, device=info.device, dtype=dtype, trust_remote_code=trust)
 
     return Models(policy=policy, ref=ref, template=template, make_engine_model=make_engine_model)
+
+
+def build_optimizer(params: Any, optim_cfg: Any, *, on_device: bool) -> torch.optim.AdamW:
+    """AdamW over `params` without whole-model temporaries: the fused kernel when the shards are on a GPU
+    (`on_device`), else the per-parameter loop (`foreach=False`), which on the CPU gives the foreach
+    implementation's results bit for bit but holds one parameter's temporaries at a time instead of a copy of every
+    shard (foreach's `sqrt(exp_avg_sq)` alone is one more model's worth per rank)."""
+    kind = {"fused": True} if on_device else {"foreach": False}
+    o = optim_cfg
+    return torch.optim.AdamW(params, lr=o.lr, betas=tuple(o.betas), weight_decay=o.weight_decay, **kind)

@@ -35,7 +35,7 @@ import torch.distributed as dist
 from fastslow import EntropySwitch, FilterSchedule, KLController
 from trainer import checkpoint as ckpt
 from trainer import resume_check, reward_worker
-from trainer.build import build_models
+from trainer.build import build_models, build_optimizer
 from trainer.config import Config, ConfigError, InputError, input_errors, save_toml
 from trainer.data import load_prompts
 from trainer.dist import DistInfo, all_reduce
@@ -160,9 +160,8 @@ class Trainer:
             rank=info.rank, world=info.world, max_model_len=model_len,
         )  # fmt: skip
         o = cfg.optim
-        self.optimizer = torch.optim.AdamW(
-            self.policy.parameters(), lr=o.lr, betas=tuple(o.betas), weight_decay=o.weight_decay
-        )
+        on_device = on_gpu and not cfg.model.cpu_offload  # where the shards, and so the optimizer step, live
+        self.optimizer = build_optimizer(self.policy.parameters(), o, on_device=on_device)
         warmup = max(o.warmup_steps, 0)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
             self.optimizer, lambda s: min(1.0, (s + 1) / warmup) if warmup else 1.0
