@@ -103,7 +103,7 @@ def worker(argv: list[str]) -> None:
     from trainer.trainer import Trainer
 
     cfg = load_config(argv)
-    info = init_distributed(cfg.parallel)
+    info = init_distributed(cfg.parallel, cpu_offload=cfg.model.cpu_offload)
     before = _rss_bytes()
     trainer = Trainer(cfg, info)
     trainer.train()

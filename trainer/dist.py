@@ -87,11 +87,13 @@ def mesh_shape(world: int, parallel: Any = None) -> tuple[int, ...]:
     return (world,) if replicate == 1 else (replicate, shard)
 
 
-def init_distributed(parallel: Any = None) -> DistInfo:
+def init_distributed(parallel: Any = None, *, cpu_offload: bool = False) -> DistInfo:
     """Join the torchrun process group (or make a group of one), pick this rank's device, build the mesh.
 
     `parallel` is the `[parallel]` config section (None: FSDP over all ranks, torch's default timeout). A mesh that
-    does not fit the world size raises `ConfigError` once the group is up (every rank raises it).
+    does not fit the world size raises `ConfigError` once the group is up (every rank raises it). With `cpu_offload`
+    on CUDA the group has a gloo backend for CPU tensors beside nccl (torchtitan's "cuda:nccl,cpu:gloo"): the
+    collectives on host shards (gradient-norm reduction, full state dicts for export) need one.
     """
     from torch.distributed.device_mesh import init_device_mesh
 
@@ -103,7 +105,7 @@ def init_distributed(parallel: Any = None) -> DistInfo:
     if torch.cuda.is_available():
         device = torch.device("cuda", local_rank)
         torch.cuda.set_device(device)
-        backend = "nccl"
+        backend = "cuda:nccl,cpu:gloo" if cpu_offload else "nccl"
     else:
         device = torch.device("cpu")
         backend = "gloo"

@@ -54,7 +54,7 @@ def main(argv: list[str] | None = None) -> int:
         from trainer.trainer import BadStepsError, DryFilterStop, Trainer
 
         try:
-            info = init_distributed(cfg.parallel)
+            info = init_distributed(cfg.parallel, cpu_offload=cfg.model.cpu_offload)
         except ConfigError as err:  # a mesh that does not fit the world size (every rank raises it)
             close()
             return report_input_error(err, is_main=os.environ.get("RANK", "0") == "0")
