@@ -211,14 +211,16 @@ def build_models(
     warm = None
     if warm_start.applies(cfg):  # every rank: rank 0 trains a missing cache while the others wait
         warm = warm_start.ensure_cache(config, tokenizer, cfg, run_dir, is_main=info.is_main, device=info.device)
-    full, problem = None, [None]
+    full, problem, failure = None, [None], None
     if info.is_main:
         try:
             full = {f"lm.{k}": v for k, v in _initial_weights(cfg, tokenizer, warm).items()}
-        except (ValueError, FileNotFoundError) as err:
-            problem = [f"{type(err).__name__}: {err}"]
-    dist.broadcast_object_list(problem, src=0)  # a folder that does not load fails every rank, none waits
-    if problem[0] is not None:
+        except Exception as err:  # whatever the load raised: every rank must hear of it, none may wait
+            problem, failure = [f"{type(err).__name__}: {err}"], err
+    dist.broadcast_object_list(problem, src=0)
+    if failure is not None:
+        raise failure
+    if problem[0] is not None:  # the other ranks: rank 0's message (input_errors makes a ValueError one line)
         kind, _, message = problem[0].partition(": ")
         raise (FileNotFoundError if kind == "FileNotFoundError" else ValueError)(message)
     fill_from_rank0([policy] + ([ref] if ref is not None else []), full, device=info.device)
