@@ -2,9 +2,9 @@
 
 A 23M-parameter model (92 MB in fp32: large against the ~40 MB a run needs besides its model, small enough for a
 few seconds per run), a reference model, the hf engine, an 8 MiB sync bucket, one step. The bounds are the issue's
-targets (5 / W + 1.5 times the model: 6.5 at W = 1, 4.0 at W = 2) plus 0.6 for that non-model memory, which this
+targets (5 / W + 1.5 times the model: 6.5 at W = 1, 4.0 at W = 2) plus 0.8 for that non-model memory, which this
 test does not subtract (`python -m bench.memory` does, for the README's figures). Before sharded construction a
-rank held 7-8 times the model at W = 2, and no less than at W = 1.
+rank held 7-8 times the model at W = 2, and no less than at W = 1 (8.5x and 7.4x with `bench.memory`).
 """
 
 from __future__ import annotations
@@ -16,7 +16,8 @@ import pytest
 
 from bench.memory import make_folder, peaks
 
-NON_MODEL = 0.6  # ~40 MB (tokenizer, data, activations, generation, lazily imported code) / 92 MB, with margin
+NON_MODEL = 0.8  # ~40 MB (tokenizer, data, activations, generation, lazy imports) / 92 MB: 0.4, doubled
+# Measured here: 6.80 at W = 1, 4.10 at W = 2.
 
 
 @pytest.mark.distributed
