@@ -12,7 +12,8 @@ The weights are a property of the model's shape and these settings, not of the R
 from one base model): they are trained once from `warm_start.seed` and cached as safetensors in `warm_start.cache`
 (by default the run folder's parent, `runs/.warm_start/`), named by a hash of everything that determines them, so a
 comparison of many runs pays for it once. With several ranks, rank 0 trains and writes the file (atomically) while
-the others wait at a barrier, then every rank loads it.
+the others wait at a barrier (`ensure_cache`); `warm_start` then loads it into a model on every rank that calls it,
+and the trainer's sharded construction (`trainer.build`) loads it on rank 0 only, which broadcasts it into the shards.
 """
 
 from __future__ import annotations
