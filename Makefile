@@ -52,6 +52,12 @@ bench: $(STAMP)
 compare: $(STAMP)
 	$(PY) -m bench.learning $(ARGS)
 
+# Host memory per rank as a multiple of the model's fp32 size, W = 1 and 2 (issue 18; the README's table).
+# ARGS passes flags through (e.g. ARGS="--world 1 2 4").
+.PHONY: memory
+memory: $(STAMP)
+	$(PY) -m bench.memory $(ARGS)
+
 # Every Triton kernel the tests launch, compiled for sm_80 / sm_90 / sm_100 with Triton's own compiler (no GPU
 # needed): records the kernel tests' launches (tests/triton_launches.json), then writes registers, spills, shared
 # memory and num_warps per kernel and target to bench/results/triton_compile.md. Commit both files.

@@ -9,6 +9,8 @@ never replaced), in this order, each step in a subprocess under what is left of 
 3. `pytest bench/ --benchmark-only`, one module at a time (a module past its time loses only itself), headline
    shapes first, with the device's measured matmul and copy ceilings;
 4. a 20-step training job on the GPU: nccl, `model.dtype = "bfloat16"` (FSDP2 mixed precision), the hf engine;
+   then 5 SFPO steps of it with `model.cpu_offload = true` (host shards, nccl + gloo, SFPO's reposition on the
+   host); each reports its peak GPU memory per rank (one rank here);
 5. the vLLM GPU tests (tests/test_vllm_gpu.py) when vllm imports.
 Then it writes `bench/results/<device>_<date>.json` (the benchmarks' pytest-benchmark JSON, with a `gpu_check`
 key holding this summary) and `.md` (the summary, then `bench.report`'s tables), and prints one screen: pass/fail
@@ -39,8 +41,9 @@ RESULTS = ROOT / "bench" / "results"
 # The headline first: the log-prob/loss kernels are the update's cost, then the memory-bound kernels, the step.
 BENCH_MODULES = ("test_linear_logprobs", "test_grpo_kl", "test_reposition", "test_step", "test_weight_sync")
 # Time caps in seconds (each step also stops at the overall deadline); measured sizes on a CPU, guessed for a GPU.
-CAPS = {"kernel tests": 120, "bench": 260, "trainer": 120, "vllm": 180}
+CAPS = {"kernel tests": 120, "bench": 260, "trainer": 120, "trainer offload": 60, "vllm": 180}
 TRAINER_ARGS = ("optim.total_steps=20", "model.dtype=bfloat16", "rollout.engine=hf", "logging.tensorboard=false")
+OFFLOAD_ARGS = (*TRAINER_ARGS, "optim.total_steps=5", "model.cpu_offload=true", "algorithm.name=sfpo")
 
 
 @dataclass
@@ -244,6 +247,28 @@ def _env(deps_dir: Path) -> dict[str, str]:
     return env
 
 
+def _trainer_step(title: str, cmd: list[str], run_dir: Path, want: int, env: dict[str, str], cap: float) -> Step:
+    """One training job: passes when it exits 0 after `want` finite steps; its detail gives the GPU peak."""
+    t0 = time.monotonic()
+    step = Step(title)
+    proc = _run(cmd, env, cap)
+    summary = trainer_summary(run_dir / "metrics.jsonl")
+    step.data = summary
+    ok = proc is not None and proc.returncode == 0 and summary["steps"] == want and summary.get("finite")
+    step.status = "pass" if ok else "fail"
+    step.detail = (
+        f"{summary['steps']} steps, {summary.get('tokens_per_s') or 0:.0f} tokens/s, "
+        f"GPU peak {summary.get('gpu_peak_alloc_gb') or 0:.2f} GiB"
+    )
+    if proc is None:
+        step.detail = "timed out; " + step.detail
+    elif proc.returncode != 0:
+        step.detail = f"exit {proc.returncode}: {_last_line(proc.stderr or proc.stdout)}"
+        step.data["tail"] = (proc.stdout + proc.stderr)[-3000:]
+    step.seconds = time.monotonic() - t0
+    return step
+
+
 def plan(work: Path) -> list[tuple[str, list[str]]]:
     """Every command the check runs, by step (pytest's junit and benchmark paths under `work`)."""
     from bench.triton_compile import kernel_test_files
@@ -256,6 +281,9 @@ def plan(work: Path) -> list[tuple[str, list[str]]]:
                                "-q", "-p", "no:cacheprovider"]))  # fmt: skip
     cmds.append(("trainer", [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=1",
                              "-m", "trainer.main", f"logging.run_dir={work / 'run'}", *TRAINER_ARGS]))  # fmt: skip
+    cmds.append(("trainer offload", [sys.executable, "-m", "torch.distributed.run", "--standalone",
+                                     "--nproc_per_node=1", "-m", "trainer.main",
+                                     f"logging.run_dir={work / 'run_offload'}", *OFFLOAD_ARGS]))  # fmt: skip
     cmds.append(("vllm", [*py, "tests/test_vllm_gpu.py", "-q", "-p", "no:cacheprovider"]))
     return cmds
 
@@ -293,24 +321,10 @@ def run_steps(work: Path, env: dict[str, str], deadline: float, has_vllm: bool) 
     bench.seconds = time.monotonic() - t0
     steps.append(bench)
 
-    t0 = time.monotonic()
-    trainer = Step("trainer: 20 steps, nccl, bf16, hf engine")
-    proc = _run(by_step["trainer"][0], env, left(CAPS["trainer"]))
-    summary = trainer_summary(work / "run" / "metrics.jsonl")
-    trainer.data = summary
-    ok = proc is not None and proc.returncode == 0 and summary["steps"] == 20 and summary.get("finite")
-    trainer.status = "pass" if ok else "fail"
-    trainer.detail = (
-        f"{summary['steps']} steps, {summary.get('tokens_per_s') or 0:.0f} tokens/s, "
-        f"GPU peak {summary.get('gpu_peak_alloc_gb') or 0:.2f} GiB"
-    )
-    if proc is None:
-        trainer.detail = "timed out; " + trainer.detail
-    elif proc.returncode != 0:
-        trainer.detail = f"exit {proc.returncode}: {_last_line(proc.stderr or proc.stdout)}"
-        trainer.data["tail"] = (proc.stdout + proc.stderr)[-3000:]
-    trainer.seconds = time.monotonic() - t0
-    steps.append(trainer)
+    runs = (("trainer", "trainer: 20 steps, nccl, bf16, hf engine", "run", 20),
+            ("trainer offload", "trainer offload: 5 SFPO steps, model.cpu_offload", "run_offload", 5))  # fmt: skip
+    for key, title, folder, want in runs:
+        steps.append(_trainer_step(title, by_step[key][0], work / folder, want, env, left(CAPS[key])))
 
     vllm = Step("vLLM GPU tests")
     if has_vllm:

@@ -38,6 +38,7 @@ def test_dry_run_plans_every_step(tmp_path: Path) -> None:
     assert text.count("--benchmark-only") == len(gpu_check.BENCH_MODULES)
     assert "--nproc_per_node=1 -m trainer.main" in text and "model.dtype=bfloat16" in text
     assert "optim.total_steps=20" in text and "tests/test_vllm_gpu.py" in text
+    assert "model.cpu_offload=true" in text  # the offloaded run, with its own GPU peak
     assert not (tmp_path / "deps").exists()  # a dry run installs nothing
 
 
@@ -125,6 +126,6 @@ def test_steps_past_their_time_fail_and_say_so(tmp_path: Path, monkeypatch: pyte
     env = gpu_check._env(tmp_path / "deps")
     steps, parts = gpu_check.run_steps(tmp_path, env, deadline=float("inf"), has_vllm=False)
     by = {s.name.split(" ")[0]: s for s in steps}
-    assert [s.status for s in steps] == ["fail", "fail", "fail", "skip"] and parts == []
+    assert [s.status for s in steps] == ["fail", "fail", "fail", "fail", "skip"] and parts == []
     assert by["kernel"].detail.startswith("timed out") and by["trainer:"].detail.startswith("timed out; 0 steps")
     assert all(s.seconds < 30 for s in steps)

@@ -167,7 +167,7 @@ def test_a_bad_input_is_one_line_and_exit_2(
         def no_model(*args, **kwargs):
             raise AssertionError("the model was built before the bad input was found")
 
-        monkeypatch.setattr("trainer.trainer.load_model_and_tokenizer", no_model)
+        monkeypatch.setattr("trainer.trainer.build_models", no_model)
     run_dir = {"fresh": tmp_path / "fresh", "under_a_file": files["a_file"] / "sub"}.get(where) or files[where]
     before = _snapshot(run_dir) if run_dir.is_dir() else None
     capfd.readouterr()

@@ -25,7 +25,10 @@ from trainer.config import (
 
 PRESETS = ("fast_grpo_r1_distill_1p5b", "sfpo_qwen2p5_math_1p5b")
 PATHS = ("model.path=/models/some model", "data.source=/data/train.parquet")
-SECTIONS = ("model", "warm_start", "data", "rollout", "reward", "algorithm", "optim", "checkpoint", "logging", "eval")
+SECTIONS = (
+    "model", "warm_start", "data", "rollout", "reward", "algorithm", "optim", "checkpoint", "logging", "eval",
+    "parallel",
+)  # fmt: skip
 
 
 def _optional_keys() -> set[str]:

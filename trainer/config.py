@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 # `_describe` and `_unwrap` are not used here: re-exported for trainer.config_io, which imports them from this module.
 from trainer.config_base import ConfigError, InputError, _describe, _hints, _Section, _suggest, _unwrap, input_errors  # noqa: F401
+from trainer.config_parallel import ParallelConfig
 
 if TYPE_CHECKING:
     from trainer.config_io import configs_dir, find_config, load_config, save_toml, to_toml, usage
@@ -42,6 +43,7 @@ __all__ = [
     "LoggingConfig",
     "ModelConfig",
     "OptimConfig",
+    "ParallelConfig",
     "RewardConfig",
     "RolloutConfig",
     "WarmStartConfig",
@@ -86,6 +88,11 @@ class ModelConfig(_Section):
     """Tiny preset: MLP width."""
     activation_checkpointing: bool = False
     """Recompute each decoder block's activations in the backward pass (memory for compute)."""
+    cpu_offload: bool = False
+    """Keep the policy's and reference's shards, gradients and optimizer state on the host (FSDP2's
+    `CPUOffloadPolicy`): each unit is gathered to the device for its pass, the optimizer and SFPO's reposition (the
+    native CPU kernel) run on the CPU, and the SFPO snapshot lives on the host. Device memory for host memory and
+    time."""
     trust_remote_code: bool = False
     """Let transformers run the model folder's own Python code. Off unless asked for."""
     dtype: Literal["auto", "float32", "bfloat16"] = "auto"
@@ -621,6 +628,7 @@ class Config(_Section):
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
     logging: LoggingConfig = field(default_factory=LoggingConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
+    parallel: ParallelConfig = field(default_factory=ParallelConfig)
     seed: int = 0
     """Seeds everything (model init, data order, sampling); a run is deterministic for a seed on CPU."""
     explicit_keys: frozenset[str] = field(default=frozenset(), compare=False, repr=False, metadata={"internal": True})

@@ -2,13 +2,25 @@
 
 Always runs under a process group, even alone (world size 1, gloo on a free local port), so checkpoints and
 reductions take one code path. gloo on CPU, nccl on CUDA.
+
+The mesh (`[parallel]`): by default one dimension, FSDP over all ranks. With `parallel.replicate = R` it is 2-D,
+`("replicate", "shard")` of shape `(R, world / R)`, and `fully_shard` on it is HSDP: parameters sharded within a
+group of `shard` ranks (one node, say), replicated across the `R` groups; gradients reduce-scattered within a group
+and all-reduced across groups. Ranks are laid out row-major, so with torchrun's node-major ranks a shard group is
+one node's GPUs when `shard` is the GPUs per node. `model.cpu_offload` keeps the shards, their gradients and the
+optimizer state on the host (FSDP2's `CPUOffloadPolicy`): gathered to the device per unit, the optimizer steps on
+the CPU.
 """
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
+import datetime
 import os
 import socket
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.distributed as dist
@@ -36,10 +48,56 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def init_distributed() -> DistInfo:
-    """Join the torchrun process group (or make a group of one) and pick this rank's device."""
+MMAP_THRESHOLD = 256 << 10
+"""glibc: allocations of at least 4 MiB are mmap-ed, so a freed full tensor (rank 0's initial weights, a gathered
+unit, a sync bucket) goes back to the system at once instead of staying in the heap, where it would count in every
+later measurement of the process's memory; the default threshold adapts upwards (to 32 MiB) after such a free."""
+
+
+def _return_freed_memory() -> None:
+    """Fix glibc's mmap threshold (`mallopt(M_MMAP_THRESHOLD, MMAP_THRESHOLD)`); a no-op without glibc."""
+    name = ctypes.util.find_library("c")
+    if name is None:
+        return
+    try:
+        libc = ctypes.CDLL(name)
+        libc.mallopt(ctypes.c_int(-3), ctypes.c_int(MMAP_THRESHOLD))  # M_MMAP_THRESHOLD = -3 (malloc.h)
+    except (OSError, AttributeError):  # not glibc (musl, macOS): the allocator's own policy stays
+        return
+
+
+def mesh_shape(world: int, parallel: Any = None) -> tuple[int, ...]:
+    """`(world,)` (FSDP) or `(replicate, shard)` (HSDP) from `parallel.replicate` / `parallel.shard` (0: the rest).
+
+    Raises `ConfigError` naming the keys when they do not multiply to the world size.
+    """
+    from trainer.config_base import ConfigError
+
+    replicate = int(getattr(parallel, "replicate", 1) or 1)
+    shard = int(getattr(parallel, "shard", 0) or 0)
+    if shard == 0:
+        if world % replicate:
+            raise ConfigError(f"parallel.replicate = {replicate}: must divide the number of processes ({world})")
+        shard = world // replicate
+    if replicate * shard != world:
+        raise ConfigError(
+            f"parallel.replicate = {replicate} x parallel.shard = {shard} = {replicate * shard}: must equal the "
+            f"number of processes ({world})"
+        )
+    return (world,) if replicate == 1 else (replicate, shard)
+
+
+def init_distributed(parallel: Any = None, *, cpu_offload: bool = False) -> DistInfo:
+    """Join the torchrun process group (or make a group of one), pick this rank's device, build the mesh.
+
+    `parallel` is the `[parallel]` config section (None: FSDP over all ranks, torch's default timeout). A mesh that
+    does not fit the world size raises `ConfigError` once the group is up (every rank raises it). With `cpu_offload`
+    on CUDA the group has a gloo backend for CPU tensors beside nccl (torchtitan's "cuda:nccl,cpu:gloo"): the
+    collectives on host shards (gradient-norm reduction, full state dicts for export) need one.
+    """
     from torch.distributed.device_mesh import init_device_mesh
 
+    _return_freed_memory()
     if "RANK" not in os.environ:  # plain `python -m trainer.main`: a group of one
         os.environ.update(RANK="0", WORLD_SIZE="1", LOCAL_RANK="0", MASTER_ADDR="127.0.0.1")
         os.environ.setdefault("MASTER_PORT", str(_free_port()))
@@ -47,24 +105,36 @@ def init_distributed() -> DistInfo:
     if torch.cuda.is_available():
         device = torch.device("cuda", local_rank)
         torch.cuda.set_device(device)
-        backend = "nccl"
+        backend = "cuda:nccl,cpu:gloo" if cpu_offload else "nccl"
     else:
         device = torch.device("cpu")
         backend = "gloo"
     if not dist.is_initialized():
-        dist.init_process_group(backend)
+        timeout = getattr(parallel, "timeout_s", None)
+        kwargs = {"timeout": datetime.timedelta(seconds=float(timeout))} if timeout else {}
+        dist.init_process_group(backend, **kwargs)
     world = dist.get_world_size()
-    mesh = init_device_mesh(device.type, (world,))
+    shape = mesh_shape(world, parallel)
+    names = ("shard",) if len(shape) == 1 else ("replicate", "shard")
+    mesh = init_device_mesh(device.type, shape, mesh_dim_names=names)
     return DistInfo(rank=dist.get_rank(), world=world, local_rank=local_rank, device=device, mesh=mesh)
 
 
-def parallelize(policy: nn.Module, info: DistInfo, *, mixed_precision: bool, activation_checkpointing: bool) -> None:
+def parallelize(
+    policy: nn.Module,
+    info: DistInfo,
+    *,
+    mixed_precision: bool,
+    activation_checkpointing: bool,
+    cpu_offload: bool = False,
+) -> None:
     """FSDP2 in torchtitan's order: activation checkpointing, then `fully_shard` per decoder block, then the root.
 
     `policy.lm.model.layers` are the decoder blocks of a Hugging Face causal LM. With `mixed_precision`, parameters
-    are gathered in bf16 and gradients reduced in fp32.
+    are gathered in bf16 and gradients reduced in fp32. On a 2-D mesh this is HSDP (see the module docstring);
+    with `cpu_offload`, FSDP2's `CPUOffloadPolicy` (shards on the host, pinned when on CUDA).
     """
-    from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
+    from torch.distributed.fsdp import CPUOffloadPolicy, MixedPrecisionPolicy, fully_shard
 
     if activation_checkpointing:
         # Hugging Face's own per-layer checkpointing (non-reentrant): its decoder layers route their keyword
@@ -72,7 +142,9 @@ def parallelize(policy: nn.Module, info: DistInfo, *, mixed_precision: bool, act
         policy.lm.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     layers = policy.lm.model.layers
     mp = MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32) if mixed_precision else None
-    kwargs = {"mesh": info.mesh} | ({"mp_policy": mp} if mp is not None else {})
+    kwargs: dict[str, Any] = {"mesh": info.mesh} | ({"mp_policy": mp} if mp is not None else {})
+    if cpu_offload:
+        kwargs["offload_policy"] = CPUOffloadPolicy(pin_memory=info.device.type == "cuda")
     for layer in layers:
         fully_shard(layer, **kwargs)
     fully_shard(policy, **kwargs)

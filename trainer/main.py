@@ -53,7 +53,11 @@ def main(argv: list[str] | None = None) -> int:
         from trainer.dist import close, init_distributed
         from trainer.trainer import BadStepsError, DryFilterStop, Trainer
 
-        info = init_distributed()
+        try:
+            info = init_distributed(cfg.parallel, cpu_offload=cfg.model.cpu_offload)
+        except ConfigError as err:  # a mesh that does not fit the world size (every rank raises it)
+            close()
+            return report_input_error(err, is_main=os.environ.get("RANK", "0") == "0")
         if cfg.rollout.prompts_per_step % info.world:  # the one check that needs the world size
             err = ConfigError(
                 f"rollout.prompts_per_step = {cfg.rollout.prompts_per_step}: must be divisible by the number of "

@@ -23,7 +23,6 @@ the last.
 
 from __future__ import annotations
 
-import copy
 import json
 import math
 import shutil
@@ -37,14 +36,14 @@ import torch.distributed as dist
 
 from fastslow import EntropySwitch, FilterSchedule, KLController
 from trainer import checkpoint as ckpt
-from trainer import checkpoint_check, resume_check, reward_worker, warm_start
+from trainer import checkpoint_check, resume_check, reward_worker
+from trainer.build import build_models, build_optimizer
 from trainer.config import Config, ConfigError, InputError, input_errors, save_toml
 from trainer.data import load_prompts
-from trainer.dist import DistInfo, all_reduce, parallelize
+from trainer.dist import DistInfo, all_reduce
 from trainer.eval import eval_context_tokens, evaluate, headline, load_eval_sets
 from trainer.metrics import MetricsLogger, system_metrics
-from trainer.model import freeze, load_model_and_tokenizer, load_tokenizer
-from trainer.policy import Policy
+from trainer.model import load_tokenizer
 from trainer.rewards import task_for
 from trainer.rollout import build_engine
 from trainer.sampler import PromptSampler
@@ -146,39 +145,25 @@ class Trainer:
         on_gpu = info.device.type == "cuda"
         mixed = cfg.model.dtype == "bfloat16" or (on_gpu and cfg.model.dtype == "auto")  # "bfloat16": on CPU too
         torch.manual_seed(cfg.seed)
-        with input_errors():
-            lm, self.tokenizer = load_model_and_tokenizer(
-                cfg.model, device=info.device, seed=cfg.seed, tokenizer=self.tokenizer
-            )
-        if warm_start.applies(cfg):
-            lm = warm_start.warm_start(lm, self.tokenizer, cfg, self.run_dir, is_main=info.is_main)
-        self.template = copy.deepcopy(lm).cpu()  # unsharded architecture + config for the HF export
+        a = cfg.algorithm
+        needs_ref = a.kl_type != "fixed" or a.kl_coef != 0.0
+        with input_errors():  # sharded construction: no rank holds a whole copy of the policy (trainer/build.py)
+            models = build_models(cfg, info, self.tokenizer, self.run_dir, mixed_precision=mixed, needs_ref=needs_ref)
+        self.policy, self.ref, self.template = models.policy, models.ref, models.template  # template: meta, config
         engine_dtype = torch.bfloat16 if mixed else torch.float32
         self.engine_dtype = engine_dtype
         model_len = cfg.data.max_prompt_tokens + cfg.rollout.max_new_tokens
         if cfg.eval.enabled:  # the engine's context must hold the evaluation's prompts and responses too
             model_len = max(model_len, eval_context_tokens(cfg))
         self.engine = build_engine(
-            cfg.rollout.engine, make_model=lambda: copy.deepcopy(self.template),
+            cfg.rollout.engine, make_model=lambda: models.make_engine_model(engine_dtype),
             pad_token_id=self.tokenizer.pad_token_id, device=info.device, dtype=engine_dtype, rollout=cfg.rollout,
             model_dir=self._engine_model_dir() if cfg.rollout.engine == "vllm" else None, seed=cfg.seed + info.rank,
             rank=info.rank, world=info.world, max_model_len=model_len,
         )  # fmt: skip
-        a = cfg.algorithm
-        needs_ref = a.kl_type != "fixed" or a.kl_coef != 0.0
-        self.ref = None
-        if needs_ref:
-            attn = cfg.model.attn_implementation
-            self.ref = Policy(freeze(copy.deepcopy(lm)), kernels=cfg.model.kernels, attn_implementation=attn).eval()
-            parallelize(self.ref, info, mixed_precision=mixed, activation_checkpointing=False)
-        self.policy = Policy(lm, kernels=cfg.model.kernels, attn_implementation=cfg.model.attn_implementation)
-        parallelize(
-            self.policy, info, mixed_precision=mixed, activation_checkpointing=cfg.model.activation_checkpointing
-        )
         o = cfg.optim
-        self.optimizer = torch.optim.AdamW(
-            self.policy.parameters(), lr=o.lr, betas=tuple(o.betas), weight_decay=o.weight_decay
-        )
+        on_device = on_gpu and not cfg.model.cpu_offload  # where the shards, and so the optimizer step, live
+        self.optimizer = build_optimizer(self.policy.parameters(), o, on_device=on_device)
         warmup = max(o.warmup_steps, 0)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
             self.optimizer, lambda s: min(1.0, (s + 1) / warmup) if warmup else 1.0

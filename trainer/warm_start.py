@@ -12,7 +12,8 @@ The weights are a property of the model's shape and these settings, not of the R
 from one base model): they are trained once from `warm_start.seed` and cached as safetensors in `warm_start.cache`
 (by default the run folder's parent, `runs/.warm_start/`), named by a hash of everything that determines them, so a
 comparison of many runs pays for it once. With several ranks, rank 0 trains and writes the file (atomically) while
-the others wait at a barrier, then every rank loads it.
+the others wait at a barrier (`ensure_cache`); `warm_start` then loads it into a model on every rank that calls it,
+and the trainer's sharded construction (`trainer.build`) loads it on rank 0 only, which broadcasts it into the shards.
 """
 
 from __future__ import annotations
@@ -29,12 +30,12 @@ from typing import Any
 import torch
 import torch.distributed as dist
 from safetensors.torch import load_model, save_model
-from transformers import PreTrainedModel, PreTrainedTokenizerBase
+from transformers import PretrainedConfig, PreTrainedModel, PreTrainedTokenizerBase
 
 from trainer import task
 from trainer.data import encode_prompts
 
-__all__ = ["TASK_VERSION", "applies", "cache_path", "examples", "supervised_pass", "warm_start"]
+__all__ = ["TASK_VERSION", "applies", "cache_path", "ensure_cache", "examples", "supervised_pass", "warm_start"]
 
 TASK_VERSION = "digit-sum-v1"
 """Changes whenever `trainer.task`'s prompts or solutions change, so that an old cache is never reused."""
@@ -58,9 +59,9 @@ def _settings(ws: Any) -> dict[str, Any]:
     return {k: getattr(ws, k) for k in ("steps", "batch_size", "lr", "direct", "filler", "seed")}
 
 
-def cache_path(cfg: Any, model: PreTrainedModel, run_dir: Path) -> Path:
-    """Where the weights for this model shape and these settings are cached."""
-    arch = model.config.to_dict()
+def cache_path(cfg: Any, model: PreTrainedModel | PretrainedConfig, run_dir: Path) -> Path:
+    """Where the weights for this model shape (a model or its config) and these settings are cached."""
+    arch = (model if isinstance(model, PretrainedConfig) else model.config).to_dict()
     key = {
         "task": TASK_VERSION,
         "arch": {k: arch.get(k) for k in _ARCH_KEYS},
@@ -143,25 +144,43 @@ def warm_start(
     Every rank must call this (it holds a barrier when a process group is up). The model's own initial weights are
     replaced: the supervised pass starts from a fresh init seeded with `warm_start.seed`.
     """
-    path = cache_path(cfg, model, run_dir)
-    distributed = dist.is_available() and dist.is_initialized()
-    if not path.is_file() and is_main:
-        _train_and_save(model, tokenizer, cfg, path)
-    if distributed:
-        dist.barrier()
-    if not path.is_file():
-        raise FileNotFoundError(f"warm start: {path} was not written (does every rank see warm_start.cache?)")
-    load_model(model, str(path), strict=True, device=str(next(model.parameters()).device))  # raises on a misfit
+    device = next(model.parameters()).device
+    path = ensure_cache(model.config, tokenizer, cfg, run_dir, is_main=is_main, device=device)
+    load_model(model, str(path), strict=True, device=str(device))  # raises on a misfit
     model.train()
     return model
 
 
-def _train_and_save(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, cfg: Any, path: Path) -> None:
+def ensure_cache(
+    config: Any,
+    tokenizer: PreTrainedTokenizerBase,
+    cfg: Any,
+    run_dir: Path,
+    *,
+    is_main: bool,
+    device: torch.device | str = "cpu",
+) -> Path:
+    """The cached warm-start weights for a model of `config` (a `PretrainedConfig`): trained on `device` by rank 0
+    and written first when missing. Every rank calls it (a barrier when a process group is up)."""
+    path = cache_path(cfg, config, run_dir)
+    distributed = dist.is_available() and dist.is_initialized()
+    if not path.is_file() and is_main:
+        _train_and_save(config, tokenizer, cfg, path, torch.device(device))
+    if distributed:
+        dist.barrier()
+    if not path.is_file():
+        raise FileNotFoundError(f"warm start: {path} was not written (does every rank see warm_start.cache?)")
+    return path
+
+
+def _train_and_save(
+    config: Any, tokenizer: PreTrainedTokenizerBase, cfg: Any, path: Path, device: torch.device
+) -> None:
     """Fresh init from `warm_start.seed`, the supervised pass on all this machine's cores, then an atomic write."""
     from trainer.model import model_from_config
 
     ws = cfg.warm_start
-    fresh = model_from_config(model.config, seed=ws.seed).to(next(model.parameters()).device)
+    fresh = model_from_config(config, seed=ws.seed).to(device)
     threads = torch.get_num_threads()
     torch.set_num_threads(max(threads, os.cpu_count() or 1))  # the other ranks wait at the barrier meanwhile
     try:
@@ -175,11 +194,10 @@ def _train_and_save(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, 
         f"warm start: loss {stats['loss_first']:.3f} -> {stats['loss_last']:.3f} in {stats['seconds']:.1f} s",
         flush=True,
     )
-    model.load_state_dict(fresh.state_dict())
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f"{path.name}.tmp{os.getpid()}")  # written whole, then renamed: never half a file
     tmp_json = tmp.with_name(f"{tmp.name}.json")
-    save_model(model, str(tmp))
+    save_model(fresh, str(tmp))
     tmp_json.write_text(json.dumps({**stats, "settings": _settings(ws)}, indent=1))
     os.replace(tmp_json, path.with_suffix(".json"))
     os.replace(tmp, path)

@@ -40,7 +40,8 @@ def iter_full_tensors(
 ) -> Iterator[list[tuple[str, torch.Tensor]]]:
     """Buckets of `(hf_name, full tensor)` covering every parameter of `model` once, in `named_parameters` order.
 
-    A DTensor (FSDP2 shard) is gathered with `full_tensor()`: a collective, so every rank must run this generator
+    A DTensor (FSDP2 shard; a CPU-offloaded one is moved to its mesh's device first) is gathered with
+    `full_tensor()`: a collective, so every rank must run this generator
     to the end, in step. Plain tensors are passed as they are (detached, no copy). A bucket holds at most
     `bucket_bytes` of full tensors, except that a tensor larger than that goes alone; the bucket is gathered only
     when the previous one has been consumed and dropped, so the extra memory at any time is one bucket (the
@@ -57,11 +58,21 @@ def iter_full_tensors(
         if bucket and filled + size > bucket_bytes:
             yield bucket
             bucket, filled = [], 0  # drop the consumed bucket before gathering the next tensor
-        tensor = param.full_tensor() if isinstance(param, DTensor) else param.detach()
+        tensor = _on_mesh_device(param).full_tensor() if isinstance(param, DTensor) else param.detach()
         bucket.append((hf_name(name, prefix), tensor.to(wire)))
         filled += size
     if bucket:
         yield bucket
+
+
+def _on_mesh_device(param: DTensor) -> DTensor:
+    """`param` on its mesh's device: a CPU-offloaded shard is copied to the GPU first, so the gather runs over
+    nccl and the engine receives device tensors (a shard already there is returned as it is)."""
+    kind = param.device_mesh.device_type
+    if param.device.type == kind:
+        return param
+    index = torch.cuda.current_device() if kind == "cuda" else None
+    return param.to(torch.device(kind, index) if index is not None else torch.device(kind))
 
 
 class ModelWeightStream:

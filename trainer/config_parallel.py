@@ -1,0 +1,28 @@
+"""The `[parallel]` config section: the device mesh (FSDP or HSDP) and the process group's timeout."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from trainer.config_base import _Section
+
+
+@dataclass
+class ParallelConfig(_Section):
+    """How the ranks split the model (`trainer.dist`): FSDP over all of them (the default), or HSDP across nodes."""
+
+    SECTION = "parallel"
+    replicate: int = 1
+    """Replica groups (HSDP's outer mesh dimension, e.g. the number of nodes): the model is sharded within a group
+    and replicated across groups. 1: plain FSDP, sharded over every rank."""
+    shard: int = 0
+    """Ranks per replica group (the inner dimension, e.g. GPUs per node); 0: world size / `replicate`. Checked at
+    start: `replicate * shard` must equal the number of processes."""
+    timeout_s: float = 1800.0
+    """Timeout of every collective (the process group's): how long a rank waits for the others (a slow rank 0 load,
+    a long rollout on another node) before the run fails. torch's default is 600 s."""
+
+    def validate(self) -> None:
+        self._at_least(1, "replicate")
+        self._at_least(0, "shard")
+        self._require(self.timeout_s > 0, "timeout_s", "must be > 0")
