@@ -176,18 +176,18 @@ def ensure_cache(
 def _train_and_save(
     config: Any, tokenizer: PreTrainedTokenizerBase, cfg: Any, path: Path, device: torch.device
 ) -> None:
-    """Fresh init from `warm_start.seed`, the supervised pass on all this machine's cores, then an atomic write."""
+    """Fresh init from `warm_start.seed`, the supervised pass, then an atomic write.
+
+    The pass runs on the process's own threads (torchrun's OMP_NUM_THREADS=1 by default): raising them to every core
+    made it ~6x slower whenever another process kept a core busy (OpenMP threads spinning at their barriers), and the
+    tiny model gains little from a second thread on an idle machine.
+    """
     from trainer.model import model_from_config
 
     ws = cfg.warm_start
     fresh = model_from_config(config, seed=ws.seed).to(device)
-    threads = torch.get_num_threads()
-    torch.set_num_threads(max(threads, os.cpu_count() or 1))  # the other ranks wait at the barrier meanwhile
-    try:
-        print(f"warm start: {ws.steps} supervised steps on the task's worked solutions -> {path}", flush=True)
-        stats = supervised_pass(fresh, tokenizer, ws)
-    finally:
-        torch.set_num_threads(threads)
+    print(f"warm start: {ws.steps} supervised steps on the task's worked solutions -> {path}", flush=True)
+    stats = supervised_pass(fresh, tokenizer, ws)
     if not all(math.isfinite(v) for v in stats.values()):
         raise RuntimeError(f"warm start: the supervised pass diverged ({stats})")
     print(
