@@ -42,7 +42,7 @@ def _group_of_one():
 def files(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     """The inputs the cases point at: good and broken model folders, data files, a reward module, a finished run."""
     from trainer import model as M
-    from trainer.config import load_config
+    from trainer.config_io import load_config
 
     root = tmp_path_factory.mktemp("inputs")
     good = root / "model"

@@ -11,17 +11,9 @@ from pathlib import Path
 
 import pytest
 
-from trainer import config as config_mod
-from trainer.config import (
-    FAST_DEFAULTS,
-    Config,
-    ConfigError,
-    configs_dir,
-    from_dict,
-    load_config,
-    save_toml,
-    to_toml,
-)
+from trainer import config_io as config_io_mod
+from trainer.config import FAST_DEFAULTS, Config, ConfigError, from_dict
+from trainer.config_io import configs_dir, load_config, save_toml, to_toml
 
 PRESETS = ("fast_grpo_r1_distill_1p5b", "sfpo_qwen2p5_math_1p5b")
 PATHS = ("model.path=/models/some model", "data.source=/data/train.parquet")
@@ -46,7 +38,7 @@ def test_defaults_equal_default_toml() -> None:
     assert load_config(["--config", "default"]) == load_config(["--config=default.toml"]) == Config()
     # The file sets every key except the ones left unset on purpose: optional (None) values, which TOML cannot write,
     # and the keys whose default depends on algorithm.name (setting them would switch the FAST defaults off).
-    data = config_mod.tomllib.loads(default.read_text())
+    data = config_io_mod.tomllib.loads(default.read_text())
     in_file = {f"{s}.{k}" for s in SECTIONS for k in data[s]} | {k for k in data if k not in SECTIONS}
     expected = Config().to_dict()
     every = {f"{s}.{k}" for s in SECTIONS for k in expected[s]} | {"seed"}
@@ -372,7 +364,7 @@ def test_reward_function_file_errors_at_load(tmp_path: Path) -> None:
 
 
 def test_custom_filter_schedule():
-    from trainer.config import load_config
+    from trainer.config_io import load_config
 
     cfg = load_config(["algorithm.filter=custom", 'algorithm.filter_schedule="0.5:0.3:0.99,1.0:0.01:0.7"'])
     assert cfg.algorithm.schedule_entries() == [(0.5, 0.3, 0.99), (1.0, 0.01, 0.7)]

@@ -3,8 +3,8 @@
 Every section coerces and type-checks its fields, then runs its own range and cross-field checks, in `__post_init__`;
 a bad value raises `ConfigError` naming `section.key`, the value and what is allowed. `from_dict` builds a validated
 `Config` from nested plain values, checking every key against the tree (unknown -> `ConfigError` suggesting the
-closest name). Reading a command line or a TOML file, and writing one, live in `trainer.config_io`; its public names
-are re-exported here, so `from trainer.config import load_config` keeps working.
+closest name). Reading a command line or a TOML file, and writing one, live in `trainer.config_io`, which imports this
+module (never the other way round): `from trainer.config_io import load_config`.
 
 The FAST names (`fast_grpo`, `fast_sfpo`) bring the settings their paper uses: per-group KL (`kl_type =
 "group_accuracy"`, `kl_coef = 0.01`) and the Slow2Fast filter. `Config.resolved()` (run by `load_config`) applies
@@ -14,7 +14,6 @@ them only to keys the user did not set in the file or on the command line, so `a
 from __future__ import annotations
 
 import dataclasses
-import importlib
 import math
 import os
 import sys
@@ -22,13 +21,10 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from functools import cache
 from pathlib import PurePath
-from typing import TYPE_CHECKING, Any, Literal
+from typing import Any, Literal
 
-# `_describe` and `_unwrap` are not used here: re-exported for trainer.config_io, which imports them from this module.
-from trainer.config_base import ConfigError, InputError, _describe, _hints, _Section, _suggest, _unwrap, input_errors  # noqa: F401
-
-if TYPE_CHECKING:
-    from trainer.config_io import configs_dir, find_config, load_config, save_toml, to_toml, usage
+from trainer.config_base import ConfigError, InputError, _hints, _Section, _suggest, input_errors
+from trainer.data_formats import DATA_SUFFIXES
 
 __all__ = [
     "FAST_DEFAULTS",
@@ -45,16 +41,12 @@ __all__ = [
     "RewardConfig",
     "RolloutConfig",
     "WarmStartConfig",
-    "configs_dir",
-    "find_config",
     "from_dict",
     "input_errors",
-    "load_config",
-    "save_toml",
-    "to_toml",
-    "usage",
 ]
 
+
+_SUFFIX_TEXT = " / ".join(DATA_SUFFIXES)  # ".jsonl / .json / .parquet / .pq", for the messages
 
 FAST_DEFAULTS: dict[str, Any] = {"kl_type": "group_accuracy", "kl_coef": 0.01, "filter": "slow2fast"}
 """`algorithm.*` values a FAST name (`fast_grpo`, `fast_sfpo`) implies, applied where not set explicitly."""
@@ -159,7 +151,8 @@ class DataConfig(_Section):
 
     SECTION = "data"
     source: str = "synthetic"
-    """"synthetic" (the built-in task) or a path to a .jsonl / .parquet file with prompt and answer columns."""
+    """"synthetic" (the built-in task) or a path to a .jsonl / .json / .parquet / .pq file with prompt and answer
+    columns (a .json file is JSON lines, or one JSON array when it starts with `[`)."""
     prompt_key: str = "prompt"
     """Column holding the prompt text."""
     answer_key: str = "answer"
@@ -172,8 +165,8 @@ class DataConfig(_Section):
     """Wrap each prompt in the tokenizer's chat template when it has one."""
 
     def validate(self) -> None:
-        ok = self.source == "synthetic" or self.source.lower().endswith((".jsonl", ".parquet"))
-        self._require(ok, "source", "must be 'synthetic' or a path to a .jsonl or .parquet file")
+        ok = self.source == "synthetic" or self.source.lower().endswith(DATA_SUFFIXES)
+        self._require(ok, "source", f"must be 'synthetic' or a path to a {_SUFFIX_TEXT} file")
         self._require(bool(self.prompt_key), "prompt_key", "must not be empty")
         self._require(bool(self.answer_key), "answer_key", "must not be empty")
         self._at_least(1, "max_prompt_tokens")
@@ -512,8 +505,8 @@ class LoggingConfig(_Section):
         self._at_least(1, "console_every")
 
 
-EVAL_SUFFIXES = (".jsonl", ".parquet")
-"""File types an `eval.source` entry may name (besides "synthetic")."""
+EVAL_SUFFIXES = DATA_SUFFIXES
+"""File types an `eval.source` entry may name (besides "synthetic"): the same as `data.source`."""
 
 
 def eval_source_name(entry: str) -> str:
@@ -531,7 +524,7 @@ class EvalConfig(_Section):
     """Evaluate during training (false: never; `python -m trainer.eval` ignores this)."""
     source: str = "synthetic"
     """What to evaluate on: "synthetic" (the built-in task's held-out split, disjoint from its training prompts), or
-    .jsonl / .parquet files, given as a TOML list (`["a.jsonl", "b.parquet"]`) or one string with commas
+    .jsonl / .json / .parquet / .pq files, given as a TOML list (`["a.jsonl", "b.parquet"]`) or one string with commas
     (`eval.source=a.jsonl,b.parquet`); each is reported under its file stem (`eval/math500/...`). A relative path
     is taken from the working directory when it is there, else from the repository root (so the presets'
     `../shared/data/math500.jsonl` is found from any folder). Same columns and scorer as the training files."""
@@ -580,10 +573,10 @@ class EvalConfig(_Section):
 
     def validate(self) -> None:
         sources = self.sources
-        self._require(bool(sources), "source", "must be 'synthetic' or one or more .jsonl / .parquet paths")
+        self._require(bool(sources), "source", f"must be 'synthetic' or one or more {_SUFFIX_TEXT} paths")
         for s in sources:
             ok = s == "synthetic" or s.lower().endswith(EVAL_SUFFIXES)
-            self._require(ok, "source", f"{s!r} is neither 'synthetic' nor a path to a .jsonl or .parquet file")
+            self._require(ok, "source", f"{s!r} is neither 'synthetic' nor a path to a {_SUFFIX_TEXT} file")
         names = [eval_source_name(s) for s in sources]
         for name in names:
             self._require(names.count(name) == 1, "source", f"two entries report as {name!r} (stems must differ)")
@@ -689,15 +682,3 @@ def from_dict(values: Mapping[str, Any], *, explicit: frozenset[str] = frozenset
     sections = {name: cls(**values.get(name, {})) for name, cls in _sections().items()}
     top = {k: v for k, v in values.items() if k in _top_keys()}
     return Config(**sections, **top, explicit_keys=frozenset(explicit))
-
-
-# The loader and writer live in trainer.config_io, which imports this module; importing it back here at the top (or
-# the bottom) would be a cycle that breaks whenever trainer.config_io is imported first, so these resolve on first use.
-_FROM_IO = frozenset({"configs_dir", "find_config", "load_config", "save_toml", "to_toml", "usage", "tomllib"})
-
-
-def __getattr__(name: str) -> Any:
-    """The names re-exported from `trainer.config_io` (PEP 562), imported on first access."""
-    if name in _FROM_IO:
-        return getattr(importlib.import_module("trainer.config_io"), name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

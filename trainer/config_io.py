@@ -10,7 +10,7 @@ plain text (`algorithm.name=sfpo`, `model.path=/models/x`); string fields take t
 quoted; `none` / `null` clear an optional field. `--resume X` is `checkpoint.resume=X`. `--config` takes a file or
 the name of a preset in `configs_dir()` (`--config sfpo_qwen2p5_math_1p5b`).
 
-The tree, its validation and `from_dict` are in `trainer.config`, which re-exports this module's public names.
+The tree, its validation and `from_dict` are in `trainer.config`; this module imports it, never the other way round.
 """
 
 from __future__ import annotations
@@ -22,18 +22,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Literal
 
-from trainer.config import (
-    Config,
-    ConfigError,
-    _describe,
-    _hints,
-    _lookup,
-    _sections,
-    _suggest,
-    _top_keys,
-    _unwrap,
-    from_dict,
-)
+from trainer.config import Config, _lookup, _sections, _top_keys, from_dict
+from trainer.config_base import ConfigError, _describe, _hints, _suggest, _unwrap
 
 if sys.version_info >= (3, 11):
     import tomllib

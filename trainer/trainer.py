@@ -38,7 +38,8 @@ import torch.distributed as dist
 from fastslow import EntropySwitch, FilterSchedule, KLController
 from trainer import checkpoint as ckpt
 from trainer import checkpoint_check, resume_check, reward_worker, warm_start
-from trainer.config import Config, ConfigError, InputError, input_errors, save_toml
+from trainer.config import Config, ConfigError, InputError, input_errors
+from trainer.config_io import save_toml
 from trainer.data import load_prompts
 from trainer.dist import DistInfo, all_reduce, parallelize
 from trainer.eval import eval_context_tokens, evaluate, headline, load_eval_sets
