@@ -254,6 +254,7 @@ def test_presets_need_their_paths(preset: str) -> None:
         ["--config", PRESETS[1], *PATHS, "algorithm.sfpo_stop_step=50", "algorithm.dual_clip=3.5"],
         ['model.path=/odd "quoted" \\ path ü\t', "logging.run_dir=runs/x y", "optim.betas=[0.5, 0.25]"],
         ["algorithm.name=fast_sfpo", "algorithm.filter=none", "seed=12345678901", "optim.lr=3e-7"],
+        ["model.path=line\nbreak \x01\x7f\r", "optim.lr=0.30000000000000004", "optim.betas=[0.1, 1e-300]"],
     ],
 )
 def test_save_toml_round_trip(tmp_path: Path, argv: list[str]) -> None:
@@ -264,6 +265,9 @@ def test_save_toml_round_trip(tmp_path: Path, argv: list[str]) -> None:
     again = load_config(["--config", str(path)])
     assert again == cfg and again.to_dict() == cfg.to_dict()
     assert not list(tmp_path.glob(".*.tmp"))
+    text = path.read_text()  # readable: a comment, the top-level keys, then one [table] per section, one key a line
+    assert text.startswith("# fastslow trainer config") and "\nseed = " in text and "{" not in text
+    assert [line for line in text.splitlines() if line.startswith("[")] == [f"[{s}]" for s in SECTIONS]
     json.dumps(cfg.to_dict())  # plain data
 
 
