@@ -24,6 +24,7 @@ ROOT = Path(__file__).resolve().parents[1]
 QUICK = [
     "optim.total_steps=1", "rollout.prompts_per_step=2", "rollout.group_size=2", "rollout.max_new_tokens=4",
     "logging.tensorboard=false", "checkpoint.export_hf=false", "eval.enabled=false", "warm_start.mode=off",
+    "logging.plots=false",
 ]  # fmt: skip
 DIST_ENV = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")
 

@@ -500,9 +500,25 @@ class LoggingConfig(_Section):
     """A fresh run (no resume) into a `run_dir` that already holds a run: false stops with a one-line error (use
     `--resume auto` to continue it, or another folder); true deletes that run's metrics, config, checkpoints, export
     and plots first."""
+    plots: bool = True
+    """Draw `plots/` from metrics.jsonl when the run ends (rank 0, as `python -m trainer.plot RUN_DIR` does); needs
+    matplotlib: without it, one line says so and the run ends as it would. A failed plot never fails a run."""
+    wandb: bool = False
+    """Also log every metrics row (training and evaluation) to Weights & Biases (`pip install .[wandb]`)."""
+    wandb_project: str = "fastslow"
+    """The wandb project."""
+    wandb_name: str = ""
+    """The wandb run's name; "": the run folder's name."""
+    wandb_mode: Literal["online", "offline", "disabled"] = "online"
+    """"offline": no network; the wandb files stay under `run_dir/wandb/` (`wandb sync` uploads them later)."""
 
     def validate(self) -> None:
         self._at_least(1, "console_every")
+        if self.wandb:
+            from trainer.wandb_log import wandb_missing
+
+            self._require(wandb_missing() is None, "wandb", wandb_missing() or "")
+            self._require(bool(self.wandb_project), "wandb_project", "must not be empty")
 
 
 EVAL_SUFFIXES = DATA_SUFFIXES

@@ -201,10 +201,7 @@ class Trainer:
             engine=self.engine, tokenizer=self.tokenizer, prompts=self.prompts, sampler=sampler, kl=kl,
             schedule=schedule, switch=switch, task=self.task, sync_dtype=engine_dtype,
         )  # fmt: skip
-        self.logger = MetricsLogger(
-            self.run_dir, rank=info.rank, console_every=cfg.logging.console_every,
-            tensorboard=cfg.logging.tensorboard, total_steps=cfg.optim.total_steps,
-        )  # fmt: skip
+        self.logger = MetricsLogger.from_config(self.run_dir, cfg, rank=info.rank)
         self.step = 0
         self.dry_steps = 0  # dry filter steps in a row (rollout.max_dry_steps)
         self.history: list[float] = []  # accuracy per step, for the final summary
