@@ -148,3 +148,19 @@ def test_plots_never_fail_a_run(tmp_path: Path, monkeypatch: pytest.MonkeyPatch)
         == "plots: not drawn, matplotlib is not installed (pip install matplotlib; or logging.plots = false)\n"
     )
     assert not (tmp_path / "b" / "plots").exists()
+
+
+def test_real_wandb_offline_keeps_its_files_in_the_run_folder(tmp_path: Path, monkeypatch) -> None:
+    """With wandb installed (`pip install .[wandb]`): an offline run needs no network and writes under run_dir/wandb."""
+    pytest.importorskip("wandb")
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    cfg = load_config(
+        [f"logging.run_dir={tmp_path}", "logging.wandb=true", "logging.wandb_mode=offline", "logging.plots=false"]
+    )
+    logger = MetricsLogger.from_config(tmp_path, cfg, rank=0)
+    logger.stream = logger.progress.stream = io.StringIO()
+    logger.log_eval(0, EVAL)
+    logger.log(1, {**ROW, "reward": float("nan")})
+    logger.close()
+    (run,) = (tmp_path / "wandb").glob("offline-run-*")
+    assert list(run.glob("*.wandb")) and (tmp_path / "metrics.jsonl").exists()
