@@ -9,13 +9,15 @@ from __future__ import annotations
 
 from typing import Any
 
-__all__ = ["DATA_SUFFIXES", "JSON_SUFFIXES", "PARQUET_SUFFIXES", "Item", "Row"]
+__all__ = ["DATA_SUFFIXES", "JSON_SUFFIXES", "PARQUET_SUFFIXES", "SUFFIX_TEXT", "Item", "Row"]
 
 JSON_SUFFIXES = (".jsonl", ".json")
 """JSON lines; a `.json` file that starts with `[` is one JSON array instead."""
 PARQUET_SUFFIXES = (".parquet", ".pq")
 DATA_SUFFIXES = JSON_SUFFIXES + PARQUET_SUFFIXES
 """Every file type a `data.source` or `eval.source` entry may name (lower case; the check ignores case)."""
+SUFFIX_TEXT = " / ".join(DATA_SUFFIXES)
+"""`.jsonl / .json / .parquet / .pq`, for the config's messages."""
 
 Item = dict[str, Any]
 """A loaded prompt: `{"prompt": str, "prompt_ids": list[int], "answer": str}` (plus `"difficulty"`)."""
