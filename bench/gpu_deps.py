@@ -38,6 +38,7 @@ PURE_PYTHON: dict[str, str] = {
     "antlr4": "antlr4-python3-runtime",
     "liger_kernel": "liger-kernel",
     "pynvml": "nvidia-ml-py",
+    "tomli_w": "tomli-w",
 }
 FALLBACK_PINS = {"py-cpuinfo": "9.0.0", "liger-kernel": "0.8.5", "nvidia-ml-py": "13.615.71"}
 """Versions for the distributions not installed where `fetch` runs (the CPU venv has no liger or NVML)."""

@@ -29,7 +29,8 @@ import torch
 
 from bench import learning_report as report
 from bench._harness import device_info, results_stem
-from trainer.config import eval_source_name, load_config
+from trainer.config import eval_source_name
+from trainer.config_io import load_config
 
 ALGORITHMS = ("grpo", "sfpo", "fast_grpo", "fast_sfpo")
 ROOT = Path(__file__).resolve().parents[1]

@@ -79,7 +79,7 @@ def test_bfloat16_run_on_cpu_trains_and_exports_bf16(tmp_path: Path) -> None:
         f"logging.run_dir={tmp_path}", "model.dtype=bfloat16", "optim.total_steps=2", "rollout.prompts_per_step=4",
         "rollout.group_size=4", "rollout.max_new_tokens=8", "optim.micro_batch_size=8", "logging.tensorboard=false",
         "checkpoint.export_hf=true", "rollout.max_chunks=16", "eval.enabled=false", "warm_start.mode=off",
-        "algorithm.kl_coef=0.01",
+        "algorithm.kl_coef=0.01", "logging.plots=false",
     ]  # fmt: skip
     out = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=420)
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-6000:]

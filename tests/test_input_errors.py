@@ -24,6 +24,7 @@ ROOT = Path(__file__).resolve().parents[1]
 QUICK = [
     "optim.total_steps=1", "rollout.prompts_per_step=2", "rollout.group_size=2", "rollout.max_new_tokens=4",
     "logging.tensorboard=false", "checkpoint.export_hf=false", "eval.enabled=false", "warm_start.mode=off",
+    "logging.plots=false",
 ]  # fmt: skip
 DIST_ENV = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")
 
@@ -42,7 +43,7 @@ def _group_of_one():
 def files(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     """The inputs the cases point at: good and broken model folders, data files, a reward module, a finished run."""
     from trainer import model as M
-    from trainer.config import load_config
+    from trainer.config_io import load_config
 
     root = tmp_path_factory.mktemp("inputs")
     good = root / "model"

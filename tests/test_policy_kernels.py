@@ -19,7 +19,8 @@ from conftest import DEVICE
 
 from kernels import IGNORE_INDEX, LOSS_AGGS
 from kernels._dispatch import force_backend
-from trainer.config import ConfigError, from_dict, load_config
+from trainer.config import ConfigError, from_dict
+from trainer.config_io import load_config
 from trainer.policy import KERNELS, Policy
 
 VOCAB = 40  # tests/_tiny.py

@@ -14,6 +14,7 @@ import pytest
 import torch
 import torch.distributed as dist
 from _distributed import WORLD_SIZE, run_two_ranks
+from _tolerance import REPOSITION
 from torch import nn
 
 if TYPE_CHECKING:
@@ -22,12 +23,7 @@ if TYPE_CHECKING:
 ALPHA = 0.8
 TIMEOUT_S = 120.0  # a healthy run takes ~10 s on 2 cores; a hung collective would wait forever
 
-# float32: the kernels may round the three float32 operations differently from torch (fma contraction, or
-# alpha rounded at another point), so allow about two ulps at the |values| ~ 4 the perturbation reaches.
-# bfloat16: both compute in float32 and round once, to nearest even, at the end (the Triton kernel rounds by hand,
-# `kernels._triton.cast_rtne`, so the interpreter agrees with a GPU); those rare 1-ulp float32 differences do not
-# survive the cast at these sizes, so exact.
-TOL = {torch.float32: {"atol": 1e-6, "rtol": 1e-6}, torch.bfloat16: {"atol": 0.0, "rtol": 0.0}}
+TOL = REPOSITION  # by dtype, with the reasons, in tests/_tolerance.py
 
 
 class _Net(nn.Module):

@@ -4,27 +4,14 @@ from __future__ import annotations
 
 import pytest
 import torch
+from _tolerance import PAIR, REL, TOKEN_LOGPROBS, assert_within
 from conftest import DEVICE
 
 from kernels import IGNORE_INDEX, token_logprobs, token_logprobs_ref
 
 # (N, H, V, chunk_tokens): the issue's shapes, a vocab of 7, one token, and a chunk that does not divide N.
 CASES = [(37, 32, 1000, 16), (37, 32, 257, None), (5, 16, 7, 2), (1, 8, 50, None), (40, 16, 300, 40)]
-# float32 GEMMs and a float32 log-sum-exp against float64: relative ~1e-6 of the terms. bf16 inputs: the GEMMs
-# accumulate in float32 over exact bf16 products, so logp/entropy stay float32-accurate; the gradients pass through
-# dz rounded to bf16 (2^-8 relative) and bf16 GEMM outputs, so they are compared at 2e-2 of the largest entry.
-TOL = {torch.float32: {"value": 2e-5, "grad": 2e-5}, torch.bfloat16: {"value": 2e-5, "grad": 2e-2}}
-
-
-def close(actual: torch.Tensor, expected: torch.Tensor, rel: float, *, floor: float = 1e-30) -> None:
-    """Every entry within `rel` times the largest |expected| (errors scale with the terms, not the result).
-
-    `floor` bounds that scale from below: log-probs and entropies are differences of terms of size |lse| ~ log V,
-    so their error does not shrink with the result.
-    """
-    scale = expected.abs().max().clamp(min=floor)
-    err = (actual.double() - expected.double()).abs().max()
-    assert err <= rel * scale, f"max error {err.item():.3g} > {rel} * {scale.item():.3g}"
+TOL = TOKEN_LOGPROBS  # (tests/_tolerance.py: relative to the largest entry, with its reasons)
 
 
 def make(N: int, H: int, V: int, dtype: torch.dtype):
@@ -55,10 +42,10 @@ def test_matches_reference(backend, case, dtype, temperature):
 
     assert logp.dtype == torch.float32 and ent.dtype == torch.float32
     assert h.grad.dtype == dtype and w.grad.dtype == dtype
-    close(logp, logp64, TOL[dtype]["value"], floor=1.0)
-    close(ent, ent64, TOL[dtype]["value"], floor=1.0)
-    close(h.grad, h64.grad, TOL[dtype]["grad"])
-    close(w.grad, w64.grad, TOL[dtype]["grad"])
+    assert_within(logp, logp64, TOL[dtype]["value"], floor=1.0)
+    assert_within(ent, ent64, TOL[dtype]["value"], floor=1.0)
+    assert_within(h.grad, h64.grad, TOL[dtype]["grad"])
+    assert_within(w.grad, w64.grad, TOL[dtype]["grad"])
 
 
 def test_ignored_targets(backend):
@@ -84,7 +71,7 @@ def test_logp_only_and_leading_shape(backend):
     logp.sum().backward()
     h64 = hidden.double().requires_grad_()
     token_logprobs_ref(h64, weight.double(), targets)[0].sum().backward()
-    close(h.grad.view(12, 16), h64.grad, 2e-5)
+    assert_within(h.grad.view(12, 16), h64.grad, TOL[torch.float32]["grad"])
 
 
 def test_chunking_does_not_change_results(backend):
@@ -97,7 +84,7 @@ def test_chunking_does_not_change_results(backend):
         results.append((logp, ent, h.grad))
     for other in results[1:]:
         for a, b in zip(results[0], other):
-            torch.testing.assert_close(a, b, atol=1e-6, rtol=1e-5)
+            torch.testing.assert_close(a, b, **PAIR["reorder"])
 
 
 def test_large_logits_stay_finite(backend):
@@ -106,7 +93,7 @@ def test_large_logits_stay_finite(backend):
     logp, ent = token_logprobs(hidden * 50, weight, targets, temperature=0.1, with_entropy=True)
     ref_logp, _ = token_logprobs_ref((hidden * 50).double(), weight.double(), targets, temperature=0.1)
     assert torch.isfinite(logp).all() and torch.isfinite(ent).all()
-    close(logp, ref_logp, 1e-5)
+    assert_within(logp, ref_logp, REL["large_logits"])
 
 
 @pytest.mark.parametrize(
@@ -173,7 +160,7 @@ def test_nan_logit_in_row_pass(backend):
     assert torch.equal(logp.isnan(), bad & (targets != IGNORE_INDEX)) and torch.equal(ent.isnan(), logp.isnan())
     assert logp[4] == 0 and ent[4] == 0
     for ours, ref in ((logp, logp64), (ent, ent64), (lse, lse64)):
-        close(ours[~bad], ref[~bad], 2e-5, floor=1.0)
+        assert_within(ours[~bad], ref[~bad], TOL[torch.float32]["value"], floor=1.0)
     g_logp, g_ent = torch.randn(n, device=DEVICE), torch.randn(n, device=DEVICE)
     dz = _row_grad(logits, targets, lse, ent, g_logp, g_ent, 1.0, torch.float32)
     assert torch.equal(dz.isnan().all(-1), bad) and not dz[3].isnan().any()
@@ -209,7 +196,7 @@ def test_nan_hidden_stays_in_its_row(backend):
     row[5] = True
     assert torch.equal(dh.isnan().all(-1), row) and not dh[~row].isnan().any() and dw.isnan().all()
     for a, b in zip((logp, ent, dh), clean[:3]):
-        torch.testing.assert_close(a[~row], b[~row], atol=1e-6, rtol=1e-5)
+        torch.testing.assert_close(a[~row], b[~row], **PAIR["reorder"])
 
 
 @NUMPY_NAN_WARNINGS
@@ -242,7 +229,7 @@ def test_empty_inputs(backend, lead, H, dtype):
     assert hidden.grad.shape == hidden.shape and weight.grad.shape == weight.shape
     assert hidden.grad.dtype == dtype and weight.grad.dtype == dtype
     logp64, ent64 = token_logprobs_ref(hidden.detach().double(), weight.detach().double(), targets)
-    torch.testing.assert_close(logp.double(), logp64, atol=1e-6, rtol=1e-6)
-    torch.testing.assert_close(ent.double(), ent64, atol=1e-6, rtol=1e-6)
+    torch.testing.assert_close(logp.double(), logp64, **PAIR["f64_logprobs"])
+    torch.testing.assert_close(ent.double(), ent64, **PAIR["f64_logprobs"])
     if H == 0 and logp.numel():
         torch.testing.assert_close(logp, torch.full(lead, -torch.log(torch.tensor(9.0)).item(), device=DEVICE))

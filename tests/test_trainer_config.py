@@ -11,17 +11,9 @@ from pathlib import Path
 
 import pytest
 
-from trainer import config as config_mod
-from trainer.config import (
-    FAST_DEFAULTS,
-    Config,
-    ConfigError,
-    configs_dir,
-    from_dict,
-    load_config,
-    save_toml,
-    to_toml,
-)
+from trainer import config_io as config_io_mod
+from trainer.config import FAST_DEFAULTS, Config, ConfigError, from_dict
+from trainer.config_io import configs_dir, load_config, save_toml, to_toml
 
 PRESETS = ("fast_grpo_r1_distill_1p5b", "sfpo_qwen2p5_math_1p5b")
 PATHS = ("model.path=/models/some model", "data.source=/data/train.parquet")
@@ -49,7 +41,7 @@ def test_defaults_equal_default_toml() -> None:
     assert load_config(["--config", "default"]) == load_config(["--config=default.toml"]) == Config()
     # The file sets every key except the ones left unset on purpose: optional (None) values, which TOML cannot write,
     # and the keys whose default depends on algorithm.name (setting them would switch the FAST defaults off).
-    data = config_mod.tomllib.loads(default.read_text())
+    data = config_io_mod.tomllib.loads(default.read_text())
     in_file = {f"{s}.{k}" for s in SECTIONS for k in data[s]} | {k for k in data if k not in SECTIONS}
     expected = Config().to_dict()
     every = {f"{s}.{k}" for s in SECTIONS for k in expected[s]} | {"seed"}
@@ -265,6 +257,7 @@ def test_presets_need_their_paths(preset: str) -> None:
         ["--config", PRESETS[1], *PATHS, "algorithm.sfpo_stop_step=50", "algorithm.dual_clip=3.5"],
         ['model.path=/odd "quoted" \\ path ü\t', "logging.run_dir=runs/x y", "optim.betas=[0.5, 0.25]"],
         ["algorithm.name=fast_sfpo", "algorithm.filter=none", "seed=12345678901", "optim.lr=3e-7"],
+        ["model.path=line\nbreak \x01\x7f\r", "optim.lr=0.30000000000000004", "optim.betas=[0.1, 1e-300]"],
     ],
 )
 def test_save_toml_round_trip(tmp_path: Path, argv: list[str]) -> None:
@@ -275,6 +268,9 @@ def test_save_toml_round_trip(tmp_path: Path, argv: list[str]) -> None:
     again = load_config(["--config", str(path)])
     assert again == cfg and again.to_dict() == cfg.to_dict()
     assert not list(tmp_path.glob(".*.tmp"))
+    text = path.read_text()  # readable: a comment, the top-level keys, then one [table] per section, one key a line
+    assert text.startswith("# fastslow trainer config") and "\nseed = " in text and "{" not in text
+    assert [line for line in text.splitlines() if line.startswith("[")] == [f"[{s}]" for s in SECTIONS]
     json.dumps(cfg.to_dict())  # plain data
 
 
@@ -375,7 +371,7 @@ def test_reward_function_file_errors_at_load(tmp_path: Path) -> None:
 
 
 def test_custom_filter_schedule():
-    from trainer.config import load_config
+    from trainer.config_io import load_config
 
     cfg = load_config(["algorithm.filter=custom", 'algorithm.filter_schedule="0.5:0.3:0.99,1.0:0.01:0.7"'])
     assert cfg.algorithm.schedule_entries() == [(0.5, 0.3, 0.99), (1.0, 0.01, 0.7)]

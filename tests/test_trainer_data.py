@@ -353,3 +353,28 @@ def test_lengths() -> None:
         rewards.lengths([1], ["a"], "words")
     with pytest.raises(ValueError, match="response_token_counts has 1 items but responses has 2"):
         rewards.lengths([1], ["a", "b"], "tokens")
+
+
+@pytest.mark.parametrize("suffix", [".jsonl", ".json", ".JSON", ".parquet", ".pq"])
+def test_config_accepts_exactly_what_the_loaders_read(tok, tmp_path: Path, suffix: str) -> None:
+    """`DataConfig` / `EvalConfig` take a file type iff `load_prompts` reads it (one list: trainer.data_formats)."""
+    from trainer.config import ConfigError, DataConfig, EvalConfig
+    from trainer.data_formats import DATA_SUFFIXES
+
+    assert suffix.lower() in DATA_SUFFIXES
+    path = tmp_path / f"d{suffix}"
+    rows = [{"prompt": "1 + 1 =", "answer": "2"}]
+    if suffix.lower() in (".parquet", ".pq"):
+        pa = pytest.importorskip("pyarrow")
+        pytest.importorskip("pyarrow.parquet").write_table(pa.Table.from_pylist(rows), path)
+    else:
+        _jsonl(path, rows)
+    cfg = DataConfig(source=str(path))
+    EvalConfig(source=f"synthetic,{path}")
+    assert [p["answer"] for p in data.load_prompts(cfg, tok)] == ["2"]
+    txt = tmp_path / "d.txt"
+    _jsonl(txt, rows)
+    with pytest.raises(ConfigError, match=r"\.jsonl / \.json / \.parquet / \.pq"):
+        DataConfig(source=str(txt))
+    with pytest.raises(ValueError, match=r"unknown type '\.txt'"):
+        data.load_prompts(_data_cfg(txt), tok)

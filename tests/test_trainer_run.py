@@ -16,6 +16,7 @@ SMALL = [
     "optim.micro_batch_size=8", "logging.tensorboard=false", "checkpoint.export_hf=false", "rollout.max_chunks=16",
     "eval.enabled=false",  # tests/test_eval.py turns it on; these tests read metrics.jsonl as training rows only
     "warm_start.mode=off",  # the mechanics on random weights; test_default_runs_of_each_algorithm warm-starts
+    "logging.plots=false",  # ~3 s of matplotlib a run; test_default_runs_of_each_algorithm draws them once
 ]  # fmt: skip
 # The FAST runs filter with DAPO's bounds: Slow2Fast's first phase keeps only groups above 30% accuracy, which a
 # random-init model rarely produces (the filter then stops with its clear error, as it should).
@@ -99,10 +100,18 @@ def test_default_runs_of_each_algorithm(tmp_path, warm_cache, algorithm):
     """The built-in job as shipped (warm start, Slow2Fast for FAST, eval), cut to 2 steps: every mechanism has
     something to act on from the first step, every metric is there and finite, and the run is checkpointed."""
     env = dict(os.environ, TRITON_INTERPRET="0", OMP_NUM_THREADS="1")
+    # The grpo run also draws its plots/ and logs to a stand-in wandb (tests/_fake_wandb, found on PYTHONPATH).
+    wandb_log = tmp_path.parent / f"{tmp_path.name}-wandb.jsonl"
+    outputs = ("logging.plots=false",)
+    if algorithm == "grpo":
+        env |= {"PYTHONPATH": os.pathsep.join([str(ROOT / "tests" / "_fake_wandb"), env.get("PYTHONPATH", "")])}
+        env["FAKE_WANDB_LOG"] = str(wandb_log)
+        outputs = ("logging.wandb=true", "logging.wandb_mode=offline")
     cmd = [
         sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m", "trainer.main",
         f"logging.run_dir={tmp_path}", f"warm_start.cache={warm_cache}", f"algorithm.name={algorithm}",
         "optim.total_steps=2", "eval.synthetic_size=32", "checkpoint.export_hf=false", "logging.tensorboard=false",
+        *outputs,
     ]  # fmt: skip
     out = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-6000:]
@@ -127,6 +136,14 @@ def test_default_runs_of_each_algorithm(tmp_path, warm_cache, algorithm):
     if algorithm.startswith("fast"):  # Slow2Fast's first band keeps groups from step 1, without a top-up
         assert train[0]["rollout/filled_groups"] == 0.0 and train[0]["rollout/kept_groups"] == 8.0
     assert "held-out accuracy" in out.stdout
+    if algorithm == "grpo":  # the same rows in wandb (rank 0 only), and the plots drawn when the run ended
+        calls = [json.loads(line) for line in wandb_log.read_text().splitlines()]
+        assert [c["call"] for c in calls] == ["init", *["log"] * len(rows), "finish"]
+        axes = ("step", "time", "kind")
+        expected = [{k: v for k, v in r.items() if k not in axes and v is not None} for r in rows]
+        assert [c["data"] for c in calls[1:-1]] == expected and calls[0]["dir"] == str(tmp_path)
+        plots = {p.name for p in (tmp_path / "plots").iterdir()}
+        assert {"overview.png", "accuracy.png", "eval_synthetic_avg@4.png"} <= plots, plots
 
 
 @pytest.mark.distributed

@@ -19,8 +19,9 @@ from _distributed import run_two_ranks
 from _tiny import tiny_lm
 from torch import nn
 
+from trainer.param_names import hf_name
 from trainer.rollout import HFEngine
-from trainer.weight_sync import hf_name, iter_full_tensors, sync_weights
+from trainer.weight_sync import iter_full_tensors, sync_weights
 
 TIMEOUT_S = 60.0  # a healthy 2-rank run takes ~10 s; a hung collective would wait forever
 TINY_BUCKET = 1024  # bytes: the norms (256 B) share buckets; embeddings (10 KiB) and matrices are each alone
@@ -138,12 +139,34 @@ def test_sync_from_a_plain_model_without_a_process_group() -> None:
         assert torch.equal(engine.model.get_parameter(name), p), name
 
 
-def test_hf_name_strips_prefix_and_wrapper_infixes() -> None:
-    assert hf_name("lm.model.layers.0.mlp.up_proj.weight", "lm.") == "model.layers.0.mlp.up_proj.weight"
-    wrapped = "_orig_mod.lm.model.layers.1._checkpoint_wrapped_module.self_attn.q_proj.bias"
-    assert hf_name(wrapped, "lm.") == "model.layers.1.self_attn.q_proj.bias"
-    assert hf_name("_fsdp_wrapped_module.model.norm.weight") == "model.norm.weight"
-    assert hf_name("value_head.weight", "lm.") == "value_head.weight"  # kept: the engine rejects it by name
+@pytest.mark.parametrize(
+    ("name", "prefix", "expected"),
+    [
+        ("lm.model.layers.0.mlp.up_proj.weight", "lm.", "model.layers.0.mlp.up_proj.weight"),  # the Policy wrapper
+        ("model.norm.weight", "", "model.norm.weight"),  # nothing to strip
+        ("_fsdp_wrapped_module.model.norm.weight", "", "model.norm.weight"),  # FSDP1
+        (
+            "lm.model.layers.1._checkpoint_wrapped_module.self_attn.q_proj.bias",
+            "lm.",
+            "model.layers.1.self_attn.q_proj.bias",
+        ),
+        ("_orig_mod.lm.model.embed_tokens.weight", "lm.", "model.embed_tokens.weight"),  # compiled: before the prefix
+        (
+            "lm._orig_mod.model.layers.0._fsdp_wrapped_module._checkpoint_wrapped_module.mlp.w",
+            "lm.",
+            "model.layers.0.mlp.w",
+        ),
+        ("value_head.weight", "lm.", "value_head.weight"),  # outside the prefix: kept, the engine rejects it by name
+        ("lm.model.my_orig_mod.weight", "lm.", "model.my_orig_mod.weight"),  # only whole components are wrappers
+        ("lm.lm_head.weight", "lm.", "lm_head.weight"),  # the prefix once, not "lm" inside a name
+    ],
+)
+def test_hf_name_strips_prefix_and_wrappers(name: str, prefix: str, expected: str) -> None:
+    """One mapping for the export (trainer.checkpoint) and the weight sync (trainer.weight_sync)."""
+    from trainer import checkpoint, weight_sync
+
+    assert hf_name(name, prefix) == expected
+    assert checkpoint.hf_name is hf_name and weight_sync.hf_name is hf_name
 
 
 def test_unknown_names_reach_the_engine_as_errors() -> None:

@@ -11,7 +11,8 @@ from types import SimpleNamespace
 
 import pytest
 
-from trainer.config import ConfigError, load_config
+from trainer.config import ConfigError
+from trainer.config_io import load_config
 from trainer.rollout import Completion, SamplingParams
 from trainer.rollout.vllm_http import CompletionsClient, ServerError
 from trainer.rollout.vllm_params import (

@@ -49,13 +49,12 @@ from torch.distributed.checkpoint.state_dict import (
     set_state_dict,
 )
 
+from trainer.param_names import hf_name
+
 CHECKPOINTS = "checkpoints"
 LATEST = "latest"
 TRAINER_STATE = "trainer_state.pt"
 _STEP_RE = re.compile(r"step_(\d{8,})")
-# Infixes that wrappers put into parameter names (FSDP1, activation checkpointing, torch.compile); weight_sync
-# strips the same ones, so the exported names are the HF model's own.
-_WRAPPER_INFIXES = ("_fsdp_wrapped_module.", "_checkpoint_wrapped_module.", "_orig_mod.")
 
 
 # ----------------------------------------------------------------------------------------------------------- RNG
@@ -285,13 +284,6 @@ def _dcp_state(model: nn.Module, optimizer: torch.optim.Optimizer | None) -> dic
 
 
 # ------------------------------------------------------------------------------------------------------ export
-def hf_name(name: str, prefix: str = "") -> str:
-    """A parameter name as the HF model has it: `prefix` (e.g. "lm.") and wrapper infixes removed."""
-    for infix in _WRAPPER_INFIXES:
-        name = name.replace(infix, "")
-    return name.removeprefix(prefix) if prefix else name
-
-
 def export_hf(
     out_dir: Path,
     model: nn.Module,

@@ -3,8 +3,8 @@
 Every section coerces and type-checks its fields, then runs its own range and cross-field checks, in `__post_init__`;
 a bad value raises `ConfigError` naming `section.key`, the value and what is allowed. `from_dict` builds a validated
 `Config` from nested plain values, checking every key against the tree (unknown -> `ConfigError` suggesting the
-closest name). Reading a command line or a TOML file, and writing one, live in `trainer.config_io`; its public names
-are re-exported here, so `from trainer.config import load_config` keeps working.
+closest name). Reading a command line or a TOML file, and writing one, live in `trainer.config_io`, which imports this
+module (never the other way round): `from trainer.config_io import load_config`.
 
 The FAST names (`fast_grpo`, `fast_sfpo`) bring the settings their paper uses: per-group KL (`kl_type =
 "group_accuracy"`, `kl_coef = 0.01`) and the Slow2Fast filter. `Config.resolved()` (run by `load_config`) applies
@@ -14,24 +14,21 @@ them only to keys the user did not set in the file or on the command line, so `a
 from __future__ import annotations
 
 import dataclasses
-import importlib
 import math
 import os
 import sys
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from functools import cache
-from pathlib import PurePath
-from typing import TYPE_CHECKING, Any, Literal
+from typing import Any, Literal
 
-# `_describe` and `_unwrap` are not used here: re-exported for trainer.config_io, which imports them from this module.
-from trainer.config_base import ConfigError, InputError, _describe, _hints, _Section, _suggest, _unwrap, input_errors  # noqa: F401
+from trainer.config_base import ConfigError, InputError, _hints, _Section, _suggest, input_errors
 from trainer.config_parallel import ParallelConfig
-
-if TYPE_CHECKING:
-    from trainer.config_io import configs_dir, find_config, load_config, save_toml, to_toml, usage
+from trainer.config_report import EVAL_SUFFIXES, EvalConfig, LoggingConfig, eval_source_name
+from trainer.data_formats import DATA_SUFFIXES, SUFFIX_TEXT
 
 __all__ = [
+    "EVAL_SUFFIXES",
     "FAST_DEFAULTS",
     "AlgorithmConfig",
     "CheckpointConfig",
@@ -47,14 +44,9 @@ __all__ = [
     "RewardConfig",
     "RolloutConfig",
     "WarmStartConfig",
-    "configs_dir",
-    "find_config",
+    "eval_source_name",
     "from_dict",
     "input_errors",
-    "load_config",
-    "save_toml",
-    "to_toml",
-    "usage",
 ]
 
 
@@ -172,7 +164,8 @@ class DataConfig(_Section):
 
     SECTION = "data"
     source: str = "synthetic"
-    """"synthetic" (the built-in task) or a path to a .jsonl / .parquet file with prompt and answer columns."""
+    """"synthetic" (the built-in task) or a path to a .jsonl / .json / .parquet / .pq file with prompt and answer
+    columns (a .json file is JSON lines, or one JSON array when it starts with `[`)."""
     prompt_key: str = "prompt"
     """Column holding the prompt text."""
     answer_key: str = "answer"
@@ -185,8 +178,8 @@ class DataConfig(_Section):
     """Wrap each prompt in the tokenizer's chat template when it has one."""
 
     def validate(self) -> None:
-        ok = self.source == "synthetic" or self.source.lower().endswith((".jsonl", ".parquet"))
-        self._require(ok, "source", "must be 'synthetic' or a path to a .jsonl or .parquet file")
+        ok = self.source == "synthetic" or self.source.lower().endswith(DATA_SUFFIXES)
+        self._require(ok, "source", f"must be 'synthetic' or a path to a {SUFFIX_TEXT} file")
         self._require(bool(self.prompt_key), "prompt_key", "must not be empty")
         self._require(bool(self.answer_key), "answer_key", "must not be empty")
         self._at_least(1, "max_prompt_tokens")
@@ -515,106 +508,6 @@ class CheckpointConfig(_Section):
 
 
 @dataclass
-class LoggingConfig(_Section):
-    """Where a run writes, and what it shows."""
-
-    SECTION = "logging"
-    run_dir: str = ""
-    """The run folder (metrics, checkpoints, export, plots, resolved config); "" -> runs/<algorithm>-<UTC time>."""
-    console_every: int = 1
-    """Print a progress line every this many steps."""
-    tensorboard: bool = True
-    """Write TensorBoard scalars too (only when tensorboard is installed)."""
-    overwrite: bool = False
-    """A fresh run (no resume) into a `run_dir` that already holds a run: false stops with a one-line error (use
-    `--resume auto` to continue it, or another folder); true deletes that run's metrics, config, checkpoints, export
-    and plots first."""
-
-    def validate(self) -> None:
-        self._at_least(1, "console_every")
-
-
-EVAL_SUFFIXES = (".jsonl", ".parquet")
-"""File types an `eval.source` entry may name (besides "synthetic")."""
-
-
-def eval_source_name(entry: str) -> str:
-    """How an `eval.source` entry is reported: "synthetic", or the file's stem (`data/math500.jsonl` -> `math500`)."""
-    return entry if entry == "synthetic" else PurePath(entry.replace("\\", "/")).stem
-
-
-@dataclass
-class EvalConfig(_Section):
-    """Held-out evaluation (`trainer.eval`): before training, every `every` steps and at the end, on the rollout
-    engine with the weights just synced; also standalone (`python -m trainer.eval MODEL`)."""
-
-    SECTION = "eval"
-    enabled: bool = True
-    """Evaluate during training (false: never; `python -m trainer.eval` ignores this)."""
-    source: str = "synthetic"
-    """What to evaluate on: "synthetic" (the built-in task's held-out split, disjoint from its training prompts), or
-    .jsonl / .parquet files, given as a TOML list (`["a.jsonl", "b.parquet"]`) or one string with commas
-    (`eval.source=a.jsonl,b.parquet`); each is reported under its file stem (`eval/math500/...`). A relative path
-    is taken from the working directory when it is there, else from the repository root (so the presets'
-    `../shared/data/math500.jsonl` is found from any folder). Same columns and scorer as the training files."""
-    before_train: bool = True
-    """Evaluate once before the first step (after the first weight sync); a resumed run does not repeat it."""
-    every: int = 10
-    """Evaluate every this many steps (0: only before training and at the end); always at the end."""
-    synthetic_size: int = 128
-    """Prompts of the synthetic held-out split."""
-    max_prompts: int = 0
-    """Evaluate the first N usable prompts of each source only (0: all of them)."""
-    n: int = 4
-    """Samples per prompt (avg@n, pass@k for k = 1, 2, 4, ... <= n, maj@n)."""
-    temperature: float = 1.0
-    """Sampling temperature (0: greedy; the n samples are then the same)."""
-    top_p: float = 1.0
-    """Nucleus sampling mass, in (0, 1]."""
-    max_new_tokens: int = 0
-    """Response length cap in tokens (0: rollout.max_new_tokens)."""
-    max_prompt_tokens: int = 0
-    """Longer prompts (after the chat template) are skipped and counted (`skipped_prompts`); 0:
-    data.max_prompt_tokens."""
-    prompt_key: str = ""
-    """Column holding the prompt text in the files ("": data.prompt_key)."""
-    answer_key: str = ""
-    """Column holding the reference answer in the files ("": data.answer_key)."""
-    difficulty_key: str = "level"
-    """Optional column with a difficulty (MATH-500's `level`, 1-5; the synthetic task's `level`): metrics are also
-    reported per value, `eval/<source>/level_<d>/...`. Rows without it are left out of that split; "": none."""
-    batch_size: int = 16
-    """Prompts per `generate` call. Prompts are cut into blocks of this size, dealt round-robin to the ranks, each
-    block sampled with its own seed: the numbers depend on it (and on the seed and step), not on the number of
-    ranks. Larger is faster on vLLM."""
-
-    def __post_init__(self) -> None:
-        if isinstance(self.source, (list, tuple)):  # a TOML list of paths: kept as one comma-separated string
-            if not all(isinstance(s, str) for s in self.source):
-                raise ConfigError(f"eval.source = {self.source!r}: expected a string or a list of strings")
-            self.source = ",".join(s.strip() for s in self.source)
-        super().__post_init__()
-
-    @property
-    def sources(self) -> list[str]:
-        """The `source` entries: "synthetic" and file paths, in order."""
-        return [s.strip() for s in self.source.split(",") if s.strip()]
-
-    def validate(self) -> None:
-        sources = self.sources
-        self._require(bool(sources), "source", "must be 'synthetic' or one or more .jsonl / .parquet paths")
-        for s in sources:
-            ok = s == "synthetic" or s.lower().endswith(EVAL_SUFFIXES)
-            self._require(ok, "source", f"{s!r} is neither 'synthetic' nor a path to a .jsonl or .parquet file")
-        names = [eval_source_name(s) for s in sources]
-        for name in names:
-            self._require(names.count(name) == 1, "source", f"two entries report as {name!r} (stems must differ)")
-        self._at_least(0, "every", "max_prompts", "max_new_tokens", "max_prompt_tokens", "temperature")
-        self._at_least(1, "synthetic_size", "n", "batch_size")
-        self._require(0 < self.top_p <= 1, "top_p", "must be in (0, 1]")
-
-
-@dataclass
 class Config(_Section):
     """The whole run: one section per component, plus the seed."""
 
@@ -712,15 +605,3 @@ def from_dict(values: Mapping[str, Any], *, explicit: frozenset[str] = frozenset
     sections = {name: cls(**values.get(name, {})) for name, cls in _sections().items()}
     top = {k: v for k, v in values.items() if k in _top_keys()}
     return Config(**sections, **top, explicit_keys=frozenset(explicit))
-
-
-# The loader and writer live in trainer.config_io, which imports this module; importing it back here at the top (or
-# the bottom) would be a cycle that breaks whenever trainer.config_io is imported first, so these resolve on first use.
-_FROM_IO = frozenset({"configs_dir", "find_config", "load_config", "save_toml", "to_toml", "usage", "tomllib"})
-
-
-def __getattr__(name: str) -> Any:
-    """The names re-exported from `trainer.config_io` (PEP 562), imported on first access."""
-    if name in _FROM_IO:
-        return getattr(importlib.import_module("trainer.config_io"), name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

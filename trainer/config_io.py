@@ -1,4 +1,4 @@
-"""Run configuration in and out: the command-line loader, override values, presets, and TOML writing.
+"""Run configuration in and out: the command-line loader, override values, presets, and TOML writing (tomli-w).
 
 `load_config(argv)` is the one loader: `[--config FILE|PRESET] [--resume auto|none|PATH] [section.key=value ...]`.
 Values apply in order (the dataclass defaults, the file, then the overrides left to right; later wins). Every key is
@@ -10,7 +10,7 @@ plain text (`algorithm.name=sfpo`, `model.path=/models/x`); string fields take t
 quoted; `none` / `null` clear an optional field. `--resume X` is `checkpoint.resume=X`. `--config` takes a file or
 the name of a preset in `configs_dir()` (`--config sfpo_qwen2p5_math_1p5b`).
 
-The tree, its validation and `from_dict` are in `trainer.config`, which re-exports this module's public names.
+The tree, its validation and `from_dict` are in `trainer.config`; this module imports it, never the other way round.
 """
 
 from __future__ import annotations
@@ -22,18 +22,10 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Literal
 
-from trainer.config import (
-    Config,
-    ConfigError,
-    _describe,
-    _hints,
-    _lookup,
-    _sections,
-    _suggest,
-    _top_keys,
-    _unwrap,
-    from_dict,
-)
+import tomli_w
+
+from trainer.config import Config, _lookup, _sections, _top_keys, from_dict
+from trainer.config_base import ConfigError, _describe, _hints, _suggest, _unwrap
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -153,26 +145,14 @@ def _put(tree: dict[str, Any], dotted: str, value: Any) -> None:
     (tree.setdefault(section, {}) if section else tree)[key] = value
 
 
-def _toml_value(value: Any) -> str:
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, (int, float)):
-        return repr(value)
-    if isinstance(value, (list, tuple)):
-        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
-    escapes = {'"': '\\"', "\\": "\\\\", "\n": "\\n", "\t": "\\t", "\r": "\\r"}
-    chars = (escapes.get(c) or (f"\\u{ord(c):04x}" if ord(c) < 0x20 or c == "\x7f" else c) for c in str(value))
-    return '"' + "".join(chars) + '"'
-
-
 def to_toml(cfg: Config) -> str:
-    """`cfg` as TOML text that `--config` loads back to an equal `Config` (None values are left out)."""
+    """`cfg` as TOML text that `--config` loads back to an equal `Config` (None values are left out; tomli-w writes
+    it: top-level keys, then one table per section, floats as `repr`, so every value reads back exactly)."""
     data = cfg.to_dict()
-    lines = ["# fastslow trainer config, resolved (trainer.config.to_toml). Load with --config THIS_FILE.", ""]
-    lines += [f"{k} = {_toml_value(v)}" for k, v in data.items() if k not in _sections() and v is not None]
-    for name in _sections():
-        lines += ["", f"[{name}]"] + [f"{k} = {_toml_value(v)}" for k, v in data[name].items() if v is not None]
-    return "\n".join(lines) + "\n"
+    tree = {k: v for k, v in data.items() if k not in _sections() and v is not None}
+    tree |= {name: {k: v for k, v in data[name].items() if v is not None} for name in _sections()}
+    header = "# fastslow trainer config, resolved (trainer.config_io.to_toml). Load with --config THIS_FILE.\n\n"
+    return header + tomli_w.dumps(tree)
 
 
 def save_toml(cfg: Config, path: str | os.PathLike[str]) -> None:

@@ -19,7 +19,7 @@ group at a time (the last few kept), so memory is bounded by the largest row gro
 of at most ~100k rows. A JSON array (`.json` starting with `[`) and the synthetic task are small by nature and are
 held in a list.
 
-The data config is read by attribute (duck typing): `source` ("synthetic" or a path to .jsonl / .json / .parquet),
+The data config is read by attribute (duck typing): `source` ("synthetic" or a path to .jsonl / .json / .parquet / .pq),
 `prompt_key`, `answer_key`, `max_prompt_tokens`, `on_long_prompt` ("skip" | "error"), `apply_chat_template`, and
 optionally `synthetic_size`, `synthetic_split` ("train", the default, or "eval": the task's held-out split, see
 `trainer.task.make_dataset`) and `difficulty_key` (a column name; unset or "": no difficulty). The training data
@@ -41,7 +41,8 @@ from typing import Any
 from transformers import PreTrainedTokenizerBase
 
 from trainer import task
-from trainer.data_parquet import PARQUET_SUFFIXES, ParquetItems, import_pyarrow, parquet_rows
+from trainer.data_formats import DATA_SUFFIXES, JSON_SUFFIXES, PARQUET_SUFFIXES, Item, Row
+from trainer.data_parquet import ParquetItems, import_pyarrow, parquet_rows
 from trainer.sampler import PromptSampler
 
 __all__ = [
@@ -60,15 +61,9 @@ log = logging.getLogger(__name__)
 SYNTHETIC = "synthetic"
 SYNTHETIC_SIZE = 4096
 """Items drawn from the synthetic task when the config does not say (`data.synthetic_size`)."""
-_JSON_SUFFIXES = (".jsonl", ".json")
 _BATCH = 4096
 """Rows tokenised together in the load-time pass: big enough for the fast tokenizers' batch path, small enough that
 the batch's Python objects stay a few MB."""
-
-Item = dict[str, Any]
-Row = tuple[str, Any, Any, int, Any]
-"""(row label for messages, prompt, answer, locator: byte offset in a JSONL file, row number in a Parquet file,
-difficulty: the `difficulty_key` value, None when the config names no such column or the row lacks it)."""
 
 
 class Prompts(Sequence):
@@ -142,7 +137,7 @@ def load_prompts(data_cfg: Any, tokenizer: PreTrainedTokenizerBase, *, seed: int
     if not path.is_file():
         raise FileNotFoundError(f"data.source: {path} does not exist or is not a file")
     suffix = path.suffix.lower()
-    if suffix in _JSON_SUFFIXES:
+    if suffix in JSON_SUFFIXES:
         if suffix == ".json" and _starts_with_bracket(path):
             return _eager(str(path), _json_array_rows(path, data_cfg), tokenizer, data_cfg)
         stamp = _stamp(path)
@@ -173,8 +168,7 @@ def load_prompts(data_cfg: Any, tokenizer: PreTrainedTokenizerBase, *, seed: int
         items = ParquetItems(pq, path, rows_kept, data_cfg, to_item)
     else:
         raise ValueError(
-            f"data.source: {path} has an unknown type {suffix!r}; allowed: 'synthetic', "
-            + ", ".join(_JSON_SUFFIXES + PARQUET_SUFFIXES)
+            f"data.source: {path} has an unknown type {suffix!r}; allowed: 'synthetic', " + ", ".join(DATA_SUFFIXES)
         )
     return _finish(str(path), items, skipped, limit)
 

@@ -12,14 +12,12 @@ from array import array
 from collections import OrderedDict
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-if TYPE_CHECKING:
-    from trainer.data import Item, Row
+from trainer.data_formats import Item, Row
 
-__all__ = ["PARQUET_SUFFIXES", "ParquetItems", "import_pyarrow", "parquet_rows"]
+__all__ = ["ParquetItems", "import_pyarrow", "parquet_rows"]
 
-PARQUET_SUFFIXES = (".parquet", ".pq")
 _CACHED_ROW_GROUPS = 4
 """Parquet row groups kept decoded (as Arrow columns) for random access."""
 

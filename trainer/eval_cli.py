@@ -31,7 +31,8 @@ from typing import Any
 import torch
 
 from trainer import checkpoint as ckpt
-from trainer.config import Config, ConfigError, load_config
+from trainer.config import Config, ConfigError
+from trainer.config_io import load_config
 from trainer.metrics import to_number
 
 

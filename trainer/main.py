@@ -18,7 +18,8 @@ import sys
 import traceback
 from pathlib import Path
 
-from trainer.config import ConfigError, InputError, load_config
+from trainer.config import ConfigError, InputError
+from trainer.config_io import load_config
 from trainer.signals import StopFlag, die_with_launcher
 
 

@@ -1,4 +1,4 @@
-"""Metrics: one JSON line per step, a console progress line, TensorBoard scalars when installed, system memory/GPU.
+"""Metrics: one JSON line per step, the console's progress, TensorBoard and wandb when asked, plots at the end.
 
 Only rank 0 writes (the trainer's metrics are already reduced across ranks); on other ranks every method is a
 no-op. `run_dir/metrics.jsonl` is opened for appending, so a resumed run continues the same file; a step logged
@@ -8,6 +8,10 @@ keep the last line for each step. Non-finite values are written as JSON `null` (
 An evaluation (`log_eval`) writes a row of its own, `{"step": k, "time": ..., "kind": "eval", "eval/<source>/...":
 ...}`, beside the training row of step k (step 0: before training); training rows have no "kind". Readers keep the
 last row of each (step, kind) and may merge the two (`trainer.plot.read_metrics` does).
+
+Every row also goes to TensorBoard (when installed) and to wandb (`logging.wandb`, `trainer.wandb_log`); the console
+shows a live progress line on a terminal and plain lines elsewhere (`trainer.progress`). `close()` draws the run's
+`plots/` (`logging.plots`, `trainer.plot.plot_finished_run`).
 """
 
 from __future__ import annotations
@@ -20,9 +24,14 @@ import sys
 import time
 from collections.abc import Iterable, Mapping
 from pathlib import Path
-from typing import Any, TextIO
+from typing import TYPE_CHECKING, Any, TextIO
 
 import torch
+
+from trainer.progress import Progress
+
+if TYPE_CHECKING:
+    from trainer.config import Config
 
 METRICS_FILE = "metrics.jsonl"
 SUMMARY_FILE = "summary.txt"
@@ -68,21 +77,34 @@ class MetricsLogger:
         tensorboard: bool = True,
         total_steps: int | None = None,
         stream: TextIO | None = None,
+        wandb: Mapping[str, Any] | None = None,
+        plots: bool = False,
     ) -> None:
-        """`console_every`: print the progress line every that many steps (0: never). `tensorboard`: also write
-        scalars to `run_dir/tensorboard` if `torch.utils.tensorboard` imports (else noted once, and skipped).
-        `total_steps` is shown as step/total. `stream`: where the console line goes (stdout by default)."""
+        """`console_every`: print the progress line every that many steps (0: never; on a terminal the live line
+        is updated every step, see `trainer.progress`). `tensorboard`: also write scalars to `run_dir/tensorboard`
+        if `torch.utils.tensorboard` imports (else noted once, and skipped). `total_steps` is shown as step/total.
+        `stream`: where the console lines go (stdout by default). `wandb`: the `trainer.wandb_log.WandbSink`
+        arguments (project, name, mode, config) to log every row there too; None: no wandb. `plots`: draw
+        `run_dir/plots` at `close()`."""
         self.run_dir = Path(run_dir)
         self.rank = rank
         self.console_every = console_every
         self.total_steps = total_steps
         self.stream = stream
+        self.plots = plots
+        self.progress = Progress(total_steps=total_steps, every=console_every, stream=stream)
         self._file: TextIO | None = None
         self._tb: Any = None
+        self._wandb: Any = None
+        self._rows = 0  # rows written by this logger: a run that logged none has nothing to plot
         if rank != 0:
             return
         self.run_dir.mkdir(parents=True, exist_ok=True)
         self._file = open(self.run_dir / METRICS_FILE, "a")  # noqa: SIM115 (open until close(), one line per step)
+        if wandb is not None:
+            from trainer.wandb_log import WandbSink
+
+            self._wandb = WandbSink(self.run_dir, **wandb)
         if tensorboard:
             try:
                 from torch.utils.tensorboard import SummaryWriter
@@ -90,6 +112,19 @@ class MetricsLogger:
                 self._print("tensorboard is not installed: metrics go to metrics.jsonl only")
             else:
                 self._tb = SummaryWriter(log_dir=str(self.run_dir / "tensorboard"))
+
+    @classmethod
+    def from_config(cls, run_dir: Path, cfg: Config, *, rank: int) -> MetricsLogger:
+        """The run's logger, as the `logging` section (and `optim.total_steps`) ask for."""
+        log = cfg.logging
+        wandb = None
+        if log.wandb:
+            wandb = {"project": log.wandb_project, "name": log.wandb_name, "mode": log.wandb_mode}
+            wandb["config"] = cfg.to_dict()
+        return cls(
+            run_dir, rank=rank, console_every=log.console_every, tensorboard=log.tensorboard,
+            total_steps=cfg.optim.total_steps, wandb=wandb, plots=log.plots,
+        )  # fmt: skip
 
     @property
     def path(self) -> Path:
@@ -101,8 +136,7 @@ class MetricsLogger:
         if self._file is None:
             return
         record = self._write(step, metrics, {})
-        if self.console_every > 0 and (step % self.console_every == 0 or step == 1):
-            self._print(self.format_line(step, record))
+        self.progress.step(step, self.format_line(step, record), record)
 
     def log_eval(self, step: int, metrics: Mapping[str, Any]) -> None:
         """Appends an evaluation's row `{"step", "time", "kind": "eval", **metrics}` (beside the step's training
@@ -119,10 +153,13 @@ class MetricsLogger:
         assert self._file is not None
         self._file.write(json.dumps(record) + "\n")
         self._file.flush()
+        self._rows += 1
         if self._tb is not None:
             for key, value in record.items():
                 if key not in ("step", "time") and isinstance(value, (int, float)):
                     self._tb.add_scalar(key, value, global_step=step)
+        if self._wandb is not None:
+            self._wandb.log(record)
         return record
 
     def format_line(self, step: int, metrics: Mapping[str, Any]) -> str:
@@ -134,7 +171,7 @@ class MetricsLogger:
             if key is None:
                 continue
             value = metrics[key]
-            value = to_number(key, value) if not isinstance(value, str) else value
+            value = value if value is None or isinstance(value, str) else to_number(key, value)  # None: non-finite
             parts.append(f"{label} {'nan' if value is None else fmt.format(value)}")
         return " | ".join(parts)
 
@@ -148,12 +185,25 @@ class MetricsLogger:
         (self.run_dir / SUMMARY_FILE).write_text("".join(line + "\n" for line in lines))
 
     def close(self) -> None:
+        """Close the sinks; then, with `plots` and rows logged, draw `run_dir/plots` (a failure is one line, never an
+        error)."""
+        self.progress.end()
+        drew = self._file is not None and self.plots and self._rows > 0
         if self._file is not None:
             self._file.close()
             self._file = None
         if self._tb is not None:
             self._tb.close()
             self._tb = None
+        if self._wandb is not None:
+            self._wandb.close()
+            self._wandb = None
+        if drew:
+            from trainer.plot import plot_finished_run
+
+            note = plot_finished_run(self.run_dir)
+            if note:
+                self._print(note)
 
     def __enter__(self) -> MetricsLogger:
         return self
@@ -162,7 +212,7 @@ class MetricsLogger:
         self.close()
 
     def _print(self, line: str) -> None:
-        print(line, file=self.stream or sys.stdout, flush=True)
+        self.progress.print(line)
 
 
 def format_eval_line(step: int, metrics: Mapping[str, Any]) -> str:

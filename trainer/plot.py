@@ -10,7 +10,8 @@ evaluation source in the file, `eval/<source>/avg@n`, `maj@n`, the largest `pass
 evaluation row and its training row are merged into one record; when a step was logged more than once (a resumed
 run), its last row of each kind wins. Training curves are drawn raw and, when there are enough points, with a moving
 average over ~5% of the run; evaluation curves (a few points) with markers. Needs matplotlib; without it the command
-says so and exits with status 2.
+says so and exits with status 2. A training run draws its own `plots/` when it ends (`logging.plots`,
+`plot_finished_run`: never an error there).
 """
 
 from __future__ import annotations
@@ -175,6 +176,23 @@ def plot_run(run_dir: Path, out_dir: Path | None = None, keys: Sequence[str] | N
     if not curves:
         raise ValueError(f"{run_dir / 'metrics.jsonl'}: none of {list(keys)} has a value")
     return _figures(plt, out_dir, run_dir.name, curves, lambda ax, key, sv: _draw(ax, sv[0], sv[1], key))
+
+
+def plot_finished_run(run_dir: Path) -> str | None:
+    """`plot_run(run_dir)` at the end of a training run: None when it drew, else the one line to print instead.
+
+    Without matplotlib, or when the figures fail for any reason (no metrics yet, a full disk, a matplotlib bug),
+    the line says so and the run ends as it would have: its results are in metrics.jsonl whatever happens here.
+    """
+    try:
+        import matplotlib  # noqa: F401
+    except ImportError:
+        return "plots: not drawn, matplotlib is not installed (pip install matplotlib; or logging.plots = false)"
+    try:
+        plot_run(run_dir)
+    except Exception as err:  # a finished run never fails on its plots
+        return f"plots: not drawn ({type(err).__name__}: {err}); python -m trainer.plot {run_dir} draws them later"
+    return None
 
 
 def overlay(

@@ -38,7 +38,8 @@ from fastslow import EntropySwitch, FilterSchedule, KLController
 from trainer import checkpoint as ckpt
 from trainer import checkpoint_check, resume_check, reward_worker
 from trainer.build import build_models, build_optimizer
-from trainer.config import Config, ConfigError, InputError, input_errors, save_toml
+from trainer.config import Config, ConfigError, InputError, input_errors
+from trainer.config_io import save_toml
 from trainer.data import load_prompts
 from trainer.dist import DistInfo, all_reduce
 from trainer.eval import eval_context_tokens, evaluate, headline, load_eval_sets
@@ -186,10 +187,7 @@ class Trainer:
             engine=self.engine, tokenizer=self.tokenizer, prompts=self.prompts, sampler=sampler, kl=kl,
             schedule=schedule, switch=switch, task=self.task, sync_dtype=engine_dtype,
         )  # fmt: skip
-        self.logger = MetricsLogger(
-            self.run_dir, rank=info.rank, console_every=cfg.logging.console_every,
-            tensorboard=cfg.logging.tensorboard, total_steps=cfg.optim.total_steps,
-        )  # fmt: skip
+        self.logger = MetricsLogger.from_config(self.run_dir, cfg, rank=info.rank)
         self.step = 0
         self.dry_steps = 0  # dry filter steps in a row (rollout.max_dry_steps)
         self.history: list[float] = []  # accuracy per step, for the final summary

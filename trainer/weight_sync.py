@@ -2,8 +2,9 @@
 
 `ModelWeightStream` is the one stream every engine consumes (`RolloutEngine.update_weights`): the hf engine copies
 each bucket into its model; the vllm engine hands the same stream to vLLM's weight-transfer API (CUDA IPC when
-colocated, NCCL to a server). Names are mapped from the trainer's to the HF checkpoint's (`hf_name`), which is what
-both transformers models and vLLM's `load_weights` take.
+colocated, NCCL to a server). Names are mapped from the trainer's to the HF checkpoint's
+(`trainer.param_names.hf_name`, shared with the export), which is what both transformers models and vLLM's
+`load_weights` take.
 """
 
 from __future__ import annotations
@@ -15,23 +16,8 @@ import torch
 from torch import nn
 from torch.distributed.tensor import DTensor
 
+from trainer.param_names import hf_name
 from trainer.rollout.base import ParamInfo, RolloutEngine
-
-# Module names that wrappers insert into parameter names: FSDP1, activation checkpointing, torch.compile.
-WRAPPER_INFIXES = ("_fsdp_wrapped_module.", "_checkpoint_wrapped_module.", "_orig_mod.")
-
-
-def hf_name(name: str, prefix: str = "") -> str:
-    """The HF model's name for a trained parameter: wrapper infixes removed, then a leading `prefix` stripped.
-
-    E.g. "lm.model.layers.0._checkpoint_wrapped_module.mlp.up_proj.weight" with prefix "lm." ->
-    "model.layers.0.mlp.up_proj.weight". A name without the prefix is kept (the engine then rejects it).
-    """
-    for infix in WRAPPER_INFIXES:
-        name = name.replace(infix, "")
-    if prefix and name.startswith(prefix):
-        name = name[len(prefix) :]
-    return name
 
 
 @torch.no_grad()
