@@ -25,8 +25,10 @@ run: $(STAMP)
 	@err=$$(mktemp); FASTSLOW_ERROR_FILE=$$err $(VENV)/bin/torchrun --standalone --nproc_per_node=$(NPROC) \
 		-m trainer.main $(ARGS); rc=$$?; if [ -s $$err ]; then cat $$err >&2; fi; rm -f $$err; exit $$rc
 
+# Two pytest-xdist workers, whole files each (module fixtures built once), the files with the most slow tests first.
+TEST_WORKERS ?= 2
 test: $(STAMP)
-	$(PY) -m pytest tests -q $(PYTEST_ARGS)
+	$(PY) -m pytest tests -q -n $(TEST_WORKERS) --dist loadfile $(PYTEST_ARGS)
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check . && $(VENV)/bin/ruff format --check .

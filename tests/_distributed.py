@@ -6,6 +6,7 @@ the top when a worker must set `TRITON_INTERPRET` first.
 
 from __future__ import annotations
 
+import faulthandler
 import os
 import socket
 import sys
@@ -46,6 +47,7 @@ def _rank_main(rank: int, worker_fn: Callable[..., None], port: int, args: tuple
     os.environ["MASTER_ADDR"] = "127.0.0.1"
     os.environ["MASTER_PORT"] = str(port)
     torch.set_num_threads(1)  # two ranks share a small machine
+    faulthandler.enable()  # a crash in native code prints the Python stack of every thread
     dist.init_process_group("gloo", rank=rank, world_size=WORLD_SIZE)
     try:
         worker_fn(rank, *args)

@@ -96,6 +96,7 @@ def test_committed_recording_names_every_kernel_this_session_launched() -> None:
     )
 
 
+@pytest.mark.slow  # the compiles (about a minute on 2 cores with an empty cache)
 def test_sm80_and_sm90_are_compiled(compiled: dict) -> None:
     assert {"sm_80", "sm_90"} <= set(compiled["targets"]), compiled["skipped_targets"]
     assert compiled["launches"] == len(_launches()) and compiled["rows"]
