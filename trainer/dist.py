@@ -64,7 +64,7 @@ def parallelize(policy: nn.Module, info: DistInfo, *, mixed_precision: bool, act
     `policy.lm.model.layers` are the decoder blocks of a Hugging Face causal LM. With `mixed_precision`, parameters
     are gathered in bf16 and gradients reduced in fp32.
     """
-    from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
+    from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard, register_fsdp_forward_method
 
     if activation_checkpointing:
         # Hugging Face's own per-layer checkpointing (non-reentrant): its decoder layers route their keyword
@@ -76,6 +76,8 @@ def parallelize(policy: nn.Module, info: DistInfo, *, mixed_precision: bool, act
     for layer in layers:
         fully_shard(layer, **kwargs)
     fully_shard(policy, **kwargs)
+    for name in getattr(policy, "FSDP_FORWARD_METHODS", ()):  # forward passes besides `forward` (Policy.loss)
+        register_fsdp_forward_method(policy, name)
 
 
 def all_reduce(t: torch.Tensor, op: str = "sum") -> torch.Tensor:

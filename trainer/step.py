@@ -20,6 +20,7 @@ from fastslow import FilterExhausted, OnlineFilter, group_advantages, sfpo_updat
 from kernels import IGNORE_INDEX
 from trainer.dist import DistInfo, all_reduce
 from trainer.packing import PackedBatch, PackedRow, layout_metrics, pack_batch, packed_inputs
+from trainer.policy import LossArgs
 from trainer.rollout import SamplingParams
 from trainer.scoring import Group, score_chunk
 from trainer.weight_sync import sync_weights
@@ -256,26 +257,28 @@ def update(
                 if isinstance(r, PackedRow):
                     take, n_scored, n_in = r.gather, float(r.scored), len(r.members)
                     *inputs, extra = packed_inputs(ctx.policy, batch, r)
-                    extra_kw = {"seq_ids": r.seq_ids}
+                    seq_ids, norm_len = r.seq_ids, None
                     if a.loss_agg == "seq-mean-token-sum-norm":  # the padded path's default: T
-                        extra_kw["norm_len"] = float(batch.targets.shape[1])
+                        norm_len = float(batch.targets.shape[1])
                 else:
                     take, n_scored, n_in = (lambda x, r=r: x[r]), batch.mask[r].any(-1).sum().float(), len(r)
-                    inputs, extra, extra_kw = [batch.input_ids[r], batch.attention_mask[r], batch.targets[r]], {}, {}
-                kw = dict(
+                    inputs, extra = [batch.input_ids[r], batch.attention_mask[r], batch.targets[r]], {}
+                    seq_ids, norm_len = None, None
+                args = LossArgs(
                     old_logp=take(old_logp), advantages=take(adv), mask=take(batch.mask),
                     ref_logp=None if ref_logp is None else take(ref_logp),
                     kl_coef=take(kl_coef) if isinstance(kl_coef, torch.Tensor) else kl_coef,
                     clip_low=a.clip_low, clip_high=a.clip_high, dual_clip=a.dual_clip, loss_agg=a.loss_agg,
-                    entropy_coef=a.entropy_coef, **extra_kw,
+                    entropy_coef=a.entropy_coef, num_tokens=n_tok if a.loss_agg == "token-mean" else None,
+                    norm_len=norm_len, seq_ids=seq_ids,
                 )  # fmt: skip
                 if a.loss_agg == "token-mean":
-                    kw["num_tokens"], scale = n_tok, 1.0
+                    scale = 1.0
                 elif a.loss_agg == "seq-mean-token-mean":
                     scale = n_scored / n_seq.clamp(min=1.0)
                 else:
                     scale = n_in / n_rows
-                loss, m = ctx.policy(*inputs, temperature=cfg.rollout.temperature, loss_kwargs=kw, **extra)
+                loss, m = ctx.policy.loss(*inputs, args, temperature=cfg.rollout.temperature, **extra)
                 (loss * scale * world).backward()
                 tokens = m["tokens"].item()
                 for k in ("pg_loss", "kl", "ratio", "clip_frac", "dual_clip_frac", "entropy"):
