@@ -75,6 +75,28 @@ def force_backend(name: Backend | None) -> Iterator[None]:
         _forced = previous
 
 
+LogitsGemm = Literal["out_dtype", "upcast", "cast"]
+_LOGITS_GEMM: dict[tuple[str, torch.dtype], LogitsGemm] = {}
+
+
+def logits_gemm(device: torch.device, dtype: torch.dtype) -> LogitsGemm:
+    """How a `dtype` (bf16/fp16) GEMM on `device` gives float32 logits, asked once per device type and dtype.
+
+    "out_dtype": the BLAS's float32-output GEMM (`torch.mm(..., out_dtype=torch.float32)`, CUDA in recent torch):
+    float32 accumulation, no rounding of the logits. Without it, "upcast" on the CPU (float32 operands: its runs are
+    float32 anyway) and "cast" elsewhere (the GEMM in `dtype`, its output cast to float32, as eager code has it).
+    """
+    key = (device.type, dtype)
+    if key not in _LOGITS_GEMM:
+        probe = torch.ones(1, 1, dtype=dtype, device=device)
+        try:
+            torch.mm(probe, probe, out_dtype=torch.float32)
+            _LOGITS_GEMM[key] = "out_dtype"
+        except (TypeError, RuntimeError):  # RuntimeError covers "no kernel for this backend"
+            _LOGITS_GEMM[key] = "upcast" if device.type == "cpu" else "cast"
+    return _LOGITS_GEMM[key]
+
+
 def workspace_bytes(device: torch.device) -> int:
     """Memory a chunked kernel may use for its `[tokens, vocab]` tile of logits on `device`.
 

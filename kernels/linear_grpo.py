@@ -1,7 +1,7 @@
 """The GRPO loss formed straight from hidden states: LM head, log-probs, `grpo_loss` and backward in one pass.
 
 For each chunk of tokens the forward computes the chunk's logits once, its log-probs and entropies (the row pass
-of `kernels.logprobs`), the per-token GRPO gradient (the fused op of `kernels.grpo`, unchanged), and right away
+of `kernels._chunks`), the per-token GRPO gradient (the fused op of `kernels.grpo`, unchanged), and right away
 `dL/dlogits` and the two gradient GEMMs. So the whole forward+backward costs three GEMMs of `2*N*H*V` FLOPs, and
 the backward is a scale of the saved `dL/dhidden` and `dL/dweight` by the incoming scalar gradient.
 
@@ -14,17 +14,10 @@ from __future__ import annotations
 import torch
 
 from kernels._checks import ValueCheck, check_finite_number
+from kernels._chunks import backward_chunk, chunk_logits, chunk_rows, row_stats
 from kernels.grpo import grpo_loss, grpo_loss_ref
 from kernels.grpo_args import _N_STATS, GRPOTerms, LossAgg, _row_weights, grpo_metrics, prepare_grpo
-from kernels.logprobs import (
-    _row_stats,
-    backward_chunk,
-    check_logprob_inputs,
-    chunk_logits,
-    chunk_rows,
-    token_logprobs,
-    token_logprobs_ref,
-)
+from kernels.logprobs import check_logprob_inputs, token_logprobs, token_logprobs_ref
 
 
 def _blocks(B: int, T: int, chunk: int) -> list[tuple[slice, slice]]:
@@ -45,7 +38,8 @@ def _forward_backward(
     hidden: torch.Tensor,
     weight: torch.Tensor,
     targets: torch.Tensor,
-    terms_args: tuple,
+    terms: GRPOTerms,
+    *,
     inv_temp: float,
     entropy_coef: float,
     chunk: int,
@@ -53,7 +47,6 @@ def _forward_backward(
     need_weight: bool,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """Returns (loss [], row stats [B, _N_STATS + 1] with the masked entropy sum last, d hidden, d weight)."""
-    terms = GRPOTerms(*terms_args)
     B, T = targets.shape
     H = hidden.shape[-1]  # spelled out in the views below, not -1: H may be 0
     h3 = hidden.view(B, T, H)
@@ -67,7 +60,7 @@ def _forward_backward(
         h_blk = h3[rows, cols].reshape(n_rows * n_cols, H)
         t_blk = targets[rows, cols].reshape(-1)
         logits = chunk_logits(h_blk, weight)
-        logp, ent, lse = _row_stats(logits, t_blk, inv_temp)
+        logp, ent, lse = row_stats(logits, t_blk, inv_temp)
         blk_loss, blk_stats, g_logp = torch.ops.fastslow.grpo_loss_fwd(
             logp.view(n_rows, n_cols), *terms.block(rows, cols)
         )
@@ -108,14 +101,25 @@ def _linear_grpo_fwd(
     need_hidden: bool,
     need_weight: bool,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    """(loss [], row stats [B, n_stats + 1], d hidden [N, H] or empty, d weight [V, H] or empty)."""
-    terms = (old_logp, advantages, mask, ref_logp, beta, row_w, counts, kl_coef, clip_low, clip_high, dual_clip)
-    return _forward_backward(hidden, weight, targets, terms, inv_temp, entropy_coef, chunk, need_hidden, need_weight)
+    """(loss [], row stats [B, n_stats + 1], d hidden [N, H] or empty, d weight [V, H] or empty).
+
+    A custom op's schema takes tensors and numbers only, so `GRPOTerms`' fields travel one by one, in its order.
+    """
+    terms = GRPOTerms(
+        old_logp=old_logp, advantages=advantages, mask=mask, ref_logp=ref_logp, beta=beta, row_w=row_w,
+        counts=counts, kl_coef=kl_coef, clip_low=clip_low, clip_high=clip_high, dual_clip=dual_clip,
+    )  # fmt: skip
+    return _forward_backward(
+        hidden, weight, targets, terms, inv_temp=inv_temp, entropy_coef=entropy_coef, chunk=chunk,
+        need_hidden=need_hidden, need_weight=need_weight,
+    )  # fmt: skip
 
 
 @_linear_grpo_fwd.register_fake
-def _(hidden, weight, targets, *args):
-    need_hidden, need_weight = args[-2], args[-1]
+def _(
+    hidden, weight, targets, old_logp, advantages, mask, ref_logp, beta, row_w, counts, kl_coef, clip_low,
+    clip_high, dual_clip, inv_temp, entropy_coef, chunk, need_hidden, need_weight,
+):  # fmt: skip
     B = targets.shape[0]
     return (
         hidden.new_empty((), dtype=torch.float32),
@@ -126,17 +130,23 @@ def _(hidden, weight, targets, *args):
 
 
 class LinearGRPOFunction(torch.autograd.Function):
-    """Forward does all the work and keeps the two gradients; backward scales them."""
+    """Forward does all the work and keeps the two gradients; backward scales them.
+
+    Its arguments are `_linear_grpo_fwd`'s without the two `need_*` flags (autograd says those).
+    """
 
     @staticmethod
-    def forward(ctx, hidden, weight, targets, *rest):
+    def forward(
+        ctx, hidden, weight, targets, old_logp, advantages, mask, ref_logp, beta, row_w, counts, kl_coef, clip_low,
+        clip_high, dual_clip, inv_temp, entropy_coef, chunk,
+    ):  # fmt: skip
         need_hidden, need_weight = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
         loss, stats, dh, dw = torch.ops.fastslow.linear_grpo_fwd(
-            hidden, weight, targets, *rest, need_hidden, need_weight
-        )
+            hidden, weight, targets, old_logp, advantages, mask, ref_logp, beta, row_w, counts, kl_coef, clip_low,
+            clip_high, dual_clip, inv_temp, entropy_coef, chunk, need_hidden, need_weight,
+        )  # fmt: skip
         ctx.save_for_backward(dh, dw)
         ctx.need = (need_hidden, need_weight)
-        ctx.n_rest = len(rest)
         ctx.mark_non_differentiable(stats)
         return loss, stats
 
@@ -146,7 +156,11 @@ class LinearGRPOFunction(torch.autograd.Function):
         need_hidden, need_weight = ctx.need
         grad_h = (dh * grad_loss).to(dh.dtype) if need_hidden else None
         grad_w = (dw * grad_loss).to(dw.dtype) if need_weight else None
-        return grad_h, grad_w, None, *([None] * ctx.n_rest)
+        return grad_h, grad_w, *([None] * _NOT_DIFFERENTIABLE)
+
+
+_NOT_DIFFERENTIABLE = 15
+"""`LinearGRPOFunction.forward`'s arguments after `weight` (targets, the GRPO terms, inv_temp, entropy_coef, chunk)."""
 
 
 def linear_grpo_loss(

@@ -5,11 +5,8 @@ through in chunks sized to a workspace budget (`kernels._dispatch.workspace_byte
 writes its `[n, V]` logits (float32), then one row kernel makes a single online pass over them (max, sum of
 exponentials, sum of `p * z`, the target's logit). The backward recomputes a chunk's logits, turns them in one
 pass into `dL/dlogits` (written in the weight's dtype) and hands that to two GEMMs, `dh = dz @ W` and
-`dW += dz.T @ h`. GEMMs are cuBLAS (or the CPU BLAS); the row passes are Triton on GPU (or under the
-interpreter) and torch otherwise, chosen in `kernels._dispatch`.
-
-For one token with logits `z = hidden @ W.T / temperature`, `p = softmax(z)`, `lse = logsumexp(z)`:
-`logp = z_t - lse`, `H = lse - sum(p * z)`, `dlogp/dz = onehot(t) - p`, `dH/dz = -p * (z - lse + H)`.
+`dW += dz.T @ h`. Those chunk pieces (GEMM, row passes, chunk backward) live in `kernels._chunks`, shared with
+`kernels.linear_grpo`; this file holds the op that loops over the chunks, its checks and its reference.
 
 NaN in, NaN out, as in `token_logprobs_ref`: a NaN logit (from a NaN in `hidden[i]` or in a row of `weight`) makes
 the log-prob and entropy of every token whose logits it is in NaN, and the gradients that flow through them; rows
@@ -28,194 +25,11 @@ from kernels._checks import (
     check_device,
     check_finite_number,
     check_float,
-    check_positive_int,
     raise_on_values,
 )
-from kernels._dispatch import backend_for, workspace_bytes
-from kernels._triton import cast_rtne, tl, triton
+from kernels._chunks import IGNORE_INDEX, backward_chunk, chunk_logits, chunk_rows, row_stats
 
-IGNORE_INDEX = -100
-# BLOCK_V=2048 floats per step of a row's vocab loop, 8 warps: one row per program, a memory-bound streaming pass
-# over the chunk's logits; not yet tuned on a GPU (bench/ measures the whole op against eager and Liger).
-_BLOCK_V = 2048
-_NUM_WARPS = 8
 _FLOAT_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
-
-
-@triton.jit
-def _row_stats_kernel(
-    logits_ptr,  # [n, V] float32 raw logits (before the temperature)
-    targets_ptr,  # [n] int
-    logp_ptr,  # out [n] float32
-    ent_ptr,  # out [n] float32
-    lse_ptr,  # out [n] float32 (of the tempered logits)
-    V,
-    stride_row,
-    inv_temp,
-    IGNORE: tl.constexpr,
-    BLOCK_V: tl.constexpr,
-):
-    row = tl.program_id(0).to(tl.int64)
-    base = logits_ptr + row * stride_row
-    target = tl.load(targets_ptr + row).to(tl.int64)
-    m = tl.zeros([], dtype=tl.float32) - float("inf")  # running max
-    s = tl.zeros([], dtype=tl.float32)  # sum of exp(z - m)
-    t = tl.zeros([], dtype=tl.float32)  # sum of exp(z - m) * z
-    z_target = tl.zeros([], dtype=tl.float32)
-    for v0 in range(0, V, BLOCK_V):
-        offs = v0 + tl.arange(0, BLOCK_V)
-        inb = offs < V
-        z = tl.load(base + offs, mask=inb, other=float("-inf")).to(tl.float32) * inv_temp
-        # tl.max skips NaN (compiled and interpreted), but a NaN z still reaches s and t through exp(z - m_new),
-        # and `s * scale` keeps it through the later blocks: a NaN logit gives NaN lse, logp and entropy.
-        m_new = tl.maximum(m, tl.max(z, axis=0))
-        scale = tl.exp(m - m_new)
-        e = tl.exp(z - m_new)
-        s = s * scale + tl.sum(e, axis=0)
-        t = t * scale + tl.sum(e * tl.where(inb, z, 0.0), axis=0)  # padding: e = 0, z = -inf
-        z_target += tl.sum(tl.where(offs == target, z, 0.0), axis=0)
-        m = m_new
-    lse = m + tl.log(s)
-    valid = target != IGNORE
-    tl.store(lse_ptr + row, lse)
-    tl.store(logp_ptr + row, tl.where(valid, z_target - lse, 0.0))
-    tl.store(ent_ptr + row, tl.where(valid, lse - t / s, 0.0))
-
-
-@triton.jit
-def _row_grad_kernel(
-    logits_ptr,  # [n, V] float32 raw logits
-    dz_ptr,  # out [n, V] dL/d(raw logits), in the weight's dtype
-    targets_ptr,  # [n] int
-    lse_ptr,  # [n] float32
-    ent_ptr,  # [n] float32
-    g_logp_ptr,  # [n] float32 upstream gradient of logp
-    g_ent_ptr,  # [n] float32 upstream gradient of the entropy (unused without HAS_ENT)
-    V,
-    stride_row,
-    stride_dz,
-    inv_temp,
-    HAS_ENT: tl.constexpr,
-    IGNORE: tl.constexpr,
-    BLOCK_V: tl.constexpr,
-):
-    row = tl.program_id(0).to(tl.int64)
-    target = tl.load(targets_ptr + row).to(tl.int64)
-    valid = target != IGNORE
-    lse = tl.load(lse_ptr + row)
-    g_logp = tl.where(valid, tl.load(g_logp_ptr + row), 0.0)
-    if HAS_ENT:
-        g_ent = tl.where(valid, tl.load(g_ent_ptr + row), 0.0)
-        shift = tl.load(ent_ptr + row) - lse  # z - lse + H = z + shift
-    for v0 in range(0, V, BLOCK_V):
-        offs = v0 + tl.arange(0, BLOCK_V)
-        inb = offs < V
-        z = tl.load(logits_ptr + row * stride_row + offs, mask=inb, other=0.0).to(tl.float32) * inv_temp
-        p = tl.exp(z - lse)
-        dz = tl.where(offs == target, g_logp, 0.0) - g_logp * p
-        if HAS_ENT:
-            dz -= g_ent * p * (z + shift)
-        # chain rule through z = logits * inv_temp
-        tl.store(dz_ptr + row * stride_dz + offs, cast_rtne(dz * inv_temp, dz_ptr.dtype.element_ty), mask=inb)
-
-
-def _row_stats(
-    logits: torch.Tensor, targets: torch.Tensor, inv_temp: float, with_entropy: bool = True
-) -> tuple[torch.Tensor, ...]:
-    """(logp, entropy, lse), each `[n]` float32, from a chunk's raw logits `[n, V]`.
-
-    `with_entropy=False` lets the torch path skip the entropy (two more passes over the chunk); it is then zeros.
-    The Triton kernel computes it in the same pass either way.
-    """
-    n, V = logits.shape
-    if backend_for(logits.device) == "triton":
-        logp, ent, lse = (torch.empty(n, dtype=torch.float32, device=logits.device) for _ in range(3))
-        if n:
-            _row_stats_kernel[(n,)](
-                logits, targets, logp, ent, lse, V, logits.stride(0), inv_temp,
-                IGNORE=IGNORE_INDEX, BLOCK_V=_BLOCK_V, num_warps=_NUM_WARPS,
-            )  # fmt: skip
-        return logp, ent, lse
-    # torch's fused log_softmax (one vectorised pass) then one pass for the entropy: at most two chunk-sized
-    # temporaries besides the logits (one more when temperature != 1).
-    z = logits if inv_temp == 1.0 else logits * inv_temp
-    log_p = torch.log_softmax(z, dim=-1)
-    lse = z[:, 0] - log_p[:, 0]
-    valid = targets != IGNORE_INDEX
-    logp = torch.where(valid, log_p.gather(1, targets.clamp(min=0).long()[:, None]).squeeze(1), 0.0)
-    if not with_entropy:
-        return logp, torch.zeros_like(logp), lse
-    ent = torch.where(valid, -log_p.exp().mul_(log_p).sum(-1), 0.0)
-    return logp, ent, lse
-
-
-def _row_grad(
-    logits: torch.Tensor,
-    targets: torch.Tensor,
-    lse: torch.Tensor,
-    ent: torch.Tensor,
-    g_logp: torch.Tensor,
-    g_ent: torch.Tensor | None,
-    inv_temp: float,
-    out_dtype: torch.dtype,
-) -> torch.Tensor:
-    """dL/d(raw logits) `[n, V]` in `out_dtype`, from the chunk's logits and the upstream gradients `[n]`."""
-    n, V = logits.shape
-    if backend_for(logits.device) == "triton":
-        dz = torch.empty(n, V, dtype=out_dtype, device=logits.device)
-        if n:
-            _row_grad_kernel[(n,)](
-                logits, dz, targets, lse, ent, g_logp, g_ent if g_ent is not None else g_logp, V,
-                logits.stride(0), dz.stride(0), inv_temp,
-                HAS_ENT=g_ent is not None, IGNORE=IGNORE_INDEX, BLOCK_V=_BLOCK_V, num_warps=_NUM_WARPS,
-            )  # fmt: skip
-        return dz
-    # torch's fused softmax, then in-place updates: one or two chunk-sized temporaries besides the logits.
-    z = logits if inv_temp == 1.0 else logits * inv_temp
-    p = torch.softmax(z, dim=-1)
-    valid = targets != IGNORE_INDEX
-    g_logp = torch.where(valid, g_logp.float(), 0.0)
-    if g_ent is not None:
-        g_ent = torch.where(valid, g_ent.float(), 0.0)
-        ent_term = (z - (lse - ent)[:, None]).mul_(p).mul_(g_ent[:, None])  # g_H * p * (z - lse + H)
-    dz = p.mul_(-g_logp[:, None])
-    dz.scatter_add_(1, targets.clamp(min=0).long()[:, None], g_logp[:, None])
-    if g_ent is not None:
-        dz.sub_(ent_term)
-    return (dz if inv_temp == 1.0 else dz.mul_(inv_temp)).to(out_dtype)
-
-
-_FP32_OUT_MM: dict[str, bool] = {}
-
-
-def chunk_logits(hidden: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
-    """Raw logits `[n, V]` in float32 for a chunk of hidden states `[n, H]`.
-
-    bf16/fp16 inputs use the BLAS's float32-output GEMM (`mm(..., out_dtype=float32)`, CUDA in recent torch):
-    float32 accumulation and no rounding of the logits. Without it: on the CPU (whose runs are float32 anyway) the
-    operands are upcast for this GEMM; on a GPU the logits come out in the input dtype, as eager code has them.
-    """
-    if hidden.dtype == torch.float32:
-        return hidden @ weight.t()
-    key = hidden.device.type
-    if _FP32_OUT_MM.get(key, True):
-        try:
-            out = torch.mm(hidden, weight.t(), out_dtype=torch.float32)
-            _FP32_OUT_MM[key] = True
-            return out
-        except (TypeError, RuntimeError):  # RuntimeError covers "no kernel for this backend"
-            _FP32_OUT_MM[key] = False
-    if key == "cpu":
-        return hidden.float() @ weight.float().t()
-    return (hidden @ weight.t()).float()
-
-
-def chunk_rows(n_tokens: int, vocab: int, device: torch.device, chunk_tokens: int | None = None) -> int:
-    """Tokens per chunk: `chunk_tokens` (an int > 0) if given, else as many float32 logit rows as the workspace
-    holds."""
-    if chunk_tokens is not None:
-        return check_positive_int("chunk_tokens", chunk_tokens)
-    return max(1, min(n_tokens, workspace_bytes(device) // (4 * max(vocab, 1))))
 
 
 def _forward(
@@ -226,33 +40,8 @@ def _forward(
     for n0 in range(0, N, chunk):
         n1 = min(n0 + chunk, N)
         logits = chunk_logits(hidden[n0:n1], weight)
-        logp[n0:n1], ent[n0:n1], lse[n0:n1] = _row_stats(logits, targets[n0:n1], inv_temp, with_entropy)
+        logp[n0:n1], ent[n0:n1], lse[n0:n1] = row_stats(logits, targets[n0:n1], inv_temp, with_entropy)
     return logp, ent, lse
-
-
-def backward_chunk(
-    hidden: torch.Tensor,
-    weight: torch.Tensor,
-    logits: torch.Tensor,
-    targets: torch.Tensor,
-    lse: torch.Tensor,
-    ent: torch.Tensor,
-    g_logp: torch.Tensor,
-    g_ent: torch.Tensor | None,
-    inv_temp: float,
-    dh_out: torch.Tensor | None,
-    dw_acc: torch.Tensor | None,
-) -> None:
-    """One chunk's share of the backward: `dh_out[:] = dz @ W` and `dw_acc += dz.T @ hidden`.
-
-    `dw_acc` accumulates in the weight's dtype, as a bf16 trainer's gradient does (each chunk's GEMM sums in
-    float32; chunks add in the weight's dtype).
-    """
-    dz = _row_grad(logits, targets, lse, ent, g_logp, g_ent, inv_temp, weight.dtype)
-    if dh_out is not None:
-        dh_out.copy_(dz @ weight)
-    if dw_acc is not None:
-        dw_acc.addmm_(dz.t(), hidden.to(weight.dtype))
 
 
 def _backward(
@@ -404,7 +193,7 @@ def token_logprobs(
     temperature: float = 1.0,
     with_entropy: bool = False,
     chunk_tokens: int | None = None,
-) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Log-prob of each target token (and the entropy) under `softmax(hidden @ weight.T / temperature)`.
 
     Never builds the `[N, V]` logits: memory beyond inputs, outputs and gradients is one chunk of
@@ -415,13 +204,14 @@ def token_logprobs(
         weight: `[V, H]` the LM head, same dtype and device as `hidden`. Any V.
         targets: `[...]` int64/int32 token ids in `[0, V)`, or -100 for positions to ignore.
         temperature: runtime float > 0 dividing the logits (sampling temperature).
-        with_entropy: also return the entropy of each position's distribution.
+        with_entropy: also compute the entropy of each position's distribution (else it is None: the torch path
+            then skips two passes over each chunk).
         chunk_tokens: override the number of tokens per chunk (an int > 0).
 
     Returns:
-        `logp [...]` float32 (0 where the target is -100), and with `with_entropy` also `entropy [...]` float32
-        (0 there too). Both are differentiable w.r.t. `hidden` and `weight`; ignored positions get no gradient.
-        Empty inputs (no tokens, or H = 0) work: empty outputs, or those of all-zero logits.
+        `(logp [...], entropy [...])` float32 (0 where the target is -100), like `token_logprobs_ref`; `entropy`
+        is None without `with_entropy`. Both are differentiable w.r.t. `hidden` and `weight`; ignored positions get
+        no gradient. Empty inputs (no tokens, or H = 0) work: empty outputs, or those of all-zero logits.
     """
     V, inv_temp = check_logprob_inputs(hidden, weight, targets, temperature)
     lead = targets.shape
@@ -430,9 +220,7 @@ def token_logprobs(
     logp, ent = TokenLogprobsFunction.apply(
         h2d, weight.contiguous(), targets.reshape(-1).contiguous(), inv_temp, chunk, with_entropy
     )
-    if with_entropy:
-        return logp.view(lead), ent.view(lead)
-    return logp.view(lead)
+    return logp.view(lead), (ent.view(lead) if with_entropy else None)
 
 
 def token_logprobs_ref(

@@ -30,7 +30,7 @@ def _mixed_precision_rank(rank: int) -> None:
     from torch.distributed.tensor import DTensor
 
     from trainer.dist import DistInfo, parallelize
-    from trainer.policy import Policy
+    from trainer.policy import LossArgs, Policy
 
     info = DistInfo(rank=rank, world=2, local_rank=rank, device=torch.device("cpu"),
                     mesh=init_device_mesh("cpu", (2,)))  # fmt: skip
@@ -38,7 +38,7 @@ def _mixed_precision_rank(rank: int) -> None:
     ids = torch.randint(0, 40, (3, 9), generator=g)
     targets = torch.cat([ids[:, 1:-1], torch.full((3, 1), -100)], dim=1)
     mask = (targets != -100).float()
-    loss_kwargs = {"old_logp": torch.full((3, 8), -3.0), "advantages": torch.tensor([1.0, -0.5, 0.25]), "mask": mask}
+    loss_args = LossArgs(old_logp=torch.full((3, 8), -3.0), advantages=torch.tensor([1.0, -0.5, 0.25]), mask=mask)
     losses, seen = {}, {}
     for mixed in (False, True):
         policy = Policy(_tiny.tiny_lm(seed=0))
@@ -46,7 +46,7 @@ def _mixed_precision_rank(rank: int) -> None:
         hook = policy.lm.model.layers[0].register_forward_hook(
             lambda m, a, out, key=mixed: seen.__setitem__(key, (out[0] if isinstance(out, tuple) else out).dtype)
         )
-        loss, _ = policy(ids, torch.ones_like(ids), targets, loss_kwargs=loss_kwargs)
+        loss, _ = policy.loss(ids, torch.ones_like(ids), targets, loss_args)
         loss.backward()
         hook.remove()
         losses[mixed] = loss.detach().float()

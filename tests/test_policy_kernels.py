@@ -21,7 +21,7 @@ from kernels import IGNORE_INDEX, LOSS_AGGS
 from kernels._dispatch import force_backend
 from trainer.config import ConfigError, from_dict
 from trainer.config_io import load_config
-from trainer.policy import KERNELS, Policy
+from trainer.policy import KERNELS, LossArgs, Policy
 
 VOCAB = 40  # tests/_tiny.py
 
@@ -70,15 +70,15 @@ def test_loss_and_gradients_agree(backend: str, loss_agg: str) -> None:
     B = batch["targets"].shape[0]
     with torch.no_grad():
         logp, _ = Policy(tiny_lm(seed=2)).to(DEVICE)(batch["input_ids"], batch["attention_mask"], batch["targets"])
-    loss_kwargs = dict(
+    loss_args = LossArgs(
         old_logp=logp + 0.1 * torch.randn_like(logp), ref_logp=logp + 0.1 * torch.randn_like(logp),
         advantages=torch.randn(B, device=DEVICE), mask=batch["mask"], kl_coef=torch.rand(B, device=DEVICE) * 0.05,
         clip_low=0.2, clip_high=0.28, dual_clip=3.0, loss_agg=loss_agg, entropy_coef=0.01,
     )  # fmt: skip
     results = {}
     for name, policy in policies().items():
-        loss, metrics = policy(
-            batch["input_ids"], batch["attention_mask"], batch["targets"], temperature=0.9, loss_kwargs=loss_kwargs
+        loss, metrics = policy.loss(
+            batch["input_ids"], batch["attention_mask"], batch["targets"], loss_args, temperature=0.9
         )
         (loss * 1.7).backward()
         grads = {n: p.grad for n, p in policy.named_parameters()}

@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from fastslow import SLOW2FAST, OnlineFilter
-from trainer import data
+from trainer import data, scoring
 from trainer import rewards as R
 from trainer import step as step_mod
 from trainer.config import ConfigError, from_dict
@@ -60,7 +60,7 @@ def _ctx(algorithm: dict | None = None, reward: dict | None = None, total_steps:
 
 def test_score_chunk_applies_the_brevity_budget(monkeypatch: pytest.MonkeyPatch) -> None:
     """One group of 8 correct, formatted answers of growing length: the seed's budget 6.4 leaves the 8th unscored."""
-    monkeypatch.setattr(step_mod, "all_gather_cat", lambda t: t)  # world size 1
+    monkeypatch.setattr(scoring, "all_gather_cat", lambda t: t)  # world size 1
     tok = build_tokenizer()
     items = [{"prompt": "1 + 2 =", "prompt_ids": tok("1 + 2 =")["input_ids"], "answer": "3"}]
     texts = ["<think> " + "so " * k + "</think> <answer> 3 </answer>" for k in range(8)]
@@ -68,11 +68,11 @@ def test_score_chunk_applies_the_brevity_budget(monkeypatch: pytest.MonkeyPatch)
     lengths = torch.tensor([float(len(c)) for c in completions[0]])  # tokens: 7 + k
     mean = lengths.mean()
 
-    capped = step_mod._score_chunk(_ctx(), items, completions)[0].rewards
+    capped = step_mod._score_chunk(_ctx(), items, completions)[0][0].rewards
     expected = 1.5 + 0.5 * (1 - lengths / mean)
     expected[7] = 1.5
     torch.testing.assert_close(capped, expected)
-    uncapped = step_mod._score_chunk(_ctx({"brevity_cap": 1.0}), items, completions)[0].rewards
+    uncapped = step_mod._score_chunk(_ctx({"brevity_cap": 1.0}), items, completions)[0][0].rewards
     torch.testing.assert_close(uncapped, 1.5 + 0.5 * (1 - lengths / mean))
 
 
@@ -118,7 +118,7 @@ def test_curriculum_progress_is_the_seeds(
         return start(self, progress)
 
     monkeypatch.setattr(OnlineFilter, "start", spy)
-    monkeypatch.setattr(step_mod, "all_gather_cat", lambda t: t)
+    monkeypatch.setattr(scoring, "all_gather_cat", lambda t: t)
     ctx = _ctx({"name": "grpo"}, total_steps=total)
     ctx.schedule = SLOW2FAST
     ctx.prompts = [{"prompt": "1 + 2 =", "prompt_ids": ctx.tokenizer("1 + 2 =")["input_ids"], "answer": "3"}]
@@ -165,7 +165,7 @@ def test_score_chunk_passes_think_opened(mode: str, template: str, opened: bool)
     inside = tok("so </think> <answer> 3 </answer>")["input_ids"] + [tok.eos_token_id]  # continues the open block
     opens = tok("<think> so </think> <answer> 3 </answer>")["input_ids"] + [tok.eos_token_id]
     ctx.cfg.rollout.group_size = 2
-    group = step_mod._score_chunk(ctx, items, [[inside, opens]])[0]
+    group = step_mod._score_chunk(ctx, items, [[inside, opens]])[0][0]
     assert group.correct.tolist() == [True, True]
     # FAST's format term: the response that re-opens an already open block is malformed, and vice versa.
     formatted = R.score(["so</think><answer>3</answer>", "<think>so</think><answer>3</answer>"], ["3", "3"],

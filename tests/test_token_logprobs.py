@@ -63,11 +63,11 @@ def test_ignored_targets(backend):
 
 
 def test_logp_only_and_leading_shape(backend):
-    """Without entropy it returns one tensor; any leading shape works and the gradient flows only through logp."""
+    """Without entropy its entropy is None; any leading shape works and the gradient flows only through logp."""
     hidden, weight, targets = make(12, 16, 40, torch.float32)
     h = hidden.view(3, 4, 16).clone().requires_grad_()
-    logp = token_logprobs(h, weight, targets.view(3, 4))
-    assert logp.shape == (3, 4)
+    logp, ent = token_logprobs(h, weight, targets.view(3, 4))
+    assert logp.shape == (3, 4) and ent is None
     logp.sum().backward()
     h64 = hidden.double().requires_grad_()
     token_logprobs_ref(h64, weight.double(), targets)[0].sum().backward()
@@ -143,7 +143,7 @@ NUMPY_NAN_WARNINGS = pytest.mark.filterwarnings("ignore::RuntimeWarning")
 def test_nan_logit_in_row_pass(backend):
     """A NaN logit anywhere in a row (before the running max, in a later vocab block, or everywhere) gives NaN lse,
     logp, entropy and dL/dlogits for that row, whatever the max does with it; the other rows are untouched."""
-    from kernels.logprobs import _BLOCK_V, _row_grad, _row_stats
+    from kernels._chunks import _BLOCK_V, row_grad, row_stats
 
     n, V = 5, _BLOCK_V + 5  # two vocab blocks
     logits = torch.randn(n, V, device=DEVICE) * 3
@@ -153,7 +153,7 @@ def test_nan_logit_in_row_pass(backend):
     logits[2] = float("nan")
     logits[4, 7] = float("nan")
     targets[4] = IGNORE_INDEX  # selected to 0, but its softmax is NaN
-    logp, ent, lse = _row_stats(logits, targets, 1.0)
+    logp, ent, lse = row_stats(logits, targets, 1.0)
     logp64, ent64, lse64 = softmax_stats64(logits, targets)
     bad = torch.tensor([True, True, True, False, True], device=DEVICE)
     assert torch.equal(lse.isnan(), bad) and torch.equal(lse64.isnan(), bad)
@@ -162,7 +162,7 @@ def test_nan_logit_in_row_pass(backend):
     for ours, ref in ((logp, logp64), (ent, ent64), (lse, lse64)):
         assert_within(ours[~bad], ref[~bad], TOL[torch.float32]["value"], floor=1.0)
     g_logp, g_ent = torch.randn(n, device=DEVICE), torch.randn(n, device=DEVICE)
-    dz = _row_grad(logits, targets, lse, ent, g_logp, g_ent, 1.0, torch.float32)
+    dz = row_grad(logits, targets, lse, ent, g_logp, g_ent, 1.0, torch.float32)
     assert torch.equal(dz.isnan().all(-1), bad) and not dz[3].isnan().any()
 
 

@@ -1,5 +1,5 @@
 """trainer.rewards: user reward functions (loading by import path or file, every failure mode under on_error
-"raise" and "zero") and their wiring into the step's scoring (`trainer.step._score_chunk`)."""
+"raise" and "zero") and their wiring into the step's scoring (`trainer.scoring.score_chunk`)."""
 
 from __future__ import annotations
 
@@ -14,6 +14,7 @@ import pytest
 import torch
 
 from trainer import rewards as R
+from trainer import scoring
 from trainer import step as step_mod
 from trainer.config import Config, from_dict
 from trainer.model import build_tokenizer
@@ -253,23 +254,24 @@ def _chunk(tok) -> tuple[list[dict], list[list[list[int]]]]:
 def test_score_chunk_uses_the_user_reward(module_file: Path) -> None:
     ctx = _ctx(f"{module_file}:good")
     items, completions = _chunk(ctx.tokenizer)
-    groups = step_mod._score_chunk(ctx, items, completions)
+    groups, errors = step_mod._score_chunk(ctx, items, completions)
     rewards = torch.cat([g.rewards for g in groups])
     # good(): 1 for "...<answer>" ending, + 0.05 * len(prompt) (7 characters)
     assert rewards.tolist() == pytest.approx([1.35, 0.35, 1.35, 0.35])
     assert torch.cat([g.correct for g in groups]).tolist() == [True, False, True, True]  # the built-in scorer
-    assert ctx.extra["reward_errors"] == 0
-    builtin = _ctx("")
-    plain = torch.cat([g.rewards for g in step_mod._score_chunk(builtin, items, completions)])
-    assert plain.tolist() == [1.0, 0.0, 1.0, 1.0] and "reward_errors" not in builtin.extra
+    assert errors == 0
+    builtin, builtin_errors = step_mod._score_chunk(_ctx(""), items, completions)
+    plain = torch.cat([g.rewards for g in builtin])
+    assert plain.tolist() == [1.0, 0.0, 1.0, 1.0] and builtin_errors == 0
 
 
 def test_score_chunk_fast_adds_format_and_length_terms(module_file: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(step_mod, "all_gather_cat", lambda t: t)  # world size 1
+    monkeypatch.setattr(scoring, "all_gather_cat", lambda t: t)  # world size 1
     ctx = _ctx(f"{module_file}:good", algorithm="fast_grpo")
     items, completions = _chunk(ctx.tokenizer)
-    user = torch.cat([g.rewards for g in step_mod._score_chunk(ctx, items, completions)])
-    builtin = torch.cat([g.rewards for g in step_mod._score_chunk(_ctx("", algorithm="fast_grpo"), items, completions)])
+    user = torch.cat([g.rewards for g in step_mod._score_chunk(ctx, items, completions)[0]])
+    builtin_groups, _ = step_mod._score_chunk(_ctx("", algorithm="fast_grpo"), items, completions)
+    builtin = torch.cat([g.rewards for g in builtin_groups])
     correct = torch.tensor([1.0, 0.0, 1.0, 1.0])
     # the user's reward replaces the correctness term; FAST's format and length terms are the same
     torch.testing.assert_close(user - torch.tensor([1.35, 0.35, 1.35, 0.35]), builtin - correct)
@@ -288,10 +290,12 @@ def test_score_chunk_errors(tmp_path: Path) -> None:
     spec = f"{path}:flaky"
     ctx = _ctx(spec, on_error="zero")
     items, completions = _chunk(ctx.tokenizer)
+    errors = 0
     for _ in range(2):  # counts add up over the step's chunks
-        groups = step_mod._score_chunk(ctx, items, completions)
+        groups, chunk_errors = step_mod._score_chunk(ctx, items, completions)
+        errors += chunk_errors
     assert torch.cat([g.rewards for g in groups]).tolist() == [1.0, 0.0, 1.0, 1.0]
-    assert ctx.extra["reward_errors"] == 2
+    assert errors == 2
     with pytest.raises(R.RewardError, match=re.escape(f"reward function {spec} returned None for sample 1 of 4")):
         step_mod._score_chunk(_ctx(spec), items, completions)
 

@@ -134,7 +134,7 @@ def parallelize(
     are gathered in bf16 and gradients reduced in fp32. On a 2-D mesh this is HSDP (see the module docstring);
     with `cpu_offload`, FSDP2's `CPUOffloadPolicy` (shards on the host, pinned when on CUDA).
     """
-    from torch.distributed.fsdp import CPUOffloadPolicy, MixedPrecisionPolicy, fully_shard
+    from torch.distributed.fsdp import CPUOffloadPolicy, MixedPrecisionPolicy, fully_shard, register_fsdp_forward_method
 
     if activation_checkpointing:
         # Hugging Face's own per-layer checkpointing (non-reentrant): its decoder layers route their keyword
@@ -148,6 +148,8 @@ def parallelize(
     for layer in layers:
         fully_shard(layer, **kwargs)
     fully_shard(policy, **kwargs)
+    for name in getattr(policy, "FSDP_FORWARD_METHODS", ()):  # forward passes besides `forward` (Policy.loss)
+        register_fsdp_forward_method(policy, name)
 
 
 def all_reduce(t: torch.Tensor, op: str = "sum") -> torch.Tensor:

@@ -16,6 +16,7 @@ log-softmax, autograd. Slower and memory-hungry, it answers "does the fused path
 
 from __future__ import annotations
 
+from dataclasses import dataclass, fields
 from typing import Any, Literal, get_args
 
 import torch
@@ -28,8 +29,35 @@ Kernels = Literal["fused", "reference"]
 KERNELS: tuple[str, ...] = get_args(Kernels)
 
 
+@dataclass
+class LossArgs:
+    """`kernels.linear_grpo_loss`'s arguments after `targets`, for one micro-batch or packed row (`[B, T]` or
+    `[1, N]`, like its targets)."""
+
+    old_logp: torch.Tensor  # [B, T]
+    advantages: torch.Tensor  # [B] or [B, T]; packed: [1, N]
+    mask: torch.Tensor  # [B, T] bool
+    ref_logp: torch.Tensor | None = None  # [B, T]
+    kl_coef: float | torch.Tensor = 0.0  # a float, or [B] (per-group KL); packed [1, N]
+    clip_low: float = 0.2
+    clip_high: float = 0.2
+    dual_clip: float | None = None
+    loss_agg: str = "token-mean"
+    entropy_coef: float = 0.0
+    num_tokens: float | torch.Tensor | None = None  # the global token count ("token-mean")
+    norm_len: float | None = None  # Dr. GRPO's normaliser
+    seq_ids: torch.Tensor | None = None  # [1, N] packed rows: each token's sequence
+
+    def as_kwargs(self) -> dict[str, Any]:
+        """The fields as keyword arguments (the tensors themselves, not copies)."""
+        return {f.name: getattr(self, f.name) for f in fields(self)}
+
+
 class Policy(nn.Module):
-    """Hidden states from `lm.model`, then the log-prob or loss kernels with `lm.lm_head.weight`."""
+    """Hidden states from `lm.model`, then the log-prob (`forward`) or loss (`loss`) kernels with the LM head."""
+
+    FSDP_FORWARD_METHODS = ("loss",)
+    """Methods besides `forward` that run the model: `trainer.dist.parallelize` registers them with FSDP2."""
 
     def __init__(self, lm: nn.Module, *, kernels: Kernels = "fused", attn_implementation: str = "auto") -> None:
         super().__init__()
@@ -43,34 +71,48 @@ class Policy(nn.Module):
     def forward(
         self,
         input_ids: torch.Tensor,
-        attention_mask: torch.Tensor,
+        attention_mask: torch.Tensor | None,
         targets: torch.Tensor,
         *,
         temperature: float = 1.0,
-        loss_kwargs: dict[str, Any] | None = None,
         packed: dict[str, Any] | None = None,
-    ) -> Any:
-        """Log-probs and entropies of `targets` (no `loss_kwargs`), or the GRPO loss and its metrics.
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """The log-prob pass: `(logp, entropy)` of `targets`, float32, shaped like `targets`.
 
         Args:
             input_ids: `[B, L]` prompt + response tokens, right-padded; packed: `[1, N]`.
             attention_mask: `[B, L]` 1 on real tokens; unused when packed (None).
             targets: `[B, L - 1]` the next token at each position, -100 where nothing is scored; packed `[1, N]`.
-            loss_kwargs: `kernels.linear_grpo_loss` arguments after `targets` (old_logp, advantages, mask, ...).
             packed: a packed row's `trainer.attention.packed_model_kwargs` (position ids, attention arguments).
-
-        Returns:
-            `(logp, entropy)` float32 shaped like `targets`, or `(loss, metrics)` as `linear_grpo_loss` gives them.
         """
-        if packed is not None:
-            hidden = self.lm.model(input_ids=input_ids, **packed).last_hidden_state
-        else:
-            hidden = self.lm.model(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state[:, :-1]
-        weight = self.lm.lm_head.weight
+        hidden, weight = self._hidden(input_ids, attention_mask, packed), self.lm.lm_head.weight
         if self.kernels == "reference":
-            if loss_kwargs is None:
-                return token_logprobs_ref(hidden, weight, targets, temperature=temperature)
-            return linear_grpo_loss_ref(hidden, weight, targets, temperature=temperature, eager=True, **loss_kwargs)
-        if loss_kwargs is None:
-            return token_logprobs(hidden, weight, targets, temperature=temperature, with_entropy=True)
-        return linear_grpo_loss(hidden, weight, targets, temperature=temperature, **loss_kwargs)
+            return token_logprobs_ref(hidden, weight, targets, temperature=temperature)
+        return token_logprobs(hidden, weight, targets, temperature=temperature, with_entropy=True)
+
+    def loss(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor | None,
+        targets: torch.Tensor,
+        args: LossArgs,
+        *,
+        temperature: float = 1.0,
+        packed: dict[str, Any] | None = None,
+    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """The loss pass: `(loss, metrics)` as `kernels.linear_grpo_loss` gives them, for `args`; the inputs as in
+        `forward`. A second FSDP2 forward method (`FSDP_FORWARD_METHODS`): the root's parameters are gathered
+        around it as around `forward`."""
+        hidden, weight = self._hidden(input_ids, attention_mask, packed), self.lm.lm_head.weight
+        kwargs = args.as_kwargs()
+        if self.kernels == "reference":
+            return linear_grpo_loss_ref(hidden, weight, targets, temperature=temperature, eager=True, **kwargs)
+        return linear_grpo_loss(hidden, weight, targets, temperature=temperature, **kwargs)
+
+    def _hidden(
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None, packed: dict[str, Any] | None
+    ) -> torch.Tensor:
+        """The decoder's last hidden states at the positions that predict `targets`: `[B, L - 1, H]` or `[1, N, H]`."""
+        if packed is not None:
+            return self.lm.model(input_ids=input_ids, **packed).last_hidden_state
+        return self.lm.model(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state[:, :-1]

@@ -10,30 +10,28 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
-from typing import Any
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
 
-from fastslow import FilterExhausted, OnlineFilter, group_advantages, sfpo_update, thinking_reward
+from fastslow import FilterExhausted, OnlineFilter, group_advantages, sfpo_update
 from kernels import IGNORE_INDEX
-from trainer import rewards as reward_fns
-from trainer.dist import DistInfo, all_gather_cat, all_reduce
+from trainer.dist import DistInfo, all_reduce
 from trainer.packing import PackedBatch, PackedRow, layout_metrics, pack_batch, packed_inputs
+from trainer.policy import LossArgs
 from trainer.rollout import SamplingParams
+from trainer.scoring import Group, score_chunk
 from trainer.weight_sync import sync_weights
 
-
-@dataclass
-class Group:
-    """One prompt and its `n` sampled responses, scored."""
-
-    prompt_ids: list[int]
-    completions: list[list[int]]
-    rewards: torch.Tensor  # [n] float32
-    correct: torch.Tensor  # [n] bool
-    lengths: torch.Tensor  # [n] float32
+if TYPE_CHECKING:
+    from fastslow import EntropySwitch, FilterSchedule, KLController
+    from kernels import Snapshot
+    from trainer.config import Config
+    from trainer.policy import Policy
+    from trainer.rollout.base import RolloutEngine
+    from trainer.sampler import PromptSampler
 
 
 @dataclass
@@ -54,24 +52,22 @@ class Batch:
 class StepContext:
     """What a step needs, built once by the Trainer."""
 
-    cfg: Any
+    cfg: Config
     info: DistInfo
-    policy: nn.Module
-    ref: nn.Module | None
+    policy: Policy
+    ref: Policy | None
     optimizer: torch.optim.Optimizer
-    scheduler: Any
-    engine: Any
-    tokenizer: Any
+    scheduler: torch.optim.lr_scheduler.LRScheduler
+    engine: RolloutEngine
+    tokenizer: Any  # a Hugging Face tokenizer
     prompts: Sequence[dict]
-    sampler: Any
-    kl: Any  # fastslow.KLController
-    schedule: Any  # fastslow.FilterSchedule | None
-    switch: Any  # fastslow.EntropySwitch | None
+    sampler: PromptSampler
+    kl: KLController
+    schedule: FilterSchedule | None
+    switch: EntropySwitch | None
     task: str
-    slow: Any = None  # kernels.Snapshot, reused by every SFPO step
-    sync_dtype: Any = None  # torch.dtype the weights travel to the engine in (its own); None: the parameters' dtype
-    bad_steps: int = 0
-    extra: dict = field(default_factory=dict)
+    slow: Snapshot | None = None  # reused by every SFPO step
+    sync_dtype: torch.dtype | None = None  # the weights travel to the engine in (its own); None: the parameters'
 
 
 def _sampling(ctx: StepContext, step: int, chunk: int) -> SamplingParams:
@@ -84,57 +80,28 @@ def _sampling(ctx: StepContext, step: int, chunk: int) -> SamplingParams:
     )  # fmt: skip
 
 
-def _score_chunk(ctx: StepContext, items: list[dict], completions: list[list[list[int]]]) -> list[Group]:
-    """Rewards for one generated chunk; the FAST thinking reward takes its statistics over all ranks' chunk.
-
-    With a user reward function (`reward.function`), its value is the reward: it replaces the correctness term,
-    alone for GRPO, and with FAST's format and length terms added for the thinking reward. `correct` (accuracy,
-    filters, group KL, FAST's difficulty) stays the built-in scorer's. Samples scored 0 by `reward.on_error =
-    "zero"` are counted in `ctx.extra["reward_errors"]`.
-    """
-    cfg, n = ctx.cfg, ctx.cfg.rollout.group_size
-    flat = [c for comps in completions for c in comps]
-    answers = [it["answer"] for it in items for _ in range(n)]
-    opened = reward_fns.think_opened_flags(cfg.reward.think_opened, ctx.tokenizer, items, n)
-    texts, correct, formatted = reward_fns.score_completions(
-        ctx.tokenizer, flat, answers, task=ctx.task, think_opened=opened, truncated=cfg.reward.truncated
-    )
-    lengths = reward_fns.lengths([len(c) for c in flat], texts, cfg.algorithm.length_unit)
-    user = cfg.reward.function
-    if user:  # resolved (and cached) when the config loaded
-        prompts = [it["prompt"] for it in items for _ in range(n)]
-        fn = reward_fns.load_reward_fn(user)
-        user_rewards, errors = reward_fns.call_reward_fn(
-            fn, texts, answers, prompts, name=user, on_error=cfg.reward.on_error, timeout_s=cfg.reward.timeout_s
-        )
-        ctx.extra["reward_errors"] = ctx.extra.get("reward_errors", 0) + errors
-    if cfg.algorithm.fast:
-        rank, local = ctx.info.rank, len(flat)
-        stats = torch.stack([lengths.float(), correct.float(), formatted.float()]).to(ctx.info.device)
-        every = all_gather_cat(stats.t().contiguous()).cpu()  # [world * local, 3], rank by rank
-        # The chunk's order, which FAST's brevity budget (brevity_cap) follows: rank 0's responses first, each
-        # rank's in prompt order, then sample order.
-        fast = thinking_reward(
-            every[:, 0], every[:, 1] > 0.5, every[:, 2] > 0.5, n, percentile=cfg.algorithm.percentile,
-            length_weight=cfg.algorithm.length_weight, format_weight=cfg.algorithm.format_weight,
-            brevity_cap=cfg.algorithm.brevity_cap,
-        )  # fmt: skip
-        rewards = fast.rewards[rank * local : (rank + 1) * local]
-        if user:
-            a, length_score = cfg.algorithm, fast.length_score[rank * local : (rank + 1) * local]
-            rewards = user_rewards + a.format_weight * formatted.float() + a.length_weight * length_score
-    else:
-        rewards = user_rewards if user else correct.float()
-    return [
-        Group(it["prompt_ids"], completions[i], rewards[i * n : (i + 1) * n], correct[i * n : (i + 1) * n],
-              lengths[i * n : (i + 1) * n])
-        for i, it in enumerate(items)
-    ]  # fmt: skip
+def _score_chunk(ctx: StepContext, items: list[dict], completions: list[list[list[int]]]) -> tuple[list[Group], int]:
+    """`trainer.scoring.score_chunk` with the context's config, tokenizer, task and rank."""
+    info = ctx.info
+    return score_chunk(ctx.cfg, ctx.tokenizer, items, completions, task=ctx.task, rank=info.rank, device=info.device)
 
 
 def collect(ctx: StepContext, step: int) -> tuple[list[Group], dict[str, float]]:
-    """Generate chunks of prompts until every rank holds its share of kept groups (or the chunk cap is hit)."""
-    cfg = ctx.cfg
+    """Generate chunks of prompts until every rank holds its share of kept groups (or the chunk cap is hit).
+
+    With a user reward function, the metrics hold "reward/errors": the samples it scored 0 for an error
+    (`reward.on_error = "zero"`), all ranks and chunks.
+    """
+    groups, metrics, errors = _collect(ctx, step)
+    if ctx.cfg.reward.function:
+        count = torch.tensor([float(errors)], dtype=torch.float64, device=ctx.info.device)
+        metrics["reward/errors"] = all_reduce(count).item()
+    return groups, metrics
+
+
+def _collect(ctx: StepContext, step: int) -> tuple[list[Group], dict[str, float], int]:
+    """`collect`'s loop; also returns this rank's reward-error count over the chunks."""
+    cfg, errors = ctx.cfg, 0
     per_rank = cfg.rollout.prompts_per_step // ctx.info.world
     # `step` counts from 0; the seed's k-th step (k from 1) filters with progress k / total_steps.
     progress = (step + 1) / max(cfg.optim.total_steps, 1)
@@ -146,10 +113,10 @@ def collect(ctx: StepContext, step: int) -> tuple[list[Group], dict[str, float]]
     while True:
         items = [ctx.prompts[i] for i in ctx.sampler.next_chunk()]
         completions = ctx.engine.generate([it["prompt_ids"] for it in items], _sampling(ctx, step, chunk))
-        groups = _score_chunk(ctx, items, completions)
-        chunk += 1
+        groups, chunk_errors = _score_chunk(ctx, items, completions)
+        chunk, errors = chunk + 1, errors + chunk_errors
         if filt is None:
-            return groups, {"rollout/chunks": 1.0, "rollout/kept_groups": float(len(groups)), **_NOT_DRY}
+            return groups, {"rollout/chunks": 1.0, "rollout/kept_groups": float(len(groups)), **_NOT_DRY}, errors
         failure = None
         try:
             filt.add(torch.stack([g.correct.float().mean() for g in groups]), items=groups)
@@ -160,10 +127,11 @@ def collect(ctx: StepContext, step: int) -> tuple[list[Group], dict[str, float]]
         any_failed = all_reduce(flags[1:].clone(), "max").item() > 0.5
         if all_done:
             kept = filt.result().items
-            return list(kept), {"rollout/chunks": float(chunk), "rollout/kept_groups": float(len(kept)), **_NOT_DRY}
+            metrics = {"rollout/chunks": float(chunk), "rollout/kept_groups": float(len(kept)), **_NOT_DRY}
+            return list(kept), metrics, errors
         if any_failed:  # every rank is at its max_chunks-th chunk: all stop here
             why = str(failure) if failure else "another rank's online filter ran out of chunks"
-            return _dry(ctx, filt, chunk, why)
+            return (*_dry(ctx, filt, chunk, why), errors)
 
 
 _NOT_DRY = {"rollout/filled_groups": 0.0, "rollout/dry": 0.0, "rollout/skipped": 0.0}
@@ -289,26 +257,28 @@ def update(
                 if isinstance(r, PackedRow):
                     take, n_scored, n_in = r.gather, float(r.scored), len(r.members)
                     *inputs, extra = packed_inputs(ctx.policy, batch, r)
-                    extra_kw = {"seq_ids": r.seq_ids}
+                    seq_ids, norm_len = r.seq_ids, None
                     if a.loss_agg == "seq-mean-token-sum-norm":  # the padded path's default: T
-                        extra_kw["norm_len"] = float(batch.targets.shape[1])
+                        norm_len = float(batch.targets.shape[1])
                 else:
                     take, n_scored, n_in = (lambda x, r=r: x[r]), batch.mask[r].any(-1).sum().float(), len(r)
-                    inputs, extra, extra_kw = [batch.input_ids[r], batch.attention_mask[r], batch.targets[r]], {}, {}
-                kw = dict(
+                    inputs, extra = [batch.input_ids[r], batch.attention_mask[r], batch.targets[r]], {}
+                    seq_ids, norm_len = None, None
+                args = LossArgs(
                     old_logp=take(old_logp), advantages=take(adv), mask=take(batch.mask),
                     ref_logp=None if ref_logp is None else take(ref_logp),
                     kl_coef=take(kl_coef) if isinstance(kl_coef, torch.Tensor) else kl_coef,
                     clip_low=a.clip_low, clip_high=a.clip_high, dual_clip=a.dual_clip, loss_agg=a.loss_agg,
-                    entropy_coef=a.entropy_coef, **extra_kw,
+                    entropy_coef=a.entropy_coef, num_tokens=n_tok if a.loss_agg == "token-mean" else None,
+                    norm_len=norm_len, seq_ids=seq_ids,
                 )  # fmt: skip
                 if a.loss_agg == "token-mean":
-                    kw["num_tokens"], scale = n_tok, 1.0
+                    scale = 1.0
                 elif a.loss_agg == "seq-mean-token-mean":
                     scale = n_scored / n_seq.clamp(min=1.0)
                 else:
                     scale = n_in / n_rows
-                loss, m = ctx.policy(*inputs, temperature=cfg.rollout.temperature, loss_kwargs=kw, **extra)
+                loss, m = ctx.policy.loss(*inputs, args, temperature=cfg.rollout.temperature, **extra)
                 (loss * scale * world).backward()
                 tokens = m["tokens"].item()
                 for k in ("pg_loss", "kl", "ratio", "clip_frac", "dual_clip_frac", "entropy"):
@@ -451,7 +421,6 @@ def train_step(ctx: StepContext, step: int) -> dict[str, float]:
     t = time.perf_counter()
 
     ctx.engine.wake_up()
-    ctx.extra["reward_errors"] = 0
     try:
         groups, metrics = collect(ctx, step)
     finally:  # a dry filter that stops the run leaves the engine asleep too
@@ -478,9 +447,6 @@ def train_step(ctx: StepContext, step: int) -> dict[str, float]:
         "rollout/prompts_seen": float(ctx.sampler.consumed),
         "tokens_per_s": resp_tokens / max(sum(timing.values()), 1e-9),
     })  # fmt: skip
-    if cfg.reward.function:  # samples the user reward function scored 0 for an error, all ranks and chunks
-        errors = torch.tensor([float(ctx.extra.pop("reward_errors", 0))], dtype=torch.float64, device=info.device)
-        metrics["reward/errors"] = all_reduce(errors).item()
     if cfg.algorithm.kl_type != "fixed":
         metrics.update({f"{k}": v for k, v in ctx.kl.metrics().items()})
     metrics.update({f"time/{k}": v for k, v in timing.items()})

@@ -34,9 +34,9 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
-from fastslow import EntropySwitch, FilterSchedule, KLController
 from trainer import checkpoint as ckpt
 from trainer import checkpoint_check, resume_check, reward_worker
+from trainer.algorithm_build import build_algorithm
 from trainer.build import build_models, build_optimizer
 from trainer.config import Config, ConfigError, InputError, input_errors
 from trainer.config_io import save_toml
@@ -172,23 +172,15 @@ class Trainer:
         sampler = PromptSampler(
             len(self.prompts), cfg.rollout.prompts_per_step, seed=cfg.seed, rank=info.rank, world=info.world
         )
-        if a.filter == "none":
-            schedule = None
-        elif a.filter == "custom":
-            schedule = FilterSchedule(a.schedule_entries())
-        else:
-            schedule = FilterSchedule.preset(a.filter)
-        switch = None
-        if a.sfpo:
-            switch = EntropySwitch(a.sfpo_entropy_window, a.sfpo_entropy_threshold, stop_step=a.sfpo_stop_step)
-        kl = KLController(a.kl_type, coef=a.kl_coef, beta_min=a.kl_min, beta_max=a.kl_max)
+        algo = build_algorithm(a)
         self.ctx = StepContext(
             cfg=cfg, info=info, policy=self.policy, ref=self.ref, optimizer=self.optimizer, scheduler=self.scheduler,
-            engine=self.engine, tokenizer=self.tokenizer, prompts=self.prompts, sampler=sampler, kl=kl,
-            schedule=schedule, switch=switch, task=self.task, sync_dtype=engine_dtype,
+            engine=self.engine, tokenizer=self.tokenizer, prompts=self.prompts, sampler=sampler, kl=algo.kl,
+            schedule=algo.schedule, switch=algo.switch, task=self.task, sync_dtype=engine_dtype,
         )  # fmt: skip
         self.logger = MetricsLogger.from_config(self.run_dir, cfg, rank=info.rank)
         self.step = 0
+        self.bad_steps = 0  # bad steps in a row (optim.max_bad_steps)
         self.dry_steps = 0  # dry filter steps in a row (rollout.max_dry_steps)
         self.history: list[float] = []  # accuracy per step, for the final summary
         self.eval_history: dict[str, dict[str, float]] = {}  # str(step) -> {source: avg@n}, for the summary
@@ -223,7 +215,7 @@ class Trainer:
             "scheduler": self.scheduler.state_dict(),
             "kl": c.kl.state_dict(),
             "switch": None if c.switch is None else c.switch.state_dict(),
-            "bad_steps": c.bad_steps,
+            "bad_steps": self.bad_steps,
             "dry_steps": self.dry_steps,
         }
 
@@ -237,7 +229,7 @@ class Trainer:
         c.kl.load_state_dict(state["kl"])
         if c.switch is not None and state["switch"] is not None:
             c.switch.load_state_dict(state["switch"])
-        c.bad_steps = int(state["bad_steps"])
+        self.bad_steps = int(state["bad_steps"])
         self.dry_steps = int(state.get("dry_steps", 0))  # absent in checkpoints written before it
 
     def _check_resume(self) -> list[Path]:
@@ -356,8 +348,8 @@ class Trainer:
                 raise BadStepsError(message) from err
             self.step += 1
             diverged = metrics.get("actor/diverged", 0.0) > 0
-            c.bad_steps = c.bad_steps + 1 if diverged or is_bad_step(metrics, optimizer_steps) else 0
-            metrics["bad_steps"] = float(c.bad_steps)
+            self.bad_steps = self.bad_steps + 1 if diverged or is_bad_step(metrics, optimizer_steps) else 0
+            metrics["bad_steps"] = float(self.bad_steps)
             metrics["time/step"] = time.perf_counter() - start
             metrics.update(system_metrics(self.info.device))
             self.history.append(metrics["accuracy"])
@@ -368,8 +360,8 @@ class Trainer:
                     f"finite |p| {metrics['actor/param_abs_max']:.3g})"
                 )
                 raise BadStepsError(self._bad_message("the update diverged", what))
-            if c.bad_steps >= max_bad:
-                raise BadStepsError(self._bad_message(f"{c.bad_steps} bad steps in a row (optim.max_bad_steps)"))
+            if self.bad_steps >= max_bad:
+                raise BadStepsError(self._bad_message(f"{self.bad_steps} bad steps in a row (optim.max_bad_steps)"))
             self.dry_steps = self.dry_steps + 1 if metrics.get("rollout/dry", 0.0) > 0 else 0
             if cfg.rollout.max_dry_steps and self.dry_steps >= cfg.rollout.max_dry_steps and self.step < total:
                 why = f"the online filter ran dry {self.dry_steps} steps in a row (rollout.max_dry_steps)"
@@ -377,11 +369,11 @@ class Trainer:
             if cfg.eval.every and self.step % cfg.eval.every == 0 and self.step < total:
                 self._evaluate()
             due = cfg.checkpoint.every and self.step % cfg.checkpoint.every == 0 and self.step < total
-            if due and c.bad_steps == 0:
+            if due and self.bad_steps == 0:
                 self.save()
                 saved = self.step
-        if c.bad_steps:
-            raise BadStepsError(self._bad_message(f"the run ended inside {c.bad_steps} bad steps in a row"))
+        if self.bad_steps:
+            raise BadStepsError(self._bad_message(f"the run ended inside {self.bad_steps} bad steps in a row"))
         if str(self.step) not in self.eval_history:  # a run resumed at its end has evaluated there already
             self._evaluate()
         self.save()
@@ -411,7 +403,7 @@ class Trainer:
     def _stop(self, stop: StopFlag, saved: int) -> dict[str, float]:
         """Save at the step reached (nothing after a bad step, nothing twice) and say how to continue."""
         what = f"checkpoint {self.run_dir / ckpt.CHECKPOINTS / f'step_{self.step:08d}'}"
-        if self.ctx.bad_steps:
+        if self.bad_steps:
             what = f"not saved after a bad step; last good checkpoint: {ckpt.find_latest(self.run_dir)}"
         elif self.step > saved:
             self.save()
@@ -428,7 +420,7 @@ class Trainer:
 
     def _dry_stop(self, why: str) -> str:
         """Save the state reached (unless inside a bad streak) and say so: the message of `DryFilterStop`."""
-        if self.ctx.bad_steps:
+        if self.bad_steps:
             return self._bad_message(why, "a dry filter inside a streak of bad steps")
         path = self.save()
         return (
