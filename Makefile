@@ -30,6 +30,12 @@ TEST_WORKERS ?= 2
 test: $(STAMP)
 	$(PY) -m pytest tests -q -n $(TEST_WORKERS) --dist loadfile $(PYTEST_ARGS)
 
+# The golden trace (tests/assets/golden/, tests/test_golden.py): the built-in job's first 20 steps on CPU, written
+# again. Only for a change meant to alter training; commit the file with it.
+.PHONY: golden
+golden: $(STAMP)
+	$(PY) tests/_golden.py
+
 lint: $(STAMP)
 	$(VENV)/bin/ruff check . && $(VENV)/bin/ruff format --check .
 
