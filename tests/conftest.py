@@ -112,6 +112,20 @@ def backend(request: pytest.FixtureRequest):
         yield request.param
 
 
+@pytest.fixture
+def one_rank():
+    """The trainer's view of a process group of one on the CPU (gloo, in-memory store) with its mesh."""
+    from torch.distributed.device_mesh import init_device_mesh
+
+    from trainer.dist import DistInfo
+
+    dist.init_process_group("gloo", store=dist.HashStore(), rank=0, world_size=1)
+    try:
+        yield DistInfo(0, 1, 0, torch.device("cpu"), init_device_mesh("cpu", (1,)))
+    finally:
+        dist.destroy_process_group()
+
+
 @pytest.fixture(scope="module")
 def group_of_one():
     """A gloo process group of one in this process (what trainer/dist.py makes for a plain run)."""

@@ -5,25 +5,9 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-import torch
-import torch.distributed as dist
 
 from kernels._dispatch import force_backend
 from trainer.config import from_dict
-
-
-@pytest.fixture
-def one_rank():
-    """The trainer's view of a process group of one on the CPU (gloo, in-memory store) with its mesh."""
-    from torch.distributed.device_mesh import init_device_mesh
-
-    from trainer.dist import DistInfo
-
-    dist.init_process_group("gloo", store=dist.HashStore(), rank=0, world_size=1)
-    try:
-        yield DistInfo(0, 1, 0, torch.device("cpu"), init_device_mesh("cpu", (1,)))
-    finally:
-        dist.destroy_process_group()
 
 
 def test_packed_step_matches_padded(one_rank, tmp_path: Path) -> None:

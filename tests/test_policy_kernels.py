@@ -12,7 +12,6 @@ from pathlib import Path
 
 import pytest
 import torch
-import torch.distributed as dist
 from _tiny import tiny_lm
 from _tolerance import assert_close
 from conftest import DEVICE
@@ -103,20 +102,6 @@ def test_bad_kernels_value() -> None:
         Policy(tiny_lm(), kernels="eager")  # type: ignore[arg-type]
     assert load_config(["model.kernels=reference"]).model.kernels == "reference"
     assert load_config([]).model.kernels == "fused"
-
-
-@pytest.fixture
-def one_rank():
-    """The trainer's view of a process group of one on the CPU (gloo, in-memory store) with its mesh."""
-    from torch.distributed.device_mesh import init_device_mesh
-
-    from trainer.dist import DistInfo
-
-    dist.init_process_group("gloo", store=dist.HashStore(), rank=0, world_size=1)
-    try:
-        yield DistInfo(0, 1, 0, torch.device("cpu"), init_device_mesh("cpu", (1,)))
-    finally:
-        dist.destroy_process_group()
 
 
 @pytest.mark.slow
