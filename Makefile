@@ -10,13 +10,22 @@ TORCH_SPEC ?= torch==2.13.0
 # Processes for `make run`: one per GPU, or 2 on a CPU-only machine (the built-in job's set-up).
 NPROC ?= $(shell $(PY) -c "import torch; print(torch.cuda.device_count() or 2)" 2>/dev/null || echo 2)
 STAMP := $(VENV)/.installed
+# The lock (tools/lock.py): the exact versions the suite passed with, one pip constraints file per machine kind
+# (os, arch, Python, cpu/cuda). Set-up installs through it when this machine's kind has one, else the newest versions
+# pyproject.toml allows (and says so). `make lock` writes it again; `make test-latest` tries the newest.
+LOCK_KIND := $(shell $(PYTHON) tools/lock.py kind)
+LOCK ?= requirements/lock-$(LOCK_KIND).txt
+PIN = $(if $(wildcard $(LOCK)),-c $(LOCK))
+LOCK_EXTRAS := dev,bench,plot
 
-.PHONY: run test lint format clean compare
+.PHONY: run test lint format clean compare lock test-latest
 
-$(STAMP): pyproject.toml setup.py $(wildcard csrc/*.cpp)
+$(STAMP): pyproject.toml setup.py $(wildcard csrc/*.cpp) $(wildcard $(LOCK))
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install -q "$(TORCH_SPEC)"
-	$(PY) -m pip install -q -e ".[dev]"
+	@if [ -f "$(LOCK)" ]; then echo "set-up: the locked versions ($(LOCK))"; \
+	else echo "set-up: no lock for $(LOCK_KIND) ($(LOCK)): the newest versions pyproject.toml allows"; fi
+	$(PY) -m pip install -q $(PIN) "$(TORCH_SPEC)"
+	$(PY) -m pip install -q $(PIN) -e ".[dev]"
 	touch $@
 
 # A bad input ends the workers with one line, which torchrun follows with its own failure report: the line is
@@ -43,7 +52,25 @@ format: $(STAMP)
 	$(VENV)/bin/ruff check --fix . && $(VENV)/bin/ruff format .
 
 clean:
-	rm -rf $(VENV) build *.egg-info kernels/*.so
+	rm -rf $(VENV) .venv-lock .venv-latest build *.egg-info fastslow/kernels/*.so
+
+# Write the lock for this machine kind: a scratch environment with the newest versions pyproject.toml allows (torch
+# stays at TORCH_SPEC), frozen into $(LOCK). Then `make test` (it reinstalls from the new lock) and commit the file.
+lock:
+	rm -rf .venv-lock && $(PYTHON) -m venv .venv-lock
+	.venv-lock/bin/python -m pip install -q "$(TORCH_SPEC)"
+	.venv-lock/bin/python -m pip install -q -e ".[$(LOCK_EXTRAS)]"
+	.venv-lock/bin/python tools/lock.py write $(LOCK)
+	rm -rf .venv-lock
+
+# Not in CI: the newest versions pyproject.toml allows (torch stays at TORCH_SPEC) in .venv-latest, which of them
+# moved since the lock, then the whole suite on them.
+test-latest:
+	rm -rf .venv-latest && $(PYTHON) -m venv .venv-latest
+	.venv-latest/bin/python -m pip install -q "$(TORCH_SPEC)"
+	.venv-latest/bin/python -m pip install -q --upgrade --upgrade-strategy eager -e ".[dev]"
+	.venv-latest/bin/python tools/lock.py diff $(LOCK)
+	.venv-latest/bin/python -m pytest tests -q -n $(TEST_WORKERS) --dist loadfile $(PYTEST_ARGS)
 
 # Kernel benchmarks (not part of `make test`): pytest-benchmark JSON and its markdown table in bench/results/,
 # named after the device and the UTC date. PYTEST_ARGS passes through (e.g. PYTEST_ARGS="-k reposition").

@@ -1,7 +1,7 @@
 """Packaging for fastslow: the three packages plus an optional native CPU kernel.
 
 The native part (csrc/reposition_cpu.cpp) is plain C++ with an extern "C" interface, loaded at run time with
-ctypes (kernels/_native.py). It needs no torch headers, so the isolated build environment never installs torch,
+ctypes (fastslow/kernels/_native.py). It needs no torch headers, so the isolated build environment never installs torch,
 and a machine without a compiler still installs: the build is optional and the torch path is the fallback.
 """
 
@@ -35,7 +35,7 @@ class OptionalNativeBuild(build_ext):
 
 
 native = Extension(
-    "kernels._fastslow_cpu",
+    "fastslow.kernels._fastslow_cpu",
     sources=["csrc/reposition_cpu.cpp"],
     language="c++",
     extra_compile_args=["-O3", "-std=c++17", "-fno-math-errno"],
@@ -43,7 +43,7 @@ native = Extension(
 )
 
 setup(
-    packages=["kernels", "fastslow", "trainer", "trainer.rollout"],
+    packages=["fastslow", "fastslow.kernels", "trainer", "trainer.rollout"],
     package_data={"trainer": ["configs/*.toml"]},
     ext_modules=[native],
     cmdclass={"build_ext": OptionalNativeBuild},

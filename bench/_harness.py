@@ -26,7 +26,7 @@ from typing import Any
 
 import torch
 
-from kernels._dispatch import force_backend, interpreting, native_available
+from fastslow.kernels._dispatch import force_backend, interpreting, native_available
 
 MiB = 1 << 20
 GiB = 1 << 30
@@ -248,7 +248,7 @@ def ours_backend(device: torch.device, *, has_native: bool = False) -> contextli
 
 def backend_name(device: torch.device, *, has_native: bool = False) -> str:
     """Which backend `ours` runs on `device` (recorded in each row's extra_info)."""
-    from kernels._dispatch import backend_for
+    from fastslow.kernels._dispatch import backend_for
 
     with ours_backend(device, has_native=has_native):
         return backend_for(device, has_native=has_native)

@@ -2,8 +2,8 @@
 
 Providers, on the same inputs (float32 log-probs `[B, T]`, bool mask, one advantage and one KL coefficient per
 sequence, clip 0.2/0.28, token-mean):
-- `ours`: `kernels.grpo_loss` (its KL term is `low_var_kl`'s math, fused in the same pass);
-- `eager`: `kernels.grpo_loss_ref`, the plain torch chain (autograd does the backward);
+- `ours`: `fastslow.kernels.grpo_loss` (its KL term is `low_var_kl`'s math, fused in the same pass);
+- `eager`: `fastslow.kernels.grpo_loss_ref`, the plain torch chain (autograd does the backward);
 - `compiled`: `torch.compile` (default inductor, static shapes) of `grpo_loss_ref`;
 - `liger`: Liger's Triton GRPO loss (`liger_kernel.ops.grpo_loss.GrpoLossFunction`, `triton_grpo_loss`) does not
   apply: it takes the logits `[B, T+1, V]` and computes the log-softmax itself, so it cannot be given log-probs, and
@@ -23,7 +23,7 @@ import pytest
 import torch
 
 from bench._harness import backend_name, bench_device, ours_backend, run_case
-from kernels import grpo_loss, grpo_loss_ref
+from fastslow.kernels import grpo_loss, grpo_loss_ref
 
 CLIP_LOW = 0.2
 CLIP_HIGH = 0.28

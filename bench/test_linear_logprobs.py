@@ -34,8 +34,8 @@ import pytest
 import torch
 
 from bench._harness import backend_name, bench_device, dtype_name, ours_backend, run_case
-from kernels import grpo_loss_ref, linear_grpo_loss, token_logprobs
-from kernels._chunks import chunk_rows
+from fastslow.kernels import grpo_loss_ref, linear_grpo_loss, token_logprobs
+from fastslow.kernels._chunks import chunk_rows
 
 KL_COEF = 0.04
 CLIP = 0.2

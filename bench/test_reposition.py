@@ -1,9 +1,10 @@
 """SFPO reposition over a real model's parameter list, one rank's shards: ours against the baselines.
 
-`p <- slow + alpha * (p - slow)` for every parameter, alpha = 0.8, `slow` a `kernels.snapshot` of the parameters.
+`p <- slow + alpha * (p - slow)` for every parameter, alpha = 0.8, `slow` a `fastslow.kernels.snapshot` of the
+parameters.
 Providers, on the same parameters and snapshot:
-- `ours`: `kernels.reposition_` on its automatic backend: one Triton launch on CUDA, the native library (`csrc/`)
-  on the CPU where it is built (else the torch loop);
+- `ours`: `fastslow.kernels.reposition_` on its automatic backend: one Triton launch on CUDA, the native library
+  (`csrc/`) on the CPU where it is built (else the torch loop);
 - `ours_torch`: `reposition_` forced onto its torch backend (`reposition_ref`, one tensor at a time, float32 math);
 - `foreach_lerp`: `torch._foreach_lerp_(params, slow, 1 - alpha)`, i.e. `p + (1 - alpha) * (slow - p)`: the same
   value in exact arithmetic but not the same rounding (lerp's formula, not ours), so it is a speed reference only;
@@ -27,8 +28,8 @@ import torch
 
 from bench._harness import backend_name, bench_device, dtype_name, ours_backend, run_case
 from bench._models import QWEN25_15B, ModelConfig
-from kernels import reposition_, snapshot
-from kernels._dispatch import force_backend
+from fastslow.kernels import reposition_, snapshot
+from fastslow.kernels._dispatch import force_backend
 
 ALPHA = 0.8
 WORLD = 8

@@ -1,10 +1,10 @@
 """One full training step of our trainer, fused kernels against the reference ones: response tokens per second.
 
 Providers: the same `Trainer` (built by the trainer's own code, FSDP2 at world size 1, the hf rollout engine) with
-- `ours`: `model.kernels = "fused"` (the default): `kernels.token_logprobs` / `kernels.linear_grpo_loss`, which
-  never form the `[tokens, vocab]` logits;
-- `reference`: `model.kernels = "reference"`: `kernels.token_logprobs_ref` / `kernels.linear_grpo_loss_ref(eager=
-  True)`, the full logits in eager torch (float32 log-softmax, autograd).
+- `ours`: `model.kernels = "fused"` (the default): `fastslow.kernels.token_logprobs` /
+  `fastslow.kernels.linear_grpo_loss`, which never form the `[tokens, vocab]` logits;
+- `reference`: `model.kernels = "reference"`: `fastslow.kernels.token_logprobs_ref` /
+  `fastslow.kernels.linear_grpo_loss_ref(eager=True)`, the full logits in eager torch (float32 log-softmax, autograd).
 
 Modes, reported separately:
 - `rollout-excluded`: `trainer.step.learn` on one fixed batch collected up front: old log-probs, the reference

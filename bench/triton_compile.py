@@ -36,7 +36,7 @@ from pathlib import Path
 from typing import Any
 
 from bench import triton_launches
-from kernels._triton import tl, triton
+from fastslow.kernels._triton import tl, triton
 
 # sm_80 (A100), sm_90 (H100/H200), sm_100 (B200): a target the bundled toolchain cannot build is reported as skipped.
 TARGETS = (80, 90, 100)
@@ -297,7 +297,7 @@ def kernel_test_files() -> list[str]:
     return sorted(
         str(p.relative_to(_ROOT))
         for p in (_ROOT / "tests").glob("test_*.py")
-        if p.name != "test_triton_compile.py" and re.search(r"^\s*(from|import) kernels", p.read_text(), re.M)
+        if p.name != "test_triton_compile.py" and re.search(r"^\s*(from|import) fastslow\.kernels", p.read_text(), re.M)
     )
 
 

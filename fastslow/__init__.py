@@ -1,24 +1,44 @@
-"""fastslow: FAST-GRPO (arXiv 2504.18458) and SFPO (arXiv 2510.04072) as plain tensor code.
+"""fastslow: FAST-GRPO (arXiv 2504.18458) and SFPO (arXiv 2510.04072) as plain tensor code, and their kernels.
 
     from fastslow import group_advantages, thinking_reward, KLController, OnlineFilter, sfpo_update, EntropySwitch
+    from fastslow.kernels import token_logprobs, linear_grpo_loss, grpo_loss, low_var_kl, reposition_
 
 No distributed code here: the trainer (or any other) calls these on its local tensors.
+
+The names below load on first use (PEP 562), so `import fastslow.kernels` pulls in neither math-verify nor sympy
+nor transformers: only torch and, where it is installed, Triton.
 """
 
-from fastslow.advantages import group_advantages
-from fastslow.curriculum import DAPO, SLOW2FAST, FilterExhausted, FilterSchedule, OnlineFilter
-from fastslow.dynamic_kl import KL_MODES, KLController, group_kl_coef
-from fastslow.math_reward import (
-    MathScore,
-    check_answer,
-    extract_answer,
-    extract_boxed,
-    format_ok,
-    math_reward,
-    score_batch,
-)
-from fastslow.sfpo import EntropySwitch, sfpo_update
-from fastslow.thinking_reward import ThinkingReward, thinking_reward
+from __future__ import annotations
+
+import importlib
+import sys
+import types
+from typing import TYPE_CHECKING, Any
+
+# public name -> the submodule that defines it
+_EXPORTS: dict[str, str] = {
+    "group_advantages": "advantages",
+    "DAPO": "curriculum",
+    "SLOW2FAST": "curriculum",
+    "FilterExhausted": "curriculum",
+    "FilterSchedule": "curriculum",
+    "OnlineFilter": "curriculum",
+    "KL_MODES": "dynamic_kl",
+    "KLController": "dynamic_kl",
+    "group_kl_coef": "dynamic_kl",
+    "MathScore": "math_reward",
+    "check_answer": "math_reward",
+    "extract_answer": "math_reward",
+    "extract_boxed": "math_reward",
+    "format_ok": "math_reward",
+    "math_reward": "math_reward",
+    "score_batch": "math_reward",
+    "EntropySwitch": "sfpo",
+    "sfpo_update": "sfpo",
+    "ThinkingReward": "thinking_reward",
+    "thinking_reward": "thinking_reward",
+}
 
 __all__ = [
     "DAPO",
@@ -42,3 +62,48 @@ __all__ = [
     "sfpo_update",
     "thinking_reward",
 ]
+
+if TYPE_CHECKING:  # for type checkers and IDEs: the same names, imported eagerly
+    from fastslow.advantages import group_advantages
+    from fastslow.curriculum import DAPO, SLOW2FAST, FilterExhausted, FilterSchedule, OnlineFilter
+    from fastslow.dynamic_kl import KL_MODES, KLController, group_kl_coef
+    from fastslow.math_reward import (
+        MathScore,
+        check_answer,
+        extract_answer,
+        extract_boxed,
+        format_ok,
+        math_reward,
+        score_batch,
+    )
+    from fastslow.sfpo import EntropySwitch, sfpo_update
+    from fastslow.thinking_reward import ThinkingReward, thinking_reward
+
+
+def __getattr__(name: str) -> Any:
+    """Import the submodule that defines `name` the first time it is asked for, then cache the value here."""
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'fastslow' has no attribute {name!r}")
+    value = getattr(importlib.import_module(f"fastslow.{module}"), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_EXPORTS))
+
+
+class _Package(types.ModuleType):
+    """`fastslow` itself. Two public functions share their submodule's name (`math_reward`, `thinking_reward`);
+    importing such a submodule sets the package attribute to the module, which would shadow the function for
+    every later `from fastslow import thinking_reward`. The function wins, as it did when this file imported
+    everything eagerly."""
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        if isinstance(value, types.ModuleType) and _EXPORTS.get(name) == name and hasattr(value, name):
+            value = getattr(value, name)
+        super().__setattr__(name, value)
+
+
+sys.modules[__name__].__class__ = _Package

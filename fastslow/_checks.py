@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from kernels._checks import check_finite_number as _finite_number_or_tensor
+from fastslow.kernels._checks import check_finite_number as _finite_number_or_tensor
 
 __all__ = ["check_1d_real", "check_accuracy", "check_finite_number", "check_int"]
 

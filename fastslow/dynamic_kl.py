@@ -4,7 +4,7 @@
 
 A group the policy fails (acc 0 -> beta_max) is held close to the reference while it explores; a group it already
 solves (acc 1 -> beta_min) is let move, e.g. towards shorter answers. The coefficient is expanded to one value per
-sequence, `[B]`, which `kernels.grpo_loss` takes as `kl_coef` and applies to every token of that sequence (with
+sequence, `[B]`, which `fastslow.kernels.grpo_loss` takes as `kl_coef` and applies to every token of that sequence (with
 `low_var_kl`).
 
 Modes (`kl_type` in the config):

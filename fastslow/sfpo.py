@@ -5,7 +5,8 @@ batch was generated, and reused unchanged by all K + 1 updates below):
 
 1. `slow <- snapshot(params)`;
 2. fast: K full updates on the same batch (each the usual minibatch loop with its optimizer steps);
-3. reposition: `params <- slow + alpha * (params - slow)` (`kernels.reposition_`, in place, on the local shards);
+3. reposition: `params <- slow + alpha * (params - slow)` (`fastslow.kernels.reposition_`, in place,
+   on the local shards);
 4. slow correction: one more full update on the same batch; its metrics are the step's.
 
 `sfpo_update` runs that; `EntropySwitch` decides when to stop (turn SFPO into plain GRPO for good) from the
@@ -33,7 +34,7 @@ from typing import Any, TypeVar
 import torch
 
 from fastslow._checks import check_finite_number, check_int
-from kernels import Snapshot, reposition_, snapshot
+from fastslow.kernels import Snapshot, reposition_, snapshot
 
 M = TypeVar("M")
 
@@ -84,7 +85,7 @@ def sfpo_update(
     if not callable(update_fn):
         raise ValueError(f"update_fn must be callable, got {type(update_fn).__name__}")
     if slow is not None and not isinstance(slow, Snapshot):
-        raise ValueError(f"slow must be a kernels.Snapshot or None, got {type(slow).__name__}")
+        raise ValueError(f"slow must be a fastslow.kernels.Snapshot or None, got {type(slow).__name__}")
     params = list(params)  # a generator (model.parameters()) is walked twice: snapshot and reposition
     if not params:
         raise ValueError("params is empty (an exhausted generator, such as a reused model.parameters()?)")

@@ -1,7 +1,7 @@
 """A 2-rank gloo process group on CPU for distributed tests: spawn, run a worker on each rank, fail on error or hang.
 
-The ranks are spawned, so they import the worker's test module and this one afresh: neither may import `kernels` at
-the top when a worker must set `TRITON_INTERPRET` first.
+The ranks are spawned, so they import the worker's test module and this one afresh: neither may import
+`fastslow.kernels` at the top when a worker must set `TRITON_INTERPRET` first.
 """
 
 from __future__ import annotations

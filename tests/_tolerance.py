@@ -63,7 +63,7 @@ REPOSITION: dict[torch.dtype, dict[str, float]] = {
     # alpha rounded at another point), so allow about two ulps at the |values| ~ 4 the perturbation reaches.
     torch.float32: {"atol": 1e-6, "rtol": 1e-6},
     # bfloat16: both compute in float32 and round once, to nearest even, at the end (the Triton kernel rounds by
-    # hand, `kernels._triton.cast_rtne`, so the interpreter agrees with a GPU); those rare 1-ulp float32
+    # hand, `fastslow.kernels._triton.cast_rtne`, so the interpreter agrees with a GPU); those rare 1-ulp float32
     # differences do not survive the cast at these sizes, so exact.
     torch.bfloat16: {"atol": 0.0, "rtol": 0.0},
 }

@@ -1,6 +1,6 @@
 """Test set-up: the Triton code runs through its interpreter on CPU-only machines, compiled on a GPU.
 
-`TRITON_INTERPRET` must be set before `triton.jit` decorates the kernels, i.e. before `kernels` is imported,
+`TRITON_INTERPRET` must be set before `triton.jit` decorates the kernels, i.e. before `fastslow.kernels` is imported,
 which is why this happens at the top of the first file pytest loads.
 """
 
@@ -23,8 +23,8 @@ import torch.distributed as dist
 from _distributed import free_port
 
 from bench import triton_launches
-from kernels._dispatch import force_backend, interpreting, native_available
-from kernels._triton import HAS_TRITON
+from fastslow.kernels._dispatch import force_backend, interpreting, native_available
+from fastslow.kernels._triton import HAS_TRITON
 
 # One torch thread per test process (`make test` runs two, pytest-xdist): on a shared 2-core machine a second
 # OpenMP thread spinning at its barriers made small-tensor work several times slower, not faster.

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from kernels import grpo_loss, low_var_kl, reposition_, snapshot
+from fastslow.kernels import grpo_loss, low_var_kl, reposition_, snapshot
 
 B, T = 3, 5
 
@@ -86,7 +86,7 @@ def test_grpo_loss_accepts_edge_values():
 def test_value_checks_cost_one_host_read(monkeypatch):
     """All checks on tensor values of one call come back to the host together: one read (one device sync), with
     a float mask, a per-row kl_coef and a tensor num_tokens all to check."""
-    from kernels import linear_grpo_loss, token_logprobs
+    from fastslow.kernels import linear_grpo_loss, token_logprobs
 
     reads = []
     for method in ("tolist", "item", "__bool__"):
@@ -106,7 +106,7 @@ def test_value_checks_cost_one_host_read(monkeypatch):
 
 
 def test_raise_on_values_reports_the_first_failure():
-    from kernels._checks import raise_on_values
+    from fastslow.kernels._checks import raise_on_values
 
     yes, no = torch.tensor(True), torch.tensor(False)
     raise_on_values([])

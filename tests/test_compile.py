@@ -6,7 +6,7 @@ import pytest
 import torch
 from conftest import DEVICE
 
-from kernels import grpo_loss, low_var_kl, reposition_, snapshot
+from fastslow.kernels import grpo_loss, low_var_kl, reposition_, snapshot
 
 # aot_eager runs dynamo, fake tensors and AOT autograd (what fullgraph needs the fake impls for) without
 # inductor's C++ compile, which would add minutes on a 2-core CI machine and test nothing of ours.
@@ -94,7 +94,7 @@ def test_custom_ops_pass_opcheck():
 
 
 def test_token_logprobs_compiles(backend):
-    from kernels import token_logprobs
+    from fastslow.kernels import token_logprobs
 
     hidden, weight = torch.randn(7, 8, device=DEVICE), torch.randn(30, 8, device=DEVICE)
     targets = torch.randint(0, 30, (7,), device=DEVICE)
@@ -107,7 +107,7 @@ def test_token_logprobs_compiles(backend):
 
 
 def test_linear_grpo_loss_compiles(backend):
-    from kernels import linear_grpo_loss
+    from fastslow.kernels import linear_grpo_loss
 
     B, T, H, V = 2, 5, 8, 30
     hidden, weight = torch.randn(B, T, H, device=DEVICE), torch.randn(V, H, device=DEVICE)

@@ -7,7 +7,7 @@ import torch
 from _tolerance import assert_close
 from conftest import DEVICE
 
-from kernels import LOSS_AGGS, grpo_loss, grpo_loss_ref
+from fastslow.kernels import LOSS_AGGS, grpo_loss, grpo_loss_ref
 
 DTYPES = [torch.float32, torch.bfloat16, torch.float16]
 # (B, T): odd, non-power-of-two, length 1, and one crossing the kernel's 1024-token tile.
@@ -292,7 +292,7 @@ def test_clip_values_are_runtime_arguments():
     """Clip values and coefficients are plain arguments of the kernel, never constexpr: no recompilation."""
     import inspect
 
-    from kernels.grpo import _grpo_loss_fwd_kernel
+    from fastslow.kernels.grpo import _grpo_loss_fwd_kernel
 
     fn = getattr(_grpo_loss_fwd_kernel, "fn", _grpo_loss_fwd_kernel)
     params = inspect.signature(fn).parameters
@@ -303,7 +303,7 @@ def test_clip_values_are_runtime_arguments():
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="compiled Triton needs a GPU")
 def test_no_recompilation_on_gpu():
-    from kernels.grpo import _grpo_loss_fwd_kernel
+    from fastslow.kernels.grpo import _grpo_loss_fwd_kernel
 
     logp, old, ref, adv, mask, _ = make_inputs(4, 64, torch.float32)
     grpo_loss(logp, old, adv, mask, ref_logp=ref, kl_coef=0.01, clip_low=0.2, clip_high=0.2, dual_clip=3.0)

@@ -12,8 +12,8 @@ import torch
 from _tolerance import assert_close
 from conftest import DEVICE, triton_runs_here
 
-from kernels import LOSS_AGGS, grpo_loss, grpo_loss_ref, linear_grpo_loss
-from kernels._dispatch import force_backend
+from fastslow.kernels import LOSS_AGGS, grpo_loss, grpo_loss_ref, linear_grpo_loss
+from fastslow.kernels._dispatch import force_backend
 
 LENGTHS = [7, 1, 12, 3, 5]  # tokens per sequence; the second has none counted (an empty response)
 ROWS = [[2, 1], [0, 3, 4]]  # packed rows: which sequences, in order

@@ -11,8 +11,8 @@ import torch
 from _tolerance import PAIR, REL, assert_within
 from conftest import DEVICE
 
-from kernels import IGNORE_INDEX, LOSS_AGGS, linear_grpo_loss, linear_grpo_loss_ref, token_logprobs_ref
-from kernels.grpo import grpo_loss_ref
+from fastslow.kernels import IGNORE_INDEX, LOSS_AGGS, linear_grpo_loss, linear_grpo_loss_ref, token_logprobs_ref
+from fastslow.kernels.grpo import grpo_loss_ref
 
 
 def make(B: int, T: int, H: int, V: int, dtype: torch.dtype = torch.float32):
@@ -208,7 +208,7 @@ def test_empty_inputs(backend, B, T, H, loss_agg):
 MEMORY_SCRIPT = textwrap.dedent(
     """
     import resource, sys, torch
-    from kernels import token_logprobs, token_logprobs_ref
+    from fastslow.kernels import token_logprobs, token_logprobs_ref
     torch.manual_seed(0)
     N, H, V = 4096, 64, 32000
     h = torch.randn(N, H, requires_grad=True)

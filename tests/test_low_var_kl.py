@@ -7,7 +7,7 @@ import torch
 from _tolerance import assert_close
 from conftest import DEVICE
 
-from kernels import low_var_kl, low_var_kl_ref
+from fastslow.kernels import low_var_kl, low_var_kl_ref
 
 SHAPES = [(3, 37), (1,), (1, 1), (2, 3, 5), (4099,)]
 

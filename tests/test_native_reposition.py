@@ -8,8 +8,8 @@ from collections.abc import Iterator
 import pytest
 import torch
 
-# Import the submodule directly: it needs nothing else from `kernels`.
-from kernels import _native
+# Import the submodule directly: it needs nothing else from `fastslow.kernels`.
+from fastslow.kernels import _native
 
 if not _native.available():
     pytest.skip("native CPU library not built (python setup.py build_ext --inplace)", allow_module_level=True)

@@ -6,7 +6,7 @@ import pytest
 import torch
 from _tiny import tiny_lm
 
-from kernels._dispatch import force_backend
+from fastslow.kernels._dispatch import force_backend
 from trainer import attention
 from trainer.packing import first_fit_decreasing, make_row, pack_minibatches
 from trainer.policy import Policy

@@ -51,8 +51,8 @@ def _worker(rank: int) -> None:
     from _tiny import tiny_lm
     from torch.distributed.device_mesh import init_device_mesh
 
-    from kernels import LOSS_AGGS
-    from kernels._dispatch import force_backend
+    from fastslow.kernels import LOSS_AGGS
+    from fastslow.kernels._dispatch import force_backend
     from trainer.dist import DistInfo, parallelize
     from trainer.packing import pack_batch
     from trainer.policy import Policy

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from kernels._dispatch import force_backend
+from fastslow.kernels._dispatch import force_backend
 from trainer.config import from_dict
 
 

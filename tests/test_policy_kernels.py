@@ -16,8 +16,8 @@ from _tiny import tiny_lm
 from _tolerance import assert_close
 from conftest import DEVICE
 
-from kernels import IGNORE_INDEX, LOSS_AGGS
-from kernels._dispatch import force_backend
+from fastslow.kernels import IGNORE_INDEX, LOSS_AGGS
+from fastslow.kernels._dispatch import force_backend
 from trainer.config import ConfigError, from_dict
 from trainer.config_io import load_config
 from trainer.policy import KERNELS, LossArgs, Policy

@@ -6,8 +6,8 @@ import pytest
 import torch
 from conftest import DEVICE, available_backends
 
-from kernels import Snapshot, reposition_, reposition_ref, snapshot
-from kernels._dispatch import force_backend
+from fastslow.kernels import Snapshot, reposition_, reposition_ref, snapshot
+from fastslow.kernels._dispatch import force_backend
 
 DTYPES = [torch.float32, torch.bfloat16, torch.float16]
 # Sizes: 1, odd, one over the Triton block (4096), empty, and a 2-D shard.

@@ -1,8 +1,8 @@
 """`snapshot` + `reposition_` on FSDP2 parameters: 2 gloo ranks on CPU, mixed dtypes, a zero-size shard.
 
 Two freshly spawned processes check every backend there is (torch, Triton, native). They set
-`TRITON_INTERPRET=1` before importing `kernels`, since Triton decides at import whether `@triton.jit` builds an
-interpreted kernel; so nothing here imports `kernels` at the top (the children import this module).
+`TRITON_INTERPRET=1` before importing `fastslow.kernels`, since Triton decides at import whether `@triton.jit` builds an
+interpreted kernel; so nothing here imports `fastslow.kernels` at the top (the children import this module).
 """
 
 from __future__ import annotations
@@ -57,8 +57,8 @@ def _check_backend(backend: str, *, rank: int, mesh: DeviceMesh) -> None:
     from torch.distributed.fsdp import fully_shard
     from torch.distributed.tensor import DTensor, Shard
 
-    from kernels import reposition_, snapshot
-    from kernels._dispatch import force_backend
+    from fastslow.kernels import reposition_, snapshot
+    from fastslow.kernels._dispatch import force_backend
 
     torch.manual_seed(0)  # same initial weights on both ranks
     model = _Net()
@@ -128,8 +128,8 @@ def _worker(rank: int) -> None:
 
     from torch.distributed.device_mesh import init_device_mesh
 
-    from kernels._dispatch import native_available
-    from kernels._triton import HAS_TRITON
+    from fastslow.kernels._dispatch import native_available
+    from fastslow.kernels._triton import HAS_TRITON
 
     # Every backend in one process pair: spawning and importing cost more than the checks themselves.
     backends = ["torch", *(["triton"] if HAS_TRITON else []), *(["native"] if native_available() else [])]

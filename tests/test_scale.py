@@ -49,8 +49,8 @@ def test_offloaded_shards_optimizer_and_sfpo_state_live_on_the_host(
 ) -> None:
     from torch.distributed.fsdp import CPUOffloadPolicy
 
-    from kernels import snapshot
-    from kernels._dispatch import backend_for, native_available
+    from fastslow.kernels import snapshot
+    from fastslow.kernels._dispatch import backend_for, native_available
     from tests.test_build import _info
     from trainer.build import build_models
     from trainer.model import load_tokenizer

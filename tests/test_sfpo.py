@@ -17,9 +17,9 @@ from conftest import available_backends
 from torch import nn
 
 import fastslow.sfpo as sfpo_mod
+from fastslow.kernels import Snapshot, snapshot
+from fastslow.kernels._dispatch import force_backend
 from fastslow.sfpo import EntropySwitch, sfpo_update
-from kernels import Snapshot, snapshot
-from kernels._dispatch import force_backend
 
 OPTIMIZERS: dict[str, Callable[[list[nn.Parameter]], torch.optim.Optimizer]] = {
     "sgd": lambda ps: torch.optim.SGD(ps, lr=0.1),

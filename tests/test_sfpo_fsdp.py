@@ -53,9 +53,9 @@ def _worker(rank: int) -> None:
     from torch.distributed.fsdp import fully_shard
     from torch.distributed.tensor import DTensor
 
+    from fastslow.kernels import snapshot
+    from fastslow.kernels._dispatch import force_backend
     from fastslow.sfpo import sfpo_update
-    from kernels import snapshot
-    from kernels._dispatch import force_backend
 
     mesh = init_device_mesh("cpu", (WORLD_SIZE,))
     torch.manual_seed(0)  # same initial weights and data on both ranks

@@ -7,7 +7,7 @@ import torch
 from _tolerance import PAIR, REL, TOKEN_LOGPROBS, assert_within
 from conftest import DEVICE
 
-from kernels import IGNORE_INDEX, token_logprobs, token_logprobs_ref
+from fastslow.kernels import IGNORE_INDEX, token_logprobs, token_logprobs_ref
 
 # (N, H, V, chunk_tokens): the issue's shapes, a vocab of 7, one token, and a chunk that does not divide N.
 CASES = [(37, 32, 1000, 16), (37, 32, 257, None), (5, 16, 7, 2), (1, 8, 50, None), (40, 16, 300, 40)]
@@ -143,7 +143,7 @@ NUMPY_NAN_WARNINGS = pytest.mark.filterwarnings("ignore::RuntimeWarning")
 def test_nan_logit_in_row_pass(backend):
     """A NaN logit anywhere in a row (before the running max, in a later vocab block, or everywhere) gives NaN lse,
     logp, entropy and dL/dlogits for that row, whatever the max does with it; the other rows are untouched."""
-    from kernels._chunks import _BLOCK_V, row_grad, row_stats
+    from fastslow.kernels._chunks import _BLOCK_V, row_grad, row_stats
 
     n, V = 5, _BLOCK_V + 5  # two vocab blocks
     logits = torch.randn(n, V, device=DEVICE) * 3

@@ -22,10 +22,10 @@ from pathlib import Path
 import pytest
 import torch
 
-import kernels
+import fastslow.kernels as kernels
 from bench import triton_launches
-from kernels._dispatch import force_backend, interpreting
-from kernels._triton import HAS_TRITON
+from fastslow.kernels._dispatch import force_backend, interpreting
+from fastslow.kernels._triton import HAS_TRITON
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -48,7 +48,7 @@ def _triton_kernels() -> set[str]:
     for info in pkgutil.iter_modules(kernels.__path__):
         if info.ispkg or info.name.startswith("_fastslow"):  # the native CPU library is loaded with ctypes
             continue
-        module = importlib.import_module(f"kernels.{info.name}")
+        module = importlib.import_module(f"fastslow.kernels.{info.name}")
         for name, obj in vars(module).items():
             jit = obj.__class__.__name__ in ("JITFunction", "InterpretedFunction")
             if jit and name.endswith("_kernel") and getattr(obj, "fn", obj).__module__ == module.__name__:
@@ -126,12 +126,12 @@ def test_no_kernel_spills_registers(compiled: dict) -> None:
 
 @pytest.mark.skipif(not interpreting(), reason="launches are recorded from the interpreter")
 def test_a_new_launch_is_recorded_by_itself() -> None:
-    from kernels import low_var_kl
+    from fastslow.kernels import low_var_kl
 
     logp = torch.randn(37, dtype=torch.float16)
     with force_backend("triton"):
         low_var_kl(logp, torch.randn(37, dtype=torch.float16))
-    records = [r for r in triton_launches.recorded() if r["kernel"] == "kernels.kl:_low_var_kl_fwd_kernel"]
+    records = [r for r in triton_launches.recorded() if r["kernel"] == "fastslow.kernels.kl:_low_var_kl_fwd_kernel"]
     mine = [r for r in records if r["signature"]["logp_ptr"] == "*fp16" and r["signature"]["n"] == "i32"]
     assert mine and mine[0]["constexprs"]["BLOCK"] == 1024 and mine[0]["options"] == {"num_warps": 4}
     assert "n" not in mine[0]["attrs"]  # 37 is not a multiple of 16: no divisibility hint, as the launcher has it

@@ -88,8 +88,8 @@ class ModelConfig(_Section):
     """"auto": bf16 mixed precision (fp32 reduction) on GPU, fp32 on CPU. "bfloat16": mixed precision on any
     device (on a CPU: slow, but the GPU's dtype path, FSDP2 `MixedPrecisionPolicy`, bf16 engine and export, runs)."""
     kernels: Literal["fused", "reference"] = "fused"
-    """Log-probs and loss of the policy and the reference: "fused" (`kernels.token_logprobs` /
-    `kernels.linear_grpo_loss`, which never form the `[tokens, vocab]` logits); "reference" (their plain-torch
+    """Log-probs and loss of the policy and the reference: "fused" (`fastslow.kernels.token_logprobs` /
+    `fastslow.kernels.linear_grpo_loss`, which never form the `[tokens, vocab]` logits); "reference" (their plain-torch
     references: full logits, float32 log-softmax, autograd; slower and far more memory), to check whether the fused
     path changes a run."""
     attn_implementation: Literal["auto", "flash_attention_2", "sdpa", "eager"] = "auto"

@@ -24,7 +24,7 @@ from typing import Any
 
 import torch
 
-from kernels import IGNORE_INDEX
+from fastslow.kernels import IGNORE_INDEX
 from trainer import attention
 from trainer.dist import all_reduce
 

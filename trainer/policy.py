@@ -1,8 +1,9 @@
-"""The policy as FSDP2 sees it: a Hugging Face causal LM whose log-probs and loss come from `kernels`.
+"""The policy as FSDP2 sees it: a Hugging Face causal LM whose log-probs and loss come from `fastslow.kernels`.
 
 Wrapping the LM (as `self.lm`) gives FSDP's root a forward of its own: the root's parameters (embeddings, final
 norm, LM head) are gathered around `Policy.forward`, so the head's weight is a plain tensor when it reaches
-`kernels.token_logprobs` / `kernels.linear_grpo_loss`, and the `[tokens, vocab]` logits are never formed.
+`fastslow.kernels.token_logprobs` / `fastslow.kernels.linear_grpo_loss`, and the `[tokens, vocab]` logits are never
+formed.
 
 Packed rows (`packed=`, built by `trainer.packing`): `input_ids` `[1, N]` holds several sequences back to back, and
 the decoder gets the position ids and attention arguments `trainer.attention` makes for `attn_implementation`, so no
@@ -10,8 +11,8 @@ token attends across a sequence boundary; the hidden state at every position is 
 sequence simply has no target).
 
 `kernels="reference"` (`model.kernels` in the config) swaps those two for their plain-torch references
-(`kernels.token_logprobs_ref`, `kernels.linear_grpo_loss_ref(eager=True)`): full `[tokens, vocab]` logits, a float32
-log-softmax, autograd. Slower and memory-hungry, it answers "does the fused path change my run?".
+(`fastslow.kernels.token_logprobs_ref`, `fastslow.kernels.linear_grpo_loss_ref(eager=True)`): full `[tokens, vocab]`
+logits, a float32 log-softmax, autograd. Slower and memory-hungry, it answers "does the fused path change my run?".
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from typing import Any, Literal, get_args
 import torch
 from torch import nn
 
-from kernels import linear_grpo_loss, linear_grpo_loss_ref, token_logprobs, token_logprobs_ref
+from fastslow.kernels import linear_grpo_loss, linear_grpo_loss_ref, token_logprobs, token_logprobs_ref
 from trainer import attention
 
 Kernels = Literal["fused", "reference"]
@@ -31,7 +32,7 @@ KERNELS: tuple[str, ...] = get_args(Kernels)
 
 @dataclass
 class LossArgs:
-    """`kernels.linear_grpo_loss`'s arguments after `targets`, for one micro-batch or packed row (`[B, T]` or
+    """`fastslow.kernels.linear_grpo_loss`'s arguments after `targets`, for one micro-batch or packed row (`[B, T]` or
     `[1, N]`, like its targets)."""
 
     old_logp: torch.Tensor  # [B, T]
@@ -100,8 +101,8 @@ class Policy(nn.Module):
         temperature: float = 1.0,
         packed: dict[str, Any] | None = None,
     ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        """The loss pass: `(loss, metrics)` as `kernels.linear_grpo_loss` gives them, for `args`; the inputs as in
-        `forward`. A second FSDP2 forward method (`FSDP_FORWARD_METHODS`): the root's parameters are gathered
+        """The loss pass: `(loss, metrics)` as `fastslow.kernels.linear_grpo_loss` gives them, for `args`; the inputs
+        as in `forward`. A second FSDP2 forward method (`FSDP_FORWARD_METHODS`): the root's parameters are gathered
         around it as around `forward`."""
         hidden, weight = self._hidden(input_ids, attention_mask, packed), self.lm.lm_head.weight
         kwargs = args.as_kwargs()

@@ -17,7 +17,7 @@ import torch
 from torch import nn
 
 from fastslow import FilterExhausted, OnlineFilter, group_advantages, sfpo_update
-from kernels import IGNORE_INDEX
+from fastslow.kernels import IGNORE_INDEX
 from trainer.dist import DistInfo, all_reduce
 from trainer.packing import PackedBatch, PackedRow, layout_metrics, pack_batch, packed_inputs
 from trainer.policy import LossArgs
@@ -27,7 +27,7 @@ from trainer.weight_sync import sync_weights
 
 if TYPE_CHECKING:
     from fastslow import EntropySwitch, FilterSchedule, KLController
-    from kernels import Snapshot
+    from fastslow.kernels import Snapshot
     from trainer.config import Config
     from trainer.policy import Policy
     from trainer.rollout.base import RolloutEngine
@@ -337,7 +337,7 @@ def learn(ctx: StepContext, batch: Batch, timing: dict[str, float] | None = None
     sfpo_on = ctx.switch is not None and ctx.switch.active
     if sfpo_on:
         if ctx.slow is None:
-            from kernels import snapshot
+            from fastslow.kernels import snapshot
 
             ctx.slow = snapshot(ctx.policy.parameters())
         a = cfg.algorithm

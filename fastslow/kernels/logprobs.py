@@ -1,12 +1,12 @@
 """Token log-probs and entropy straight from hidden states, chunked so `[N, V]` logits never exist at once.
 
 `logp = log_softmax(hidden @ weight.T / temperature)[target]` and the entropy of that distribution. Tokens go
-through in chunks sized to a workspace budget (`kernels._dispatch.workspace_bytes`): for each chunk one GEMM
+through in chunks sized to a workspace budget (`fastslow.kernels._dispatch.workspace_bytes`): for each chunk one GEMM
 writes its `[n, V]` logits (float32), then one row kernel makes a single online pass over them (max, sum of
 exponentials, sum of `p * z`, the target's logit). The backward recomputes a chunk's logits, turns them in one
 pass into `dL/dlogits` (written in the weight's dtype) and hands that to two GEMMs, `dh = dz @ W` and
-`dW += dz.T @ h`. Those chunk pieces (GEMM, row passes, chunk backward) live in `kernels._chunks`, shared with
-`kernels.linear_grpo`; this file holds the op that loops over the chunks, its checks and its reference.
+`dW += dz.T @ h`. Those chunk pieces (GEMM, row passes, chunk backward) live in `fastslow.kernels._chunks`, shared with
+`fastslow.kernels.linear_grpo`; this file holds the op that loops over the chunks, its checks and its reference.
 
 NaN in, NaN out, as in `token_logprobs_ref`: a NaN logit (from a NaN in `hidden[i]` or in a row of `weight`) makes
 the log-prob and entropy of every token whose logits it is in NaN, and the gradients that flow through them; rows
@@ -20,14 +20,14 @@ from __future__ import annotations
 
 import torch
 
-from kernels._checks import (
+from fastslow.kernels._checks import (
     ValueCheck,
     check_device,
     check_finite_number,
     check_float,
     raise_on_values,
 )
-from kernels._chunks import IGNORE_INDEX, backward_chunk, chunk_logits, chunk_rows, row_stats
+from fastslow.kernels._chunks import IGNORE_INDEX, backward_chunk, chunk_logits, chunk_rows, row_stats
 
 _FLOAT_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 
@@ -197,7 +197,7 @@ def token_logprobs(
     """Log-prob of each target token (and the entropy) under `softmax(hidden @ weight.T / temperature)`.
 
     Never builds the `[N, V]` logits: memory beyond inputs, outputs and gradients is one chunk of
-    `chunk_tokens x V` float32 logits (default: as many tokens as `kernels._dispatch.workspace_bytes` holds).
+    `chunk_tokens x V` float32 logits (default: as many tokens as `fastslow.kernels._dispatch.workspace_bytes` holds).
 
     Args:
         hidden: `[..., H]` float32/bf16/fp16 final hidden states (after the last norm).

@@ -9,7 +9,7 @@ from typing import Literal
 
 import torch
 
-from kernels._checks import (
+from fastslow.kernels._checks import (
     ValueCheck,
     check_device,
     check_finite_number,
@@ -17,7 +17,7 @@ from kernels._checks import (
     check_shape,
     raise_on_values,
 )
-from kernels.logprobs import IGNORE_INDEX
+from fastslow.kernels.logprobs import IGNORE_INDEX
 
 LossAgg = Literal["token-mean", "seq-mean-token-mean", "seq-mean-token-sum-norm"]
 LOSS_AGGS: tuple[str, ...] = ("token-mean", "seq-mean-token-mean", "seq-mean-token-sum-norm")

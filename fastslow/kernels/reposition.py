@@ -11,19 +11,23 @@ loop in `reposition_ref` is the fallback and the reference.
 
 from __future__ import annotations
 
+import sys
 from collections import OrderedDict
 from collections.abc import Iterable, Iterator, Sequence
 
 import torch
 
-from kernels._checks import check_finite_number
-from kernels._dispatch import backend_for
-from kernels._triton import cast_rtne, tl, triton
+from fastslow.kernels._checks import check_finite_number
+from fastslow.kernels._dispatch import backend_for
+from fastslow.kernels._triton import cast_rtne, tl, triton
 
-try:
-    from torch.distributed.tensor import DTensor
-except ImportError:  # pragma: no cover - torch built without distributed
-    DTensor = ()  # type: ignore[assignment,misc]
+
+def _is_dtensor(t: torch.Tensor) -> bool:
+    """True for a DTensor. Its module is only looked up once something has imported it (no DTensor can exist
+    before), so importing the kernels never pays for `torch.distributed.tensor` (and the sympy it pulls in)."""
+    module = sys.modules.get("torch.distributed.tensor")
+    return module is not None and isinstance(t, module.DTensor)
+
 
 # BLOCK=4096 elements per program, 8 warps: each program moves 16-48 KiB, enough to hide latency on a
 # memory-bound lerp. Not yet tuned on a GPU (bench/ measures it against torch._foreach_lerp_).
@@ -117,7 +121,7 @@ def _reposition_op(params: list[torch.Tensor], slow: list[torch.Tensor], alpha: 
     if backend == "triton":
         _launch(params, slow, alpha)
     elif backend == "native":
-        from kernels._native import reposition_native_
+        from fastslow.kernels._native import reposition_native_
 
         reposition_native_(params, slow, alpha)
     else:
@@ -131,7 +135,7 @@ def _(params: list[torch.Tensor], slow: list[torch.Tensor], alpha: float) -> Non
 
 def _local(t: torch.Tensor) -> torch.Tensor:
     """The tensor whose memory holds this rank's values: a DTensor's local shard, detached from autograd."""
-    if isinstance(t, DTensor):
+    if _is_dtensor(t):
         t = t.to_local()
     return t.detach()
 
@@ -222,7 +226,7 @@ def reposition_(params: Iterable[torch.Tensor], slow: Sequence[torch.Tensor], al
         alpha: finite float; 0 returns to `slow`, 1 keeps `params` (SFPO uses 0.8).
     """
     ps = _locals("params", params)
-    ss = [s.detach() if not isinstance(s, DTensor) else _local(s) for s in slow]
+    ss = [_local(s) for s in slow]
     if len(ps) != len(ss):
         raise ValueError(f"slow has {len(ss)} tensors but params has {len(ps)}")
     alpha = check_finite_number("alpha", alpha)

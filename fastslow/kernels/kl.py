@@ -12,9 +12,9 @@ from __future__ import annotations
 
 import torch
 
-from kernels._checks import check_device, check_float, check_shape
-from kernels._dispatch import backend_for
-from kernels._triton import cast_rtne, tl, triton
+from fastslow.kernels._checks import check_device, check_float, check_shape
+from fastslow.kernels._dispatch import backend_for
+from fastslow.kernels._triton import cast_rtne, tl, triton
 
 # BLOCK=1024, 4 warps: the usual choice for a memory-bound elementwise kernel; not yet tuned on a GPU.
 _BLOCK = 1024

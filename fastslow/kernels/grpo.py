@@ -24,12 +24,12 @@ from __future__ import annotations
 
 import torch
 
-from kernels._checks import check_float
-from kernels._dispatch import backend_for
-from kernels._triton import tl, triton
-from kernels.grpo_args import _N_STATS, LossAgg, grpo_metrics, prepare_grpo
-from kernels.kl import _kl_terms, clamp_ref, low_var_kl_ref
-from kernels.kl import _torch_terms as _kl_torch_terms
+from fastslow.kernels._checks import check_float
+from fastslow.kernels._dispatch import backend_for
+from fastslow.kernels._triton import tl, triton
+from fastslow.kernels.grpo_args import _N_STATS, LossAgg, grpo_metrics, prepare_grpo
+from fastslow.kernels.kl import _kl_terms, clamp_ref, low_var_kl_ref
+from fastslow.kernels.kl import _torch_terms as _kl_torch_terms
 
 # BLOCK_T=1024, 4 warps: a tile of one row per program; memory-bound, so any tile >= 512 saturates in theory.
 # Not yet tuned on a GPU (bench/ measures it).

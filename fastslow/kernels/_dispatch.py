@@ -4,7 +4,7 @@ Rules, in order:
 1. a backend forced with `force_backend(...)` (tests and benchmarks use this hook);
 2. Triton when the tensors are on CUDA, or on any device when `TRITON_INTERPRET=1` (how CI runs the real
    Triton code on a CPU);
-3. for ops that have one, the native CPU library (`csrc/`, loaded by `kernels._native`) for CPU tensors;
+3. for ops that have one, the native CPU library (`csrc/`, loaded by `fastslow.kernels._native`) for CPU tensors;
 4. the plain torch implementation.
 Nothing else in the project asks "am I on CUDA?".
 """
@@ -18,7 +18,7 @@ from typing import Literal
 
 import torch
 
-from kernels._triton import HAS_TRITON
+from fastslow.kernels._triton import HAS_TRITON
 
 Backend = Literal["triton", "native", "torch"]
 BACKENDS: tuple[Backend, ...] = ("triton", "native", "torch")
@@ -33,7 +33,7 @@ def interpreting() -> bool:
 
 def native_available() -> bool:
     """True when the native CPU library was built and loads."""
-    from kernels import _native
+    from fastslow.kernels import _native
 
     return _native.available()
 
@@ -58,7 +58,7 @@ def backend_for(device: torch.device, *, has_native: bool = False) -> Backend:
 def force_backend(name: Backend | None) -> Iterator[None]:
     """Run every kernel in the block on `name` (None restores the automatic choice).
 
-    Forcing "triton" on CPU tensors needs `TRITON_INTERPRET=1` set before `kernels` is imported; forcing
+    Forcing "triton" on CPU tensors needs `TRITON_INTERPRET=1` set before `fastslow.kernels` is imported; forcing
     "native" falls back to "torch" for ops that have no native version.
     """
     global _forced

@@ -1,9 +1,9 @@
 """The GRPO loss formed straight from hidden states: LM head, log-probs, `grpo_loss` and backward in one pass.
 
 For each chunk of tokens the forward computes the chunk's logits once, its log-probs and entropies (the row pass
-of `kernels._chunks`), the per-token GRPO gradient (the fused op of `kernels.grpo`, unchanged), and right away
-`dL/dlogits` and the two gradient GEMMs. So the whole forward+backward costs three GEMMs of `2*N*H*V` FLOPs, and
-the backward is a scale of the saved `dL/dhidden` and `dL/dweight` by the incoming scalar gradient.
+of `fastslow.kernels._chunks`), the per-token GRPO gradient (the fused op of `fastslow.kernels.grpo`, unchanged),
+and right away `dL/dlogits` and the two gradient GEMMs. So the whole forward+backward costs three GEMMs of
+`2*N*H*V` FLOPs, and the backward is a scale of the saved `dL/dhidden` and `dL/dweight` by the incoming scalar gradient.
 
 The loss is `grpo_loss(logp, ...) - entropy_coef * agg(entropy)`, where `agg` weights tokens exactly as the
 GRPO loss's `loss_agg` does (so an entropy bonus follows the same normalisation).
@@ -13,11 +13,11 @@ from __future__ import annotations
 
 import torch
 
-from kernels._checks import ValueCheck, check_finite_number
-from kernels._chunks import backward_chunk, chunk_logits, chunk_rows, row_stats
-from kernels.grpo import grpo_loss, grpo_loss_ref
-from kernels.grpo_args import _N_STATS, GRPOTerms, LossAgg, _row_weights, grpo_metrics, prepare_grpo
-from kernels.logprobs import check_logprob_inputs, token_logprobs, token_logprobs_ref
+from fastslow.kernels._checks import ValueCheck, check_finite_number
+from fastslow.kernels._chunks import backward_chunk, chunk_logits, chunk_rows, row_stats
+from fastslow.kernels.grpo import grpo_loss, grpo_loss_ref
+from fastslow.kernels.grpo_args import _N_STATS, GRPOTerms, LossAgg, _row_weights, grpo_metrics, prepare_grpo
+from fastslow.kernels.logprobs import check_logprob_inputs, token_logprobs, token_logprobs_ref
 
 
 def _blocks(B: int, T: int, chunk: int) -> list[tuple[slice, slice]]:
@@ -192,8 +192,8 @@ def linear_grpo_loss(
         targets: `[B, T]` int64/int32 sampled token ids (or -100 where `mask` is 0; a -100 where `mask` is 1 is a
             ValueError: that token would count in the loss with a log-prob of 0 and no gradient).
         old_logp, advantages, mask, ref_logp, kl_coef, clip_low, clip_high, dual_clip, loss_agg, num_tokens,
-            norm_len, seq_ids: exactly as in `kernels.grpo_loss` (`[B, T]` token grid; packed rows are `[1, N, H]`
-            hidden with `seq_ids` saying where each sequence lies).
+            norm_len, seq_ids: exactly as in `fastslow.kernels.grpo_loss` (`[B, T]` token grid; packed rows are
+            `[1, N, H]` hidden with `seq_ids` saying where each sequence lies).
         temperature: runtime float > 0 dividing the logits (the sampling temperature).
         entropy_coef: weight of the entropy bonus, subtracted from the loss with the same token weights.
         chunk_tokens: override the tokens per chunk (an int > 0; default from the workspace budget).

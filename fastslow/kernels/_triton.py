@@ -1,7 +1,7 @@
 """Triton import guard: the kernels' modules import `triton`/`tl` from here so they load without Triton.
 
 Triton is a dependency on Linux x86-64 (and comes with every CUDA build of torch). Elsewhere (macOS, Arm CPUs)
-the `@triton.jit` functions are defined on a stand-in and never launched: `kernels._dispatch` only picks Triton
+the `@triton.jit` functions are defined on a stand-in and never launched: `fastslow.kernels._dispatch` only picks Triton
 when `HAS_TRITON` is true.
 """
 

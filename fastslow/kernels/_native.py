@@ -2,8 +2,8 @@
 
 The library is optional (setup.py builds it when a compiler is there). `available()` says whether it loads;
 `reposition_native_` runs p <- s + alpha * (p - s) over a whole list of tensors in one multi-threaded call,
-with the same result, bit for bit, as the torch loop `kernels.reposition.reposition_ref`. Set `FASTSLOW_NO_NATIVE=1` to
-pretend the library is not there.
+with the same result, bit for bit, as the torch loop `fastslow.kernels.reposition.reposition_ref`. Set
+`FASTSLOW_NO_NATIVE=1` to pretend the library is not there.
 """
 
 from __future__ import annotations

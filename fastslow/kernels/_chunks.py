@@ -3,16 +3,16 @@
 For one token with logits `z = hidden @ W.T / temperature`, `p = softmax(z)`, `lse = logsumexp(z)`:
 `logp = z_t - lse`, `H = lse - sum(p * z)`, `dlogp/dz = onehot(t) - p`, `dH/dz = -p * (z - lse + H)`.
 The row passes (`row_stats`, `row_grad`) are Triton on GPU (or under the interpreter) and torch otherwise, chosen in
-`kernels._dispatch`; the GEMMs are cuBLAS (or the CPU BLAS). NaN behaviour: see `kernels.logprobs`.
+`fastslow.kernels._dispatch`; the GEMMs are cuBLAS (or the CPU BLAS). NaN behaviour: see `fastslow.kernels.logprobs`.
 """
 
 from __future__ import annotations
 
 import torch
 
-from kernels._checks import check_positive_int
-from kernels._dispatch import backend_for, logits_gemm, workspace_bytes
-from kernels._triton import cast_rtne, tl, triton
+from fastslow.kernels._checks import check_positive_int
+from fastslow.kernels._dispatch import backend_for, logits_gemm, workspace_bytes
+from fastslow.kernels._triton import cast_rtne, tl, triton
 
 IGNORE_INDEX = -100
 # BLOCK_V=2048 floats per step of a row's vocab loop, 8 warps: one row per program, a memory-bound streaming pass
@@ -166,7 +166,7 @@ def row_grad(
 
 def chunk_logits(hidden: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
     """Raw logits `[n, V]` in float32 for a chunk of hidden states `[n, H]`; bf16/fp16 inputs by the GEMM
-    `kernels._dispatch.logits_gemm` chooses for their device."""
+    `fastslow.kernels._dispatch.logits_gemm` chooses for their device."""
     if hidden.dtype == torch.float32:
         return hidden @ weight.t()
     how = logits_gemm(hidden.device, hidden.dtype)

@@ -1,0 +1,31 @@
+"""fastslow kernels: fused Triton ops for GRPO-style RL updates, usable from any trainer.
+
+    from fastslow.kernels import token_logprobs, linear_grpo_loss, grpo_loss, low_var_kl, reposition_, snapshot
+
+Each op runs its Triton kernel on CUDA, its native or torch implementation on CPU (`fastslow.kernels._dispatch`), is a
+torch custom op (so `torch.compile` traces through it), and has a plain-torch `*_ref` beside it.
+"""
+
+from fastslow.kernels.grpo import grpo_loss, grpo_loss_ref
+from fastslow.kernels.grpo_args import LOSS_AGGS
+from fastslow.kernels.kl import low_var_kl, low_var_kl_ref
+from fastslow.kernels.linear_grpo import linear_grpo_loss, linear_grpo_loss_ref
+from fastslow.kernels.logprobs import IGNORE_INDEX, token_logprobs, token_logprobs_ref
+from fastslow.kernels.reposition import Snapshot, reposition_, reposition_ref, snapshot
+
+__all__ = [
+    "IGNORE_INDEX",
+    "LOSS_AGGS",
+    "Snapshot",
+    "grpo_loss",
+    "grpo_loss_ref",
+    "linear_grpo_loss",
+    "linear_grpo_loss_ref",
+    "low_var_kl",
+    "low_var_kl_ref",
+    "reposition_",
+    "reposition_ref",
+    "snapshot",
+    "token_logprobs",
+    "token_logprobs_ref",
+]
