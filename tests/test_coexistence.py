@@ -12,6 +12,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
+import shutil
 import subprocess
 import sys
 import sysconfig
@@ -69,9 +70,12 @@ def test_wheel_has_no_top_level_kernels_and_imports_from_a_venv(tmp_path: Path) 
     """`pip wheel .` (no build isolation: no registry needed), the wheel's file list, then `pip install` of the wheel
     into a scratch venv that sees this environment's dependencies through a .pth line (so torch and transformers are
     not installed twice) but not its editable install of fastslow."""
+    src = tmp_path / "src"  # a clean copy: a stale build/ in the checkout could slip old files into the wheel
+    junk = (".venv*", ".git", "build", "dist", "runs", "*.egg-info", "__pycache__", "*.so", ".pytest_cache", "gpu_*")
+    shutil.copytree(ROOT, src, ignore=shutil.ignore_patterns(*junk), symlinks=True)
     wheels = tmp_path / "wheels"
     subprocess.run(
-        [sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--no-build-isolation", "-w", str(wheels), str(ROOT)],
+        [sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--no-build-isolation", "-w", str(wheels), str(src)],
         check=True,
         capture_output=True,
         timeout=300,

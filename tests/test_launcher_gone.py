@@ -1,4 +1,4 @@
-"""A torchrun worker ends within a second or two once its launcher is killed (`trainer.dist._watch_launcher`).
+"""A torchrun worker ends within a second or two once its launcher is killed (`trainer.signals.die_with_launcher`).
 
 torchrun starts each worker in a session of its own: a SIGKILL to torchrun (or to its process group) used to leave
 the workers waiting in a collective until `parallel.timeout_s`, holding the launcher's stdout open.
@@ -6,6 +6,7 @@ the workers waiting in a collective until `parallel.timeout_s`, holding the laun
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -20,8 +21,8 @@ ROOT = Path(__file__).resolve().parents[1]
 _WORKER = """
 import os, sys, time
 sys.path.insert(0, {root!r})
-from trainer.dist import _watch_launcher
-_watch_launcher(poll_s=0.1)
+from trainer.signals import die_with_launcher
+die_with_launcher(poll_s=0.1)
 open({pidfile!r}, "w").write(str(os.getpid()))
 time.sleep(120)
 """
@@ -65,7 +66,18 @@ def test_worker_exits_when_torchrun_is_killed(tmp_path: Path) -> None:
     finally:
         launcher.kill()
         if pidfile.exists() and pidfile.read_text():
-            try:
+            with contextlib.suppress(ProcessLookupError):
                 os.kill(int(pidfile.read_text()), signal.SIGKILL)
-            except ProcessLookupError:
-                pass
+
+
+def test_a_worker_whose_launcher_died_during_its_imports_exits_at_once(tmp_path: Path) -> None:
+    """The race that kept a worker alive in the rendezvous: torchrun killed while the worker was still importing.
+    Its parent is then no launcher (here: this pytest process, with torchrun's environment faked), and it exits
+    with one line instead of asking the kernel to watch a parent it no longer has."""
+    pidfile = tmp_path / "worker.pid"
+    script = tmp_path / "worker.py"
+    script.write_text(_WORKER.format(root=str(ROOT), pidfile=str(pidfile)))
+    env = {**os.environ, "TORCHELASTIC_RUN_ID": "x", "RANK": "1"}
+    out = subprocess.run([sys.executable, str(script)], env=env, capture_output=True, text=True, timeout=60)
+    assert out.returncode == 1 and not pidfile.exists()
+    assert out.stderr.strip() == f"rank 1: the launcher (torchrun, pid {os.getpid()}) is gone; exiting"

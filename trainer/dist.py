@@ -14,15 +14,11 @@ the CPU.
 
 from __future__ import annotations
 
-import contextlib
 import ctypes
 import ctypes.util
 import datetime
 import os
 import socket
-import sys
-import threading
-import time
 from dataclasses import dataclass
 from typing import Any
 
@@ -91,29 +87,6 @@ def mesh_shape(world: int, parallel: Any = None) -> tuple[int, ...]:
     return (world,) if replicate == 1 else (replicate, shard)
 
 
-def _watch_launcher(poll_s: float = 0.5) -> None:
-    """Under torchrun, end this rank within `poll_s` once its launcher is gone.
-
-    torchrun starts each worker in a session of its own, so a launcher killed with SIGKILL (or its process group,
-    as a job scheduler or a test harness does) leaves the workers running: waiting in a rendezvous or a collective
-    for up to `parallel.timeout_s`, holding the launcher's stdout open. A daemon thread notices the worker being
-    re-parented and exits with one line.
-    """
-    if "TORCHELASTIC_RUN_ID" not in os.environ:
-        return
-    parent = os.getppid()
-
-    def watch() -> None:
-        while os.getppid() == parent:
-            time.sleep(poll_s)
-        rank = os.environ.get("RANK", "?")
-        with contextlib.suppress(Exception):
-            print(f"rank {rank}: the launcher (torchrun, pid {parent}) is gone; this rank exits", file=sys.stderr)
-        os._exit(1)
-
-    threading.Thread(target=watch, name="launcher-watch", daemon=True).start()
-
-
 def init_distributed(parallel: Any = None, *, cpu_offload: bool = False) -> DistInfo:
     """Join the torchrun process group (or make a group of one), pick this rank's device, build the mesh.
 
@@ -125,7 +98,6 @@ def init_distributed(parallel: Any = None, *, cpu_offload: bool = False) -> Dist
     from torch.distributed.device_mesh import init_device_mesh
 
     _return_freed_memory()
-    _watch_launcher()
     if "RANK" not in os.environ:  # plain `python -m trainer.main`: a group of one
         os.environ.update(RANK="0", WORLD_SIZE="1", LOCAL_RANK="0", MASTER_ADDR="127.0.0.1")
         os.environ.setdefault("MASTER_PORT", str(_free_port()))

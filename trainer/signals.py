@@ -14,6 +14,8 @@ import os
 import signal
 import sys
 import threading
+import time
+from pathlib import Path
 from types import FrameType
 from typing import Any
 
@@ -74,18 +76,49 @@ class StopFlag:
         self.restore()
 
 
-def die_with_launcher() -> None:
-    """Under torchrun on Linux: have the kernel SIGKILL this worker when torchrun dies.
+def _is_launcher(pid: int) -> bool:
+    """`pid` is a torch elastic agent (torchrun, `python -m torch.distributed.run`): its main thread is named
+    "pt_elastic". Unreadable /proc counts as yes (nothing to go on)."""
+    if pid <= 1:
+        return False
+    try:
+        comm = Path(f"/proc/{pid}/comm").read_text(encoding="utf-8").strip()
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+    except OSError:
+        return True
+    return comm == "pt_elastic" or "torchrun" in cmdline or "torch.distributed.run" in cmdline
 
-    torchrun starts each worker in a session of its own, so killing torchrun (SIGKILL, the OOM killer) would
-    otherwise leave the workers training, or hanging in a collective, with nobody watching. A graceful stop is
-    unaffected: torchrun waits for its workers before it exits.
+
+def _orphaned(parent: int) -> None:
+    rank = os.environ.get("RANK", "?")
+    print(f"rank {rank}: the launcher (torchrun, pid {parent}) is gone; exiting", file=sys.stderr, flush=True)
+    os._exit(1)
+
+
+def die_with_launcher(poll_s: float = 0.5) -> None:
+    """Under torchrun on Linux: end this worker as soon as torchrun is gone.
+
+    torchrun starts each worker in a session of its own, so killing torchrun (SIGKILL, the OOM killer, a harness
+    killing its process group) would otherwise leave the workers training, or waiting in a rendezvous or a
+    collective for `parallel.timeout_s`, holding the launcher's output open. The kernel SIGKILLs this worker when
+    its parent dies (PR_SET_PDEATHSIG); a worker whose launcher died before that request (during its imports) sees
+    a parent that is no launcher and exits at once, with one line; where prctl is refused, a daemon thread polls
+    the parent instead. A graceful stop is unaffected: torchrun waits for its workers before it exits.
     """
     if sys.platform != "linux" or "TORCHELASTIC_RUN_ID" not in os.environ:
         return
     parent = os.getppid()
+    if not _is_launcher(parent):
+        _orphaned(parent)
     libc = ctypes.CDLL(None, use_errno=True)
-    if libc.prctl(_PR_SET_PDEATHSIG, int(signal.SIGKILL), 0, 0, 0) != 0:
-        return  # not permitted here (some sandboxes): the workers then rely on torchrun's own shutdown
-    if os.getppid() != parent:  # torchrun died before the request took effect
-        os.kill(os.getpid(), signal.SIGKILL)
+    if libc.prctl(_PR_SET_PDEATHSIG, int(signal.SIGKILL), 0, 0, 0) == 0:
+        if os.getppid() != parent:  # torchrun died between the check and the request
+            _orphaned(parent)
+        return
+
+    def watch() -> None:  # prctl not permitted here (some sandboxes)
+        while os.getppid() == parent:
+            time.sleep(poll_s)
+        _orphaned(parent)
+
+    threading.Thread(target=watch, name="launcher-watch", daemon=True).start()
