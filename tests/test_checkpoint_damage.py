@@ -5,6 +5,7 @@ are in tests/test_resume_any_world.py."""
 
 from __future__ import annotations
 
+import json
 import random
 import shutil
 from pathlib import Path
@@ -16,6 +17,7 @@ from test_trainer_checkpoint import _lm, _sharded, _train
 
 from trainer.checkpoint import TRAINER_STATE, load_checkpoint, save_checkpoint, seed_step, trainer_state_file
 from trainer.checkpoint_check import damage, resume_candidates
+from trainer.checksums import CHECKSUMS
 
 
 def _cut(path: Path) -> None:
@@ -59,6 +61,29 @@ def test_each_kind_of_damage_is_named(run) -> None:
     assert damage(broken) == f"{broken / TRAINER_STATE} is missing"
 
 
+def _zero_inside(path: Path, start: int, length: int) -> None:
+    """Zero `length` bytes from `start` in place: the size stays, as after a bad block or a copy that wrote holes."""
+    with open(path, "r+b") as f:
+        f.seek(start)
+        f.write(bytes(length))
+
+
+def test_bytes_changed_in_place_are_found_by_the_checksums(run) -> None:
+    """Before: a shard with bytes zeroed inside one tensor passed every check and resumed silently."""
+    _, (one, two, three) = run
+    entries = json.loads((three / CHECKSUMS).read_text())["crc32"]
+    assert set(entries) == {p.name for p in three.iterdir() if p.name != CHECKSUMS}  # every file, each rank's shards
+    shard = next(three.glob("*.distcp"))
+    _zero_inside(shard, shard.stat().st_size // 3, 4096)
+    assert damage(three) == f"{shard} does not match its checksum (its bytes changed after it was written)"
+    (two / "meta.json").write_text((two / "meta.json").read_text().replace('"torch"', '"torch" '))
+    assert damage(two) == f"{two / 'meta.json'} has {(two / 'meta.json').stat().st_size} bytes, " + (
+        f"{(two / 'meta.json').stat().st_size - 1} when written"
+    )
+    (one / CHECKSUMS).write_text("{not json")
+    assert damage(one).startswith(f"{one / CHECKSUMS} does not read (")
+
+
 def test_auto_resume_falls_back_to_the_newest_whole_checkpoint(run) -> None:
     run_dir, (one, two, three) = run
     choice = resume_candidates(run_dir)
@@ -88,6 +113,7 @@ def test_trainer_state_is_written_once_and_older_per_rank_files_load(run) -> Non
     # A checkpoint written before: one file per rank (2 ranks here), resumed by any number of processes.
     (one / TRAINER_STATE).rename(one / "trainer_state_rank0.pt")
     torch.save({"step": 11}, one / "trainer_state_rank1.pt")
+    (one / CHECKSUMS).unlink()  # written before checksums existed too
     assert damage(one) is None
     assert trainer_state_file(one, 1) == one / "trainer_state_rank1.pt"
     assert trainer_state_file(one, 5) == one / "trainer_state_rank0.pt"

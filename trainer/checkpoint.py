@@ -7,6 +7,7 @@ Layout of a run folder::
         .metadata, __0_0.distcp, ...  torch.distributed.checkpoint: model and optimizer, resharding-capable
         trainer_state.pt              torch.save of plain python values and tensors; loads with weights_only=True
         meta.json                     step, world size, torch version
+        checksums.json                size and CRC-32 of every file above (trainer.checksums), checked at resume
       step_00000050.tmp/              a save in progress, or one killed midway: never loaded, removed by the next save
       latest                          the name of the newest complete folder (written last, via os.replace)
     hf/                               `export_hf`: safetensors + config + tokenizer
@@ -49,6 +50,7 @@ from torch.distributed.checkpoint.state_dict import (
     set_state_dict,
 )
 
+from trainer import checksums
 from trainer.param_names import hf_name
 
 CHECKPOINTS = "checkpoints"
@@ -194,6 +196,10 @@ def save_checkpoint(
             f"trainer_state must hold only python values and plain tensors (it is read with weights_only=True): {err}"
         ) from err
     dcp.save(_dcp_state(model, optimizer), checkpoint_id=tmp)
+    # Each rank sums the shards it wrote (still in the page cache), in parallel; rank 0 the rest and the manifest.
+    mine = checksums.sums(tmp, [p.name for p in tmp.glob(f"__{rank}_*.distcp")])
+    every: list[dict[str, list[int]] | None] = [None] * world
+    dist.all_gather_object(every, mine)
     if rank == 0:
         with open(tmp / TRAINER_STATE, "wb") as f:
             f.write(buffer.getvalue())
@@ -201,6 +207,9 @@ def save_checkpoint(
             os.fsync(f.fileno())
         meta = {"step": step, "world_size": world, "torch": torch.__version__}
         _write_text_atomic(tmp / "meta.json", json.dumps(meta, indent=1) + "\n")
+        entries = {name: v for part in every if part for name, v in part.items()}
+        entries.update(checksums.sums(tmp, [".metadata", TRAINER_STATE, "meta.json"]))
+        checksums.write(tmp, entries)
     dist.barrier()
 
     if rank == 0:

@@ -5,8 +5,9 @@ killed midway never looks complete; what this guards against is damage afterward
 or a copy that stopped, a file removed. `damage` reads what is small (meta.json, DCP's `.metadata`, the trainer
 state) and only the sizes of the shard files: DCP's metadata gives, for every tensor and object it stored, the file,
 offset and length of its bytes, so a `.distcp` file shorter than the end of its last item is cut short. That costs
-a few milliseconds whatever the model's size; it does not detect bytes changed in place (DCP keeps no checksums),
-which the load itself then reports (the Trainer falls back on that too).
+a few milliseconds whatever the model's size. Bytes changed in place are found by the checksums every checkpoint
+folder holds (`trainer.checksums`, ~2 GB/s: every byte is read once); a checkpoint written before them is checked by
+size only, and a load that then fails is skipped by the Trainer as well.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from typing import NamedTuple
 
 import torch
 
+from trainer import checksums
 from trainer.checkpoint import CHECKPOINTS, LATEST, TRAINER_STATE, complete_checkpoints
 
 __all__ = ["ResumeChoice", "damage", "one_line", "resume_candidates"]
@@ -54,7 +56,7 @@ def damage(path: Path) -> str | None:
             torch.load(state, weights_only=True)
         except Exception as err:  # a truncated zip archive, an unpickling error
             return f"{state} does not load ({one_line(err)})"
-    return None
+    return checksums.verify(path)  # bytes changed in place (reads every byte; absent in older checkpoints)
 
 
 class ResumeChoice(NamedTuple):
@@ -94,6 +96,14 @@ def resume_candidates(run_dir: Path) -> ResumeChoice:
 
 
 def one_line(err: BaseException) -> str:
-    """An error's message on one line, shortened (miniz and the unpickler can be wordy)."""
-    text = " ".join(str(err).split()) or type(err).__name__
+    """An error's message on one line, shortened (miniz and the unpickler can be wordy). DCP's
+    `CheckpointException` (a `BaseException` whose text is every rank's traceback) gives its first rank's error."""
+    failures = getattr(err, "failures", None)
+    if isinstance(failures, dict) and failures:
+        rank, (inner, _) = sorted(failures.items())[0]
+        err = inner
+        prefix = f"rank {rank}: {type(inner).__name__}: "
+    else:
+        prefix = ""
+    text = prefix + (" ".join(str(err).split()) or type(err).__name__)
     return text if len(text) <= 160 else text[:157] + "..."

@@ -51,6 +51,10 @@ __all__ = [
 ]
 
 
+MIN_TEMPERATURE = 0.01
+"""The smallest non-zero sampling temperature, for every engine (vLLM's own floor)."""
+
+
 @dataclass
 class ModelConfig(_Section):
     """The policy (and frozen reference) model: a local Hugging Face folder, or a built-in preset."""
@@ -195,7 +199,7 @@ class RolloutConfig(_Section):
     prompts_per_step: int = 16
     """Groups kept per step, across all ranks (divisible by the world size)."""
     temperature: float = 1.0
-    """Sampling temperature (0: greedy); the log-probs of the update use the same temperature."""
+    """Sampling temperature (0: greedy, or at least 0.01); the log-probs of the update use the same temperature."""
     top_p: float = 1.0
     """Nucleus sampling mass, in (0, 1]."""
     max_new_tokens: int = 20
@@ -260,6 +264,12 @@ class RolloutConfig(_Section):
         self._at_least(2, "group_size")
         self._at_least(1, "prompts_per_step", "max_new_tokens", "max_chunks")
         self._at_least(0, "temperature", "max_dry_steps")
+        self._require(
+            self.temperature == 0 or self.temperature >= MIN_TEMPERATURE,
+            "temperature",
+            f"must be 0 (greedy) or >= {MIN_TEMPERATURE:g}, for every engine: below that the logits divided by it "
+            "overflow, sampling is greedy, and the update sees no entropy and no gradient (vLLM refuses it too)",
+        )
         if self.on_filter_exhausted == "error":  # the former name
             self.on_filter_exhausted = "stop"
         self._require(0 < self.top_p <= 1, "top_p", "must be in (0, 1]")

@@ -181,7 +181,7 @@ def _eager(where: str, rows: Iterator[Row], tokenizer: PreTrainedTokenizerBase, 
 
 
 def _finish(where: str, items: Sequence[Item], skipped: int, limit: int) -> Prompts:
-    if skipped:
+    if skipped and len(items):  # with none left, the error below says it all, in one line
         log.warning("%s: skipped %d prompts longer than data.max_prompt_tokens=%d", where, skipped, limit)
     if not len(items):
         why = f" (all {skipped} were longer than data.max_prompt_tokens={limit})" if skipped else ""
@@ -205,6 +205,8 @@ def _scan(
     `_TokenCounter`'s fast path where it applies."""
     chat_template = bool(data_cfg.apply_chat_template)
     counter = None if keep_items else _TokenCounter(tokenizer, chat_template=chat_template)
+    limit = int(data_cfg.max_prompt_tokens)
+    char_cap = _LONG_SLACK * max_chars_per_token(tokenizer) * limit  # longer than this cannot fit: never tokenised
     skipped = 0
     batch: list[tuple[str, str, str, int, Any]] = []
     with_difficulty = difficulty_key(data_cfg) is not None
@@ -229,7 +231,12 @@ def _scan(
 
     for row, prompt, answer, loc, level in rows:
         level = _check_difficulty(where, row, level)
-        batch.append((row, *_check_row(where, row, prompt, answer, data_cfg), loc, level))
+        entry = (row, *_check_row(where, row, prompt, answer, data_cfg), loc, level)
+        if len(entry[1]) > char_cap:  # one huge row would take many GB to tokenise (100 MB: 24 GB, then OOM)
+            _far_too_long(where, row, len(entry[1]), data_cfg)
+            skipped += 1
+            continue
+        batch.append(entry)
         if len(batch) == _BATCH:
             flush()
     if batch:
@@ -289,6 +296,32 @@ def _check_difficulty(where: str, row: str, value: Any) -> Any:
     if value is None or (isinstance(value, (int, float, str)) and not isinstance(value, bool)):
         return value
     raise ValueError(f"{where}: {row}: the difficulty column must hold a number or a string, got {value!r:.80}")
+
+
+_LONG_SLACK = 4
+"""A prompt longer than `_LONG_SLACK * max_chars_per_token * max_prompt_tokens` characters is too long whatever its
+tokens (the slack covers normalisers that shorten text, such as NFKC composing characters)."""
+
+
+def max_chars_per_token(tokenizer: PreTrainedTokenizerBase) -> int:
+    """The longest token of the vocabulary, in characters of its vocabulary string: no token decodes to more
+    characters (byte-level BPE writes one character per byte; byte-fallback pieces such as `<0x41>` only make the
+    bound looser). So a prompt of `c` characters has at least `c / this` tokens."""
+    try:
+        vocab = tokenizer.get_vocab()
+    except Exception:  # a tokenizer without a vocabulary to list: a generous bound
+        return 256
+    return max((len(token) for token in vocab), default=256) or 1
+
+
+def _far_too_long(where: str, row: str, n_chars: int, data_cfg: Any) -> None:
+    """A prompt of `n_chars` characters, past any tokenisation of `max_prompt_tokens`: an error naming the file and
+    the row with `on_long_prompt = "error"`, else a warning naming them (the row is skipped, never tokenised)."""
+    limit = int(data_cfg.max_prompt_tokens)
+    what = f"{where}: {row}: the prompt has {n_chars:,} characters, far more than data.max_prompt_tokens={limit} holds"
+    if data_cfg.on_long_prompt == "error":
+        raise ValueError(f"{what} (raise the limit, or set data.on_long_prompt='skip')")
+    log.warning("%s: skipped without tokenising it", what)
 
 
 def _too_long(where: str, row: str, n_tokens: int, data_cfg: Any) -> bool:

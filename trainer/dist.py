@@ -166,7 +166,10 @@ def all_gather_cat(t: torch.Tensor) -> torch.Tensor:
     return torch.cat(parts)
 
 
-def close() -> None:
+def close(*, barrier: bool = True) -> None:
+    """Leave the process group; `barrier`: wait for every rank first (the normal end: all ranks get here). An
+    error path passes False, since another rank may never arrive."""
     if dist.is_initialized():
-        dist.barrier()
+        if barrier:
+            dist.barrier()
         dist.destroy_process_group()

@@ -7,7 +7,9 @@ Exit status: 0 when the run finished, or was stopped by SIGTERM / SIGINT (Ctrl-C
 trainer/trainer.py); 2 for a bad input (config, data file, model folder, resume target, run folder), with one
 line naming it, from rank 0, before the models are built (`FASTSLOW_DEBUG=1` adds the traceback); 3 when the run
 stopped on `optim.max_bad_steps` non-finite steps in a row, its last good checkpoint intact; 4 when it saved and
-stopped on a dry online filter (`rollout.on_filter_exhausted = "stop"`, or `rollout.max_dry_steps`).
+stopped on a dry online filter (`rollout.on_filter_exhausted = "stop"`, or `rollout.max_dry_steps`); 1 when a
+rank failed (an error in a step or in user code, `SystemExit` included): that rank prints one line
+`rank R failed at step N: ...` at once and leaves, and the other ranks follow within seconds (`trainer.failure`).
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from pathlib import Path
 
 from trainer.config import ConfigError, InputError
 from trainer.config_io import load_config
+from trainer.failure import EXIT_FAILED, guard_stdout, is_peer_loss, leave, report_failure
 from trainer.signals import StopFlag, die_with_launcher
 
 
@@ -43,8 +46,10 @@ def report_input_error(err: ConfigError, *, is_main: bool = True) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Parse, build, train, close; returns the process exit status."""
+    """Parse, build, train, close; returns the process exit status (a rank that fails alone never returns: it
+    reports and leaves at once, `trainer.failure`)."""
     die_with_launcher()
+    guard_stdout()
     try:
         cfg = load_config(sys.argv[1:] if argv is None else argv)
     except ConfigError as err:  # before the process group: torchrun's RANK says which process speaks
@@ -54,39 +59,41 @@ def main(argv: list[str] | None = None) -> int:
         from trainer.dist import close, init_distributed
         from trainer.trainer import BadStepsError, DryFilterStop, Trainer
 
+        rank = int(os.environ.get("RANK", "0"))
+        trainer: Trainer | None = None
         try:
             info = init_distributed(cfg.parallel, cpu_offload=cfg.model.cpu_offload)
-        except ConfigError as err:  # a mesh that does not fit the world size (every rank raises it)
-            close()
-            return report_input_error(err, is_main=os.environ.get("RANK", "0") == "0")
-        if cfg.rollout.prompts_per_step % info.world:  # the one check that needs the world size
-            err = ConfigError(
-                f"rollout.prompts_per_step = {cfg.rollout.prompts_per_step}: must be divisible by the number of "
-                f"processes ({info.world}); a run resumes on any number that divides it"
-            )
-            close()
-            return report_input_error(err, is_main=info.is_main)
-        try:
+            rank = info.rank
+            if cfg.rollout.prompts_per_step % info.world:  # the one check that needs the world size
+                raise ConfigError(
+                    f"rollout.prompts_per_step = {cfg.rollout.prompts_per_step}: must be divisible by the number of "
+                    f"processes ({info.world}); a run resumes on any number that divides it"
+                )
             trainer = Trainer(cfg, info)
-        except ConfigError as err:  # found once the world is up (run folder, data, model folder, resume target)
-            close()
-            return report_input_error(err, is_main=info.is_main)
-        try:
             trainer.train(stop)
-        except ConfigError as err:  # a checkpoint that does not load
-            return report_input_error(err, is_main=info.is_main)
+            status = 0
+        # Failures every rank reaches together (their verdicts are reduced or broadcast): report, close, return.
+        except ConfigError as err:  # a bad input found once the world is up, or a checkpoint that does not load
+            status = report_input_error(err, is_main=rank == 0)
         except BadStepsError as err:
-            if info.is_main:
+            if rank == 0:
                 print(f"stopping: {err}", file=sys.stderr, flush=True)
-            return 3
+            status = 3
         except DryFilterStop as err:
-            if info.is_main:
+            if rank == 0:
                 print(f"stopping: {err}", file=sys.stderr, flush=True)
-            return 4
-        finally:
+            status = 4
+        except BaseException as err:  # this rank failed on its own: no barrier, no waiting for the others
+            step = trainer.step if trainer is not None else None
+            report_failure(err, rank=rank, step=step, run_dir=trainer.run_dir if trainer is not None else None)
+            if trainer is not None:
+                with contextlib.suppress(BaseException):
+                    trainer.close()
+            leave(EXIT_FAILED, peer=is_peer_loss(err))
+        if trainer is not None:
             trainer.close()
-            close()
-    return 0
+        close(barrier=status == 0)
+    return status
 
 
 if __name__ == "__main__":

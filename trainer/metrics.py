@@ -19,12 +19,13 @@ from __future__ import annotations
 import json
 import math
 import numbers
+import os
 import resource
 import sys
 import time
 from collections.abc import Iterable, Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, TextIO
+from typing import TYPE_CHECKING, Any, BinaryIO, TextIO
 
 import torch
 
@@ -65,6 +66,33 @@ def to_number(key: str, value: Any) -> float | int | str | None:
     raise TypeError(f"metric {key!r}: {type(value).__name__} is not a number")
 
 
+def repair_partial_row(path: Path) -> int:
+    """Cut `path` back to its last complete line (a row cut short by a full disk or a kill mid-write); returns how
+    many bytes were dropped (0: the file is whole or absent)."""
+    if not path.is_file():
+        return 0
+    with open(path, "rb+") as f:
+        size = f.seek(0, os.SEEK_END)
+        if size == 0:
+            return 0
+        f.seek(size - 1)
+        if f.read(1) == b"\n":
+            return 0
+        keep = 0
+        pos = size
+        while pos > 0:  # find the last newline, reading backwards in blocks
+            start = max(0, pos - 65536)
+            f.seek(start)
+            block = f.read(pos - start)
+            i = block.rfind(b"\n")
+            if i >= 0:
+                keep = start + i + 1
+                break
+            pos = start
+        f.truncate(keep)
+        return size - keep
+
+
 class MetricsLogger:
     """`log(step, metrics)` each step, `summary(lines)` at the end, `close()`; a context manager too."""
 
@@ -93,14 +121,18 @@ class MetricsLogger:
         self.stream = stream
         self.plots = plots
         self.progress = Progress(total_steps=total_steps, every=console_every, stream=stream)
-        self._file: TextIO | None = None
+        self._file: BinaryIO | None = None
         self._tb: Any = None
         self._wandb: Any = None
         self._rows = 0  # rows written by this logger: a run that logged none has nothing to plot
         if rank != 0:
             return
         self.run_dir.mkdir(parents=True, exist_ok=True)
-        self._file = open(self.run_dir / METRICS_FILE, "a")  # noqa: SIM115 (open until close(), one line per step)
+        dropped = repair_partial_row(self.run_dir / METRICS_FILE)
+        if dropped:
+            self._print(f"{METRICS_FILE}: dropped a partial last row ({dropped} bytes: a write that was cut short)")
+        # Unbuffered: each row reaches the file in one write() call, whole or (a full disk) cut, never interleaved.
+        self._file = open(self.run_dir / METRICS_FILE, "ab", buffering=0)  # noqa: SIM115 (open until close())
         if wandb is not None:
             from trainer.wandb_log import WandbSink
 
@@ -151,8 +183,7 @@ class MetricsLogger:
         record: dict[str, Any] = {"step": int(step), "time": time.time(), **head}
         record.update({k: to_number(k, v) for k, v in metrics.items()})
         assert self._file is not None
-        self._file.write(json.dumps(record) + "\n")
-        self._file.flush()
+        self._file.write((json.dumps(record) + "\n").encode())
         self._rows += 1
         if self._tb is not None:
             for key, value in record.items():

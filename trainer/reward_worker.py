@@ -60,7 +60,7 @@ def _serve(conn: Connection, fn: Callable[..., Any]) -> None:
             return
         try:
             reply: tuple[Any, ...] = ("ok", fn(*args))
-        except Exception as exc:
+        except (Exception, SystemExit) as exc:  # `sys.exit()` in user code: a failed call, not the child's end
             reply = ("raised", type(exc).__name__, str(exc))
         conn.send(reply)
 

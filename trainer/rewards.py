@@ -35,17 +35,19 @@ With `reward.timeout_s > 0` (the default) each call runs in a forked child proce
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import importlib
 import importlib.util
 import inspect
 import math
 import numbers
+import os
 import re
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import torch
 from torch import Tensor
@@ -273,8 +275,8 @@ def _closest(word: str, names: Sequence[str]) -> str:
 def _import_module(name: str) -> Any:
     try:
         return importlib.import_module(name)
-    except Exception as exc:  # ImportError, or whatever the module itself raised while importing
-        raise RewardError(f"cannot import module {name!r}: {type(exc).__name__}: {exc}") from exc
+    except (Exception, SystemExit) as exc:  # ImportError, or whatever the module raised (or exited with) importing
+        raise RewardError(f"cannot import module {name!r}: {_what(exc)}") from exc
 
 
 def _import_file(path_text: str) -> Any:
@@ -292,9 +294,9 @@ def _import_file(path_text: str) -> Any:
     sys.modules[name] = module  # before running it, as `import` does (dataclasses and pickling look it up)
     try:
         spec.loader.exec_module(module)
-    except Exception as exc:
+    except (Exception, SystemExit) as exc:  # `sys.exit(...)` at import is a bad module, not the run's exit status
         del sys.modules[name]
-        raise RewardError(f"cannot import {path_text}: {type(exc).__name__}: {exc}") from exc
+        raise RewardError(f"cannot import {path_text}: {_what(exc)}") from exc
     return module
 
 
@@ -379,10 +381,11 @@ def _outcome(
     what was wrong with it (None when fine), and the first bad entry `(i, why)` or None."""
     n, args = len(responses), (responses, answers, prompts)
     try:
-        out = fn(*args)
-    except Exception as exc:
+        with _no_exit():
+            out = fn(*args)
+    except (Exception, SystemExit) as exc:  # user code's `sys.exit()` / `os._exit()` is a failure of the call
         where = _first_failing(fn, args) if on_error == "raise" else ""
-        why = f"raised on a chunk of {n} samples: {type(exc).__name__}: {exc}{where}"
+        why = f"raised on a chunk of {n} samples: {_what(exc)}{where}"
         return ("failed", why, exc) if keep_exception else ("failed", why)
     values, problem = _as_list(out, n)
     if values is None:
@@ -392,14 +395,42 @@ def _outcome(
     return ("values", checked, first)
 
 
+def _what(exc: BaseException) -> str:
+    """An exception as the error line shows it: `Type: message`, or what the code called to exit."""
+    if isinstance(exc, SystemExit):
+        return f"SystemExit: called sys.exit({exc.code!r})"
+    return f"{type(exc).__name__}: {exc}"
+
+
+class UserExit(Exception):
+    """The user function called `os._exit`, which would end the trainer's process with no word (status 0 included)."""
+
+
+@contextlib.contextmanager
+def _no_exit() -> Iterator[None]:
+    """While the user function runs in this process, `os._exit(n)` raises `UserExit` instead of ending it. (In a
+    forked child, `reward.timeout_s > 0`, it ends the child, which the parent reports.)"""
+    real = os._exit
+
+    def refuse(status: int) -> NoReturn:
+        raise UserExit(f"called os._exit({status})")
+
+    os._exit = refuse  # type: ignore[assignment]
+    try:
+        yield
+    finally:
+        os._exit = real
+
+
 def _first_failing(fn: RewardFn, args: tuple[list[str], list[str], list[str]]) -> str:
     """Where a chunk's call raised: the first sample that raises when scored alone (the run is stopping anyway)."""
     for i in range(len(args[0])):
         try:
-            fn(*([a[i]] for a in args))
-        except Exception as exc:
+            with _no_exit():
+                fn(*([a[i]] for a in args))
+        except (Exception, SystemExit) as exc:
             return (
-                f"; the first sample that raises alone is {i} ({type(exc).__name__}: {exc}; response "
+                f"; the first sample that raises alone is {i} ({_what(exc)}; response "
                 f"{_short(args[0][i])}, answer {_short(args[1][i])})"
             )
     return "; every sample scores alone without an error, so the failure depends on the chunk as a whole"

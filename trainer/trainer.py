@@ -28,6 +28,7 @@ import math
 import shutil
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -35,7 +36,7 @@ import torch
 import torch.distributed as dist
 
 from trainer import checkpoint as ckpt
-from trainer import checkpoint_check, resume_check, reward_worker
+from trainer import checkpoint_check, resume_check, reward_worker, run_lock
 from trainer.algorithm_build import build_algorithm
 from trainer.build import build_models, build_optimizer
 from trainer.config import Config, ConfigError, InputError, input_errors
@@ -52,11 +53,25 @@ from trainer.signals import Interrupted, StopFlag
 from trainer.step import FilterDry, StepContext, sync_policy, train_step
 
 
-def _run_dir(cfg: Config, info: DistInfo) -> tuple[Path, bool]:
-    """The run folder: `logging.run_dir`, or `runs/<algorithm>-<UTC time>` chosen by rank 0 for everyone, and
-    whether this start created it.
+@dataclass
+class RunFolder:
+    """The run folder as this start found it: `created` (this start made it), `replace` (what is left of an earlier
+    run, deleted only once every input has passed: `Trainer._replace_old_run`), `lock` (rank 0's, else None)."""
 
-    With `--resume auto` and no run folder given, the newest `runs/<algorithm>-*` folder holding a checkpoint.
+    path: Path
+    created: bool
+    replace: list[str]
+    lock: run_lock.RunLock | None
+
+
+def _run_dir(cfg: Config, info: DistInfo) -> RunFolder:
+    """The run folder: `logging.run_dir`, or `runs/<algorithm>-<UTC time>` chosen by rank 0 for everyone, locked by
+    rank 0 before anything is written into it (`trainer.run_lock`).
+
+    With `--resume auto` and no run folder given, the newest `runs/<algorithm>-*` folder holding a checkpoint. A
+    fresh start into a folder that holds a run (`holds_run`) is refused unless `logging.overwrite`; a folder
+    holding only the leftovers of a start that never trained (`config.toml`, an empty `metrics.jsonl`, error logs)
+    is reused.
     """
     chosen = [cfg.logging.run_dir or None]
     if info.is_main and chosen[0] is None:
@@ -69,32 +84,72 @@ def _run_dir(cfg: Config, info: DistInfo) -> tuple[Path, bool]:
             chosen = [str(runs / f"{cfg.algorithm.name}-{time.strftime('%Y%m%dT%H%M%S', time.gmtime())}")]
     dist.broadcast_object_list(chosen, src=0)
     path = Path(chosen[0])
-    refusal = [None]
-    if info.is_main and cfg.checkpoint.resume == "none":
-        held = [name for name in RUN_FILES if (path / name).exists()]
-        if held and not cfg.logging.overwrite:
-            refusal = [
-                f"logging.run_dir = {str(path)!r} holds a run ({', '.join(held)}): continue it with --resume auto, "
-                "choose another folder, or set logging.overwrite=true to replace it"
-            ]
-        for name in held if cfg.logging.overwrite else ():
-            shutil.rmtree(path / name) if (path / name).is_dir() else (path / name).unlink()
-    dist.broadcast_object_list(refusal, src=0)
-    if refusal[0] is not None:
-        raise ConfigError(refusal[0])
+    answer: list[Any] = [(None, None, False, [])]  # (error kind, message, created, replace)
+    lock = None
+    if info.is_main:
+        try:
+            lock, answer[0] = _claim(path, cfg)
+        except Exception as err:  # never leave the other ranks waiting at the broadcast
+            answer = [("input", f"logging.run_dir = {str(path)!r}: {err}", False, [])]
+    dist.broadcast_object_list(answer, src=0)
+    kind, message, created, replace = answer[0]
+    if kind is not None:
+        raise (ConfigError if kind == "config" else InputError)(message)
+    dist.barrier()  # rank 0 has made the folder before any other rank uses it
+    return RunFolder(path, created, replace, lock)
+
+
+def _claim(path: Path, cfg: Config) -> tuple[run_lock.RunLock | None, tuple[str | None, str | None, bool, list[str]]]:
+    """Rank 0's half of `_run_dir`: make and lock the folder, look at what it holds. Returns the lock (None when
+    refused) and `(error kind or None, message, created, replace)`."""
+    where = f"logging.run_dir = {str(path)!r}"
     if path.exists() and not path.is_dir():
-        raise InputError(f"logging.run_dir = {str(path)!r} is a file, not a folder")
+        return None, ("input", f"{where} is a file, not a folder", False, [])
     created = not path.exists()
-    dist.barrier()  # every rank has looked before any creates it
     try:
         path.mkdir(parents=True, exist_ok=True)
     except OSError as err:
-        raise InputError(f"logging.run_dir = {str(path)!r}: cannot create it: {err.strerror or err}") from err
-    return path, created
+        return None, ("input", f"{where}: cannot create it: {err.strerror or err}", False, [])
+    try:
+        lock = run_lock.acquire(path)
+    except run_lock.RunFolderBusy as err:
+        return None, ("input", f"{where} {err}: wait for it to end, or choose another folder", False, [])
+    for note in (lock.taken_over, lock.warning):
+        if note:
+            print(f"warning: run folder lock: {note}", file=sys.stderr, flush=True)
+    if cfg.checkpoint.resume != "none":
+        return lock, (None, None, created, [])
+    held = holds_run(path)
+    if held and not cfg.logging.overwrite:
+        lock.release()
+        message = (
+            f"{where} holds a run ({', '.join(held)}): continue it with --resume auto, "
+            "choose another folder, or set logging.overwrite=true to replace it"
+        )
+        return None, ("config", message, created, [])
+    leftovers = [name for name in (*RUN_FILES, *_START_FILES) if (path / name).exists()]
+    leftovers += sorted(p.name for p in path.glob("error_rank*.log"))
+    return lock, (None, None, created, leftovers)
+
+
+def holds_run(path: Path) -> list[str]:
+    """What makes `path` hold a run that a fresh start would destroy: checkpoints, an export, plots, or metrics
+    rows. A `config.toml` or an empty `metrics.jsonl` alone is what a start that never trained leaves."""
+    held = []
+    for name in RUN_FILES:
+        p = path / name
+        if name == "metrics.jsonl":
+            if p.is_file() and p.stat().st_size > 0:
+                held.append(name)
+        elif name != "config.toml" and p.exists() and (not p.is_dir() or any(p.iterdir())):
+            held.append(name)
+    return held
 
 
 RUN_FILES = ("metrics.jsonl", "config.toml", ckpt.CHECKPOINTS, "hf", "plots")
-"""What makes a folder hold a run (and what `logging.overwrite` deletes)."""
+"""What a run writes into its folder (and what a fresh start with `logging.overwrite` deletes); see `holds_run`."""
+_START_FILES = ("summary.txt", "tensorboard")
+"""Written by a run too, replaced with it, but never what makes a folder hold one."""
 
 
 # Metrics whose non-finite value makes a step bad (the loss terms and the reward; step.py reduces them over ranks).
@@ -125,12 +180,15 @@ class Trainer:
         then builds the models. A bad input raises `InputError`; a start that fails removes the run folder it made.
         config.toml is written once everything is built (and a resume loaded)."""
         self.cfg, self.info = cfg, info
-        self.run_dir, created = _run_dir(cfg, info)
+        folder = _run_dir(cfg, info)
+        self.run_dir, self._lock, self._replace = folder.path, folder.lock, folder.replace
         try:
             self._build()
         except BaseException:
-            if created and info.is_main and not any((self.run_dir / name).exists() for name in RUN_FILES):
+            if folder.created and info.is_main and not any((self.run_dir / name).exists() for name in RUN_FILES):
                 shutil.rmtree(self.run_dir, ignore_errors=True)
+            if self._lock is not None:
+                self._lock.release()
             raise
         if info.is_main:
             save_toml(cfg, self.run_dir / "config.toml")
@@ -178,6 +236,7 @@ class Trainer:
             engine=self.engine, tokenizer=self.tokenizer, prompts=self.prompts, sampler=sampler, kl=algo.kl,
             schedule=algo.schedule, switch=algo.switch, task=self.task, sync_dtype=engine_dtype,
         )  # fmt: skip
+        self._replace_old_run()  # every input has passed and the models are built: only now is the old run deleted
         self.logger = MetricsLogger.from_config(self.run_dir, cfg, rank=info.rank)
         self.step = 0
         self.bad_steps = 0  # bad steps in a row (optim.max_bad_steps)
@@ -186,6 +245,18 @@ class Trainer:
         self.eval_history: dict[str, dict[str, float]] = {}  # str(step) -> {source: avg@n}, for the summary
         self._resume()
         sync_policy(self.ctx)
+
+    def _replace_old_run(self) -> None:
+        """Rank 0 deletes what an earlier run left in the folder (a fresh start with `logging.overwrite`, or the
+        leftovers of a start that never trained), and says so."""
+        if not self.info.is_main or not self._replace:
+            return
+        for name in self._replace:
+            target = self.run_dir / name
+            shutil.rmtree(target) if target.is_dir() and not target.is_symlink() else target.unlink(missing_ok=True)
+        holds = [n for n in self._replace if n in RUN_FILES and n != "config.toml"]
+        if self.cfg.logging.overwrite and holds:
+            print(f"logging.overwrite: replaced the run in {self.run_dir} ({', '.join(holds)})", flush=True)
 
     def _engine_model_dir(self) -> str:
         """A Hugging Face folder the vllm engine can build the architecture from (its weights come by sync).
@@ -290,10 +361,12 @@ class Trainer:
                 print(f"resume=auto: no complete checkpoint in {self.run_dir}, starting fresh", flush=True)
             return
         for i, path in enumerate(self._resume_from):
-            failure: Exception | None = None
+            failure: BaseException | None = None
             try:
                 self.load_state_dict(ckpt.load_checkpoint(path, self.policy, self.optimizer))
-            except Exception as err:  # a shard or state whose bytes do not decode
+            except (KeyboardInterrupt, SystemExit):
+                raise
+            except BaseException as err:  # bytes that do not decode (DCP's CheckpointException is a BaseException)
                 failure = err
             flag = torch.tensor([float(failure is not None)], device=self.info.device)
             if all_reduce(flag, "max").item() < 0.5:
@@ -475,3 +548,5 @@ class Trainer:
         self.logger.close()
         self.engine.close()
         reward_worker.shutdown()
+        if self._lock is not None:
+            self._lock.release()

@@ -23,16 +23,18 @@ import json
 import math
 import os
 import random
+import sys
 import time
 from pathlib import Path
 from typing import Any
 
 import torch
 import torch.distributed as dist
+from safetensors import safe_open
 from safetensors.torch import load_model, save_model
 from transformers import PretrainedConfig, PreTrainedModel, PreTrainedTokenizerBase
 
-from trainer import task
+from trainer import checksums, task
 from trainer.data import encode_prompts
 
 __all__ = ["TASK_VERSION", "applies", "cache_path", "ensure_cache", "examples", "supervised_pass", "warm_start"]
@@ -164,6 +166,9 @@ def ensure_cache(
     and written first when missing. Every rank calls it (a barrier when a process group is up)."""
     path = cache_path(cfg, config, run_dir)
     distributed = dist.is_available() and dist.is_initialized()
+    if path.is_file() and is_main and (why := cache_damage(path)):
+        print(f"warning: warm start: the cache is damaged ({why}): training it again", file=sys.stderr, flush=True)
+        path.unlink(missing_ok=True)
     if not path.is_file() and is_main:
         _train_and_save(config, tokenizer, cfg, path, torch.device(device))
     if distributed:
@@ -171,6 +176,27 @@ def ensure_cache(
     if not path.is_file():
         raise FileNotFoundError(f"warm start: {path} was not written (does every rank see warm_start.cache?)")
     return path
+
+
+def cache_damage(path: Path) -> str | None:
+    """What is wrong with a cached warm start, one phrase naming the file; None when it is whole. Its sidecar JSON
+    records the file's size and CRC-32 (`trainer.checksums`; a cache written before that is checked by its header
+    only)."""
+    side = path.with_suffix(".json")
+    try:
+        info = json.loads(side.read_text(encoding="utf-8")) if side.exists() else {}
+    except (OSError, ValueError) as err:
+        return f"{side} does not read ({type(err).__name__})"
+    if "crc32" in info:
+        why = checksums.mismatch(path, int(info["bytes"]), int(info["crc32"]))
+        if why:
+            return why
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            list(f.keys())
+    except Exception as err:  # SafetensorError on a bad header, OSError
+        return f"{path} does not read ({type(err).__name__}: {' '.join(str(err).split())[:160]})"
+    return None
 
 
 def _train_and_save(
@@ -198,6 +224,7 @@ def _train_and_save(
     tmp = path.with_name(f"{path.name}.tmp{os.getpid()}")  # written whole, then renamed: never half a file
     tmp_json = tmp.with_name(f"{tmp.name}.json")
     save_model(fresh, str(tmp))
-    tmp_json.write_text(json.dumps({**stats, "settings": _settings(ws)}, indent=1))
+    size, crc = checksums.file_sum(tmp)
+    tmp_json.write_text(json.dumps({**stats, "settings": _settings(ws), "bytes": size, "crc32": crc}, indent=1))
     os.replace(tmp_json, path.with_suffix(".json"))
     os.replace(tmp, path)
