@@ -40,8 +40,9 @@ def test_mesh_shape() -> None:
         mesh_shape(world, from_dict({"parallel": {"replicate": 3}}).parallel)
     with pytest.raises(ConfigError, match=r"parallel\.replicate = 2 x parallel\.shard = 2 = 4: must equal"):
         mesh_shape(world, from_dict({"parallel": {"replicate": 2, "shard": 2}}).parallel)
-    with pytest.raises(ConfigError, match=r"parallel\.timeout_s = 0.0: must be > 0"):
-        from_dict({"parallel": {"timeout_s": 0}})
+    for bad in (0, 1e-7, 1e15):  # 1e15 overflowed timedelta, 1e-7 timed out while the group formed
+        with pytest.raises(ConfigError, match=r"parallel\.timeout_s = .*: must be in \[10, 1e\+06\] seconds"):
+            from_dict({"parallel": {"timeout_s": bad}})
 
 
 def test_offloaded_shards_optimizer_and_sfpo_state_live_on_the_host(

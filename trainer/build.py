@@ -32,7 +32,7 @@ from transformers import PreTrainedTokenizerBase as Tokenizer
 
 from trainer import warm_start
 from trainer.dist import DistInfo, parallelize
-from trainer.model import _check_vocab, _folder, freeze, load_model_and_tokenizer, model_config
+from trainer.model import _check_vocab, _folder, _quiet_transformers, freeze, load_model_and_tokenizer, model_config
 from trainer.policy import Policy
 
 __all__ = [
@@ -75,14 +75,29 @@ def params_on_meta() -> Iterator[None]:
 
 def meta_model(config: PretrainedConfig, *, trust_remote_code: bool = False) -> PreTrainedModel:
     """The causal LM of `config` in float32 with its parameters on meta and its buffers real (CPU); train mode."""
-    with params_on_meta(), torch.random.fork_rng(devices=[]):  # construction draws nothing from the run's RNG
+    with params_on_meta(), torch.random.fork_rng(devices=[]), _quiet_transformers():  # draws nothing from the RNG
         if isinstance(config, Qwen2Config):
             from transformers import Qwen2ForCausalLM
 
             model = Qwen2ForCausalLM(config)
         else:
             model = AutoModelForCausalLM.from_config(config, trust_remote_code=trust_remote_code)
+    check_layout(model)
     return model.to(torch.float32).train()
+
+
+def check_layout(model: nn.Module) -> None:
+    """The decoder-only layout the policy, FSDP2 and the export use: `model.model.layers` (the blocks) and an
+    output embedding (`lm_head`), as Llama, Qwen2, Mistral and their kin have. Anything else (GPT-2's
+    `transformer.h`, BERT's `bert.encoder`) is a ValueError naming the class, before any weight is loaded."""
+    inner = getattr(model, "model", None)
+    if isinstance(getattr(inner, "layers", None), nn.ModuleList) and model.get_output_embeddings() is not None:
+        return
+    kind = getattr(getattr(model, "config", None), "model_type", "?")
+    raise ValueError(
+        f"model.path: a {type(model).__name__} (model_type {kind!r}) has not the decoder-only layout the trainer needs "
+        "(`model.layers` blocks and an `lm_head`, as Llama, Qwen2 or Mistral)"
+    )
 
 
 def materialize(module: nn.Module, *, device: torch.device, buffer_device: torch.device) -> None:

@@ -6,6 +6,10 @@ from dataclasses import dataclass
 
 from trainer.config_base import _Section
 
+MIN_TIMEOUT_S = 10.0
+MAX_TIMEOUT_S = 1_000_000.0
+"""`parallel.timeout_s` bounds: ~11.5 days fits the collectives' 32-bit millisecond timeout (24.8 days)."""
+
 
 @dataclass
 class ParallelConfig(_Section):
@@ -25,4 +29,9 @@ class ParallelConfig(_Section):
     def validate(self) -> None:
         self._at_least(1, "replicate")
         self._at_least(0, "shard")
-        self._require(self.timeout_s > 0, "timeout_s", "must be > 0")
+        self._require(
+            MIN_TIMEOUT_S <= self.timeout_s <= MAX_TIMEOUT_S,
+            "timeout_s",
+            f"must be in [{MIN_TIMEOUT_S:g}, {MAX_TIMEOUT_S:g}] seconds (torch keeps the timeout as a 32-bit count of "
+            "milliseconds; below that the group times out while forming)",
+        )

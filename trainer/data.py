@@ -93,10 +93,21 @@ def encode_prompts(tokenizer: PreTrainedTokenizerBase, prompts: list[str], *, ch
     when `chat_template` is true and the tokenizer has one, else the plain text with the tokenizer's usual specials.
     One batched tokenizer call (the load-time pass and `encode_prompt` share it, so both give the same ids)."""
     if chat_template and getattr(tokenizer, "chat_template", None):
-        texts = [
-            tokenizer.apply_chat_template([{"role": "user", "content": p}], tokenize=False, add_generation_prompt=True)
-            for p in prompts
-        ]
+        try:
+            texts = [
+                tokenizer.apply_chat_template(
+                    [{"role": "user", "content": p}], tokenize=False, add_generation_prompt=True
+                )
+                for p in prompts
+            ]
+        except Exception as exc:  # jinja2's TemplateError (a template that does not parse or raises), or its type
+            if "jinja2" not in type(exc).__module__:
+                raise
+            where = getattr(tokenizer, "name_or_path", "") or "the tokenizer"
+            raise ValueError(
+                f"{where}: its chat template does not render ({type(exc).__name__}: {exc}); fix chat_template in "
+                "tokenizer_config.json, or set data.apply_chat_template=false"
+            ) from exc
         return [list(ids) for ids in tokenizer(texts, add_special_tokens=False)["input_ids"]]
     return [list(ids) for ids in tokenizer(prompts)["input_ids"]]
 
@@ -220,6 +231,8 @@ def _scan(
         else:
             counts = counter(prompts)
         for k, ((row, prompt, answer, loc, level), n) in enumerate(zip(batch, counts)):
+            if n == 0:  # nothing to condition on: the engine would refuse it at the first step
+                raise ValueError(f"{where}: {row}: the prompt encodes to no tokens ({prompt!r:.60})")
             if _too_long(where, row, n, data_cfg):
                 skipped += 1
             elif all_ids:
@@ -343,6 +356,12 @@ def _check_row(where: str, row: str, prompt: Any, answer: Any, data_cfg: Any) ->
         raise ValueError(
             f"{where}: {row}: data.prompt_key={data_cfg.prompt_key!r} must be a non-empty string, got {prompt!r:.80}"
         )
+    for key, text in ((data_cfg.prompt_key, prompt), (data_cfg.answer_key, answer)):
+        if isinstance(text, str) and not _is_unicode_text(text):  # a lone surrogate: no tokenizer takes it
+            raise ValueError(
+                f"{where}: {row}: data.{'prompt' if text is prompt else 'answer'}_key={key!r} holds a lone surrogate "
+                f"({_first_surrogate(text)}), which is not Unicode text; fix the file's escapes"
+            )
     if isinstance(answer, bool) or not isinstance(answer, (str, int, float)):
         raise ValueError(
             f"{where}: {row}: data.answer_key={data_cfg.answer_key!r} must be a string or a number, got {answer!r:.80}"
@@ -354,6 +373,18 @@ def _check_row(where: str, row: str, prompt: Any, answer: Any, data_cfg: Any) ->
             f"string, got {answer!r:.80}"
         )
     return prompt, str(answer)
+
+
+def _is_unicode_text(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def _first_surrogate(text: str) -> str:
+    return next((f"\\u{ord(c):04x} at character {i}" for i, c in enumerate(text) if 0xD800 <= ord(c) <= 0xDFFF), "")
 
 
 # ------------------------------------------------------------------------------------------------ JSON / JSONL
@@ -373,8 +404,8 @@ def _json_array_rows(path: Path, data_cfg: Any) -> Iterator[Row]:
     data = path.read_bytes()
     try:
         records = json.loads(_utf8(path, data, 0, "the file"))
-    except json.JSONDecodeError as exc:
-        raise ValueError(f"{path}: not valid JSON: {exc}") from exc
+    except (ValueError, RecursionError) as exc:  # bad JSON, an int over 4300 digits, nesting too deep
+        raise ValueError(f"{path}: not valid JSON: {_json_problem(exc)}") from exc
     if not isinstance(records, list):
         raise ValueError(f"{path}: expected a JSON array, got {type(records).__name__}")
     for i, record in enumerate(records):
@@ -401,8 +432,18 @@ def _parse_line(path: Path, raw: bytes, offset: int, row: str) -> Any:
         return None
     try:
         return json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise ValueError(f"{path}: {row}: not valid JSON: {exc}") from exc
+    except (ValueError, RecursionError) as exc:  # bad JSON, an int over 4300 digits, nesting too deep
+        raise ValueError(f"{path}: {row}: not valid JSON: {_json_problem(exc)}") from exc
+
+
+def _json_problem(exc: BaseException) -> str:
+    """What json.loads said, as a phrase a user can act on."""
+    if isinstance(exc, RecursionError):
+        return "nested too deeply to read"
+    text = str(exc)
+    if "integer string conversion" in text:
+        return "a number of more than 4300 digits (write it as a string)"
+    return text
 
 
 def _utf8(path: Path, raw: bytes, offset: int, where: str) -> str:

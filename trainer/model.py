@@ -21,6 +21,7 @@ from typing import Any
 import torch
 from tokenizers import AddedToken
 from transformers import (
+    MODEL_FOR_CAUSAL_LM_MAPPING,
     AutoConfig,
     AutoModelForCausalLM,
     AutoTokenizer,
@@ -111,9 +112,10 @@ def load_tokenizer(model_cfg: Any) -> PreTrainedTokenizerBase:
         return build_tokenizer()
     folder = _check_folder(path, need_weights=False, key=key)
     try:
-        tok = AutoTokenizer.from_pretrained(
-            folder, trust_remote_code=bool(model_cfg.trust_remote_code), **_undeclared_specials(folder)
-        )
+        with _quiet_transformers():  # it reads config.json too: an odd one warns before any check of ours
+            tok = AutoTokenizer.from_pretrained(
+                folder, trust_remote_code=bool(model_cfg.trust_remote_code), **_undeclared_specials(folder)
+            )
     except Exception as exc:  # transformers raises many types here; say which folder and key failed
         raise ValueError(f"{key}: cannot load a tokenizer from {folder}: {type(exc).__name__}: {exc}") from exc
     if tok.pad_token is None:
@@ -149,9 +151,17 @@ def model_config(model_cfg: Any, tokenizer: PreTrainedTokenizerBase) -> Pretrain
     if path is not None:
         folder = _check_folder(path, need_weights=key == "model.path", key=key)
         try:
-            return AutoConfig.from_pretrained(folder, trust_remote_code=bool(model_cfg.trust_remote_code))
+            with _quiet_transformers():  # an unknown model_type: transformers' own warning line, then the error
+                config = AutoConfig.from_pretrained(folder, trust_remote_code=bool(model_cfg.trust_remote_code))
         except Exception as exc:
-            raise ValueError(f"{key}: cannot read config.json in {folder}: {type(exc).__name__}: {exc}") from exc
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+            raise ValueError(f"{key}: cannot read config.json in {folder}: {type(exc).__name__}: {first:.300}") from exc
+        if not model_cfg.trust_remote_code and type(config) not in MODEL_FOR_CAUSAL_LM_MAPPING:
+            raise ValueError(
+                f"{key}: {folder} holds a {config.model_type!r} model ({type(config).__name__}), which is not a causal "
+                "LM: transformers has no AutoModelForCausalLM for it"
+            )
+        return config
     preset = getattr(model_cfg, "preset", "tiny")
     if preset not in PRESETS:
         raise ValueError(f"model.preset: unknown preset {preset!r}; allowed: {', '.join(PRESETS)}")

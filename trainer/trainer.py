@@ -198,6 +198,11 @@ class Trainer:
         with input_errors():
             self.tokenizer = load_tokenizer(cfg.model)
             self.prompts = load_prompts(cfg.data, self.tokenizer, seed=cfg.seed)
+            if len(self.prompts) < cfg.rollout.prompts_per_step:
+                raise ConfigError(
+                    f"rollout.prompts_per_step = {cfg.rollout.prompts_per_step}: more than the {len(self.prompts)} "
+                    f"usable prompts of data.source = {str(cfg.data.source)!r}"
+                )
             self.task = task_for(cfg.data)
             self.eval_sets = load_eval_sets(cfg, self.tokenizer) if cfg.eval.enabled else []
         self._resume_from = self._check_resume()
