@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+import os
 import sys
+import time
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -133,8 +135,10 @@ def test_jsonl_is_read_lazily_through_an_index(tok, tmp_path: Path) -> None:
     assert prompts[0] is not prompts[0]  # a fresh dict each read: no shared mutable state
     with pytest.raises(IndexError):
         prompts[49]
+    os.utime(path, ns=(time.time_ns() + 10**9, time.time_ns() + 10**9))  # `touch`: the same bytes, a new time
+    assert prompts[0] == expected[0]  # before: the run died here with a traceback
     path.write_text(path.read_text(encoding="utf-8").replace("1 + 1", "2 + 2"), encoding="utf-8")
-    with pytest.raises(ValueError, match=r"d.jsonl: changed after it was loaded"):
+    with pytest.raises(ValueError, match=r"d.jsonl: changed after it was loaded \(its bytes differ\)"):
         prompts[0]
 
 

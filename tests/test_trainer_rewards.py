@@ -146,6 +146,8 @@ ENTRY_CASES = {  # one bad entry at index 2: (values, what the error says about 
     "inf": ([1.0, 1.0, -math.inf, 1.0], "returned -inf for sample 2 of 4"),
     "string": ([1.0, 1.0, "1.0", 1.0], "returned '1.0' (a str, not a number) for sample 2 of 4"),
     "nan_tensor": (torch.tensor([1.0, 1.0, math.nan, 1.0]), "returned nan for sample 2 of 4"),
+    # finite in Python, inf as the float32 reward: before, advantages.py raised without naming the function
+    "huge": ([1.0, 1.0, 1e300, 1.0], "returned 1e+300 (beyond float32's range, ±3.4e38) for sample 2 of 4"),
 }
 
 

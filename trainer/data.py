@@ -32,6 +32,7 @@ import json
 import logging
 import math
 import os
+import zlib
 from array import array
 from collections.abc import Callable, Iterator, Sequence
 from functools import partial
@@ -153,9 +154,10 @@ def load_prompts(data_cfg: Any, tokenizer: PreTrainedTokenizerBase, *, seed: int
             return _eager(str(path), _json_array_rows(path, data_cfg), tokenizer, data_cfg)
         stamp = _stamp(path)
         offsets = array("q")
+        digest = [0]  # the file's CRC-32, summed while it is read: a later `touch` is told from an edit by it
         skipped = _scan(
             str(path),
-            _jsonl_rows(path, data_cfg),
+            _jsonl_rows(path, data_cfg, digest),
             tokenizer,
             data_cfg,
             lambda loc, _: offsets.append(loc),
@@ -163,7 +165,7 @@ def load_prompts(data_cfg: Any, tokenizer: PreTrainedTokenizerBase, *, seed: int
         )
         if _stamp(path) != stamp:
             raise ValueError(f"{path}: changed while it was being loaded; load it again")
-        items: Sequence[Item] = _JsonlItems(path, offsets, stamp, tokenizer, data_cfg)
+        items: Sequence[Item] = _JsonlItems(path, offsets, stamp, tokenizer, data_cfg, crc=digest[0])
     elif suffix in PARQUET_SUFFIXES:
         pq = import_pyarrow(path)
         rows_kept = array("q")
@@ -413,11 +415,16 @@ def _json_array_rows(path: Path, data_cfg: Any) -> Iterator[Row]:
         yield label, prompt, answer, i, level
 
 
-def _jsonl_rows(path: Path, data_cfg: Any) -> Iterator[Row]:
-    """(label, prompt, answer, byte offset) of each non-blank line of a JSON-lines file, read one line at a time."""
+def _jsonl_rows(path: Path, data_cfg: Any, digest: list[int] | None = None) -> Iterator[Row]:
+    """(label, prompt, answer, byte offset) of each non-blank line of a JSON-lines file, read one line at a time;
+    `digest[0]` ends as the CRC-32 of the whole file."""
     offset = 0
+    crc = 0
     with path.open("rb") as f:
         for lineno, raw in enumerate(f, start=1):
+            crc = zlib.crc32(raw, crc)
+            if digest is not None:
+                digest[0] = crc
             start, offset = offset, offset + len(raw)
             record = _parse_line(path, raw, start, f"line {lineno}")
             if record is not None:
@@ -482,10 +489,33 @@ class _JsonlItems(Sequence):
     about once an epoch, and a cache would hand out the same mutable dict twice)."""
 
     def __init__(
-        self, path: Path, offsets: array, stamp: tuple[int, int], tokenizer: PreTrainedTokenizerBase, data_cfg: Any
+        self,
+        path: Path,
+        offsets: array,
+        stamp: tuple[int, int],
+        tokenizer: PreTrainedTokenizerBase,
+        data_cfg: Any,
+        *,
+        crc: int | None = None,
     ) -> None:
-        self.path, self.offsets, self.stamp = path, offsets, stamp
+        self.path, self.offsets, self.stamp, self.crc = path, offsets, stamp, crc
         self.tokenizer, self.data_cfg = tokenizer, data_cfg
+
+    def _unchanged(self, st: os.stat_result) -> bool:
+        """The file is as it was loaded: the same size and time, or (a `touch`, a copy that kept the bytes) the
+        same size and CRC-32, after which the new time is taken as the file's."""
+        if (st.st_size, st.st_mtime_ns) == self.stamp:
+            return True
+        if self.crc is None or st.st_size != self.stamp[0]:
+            return False
+        crc = 0
+        with self.path.open("rb") as f:
+            while chunk := f.read(16 << 20):
+                crc = zlib.crc32(chunk, crc)
+        if crc != self.crc:
+            return False
+        self.stamp = (st.st_size, st.st_mtime_ns)
+        return True
 
     def __len__(self) -> int:
         return len(self.offsets)
@@ -493,11 +523,10 @@ class _JsonlItems(Sequence):
     def __getitem__(self, i: int) -> Item:  # type: ignore[override]
         offset = self.offsets[i]  # IndexError and negative indices as for a list
         with self.path.open("rb") as f:
-            st = os.fstat(f.fileno())
-            if (st.st_size, st.st_mtime_ns) != self.stamp:
+            if not self._unchanged(os.fstat(f.fileno())):
                 raise ValueError(
-                    f"{self.path}: changed after it was loaded (size or modification time differs); "
-                    "do not edit a data file during a run, restart it to load the new file"
+                    f"{self.path}: changed after it was loaded (its bytes differ); do not edit a data file during a "
+                    "run: restore it and continue with --resume auto, or start a new run on the new file"
                 )
             f.seek(offset)
             raw = f.readline()

@@ -51,13 +51,27 @@ def _columns(file: Any, data_cfg: Any) -> list[str]:
     return [*columns, level] if level and level in file.schema_arrow.names else columns
 
 
+def read_row_group(file: Any, path: Path, g: int, columns: list[str], *, first_row: int) -> Any:
+    """Row group `g` as an Arrow table; a damaged page is a ValueError naming the file, the group and its rows
+    (pyarrow's own message is a couple of lines of Thrift or decompression detail)."""
+    try:
+        return file.read_row_group(g, columns=columns)
+    except Exception as exc:  # OSError / ArrowInvalid from a corrupt page or a bad compression block
+        detail = " ".join(str(exc).split())[:160]
+        rows = file.metadata.row_group(g).num_rows
+        raise ValueError(
+            f"{path}: row group {g} (rows {first_row}-{first_row + rows - 1}) does not read: "
+            f"{type(exc).__name__}: {detail}"
+        ) from exc
+
+
 def parquet_rows(pq: Any, path: Path, data_cfg: Any) -> Iterator[Row]:
     """(label, prompt, answer, row number, difficulty or None) of each row, one row group at a time."""
     file = _open_parquet(pq, path, data_cfg)
     columns = _columns(file, data_cfg)
     i = 0
     for g in range(file.num_row_groups):
-        table = file.read_row_group(g, columns=columns)
+        table = read_row_group(file, path, g, columns, first_row=i)
         levels = table.column(2).to_pylist() if len(columns) == 3 else [None] * table.num_rows
         for prompt, answer, level in zip(table.column(0).to_pylist(), table.column(1).to_pylist(), levels):
             yield f"row {i}", prompt, answer, i, level

@@ -2,7 +2,9 @@
 
 A resumed run continues the weights, optimizer and trainer state of the run that wrote the checkpoint, so some
 settings cannot change without making that state meaningless or relabelling the run: the model's shape and source,
-the algorithm, the data source (the data position is an offset into its order) and the seed. Changing one of them
+the algorithm, the data source (the data position is an offset into its order), the prompts per step (the position
+counts whole steps) and the seed; and the data file's usable prompts must be as many as when the checkpoint was
+written (`data_problem`). Changing one of them
 is an error naming each. Everything else (learning rate, total steps, logging, evaluation, the filter, ...) may
 change; the changes are listed in one line, so the run's log says where it departs from its saved config.
 
@@ -23,6 +25,7 @@ from trainer.config import Config, ConfigError
 FROZEN = (
     "model.path", "model.config", "model.preset", "model.hidden_size", "model.num_layers", "model.num_heads",
     "model.num_kv_heads", "model.intermediate_size", "algorithm.name", "data.source", "seed",
+    "rollout.prompts_per_step",
 )  # fmt: skip
 """Keys a resumed run must keep (the checkpoint's state depends on them)."""
 
@@ -80,3 +83,24 @@ def compare(cfg: Config, saved_file: Path) -> list[str]:
 
 def _show(value: Any) -> str:
     return "unset" if value is None else repr(value)
+
+
+def data_problem(checkpoint: Path, n_items: int, source: str) -> str | None:
+    """Why the data position saved in `checkpoint` cannot continue on a dataset of `n_items` usable prompts (the
+    file changed: rows added or removed), as one line; None when it can, or when the state does not say."""
+    import torch
+
+    from trainer.checkpoint import trainer_state_file
+
+    path = trainer_state_file(Path(checkpoint), 0)
+    try:
+        saved = int(torch.load(path, weights_only=True)["sampler"]["n_items"])  # type: ignore[index]
+    except Exception:  # an older state without the count, or one the checkpoint check reports itself
+        return None
+    if saved == n_items:
+        return None
+    return (
+        f"--resume: data.source = {source!r} holds {n_items} usable prompts now, {saved} when {checkpoint} was "
+        "written (the file changed): the saved data position means nothing in another order; restore the file, "
+        "or start a new run in another folder"
+    )

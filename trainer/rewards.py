@@ -461,7 +461,12 @@ def _as_number(v: Any) -> tuple[float, str | None]:
     x = float(v)
     if not math.isfinite(x):
         return 0.0, repr(x)
+    if abs(x) > _FLOAT32_MAX:  # finite here, inf once it is a float32 reward: the advantages would be NaN
+        return 0.0, f"{x!r} (beyond float32's range, ±3.4e38)"
     return x, None
+
+
+_FLOAT32_MAX = 3.4028234663852886e38
 
 
 def _short(value: Any, limit: int = 60) -> str:

@@ -333,6 +333,9 @@ class Trainer:
         targets = [Path(name) for name in names]
         if targets:
             changes = resume_check.compare(self.cfg, resume_check.saved_config_path(targets[0]))
+            problem = resume_check.data_problem(targets[0], len(self.prompts), str(self.cfg.data.source))
+            if problem:
+                raise ConfigError(problem)
             if changes and self.info.is_main:
                 print(f"resume: changed since the saved config: {', '.join(changes)}", flush=True)
         return targets
