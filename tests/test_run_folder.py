@@ -178,3 +178,22 @@ def test_a_killed_holder_is_seen_as_gone_quickly(tmp_path: Path) -> None:
     lock = run_lock.acquire(tmp_path)
     assert time.monotonic() - start < 1 and lock.taken_over and f"pid {holder.pid}" in lock.taken_over
     lock.release()
+
+
+def test_resume_refuses_a_changed_data_position_by_name(tmp_path: Path, capfd) -> None:
+    """Before: every healthy checkpoint was called "does not load (sampler state ...)" and the run exited 2."""
+    rows = [{"prompt": f"{i} + 1 =", "answer": str(i + 1)} for i in range(8)]
+    source = tmp_path / "d.jsonl"
+    source.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    run = tmp_path / "run"
+    args = [f"logging.run_dir={run}", *QUICK, f"data.source={source}"]
+    assert main(args) == 0
+    capfd.readouterr()
+    assert main([*args, "--resume", "auto", "optim.total_steps=2", "rollout.prompts_per_step=4"]) == 2
+    lines = capfd.readouterr().err.strip().splitlines()
+    assert len(lines) == 1 and "rollout.prompts_per_step = 2 -> 4" in lines[0] and "does not load" not in lines[0]
+    with source.open("a") as f:
+        f.write(json.dumps({"prompt": "9 + 1 =", "answer": "10"}) + "\n")
+    assert main([*args, "--resume", "auto", "optim.total_steps=2"]) == 2
+    lines = capfd.readouterr().err.strip().splitlines()
+    assert len(lines) == 1 and "holds 9 usable prompts now, 8 when" in lines[0] and "(the file changed)" in lines[0]

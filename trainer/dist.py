@@ -112,7 +112,19 @@ def init_distributed(parallel: Any = None, *, cpu_offload: bool = False) -> Dist
     if not dist.is_initialized():
         timeout = getattr(parallel, "timeout_s", None)
         kwargs = {"timeout": datetime.timedelta(seconds=float(timeout))} if timeout else {}
-        dist.init_process_group(backend, **kwargs)
+        try:
+            dist.init_process_group(backend, **kwargs)
+        except Exception as err:  # DistNetworkError and its kin
+            text = str(err).lower()
+            if "address already in use" in text or "eaddrinuse" in text:
+                from trainer.config_base import InputError
+
+                port = os.environ.get("MASTER_PORT", "?")
+                raise InputError(
+                    f"MASTER_PORT={port}: the address is already in use (another job on this machine?): unset "
+                    "MASTER_PORT, or export a free port"
+                ) from None
+            raise
     world = dist.get_world_size()
     shape = mesh_shape(world, parallel)
     names = ("shard",) if len(shape) == 1 else ("replicate", "shard")

@@ -51,6 +51,8 @@ def is_peer_loss(err: BaseException) -> bool:
     """The error says another rank went away (a collective broke), not what failed there."""
     name = type(err).__name__
     text = f"{name}: {err}".lower()
+    if "address already in use" in text or "eaddrinuse" in text:  # a port taken: this rank's own problem
+        return False
     return name in ("DistBackendError", "DistNetworkError") or any(sign in text for sign in _PEER_SIGNS)
 
 
@@ -58,6 +60,10 @@ def one_line(err: BaseException, limit: int = 400) -> str:
     """`Type: first line of the message`, cut to `limit` characters."""
     if isinstance(err, SystemExit):
         return f"SystemExit({err.code!r}) raised by the code being run"
+    failures = getattr(err, "failures", None)  # DCP's CheckpointException: {rank: (exception, stack)}
+    if isinstance(failures, dict) and failures:
+        rank, (inner, _) = sorted(failures.items())[0]
+        return f"{type(err).__name__} (rank {rank}: {one_line(inner, limit - 40)})"
     message = str(err).strip().splitlines()[0] if str(err).strip() else ""
     text = f"{type(err).__name__}: {message}" if message else type(err).__name__
     return text if len(text) <= limit else text[: limit - 3] + "..."
@@ -77,8 +83,10 @@ def report_failure(err: BaseException, *, rank: int, step: int | None, run_dir: 
     if os.environ.get("FASTSLOW_DEBUG") == "1":
         with contextlib.suppress(OSError, ValueError):
             sys.stderr.write(text)
-    with contextlib.suppress(OSError, ValueError):
-        print(line, file=sys.stderr, flush=True)
+    collective = isinstance(getattr(err, "failures", None), dict)  # raised on every rank alike: rank 0 speaks
+    if rank == 0 or not collective:
+        with contextlib.suppress(OSError, ValueError):
+            print(line, file=sys.stderr, flush=True)
     if not peer:
         _record_for_torchrun(line)
     where_file = os.environ.get("FASTSLOW_ERROR_FILE")

@@ -3,7 +3,7 @@
 With no arguments it runs the built-in job (`trainer/configs/default.toml`): a tiny Qwen2-architecture model
 trained with GRPO on a synthetic verifiable task, on whatever the machine has.
 
-Exit status: 0 when the run finished, or was stopped by SIGTERM / SIGINT (Ctrl-C) and saved (see
+Exit status: 0 when the run finished, or was stopped by SIGTERM / SIGINT (Ctrl-C) / SIGHUP and saved (see
 trainer/trainer.py); 2 for a bad input (config, data file, model folder, resume target, run folder), with one
 line naming it, from rank 0, before the models are built (`FASTSLOW_DEBUG=1` adds the traceback); 3 when the run
 stopped on `optim.max_bad_steps` non-finite steps in a row, its last good checkpoint intact; 4 when it saved and
@@ -23,7 +23,7 @@ from pathlib import Path
 from trainer.config import ConfigError, InputError
 from trainer.config_io import load_config
 from trainer.failure import EXIT_FAILED, guard_stdout, is_peer_loss, leave, report_failure
-from trainer.signals import StopFlag, die_with_launcher
+from trainer.signals import Interrupted, StopFlag, die_with_launcher
 
 
 def report_input_error(err: ConfigError, *, is_main: bool = True) -> int:
@@ -83,7 +83,13 @@ def main(argv: list[str] | None = None) -> int:
             if rank == 0:
                 print(f"stopping: {err}", file=sys.stderr, flush=True)
             status = 4
+        except Interrupted as err:  # a signal while starting (the warm start): nothing to save yet
+            if rank == 0:
+                print(f"{stop.name or 'a signal'}: stopped while starting ({err}); nothing saved", flush=True)
+            status = 0
         except BaseException as err:  # this rank failed on its own: no barrier, no waiting for the others
+            if stop.requested and is_peer_loss(err):  # a signalled start that another rank ended first: a stop
+                leave(0)
             step = trainer.step if trainer is not None else None
             report_failure(err, rank=rank, step=step, run_dir=trainer.run_dir if trainer is not None else None)
             if trainer is not None:

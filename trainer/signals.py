@@ -29,14 +29,14 @@ class Interrupted(Exception):
 
 
 def stop_requested() -> bool:
-    """Whether the installed StopFlag (if any) has seen SIGTERM / SIGINT; callable from anywhere in the step."""
+    """Whether the installed StopFlag (if any) has seen SIGTERM / SIGINT / SIGHUP; callable from anywhere."""
     return any(flag.requested for flag in _installed)
 
 
 class StopFlag:
     """`with StopFlag() as stop:` installs the handlers (main thread only); `stop.requested` after a signal."""
 
-    def __init__(self, signums: tuple[int, ...] = (signal.SIGTERM, signal.SIGINT)) -> None:
+    def __init__(self, signums: tuple[int, ...] = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)) -> None:
         self.signums = signums
         self.signum: int | None = None  # the first signal received
         self._previous: dict[int, Any] = {}

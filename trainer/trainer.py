@@ -90,7 +90,8 @@ def _run_dir(cfg: Config, info: DistInfo) -> RunFolder:
         try:
             lock, answer[0] = _claim(path, cfg)
         except Exception as err:  # never leave the other ranks waiting at the broadcast
-            answer = [("input", f"logging.run_dir = {str(path)!r}: {err}", False, [])]
+            why = f"cannot use it ({err.strerror})" if isinstance(err, OSError) and err.strerror else str(err)
+            answer = [("input", f"logging.run_dir = {str(path)!r}: {why}", False, [])]
     dist.broadcast_object_list(answer, src=0)
     kind, message, created, replace = answer[0]
     if kind is not None:

@@ -36,6 +36,7 @@ from transformers import PretrainedConfig, PreTrainedModel, PreTrainedTokenizerB
 
 from trainer import checksums, task
 from trainer.data import encode_prompts
+from trainer.signals import Interrupted, stop_requested
 
 __all__ = ["TASK_VERSION", "applies", "cache_path", "ensure_cache", "examples", "supervised_pass", "warm_start"]
 
@@ -122,6 +123,8 @@ def supervised_pass(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, 
     model.train()
     losses, start = [], time.perf_counter()
     for s in range(ws.steps):
+        if stop_requested():  # SIGTERM / Ctrl-C: the cache is not written; the next start trains it again
+            raise Interrupted(f"a stop was requested during the warm start (step {s} of {ws.steps})")
         ids, att, labels = _batch(pairs[s * ws.batch_size : (s + 1) * ws.batch_size], tokenizer, device)
         loss = model(input_ids=ids, attention_mask=att, labels=labels).loss
         loss.backward()
