@@ -63,7 +63,34 @@ def files(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
         subprocess.run(["cp", "-r", str(good), str(folder)], check=True)
         change(folder)
         out[name] = folder
+    import transformers
+
+    for name, model in {  # not the decoder-only layout, or not a causal LM at all
+        "gpt2": lambda: transformers.GPT2LMHeadModel(transformers.GPT2Config(n_layer=1, n_embd=32, n_head=2)),
+        "t5": lambda: transformers.T5ForConditionalGeneration(
+            transformers.T5Config(num_layers=1, d_model=32, num_heads=2, d_ff=64, vocab_size=64)
+        ),
+    }.items():
+        model().save_pretrained(root / name)
+        tok.save_pretrained(root / name)
+        out[name] = root / name
+    for name, edit in {
+        "unknown_arch": lambda d: (d / "config.json").write_text(
+            (d / "config.json").read_text().replace('"qwen2"', '"nosuchmodel"')
+        ),
+        "bad_template": lambda d: (d / "tokenizer_config.json").write_text(
+            json.dumps({**json.loads((d / "tokenizer_config.json").read_text()), "chat_template": "{% for x in %}"})
+        ),
+    }.items():
+        subprocess.run(["cp", "-r", str(good), str(root / name)], check=True)
+        edit(root / name)
+        out[name] = root / name
+    (root / "exits.py").write_text("import sys\nsys.exit(3)\n")
     rows = {
+        "nested": '{"prompt": ' + "[" * 100_000 + "]" * 100_000 + ', "answer": "1"}\n',
+        "surrogate": '{"prompt": "1 + \\ud800 =", "answer": "1"}\n',
+        "huge_int": '{"prompt": "1 + 1 =", "answer": ' + "9" * 5000 + "}\n",
+        "one_row": '{"prompt": "1 + 1 =", "answer": "2"}\n',
         "empty": "",
         "bad_json": '{"prompt": "1 + 1 =", "answer": "2"}\n{"prompt": oops}\n',
         "no_answer": '{"prompt": "1 + 1 =", "solution": "2"}\n',
@@ -105,6 +132,9 @@ CASES: dict[str, tuple[Callable[[dict[str, Path]], list[str]], str, str]] = {
     "bad_toml": (lambda f: ["--config", str(f["root"] / "bad.toml")], "fresh", "bad.toml"),
     "bad_choice": (lambda f: ["rollout.on_filter_exhausted=later"], "fresh", "rollout.on_filter_exhausted"),
     "negative_timeout": (lambda f: ["reward.timeout_s=-1"], "fresh", "reward.timeout_s"),
+    "process_group_timeout": (lambda f: ["parallel.timeout_s=1e15"], "fresh", "parallel.timeout_s"),
+    "tiny_temperature": (lambda f: ["rollout.temperature=1e-30"], "fresh", "rollout.temperature"),
+    "reward_exits_at_import": (lambda f: [f"reward.function={f['root'] / 'exits.py'}:fn"], "fresh", "SystemExit"),
     # reward function
     "reward_missing_module": (lambda f: ["reward.function=no_such_module_xyz:fn"], "fresh", "reward.function"),
     "reward_not_a_function": (
@@ -120,6 +150,10 @@ CASES: dict[str, tuple[Callable[[dict[str, Path]], list[str]], str, str]] = {
     "data_bad_json": (lambda f: [f"data.source={f['bad_json']}"], "fresh", "bad_json.jsonl"),
     "data_no_answer": (lambda f: [f"data.source={f['no_answer']}"], "fresh", "'answer'"),
     "data_nan_answer": (lambda f: [f"data.source={f['nan_answer']}"], "fresh", "nan_answer.jsonl"),
+    "data_nested": (lambda f: [f"data.source={f['nested']}"], "fresh", "line 1: not valid JSON: nested too deeply"),
+    "data_surrogate": (lambda f: [f"data.source={f['surrogate']}"], "fresh", "line 1: data.prompt_key='prompt' holds"),
+    "data_huge_int": (lambda f: [f"data.source={f['huge_int']}"], "fresh", "line 1: not valid JSON: a number of"),
+    "data_fewer_than_a_step": (lambda f: [f"data.source={f['one_row']}"], "fresh", "rollout.prompts_per_step = 2"),
     "eval_missing": (
         lambda f: ["eval.enabled=true", f"eval.source={f['root'] / 'nope.jsonl'}"],
         "fresh",
@@ -131,11 +165,29 @@ CASES: dict[str, tuple[Callable[[dict[str, Path]], list[str]], str, str]] = {
     "model_no_weights": (lambda f: [f"model.path={f['no_weights']}"], "fresh", "weights"),
     "model_misfit": (lambda f: [f"model.path={f['prefixed']}"], "fresh", "prefixed"),
     "model_bad_tokenizer": (lambda f: [f"model.path={f['bad_tokenizer']}"], "fresh", "tokenizer"),
+    "model_gpt2": (lambda f: [f"model.path={f['gpt2']}"], "fresh", "a GPT2LMHeadModel (model_type 'gpt2')"),
+    "model_t5": (lambda f: [f"model.path={f['t5']}"], "fresh", "holds a 't5' model (T5Config), which is not"),
+    "model_unknown_arch": (lambda f: [f"model.path={f['unknown_arch']}"], "fresh", "`nosuchmodel`"),
+    "model_bad_chat_template": (
+        lambda f: [
+            f"model.path={f['bad_template']}",
+            f"data.source={f['one_row']}",
+            "data.apply_chat_template=true",
+            "rollout.prompts_per_step=1",
+        ],
+        "fresh",
+        "its chat template does not render",
+    ),
     # resume target
     "resume_missing": (lambda f: ["--resume", str(f["root"] / "nope")], "fresh", "--resume"),
     "resume_not_a_checkpoint": (lambda f: ["--resume", str(f["root"])], "fresh", "not a complete checkpoint"),
     "resume_changed_shape": (lambda f: ["--resume", "auto", "model.hidden_size=32"], "run", "model.hidden_size"),
     "resume_changed_algorithm": (lambda f: ["--resume", "auto", "algorithm.name=sfpo"], "run", "algorithm.name"),
+    "resume_changed_step_size": (
+        lambda f: ["--resume", "auto", "rollout.prompts_per_step=4"],
+        "run",
+        "rollout.prompts_per_step = 2 -> 4",
+    ),
     "resume_cut_shard": (
         lambda f: ["--resume", str(f["cut_shard"] / "checkpoints" / "step_00000001")],
         "cut_shard",

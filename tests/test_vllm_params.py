@@ -186,8 +186,8 @@ def test_vllm_temperature_range_is_checked_at_config_load(monkeypatch: pytest.Mo
     # vLLM rejects T > 2 and raises 0 < T < 0.01 to 0.01 (log-probs of another distribution): both stop the load
     with pytest.raises(ConfigError, match=r"rollout\.temperature = 2\.5: .*<= 2"):
         load_config(["rollout.engine=vllm", "rollout.temperature=2.5"])
-    with pytest.raises(ConfigError, match=r"rollout\.temperature = 0\.005: .*raises a smaller temperature"):
-        load_config(["rollout.engine=vllm", "rollout.temperature=0.005"])
+    with pytest.raises(ConfigError, match=r"rollout\.temperature = 0\.005: must be 0 \(greedy\) or >= 0\.01"):
+        load_config(["rollout.engine=vllm", "rollout.temperature=0.005"])  # the floor is every engine's now
     assert load_config(["rollout.temperature=2.5"]).rollout.temperature == 2.5  # the hf engine has no such range
     monkeypatch.setattr(vllm_params, "vllm_missing", lambda: None)  # as if vllm were installed
     for ok in (0.0, 0.01, 1.0, 2.0):

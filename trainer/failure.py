@@ -24,6 +24,7 @@ import contextlib
 import errno
 import json
 import os
+import shutil
 import sys
 import time
 import traceback
@@ -84,6 +85,9 @@ def report_failure(err: BaseException, *, rank: int, step: int | None, run_dir: 
         with contextlib.suppress(OSError, ValueError):
             sys.stderr.write(text)
     collective = isinstance(getattr(err, "failures", None), dict)  # raised on every rank alike: rank 0 speaks
+    if collective and run_dir is not None:  # a save that failed: the disk is the usual suspect, so say how full
+        with contextlib.suppress(OSError):
+            line += f" ({shutil.disk_usage(run_dir).free / 2**20:.1f} MiB free on the run folder's disk)"
     if rank == 0 or not collective:
         with contextlib.suppress(OSError, ValueError):
             print(line, file=sys.stderr, flush=True)
