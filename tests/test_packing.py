@@ -134,3 +134,36 @@ def _row_logp_on(policy: Policy, seqs: list[list[int]], device: str) -> torch.Te
     with torch.no_grad():
         logp, _ = policy(ids, None, targets, packed=row.model_kwargs(policy.attn, torch.bfloat16))
     return logp[0].float()
+
+
+def test_packed_attention_splits_equal_per_sequence_slices() -> None:
+    """`packed_sdpa_forward` splits q/k/v once (issue 28: per-sequence slices cost a zero-filled row-sized gradient
+    each in the backward); outputs and gradients are those of the slice-per-sequence form, bit for bit, with GQA
+    and padding after the last sequence."""
+    import itertools
+
+    import torch.nn.functional as F
+
+    from trainer.attention import packed_sdpa_forward
+
+    torch.manual_seed(0)
+    n, hq, hkv, d = 23, 4, 2, 8
+    cu = torch.tensor([0, 5, 5, 12, 20])  # an empty sequence, then 3 padding tokens after the last bound
+    q, k, v = (torch.randn(1, h, n, d, requires_grad=True) for h in (hq, hkv, hkv))
+    module = torch.nn.Module().train()
+    out, _ = packed_sdpa_forward(module, q, k, v, None, cu_seq_lens_q=cu)
+    grads = torch.autograd.grad(out.square().sum(), (q, k, v))
+
+    def sliced(q, k, v):
+        k2, v2 = k.repeat_interleave(2, dim=1), v.repeat_interleave(2, dim=1)
+        parts = [
+            F.scaled_dot_product_attention(q[:, :, a:b], k2[:, :, a:b], v2[:, :, a:b], is_causal=True)
+            for a, b in itertools.pairwise(cu.tolist())
+            if b > a
+        ]
+        return torch.cat(parts, dim=2).transpose(1, 2).contiguous()
+
+    expected = sliced(q, k, v)
+    assert out.shape == (1, 20, hq, d) and torch.equal(out, expected)
+    for got, want in zip(grads, torch.autograd.grad(expected.square().sum(), (q, k, v))):
+        assert torch.equal(got, want)

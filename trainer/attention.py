@@ -58,12 +58,15 @@ def packed_sdpa_forward(
         key, value = key.repeat_interleave(groups, dim=1), value.repeat_interleave(groups, dim=1)
     bounds = cu.tolist()
     p = dropout if module.training else 0.0
+    # One `split` per tensor, not a slice per sequence: the backward of a slice allocates and zero-fills a gradient
+    # the size of the whole row, once per sequence (61 ms of a 2-rank CPU step at 64 sequences a row); the backward
+    # of a split is one concatenation. The pieces before the first and after the last bound are not attended.
+    sizes = [bounds[0], *(b - a for a, b in itertools.pairwise(bounds)), query.shape[2] - bounds[-1]]
+    pieces = zip(*(t.split(sizes, dim=2)[1:-1] for t in (query, key, value)))
     out = [
-        F.scaled_dot_product_attention(
-            query[:, :, a:b], key[:, :, a:b], value[:, :, a:b], dropout_p=p, is_causal=True, scale=scaling
-        )
-        for a, b in itertools.pairwise(bounds)
-        if b > a
+        F.scaled_dot_product_attention(q, k, v, dropout_p=p, is_causal=True, scale=scaling)
+        for q, k, v in pieces
+        if q.shape[2] > 0
     ]
     return torch.cat(out, dim=2).transpose(1, 2).contiguous(), None
 

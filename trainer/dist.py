@@ -48,20 +48,22 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-MMAP_THRESHOLD = 256 << 10
-"""glibc: allocations of at least 4 MiB are mmap-ed, so a freed full tensor (rank 0's initial weights, a gathered
+MMAP_THRESHOLD = 2 << 20
+"""glibc: allocations of at least this size are mmap-ed, so a freed full tensor (rank 0's initial weights, a gathered
 unit, a sync bucket) goes back to the system at once instead of staying in the heap, where it would count in every
-later measurement of the process's memory; the default threshold adapts upwards (to 32 MiB) after such a free."""
+later measurement of the process's memory; the default threshold adapts upwards (to 32 MiB) after such a free.
+`FASTSLOW_MMAP_THRESHOLD` (bytes; 0: leave glibc's adaptive default) overrides it, for measuring."""
 
 
 def _return_freed_memory() -> None:
-    """Fix glibc's mmap threshold (`mallopt(M_MMAP_THRESHOLD, MMAP_THRESHOLD)`); a no-op without glibc."""
+    """Fix glibc's mmap threshold (`mallopt(M_MMAP_THRESHOLD, ...)`); a no-op without glibc."""
+    threshold = int(os.environ.get("FASTSLOW_MMAP_THRESHOLD", MMAP_THRESHOLD))
     name = ctypes.util.find_library("c")
-    if name is None:
+    if name is None or threshold <= 0:
         return
     try:
         libc = ctypes.CDLL(name)
-        libc.mallopt(ctypes.c_int(-3), ctypes.c_int(MMAP_THRESHOLD))  # M_MMAP_THRESHOLD = -3 (malloc.h)
+        libc.mallopt(ctypes.c_int(-3), ctypes.c_int(threshold))  # M_MMAP_THRESHOLD = -3 (malloc.h)
     except (OSError, AttributeError):  # not glibc (musl, macOS): the allocator's own policy stays
         return
 
