@@ -87,6 +87,11 @@ bench: $(STAMP)
 compare: $(STAMP)
 	$(PY) -m bench.learning $(ARGS)
 
+# The built-in job's step on this tree and on commit REF, interleaved, per phase (bench/ab.py; README, Performance).
+.PHONY: ab
+ab: $(STAMP)
+	$(PY) -m bench.ab $(REF) $(ARGS)
+
 # Host memory per rank as a multiple of the model's fp32 size, W = 1 and 2 (issue 18; the README's table).
 # ARGS passes flags through (e.g. ARGS="--world 1 2 4").
 .PHONY: memory

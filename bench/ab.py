@@ -53,7 +53,7 @@ def run_job(tree: Path, run_dir: Path, nproc: int, steps: int, warm: Path, extra
 
 def table(nproc: int, head: list[dict[str, float]], ref: list[dict[str, float]], label: str) -> list[str]:
     """Markdown rows: phase, HEAD and REF medians over rounds (ms), ratio."""
-    lines = [f"| {nproc} proc | HEAD (ms) | {label} (ms) | HEAD / {label} |", "| --- | --- | --- | --- |"]
+    lines = [f"| {nproc} proc | this tree (ms) | {label} (ms) | ratio |", "| --- | --- | --- | --- |"]
     for p in PHASES:
         if all(p in r for r in head + ref):
             a, b = statistics.median(r[p] for r in head), statistics.median(r[p] for r in ref)

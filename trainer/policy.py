@@ -35,7 +35,7 @@ class LossArgs:
     """`fastslow.kernels.linear_grpo_loss`'s arguments after `targets`, for one micro-batch or packed row (`[B, T]` or
     `[1, N]`, like its targets)."""
 
-    old_logp: torch.Tensor  # [B, T]
+    old_logp: torch.Tensor | None  # [B, T]; None: on-policy (see `fastslow.kernels.grpo_loss`)
     advantages: torch.Tensor  # [B] or [B, T]; packed: [1, N]
     mask: torch.Tensor  # [B, T] bool
     ref_logp: torch.Tensor | None = None  # [B, T]

@@ -228,13 +228,14 @@ def logprobs(
 def update(
     ctx: StepContext,
     batch: Batch,
-    old_logp: torch.Tensor,
+    old_logp: torch.Tensor | None,
     ref_logp: torch.Tensor | None,
     adv: torch.Tensor,
     kl_coef: torch.Tensor | float,
     packed: PackedBatch | None = None,
 ) -> dict[str, float]:
     """One full policy update: `epochs` passes of `minibatches` optimizer steps, micro-batched (or `packed`).
+    `old_logp` None: on-policy (`skips_old_logprobs`), each micro-batch's own log-probs are the old ones.
 
     Normalisation is global: every micro-batch's loss is scaled so that the sum over micro-batches and ranks is the
     minibatch's loss under `loss_agg` (FSDP averages gradients over ranks, hence the factor `world`). Packed rows
@@ -265,7 +266,7 @@ def update(
                     inputs, extra = [batch.input_ids[r], batch.attention_mask[r], batch.targets[r]], {}
                     seq_ids, norm_len = None, None
                 args = LossArgs(
-                    old_logp=take(old_logp), advantages=take(adv), mask=take(batch.mask),
+                    old_logp=None if old_logp is None else take(old_logp), advantages=take(adv), mask=take(batch.mask),
                     ref_logp=None if ref_logp is None else take(ref_logp),
                     kl_coef=take(kl_coef) if isinstance(kl_coef, torch.Tensor) else kl_coef,
                     clip_low=a.clip_low, clip_high=a.clip_high, dual_clip=a.dual_clip, loss_agg=a.loss_agg,
@@ -316,7 +317,11 @@ def learn(ctx: StepContext, batch: Batch, timing: dict[str, float] | None = None
     t = time.perf_counter()
     packed = pack_batch(cfg.optim, batch, info.device)
     layout = layout_metrics(packed, batch.attention_mask.sum(-1), batch.input_ids.shape[1], info.device, info.world)
-    old_logp, _ = logprobs(ctx.policy, batch, cfg.optim.micro_batch_size, cfg.rollout.temperature, packed)
+    sfpo_on = ctx.switch is not None and ctx.switch.active
+    skip_old = skips_old_logprobs(cfg, sfpo_on)
+    old_logp = None
+    if not skip_old:
+        old_logp, _ = logprobs(ctx.policy, batch, cfg.optim.micro_batch_size, cfg.rollout.temperature, packed)
     ref_logp = None
     if ctx.ref is not None:
         ref_logp, _ = logprobs(ctx.ref, batch, cfg.optim.micro_batch_size, cfg.rollout.temperature, packed)
@@ -325,6 +330,7 @@ def learn(ctx: StepContext, batch: Batch, timing: dict[str, float] | None = None
     if cfg.rollout.is_correction:
         if batch.rollout_logp is None:
             raise RuntimeError("rollout.is_correction is on but the engine returned no log-probs")
+        assert old_logp is not None  # is_correction needs them: never skipped (skips_old_logprobs)
         weights, is_metrics = importance_weights(old_logp, batch.rollout_logp, batch.mask, cfg.rollout.is_cap)
         adv = adv[:, None] * weights  # [B, T]: per-token advantages (weights > 0, so the clipping is unchanged)
     kl_coef: torch.Tensor | float = float(cfg.algorithm.kl_coef)  # "fixed": one scalar, the kernel's fast path
@@ -334,7 +340,6 @@ def learn(ctx: StepContext, batch: Batch, timing: dict[str, float] | None = None
     seconds_logprobs, t = time.perf_counter() - t, time.perf_counter()
 
     run_update: Callable[[], dict[str, float]] = lambda: update(ctx, batch, old_logp, ref_logp, adv, kl_coef, packed)
-    sfpo_on = ctx.switch is not None and ctx.switch.active
     if sfpo_on:
         if ctx.slow is None:
             from fastslow.kernels import snapshot
@@ -352,7 +357,25 @@ def learn(ctx: StepContext, batch: Batch, timing: dict[str, float] | None = None
     ctx.scheduler.step()
     if timing is not None:
         timing["logprobs"], timing["update"] = seconds_logprobs, time.perf_counter() - t
-    return {**update_metrics, **is_metrics, **layout, "sfpo": float(sfpo_on)}
+    out = {**update_metrics, **is_metrics, **layout, "sfpo": float(sfpo_on)}
+    out["actor/old_logp_pass"] = float(not skip_old)  # 0: on-policy, the ratio taken as 1 (no separate pass)
+    return out
+
+
+def skips_old_logprobs(cfg: Any, sfpo_on: bool) -> bool:
+    """Whether the old-log-prob pass is redundant: the batch is used for exactly one optimizer step taken from the
+    weights that generated it (one epoch, one minibatch, no SFPO inner steps; the engine's weights are synced every
+    step, so nothing is stale), and nothing else needs the old log-probs (`rollout.is_correction` compares them with
+    the engine's). Then the ratio is 1 with the gradient of `exp(logp - logp.detach())`, as TRL, prime-rl and verl's
+    bypass mode do; `optim.skip_old_logprobs = false` keeps the pass (a check)."""
+    o = cfg.optim
+    return (
+        bool(getattr(o, "skip_old_logprobs", True))
+        and o.epochs == 1
+        and o.minibatches == 1
+        and not sfpo_on
+        and not cfg.rollout.is_correction
+    )
 
 
 def _global_kl_summary(ctx: StepContext) -> None:

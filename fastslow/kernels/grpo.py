@@ -268,7 +268,7 @@ class GRPOLossFunction(torch.autograd.Function):
 
 def grpo_loss(
     logp: torch.Tensor,
-    old_logp: torch.Tensor,
+    old_logp: torch.Tensor | None,
     advantages: torch.Tensor,
     mask: torch.Tensor,
     *,
@@ -290,7 +290,10 @@ def grpo_loss(
 
     Args:
         logp: `[B, T]` float log-probs of the sampled tokens under the current policy (gets the gradient).
-        old_logp: `[B, T]` log-probs under the policy that sampled (no gradient).
+        old_logp: `[B, T]` log-probs under the policy that sampled (no gradient); None when the batch is trained
+            on-policy (one optimizer step from the weights that sampled it): the old log-probs are then `logp`'s own
+            values, so the ratio is 1 with the gradient of `exp(logp - logp.detach())`, and the separate old-log-prob
+            pass can be skipped.
         advantages: `[B]` (one per sequence) or `[B, T]` float advantages.
         mask: `[B, T]` bool or numeric; 1 for response tokens that count, 0 for padding and prompt (any other
             value is a ValueError).
@@ -323,13 +326,13 @@ def grpo_loss(
         clip_low=clip_low, clip_high=clip_high, dual_clip=dual_clip, loss_agg=loss_agg, num_tokens=num_tokens,
         norm_len=norm_len, seq_ids=seq_ids,
     )  # fmt: skip
-    loss, stats = GRPOLossFunction.apply(logp.contiguous(), *terms.block(slice(None)))
+    loss, stats = GRPOLossFunction.apply(logp.contiguous(), *terms.block(slice(None), logp=logp))
     return loss, grpo_metrics(stats, terms.counts)
 
 
 def grpo_loss_ref(
     logp: torch.Tensor,
-    old_logp: torch.Tensor,
+    old_logp: torch.Tensor | None,
     advantages: torch.Tensor,
     mask: torch.Tensor,
     *,
@@ -347,6 +350,8 @@ def grpo_loss_ref(
 
     Same arguments and results as `grpo_loss`; computes in the inputs' dtype (use float64 for a reference).
     """
+    if old_logp is None:  # on-policy: the ratio is exp(logp - logp.detach()), 1 with logp's gradient
+        old_logp = logp.detach()
     m = mask.to(logp.dtype)
     adv = advantages if advantages.dim() == 2 else advantages[:, None]
     ratio = clamp_ref(logp - old_logp, -20.0, 20.0).exp()

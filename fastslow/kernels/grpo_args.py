@@ -165,7 +165,7 @@ def _check_seq_ids(
 class GRPOTerms:
     """The loss's inputs, checked and laid out for the fused op (shared by `grpo_loss` and `linear_grpo_loss`)."""
 
-    old_logp: torch.Tensor  # [B, T] contiguous, detached
+    old_logp: torch.Tensor  # [B, T] contiguous, detached; empty: on-policy (the old log-probs are the current ones)
     advantages: torch.Tensor  # [B] or [B, T]
     mask: torch.Tensor  # [B, T]
     ref_logp: torch.Tensor | None  # [B, T]
@@ -177,12 +177,19 @@ class GRPOTerms:
     clip_high: float
     dual_clip: float  # 0.0 when off
 
-    def block(self, rows: slice, cols: slice = slice(None)) -> tuple:
-        """The fused op's arguments after `logp` for the tokens `[rows, cols]` (whole rows, or part of one row)."""
+    @property
+    def on_policy(self) -> bool:
+        """No old log-probs were given: the ratio is 1 (`exp(logp - logp.detach())`), its gradient that of logp."""
+        return self.old_logp.numel() == 0 and self.mask.numel() > 0
+
+    def block(self, rows: slice, cols: slice = slice(None), logp: torch.Tensor | None = None) -> tuple:
+        """The fused op's arguments after `logp` for the tokens `[rows, cols]` (whole rows, or part of one row);
+        `logp` (this block's, detached) stands for the old log-probs when `on_policy`."""
         adv = self.advantages[rows] if self.advantages.dim() == 1 else self.advantages[rows, cols]
         ref = None if self.ref_logp is None else self.ref_logp[rows, cols].contiguous()
+        old = logp.detach().contiguous() if self.on_policy and logp is not None else self.old_logp[rows, cols]
         return (
-            self.old_logp[rows, cols].contiguous(), adv.contiguous(), self.mask[rows, cols].contiguous(), ref,
+            old.contiguous(), adv.contiguous(), self.mask[rows, cols].contiguous(), ref,
             _part(self.beta, rows, cols), _part(self.row_w, rows, cols), self.kl_coef, self.clip_low,
             self.clip_high, self.dual_clip,
         )  # fmt: skip
@@ -203,7 +210,7 @@ def prepare_grpo(
     shape: torch.Size,
     device: torch.device,
     like: str,
-    old_logp: torch.Tensor,
+    old_logp: torch.Tensor | None,
     advantages: torch.Tensor,
     mask: torch.Tensor,
     *,
@@ -258,7 +265,8 @@ def prepare_grpo(
     raise_on_values([*checks, *value_checks])
     row_w, counts = _row_weights(mask, loss_agg, num_tokens, norm_len, seq_ids)
     return GRPOTerms(
-        old_logp=old_logp.detach().contiguous(),
+        # On-policy (None): an empty marker; the fused op then takes each block's own log-probs as the old ones.
+        old_logp=mask.new_empty(0, dtype=torch.float32) if old_logp is None else old_logp.detach().contiguous(),
         advantages=advantages.detach().contiguous(),
         mask=mask.detach().contiguous(),
         ref_logp=None if ref_logp is None else ref_logp.detach().contiguous(),

@@ -61,9 +61,8 @@ def _forward_backward(
         t_blk = targets[rows, cols].reshape(-1)
         logits = chunk_logits(h_blk, weight)
         logp, ent, lse = row_stats(logits, t_blk, inv_temp)
-        blk_loss, blk_stats, g_logp = torch.ops.fastslow.grpo_loss_fwd(
-            logp.view(n_rows, n_cols), *terms.block(rows, cols)
-        )
+        blk_logp = logp.view(n_rows, n_cols)
+        blk_loss, blk_stats, g_logp = torch.ops.fastslow.grpo_loss_fwd(blk_logp, *terms.block(rows, cols, blk_logp))
         m = terms.mask[rows, cols].float()
         w = terms.weights(rows, cols)  # [n_rows, 1] or, per token, [n_rows, n_cols]
         ent_sum = (ent.view(n_rows, n_cols) * m).sum(-1)
@@ -167,7 +166,7 @@ def linear_grpo_loss(
     hidden: torch.Tensor,
     weight: torch.Tensor,
     targets: torch.Tensor,
-    old_logp: torch.Tensor,
+    old_logp: torch.Tensor | None,
     advantages: torch.Tensor,
     mask: torch.Tensor,
     *,
@@ -193,7 +192,8 @@ def linear_grpo_loss(
             ValueError: that token would count in the loss with a log-prob of 0 and no gradient).
         old_logp, advantages, mask, ref_logp, kl_coef, clip_low, clip_high, dual_clip, loss_agg, num_tokens,
             norm_len, seq_ids: exactly as in `fastslow.kernels.grpo_loss` (`[B, T]` token grid; packed rows are
-            `[1, N, H]` hidden with `seq_ids` saying where each sequence lies).
+            `[1, N, H]` hidden with `seq_ids` saying where each sequence lies; `old_logp = None`: on-policy, each
+            chunk's own log-probs are the old ones, so no separate old-log-prob pass is needed).
         temperature: runtime float > 0 dividing the logits (the sampling temperature).
         entropy_coef: weight of the entropy bonus, subtracted from the loss with the same token weights.
         chunk_tokens: override the tokens per chunk (an int > 0; default from the workspace budget).
@@ -231,7 +231,7 @@ def linear_grpo_loss_ref(
     hidden: torch.Tensor,
     weight: torch.Tensor,
     targets: torch.Tensor,
-    old_logp: torch.Tensor,
+    old_logp: torch.Tensor | None,
     advantages: torch.Tensor,
     mask: torch.Tensor,
     *,
