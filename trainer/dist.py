@@ -48,7 +48,7 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-MMAP_THRESHOLD = 2 << 20
+MMAP_THRESHOLD = 512 << 10
 """glibc: allocations of at least this size are mmap-ed, so a freed full tensor (rank 0's initial weights, a gathered
 unit, a sync bucket) goes back to the system at once instead of staying in the heap, where it would count in every
 later measurement of the process's memory; the default threshold adapts upwards (to 32 MiB) after such a free.

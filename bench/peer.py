@@ -1,0 +1,166 @@
+"""fastslow against TRL's GRPOTrainer on the same work: seconds per step, generated tokens per second, the ratio.
+
+    python -m bench.peer [--steps 30] [--rounds 3] [--trl-python .venv-trl/bin/python]   # make bench-peer
+
+Both train the built-in job's warm-started tiny model (written once to a Hugging Face folder from the warm-start
+cache they share) on the synthetic task with the same reward (`trainer.task.check`, a cut response wrong), group 8,
+16 prompts per step, 20 new tokens, temperature 1, no KL, one update per batch, token-mean loss, clip 0.2 / 0.28,
+lr 5e-4, AdamW, fp32, one process with one thread (TRL without gradient checkpointing). The runs alternate, `--rounds`
+times; each gives the median of its steps 6..N. TRL comes from its own environment (`make bench-peer` makes
+`.venv-trl` with `trl==1.16.0` and the same torch wheel). Prints the table, the settings that could not be matched,
+and writes `bench/results/peer_DEVICE_DATE.{json,md}`. Two processes: not measured yet (TRL's multi-process mode
+needs `accelerate launch` with a CPU backend; see the README).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+FASTSLOW_ARGS = (
+    "eval.enabled=false", "logging.plots=false", "checkpoint.every=0", "checkpoint.export_hf=false",
+    "logging.tensorboard=false", "rollout.group_size=8", "rollout.prompts_per_step=16", "rollout.max_new_tokens=20",
+    "rollout.temperature=1.0", "algorithm.name=grpo", "algorithm.kl_coef=0.0", "optim.epochs=1",
+    "optim.minibatches=1", "algorithm.clip_low=0.2", "algorithm.clip_high=0.28", "algorithm.loss_agg=token-mean",
+    "optim.lr=0.0005", "optim.grad_clip=1.0", "rollout.engine=hf",
+)  # fmt: skip
+UNMATCHED = (
+    "prompt order: each trainer shuffles the same prompts with its own generator (the same task distribution)",
+    "group std: fastslow divides by the group's std with Bessel's correction and an epsilon of 1e-6, TRL by "
+    "torch.std + 1e-4",
+    "layout: fastslow packs sequences into rows (model.packing); TRL pads each batch (an implementation choice, "
+    "not a setting)",
+    "TRL computes no old log-probs on-policy (num_iterations = 1); fastslow skips them too (optim.skip_old_logprobs)",
+)
+
+
+def prepare(work: Path) -> tuple[Path, Path, list[str]]:
+    """The warm-started model as a Hugging Face folder and the task's prompts as JSONL; notes on what differs."""
+    from trainer.config_io import load_config
+    from trainer.data import load_prompts
+    from trainer.model import load_tokenizer, model_config, model_from_config
+    from trainer.warm_start import warm_start
+
+    cfg = load_config([f"warm_start.cache={work / 'warm'}"])
+    tok = load_tokenizer(cfg.model)
+    model = warm_start(model_from_config(model_config(cfg.model, tok), seed=cfg.seed), tok, cfg, work, is_main=True)
+    folder = work / "model"
+    model.save_pretrained(folder)
+    tok.save_pretrained(folder)
+    prompts = load_prompts(cfg.data, tok, seed=cfg.seed)
+    notes = []
+    differ = sum(tok(p["prompt"], add_special_tokens=False)["input_ids"] != p["prompt_ids"] for p in prompts)
+    if differ:
+        notes.append(f"prompt tokens: {differ} of {len(prompts)} prompts tokenise differently in TRL")
+    path = work / "prompts.jsonl"
+    path.write_text("".join(json.dumps({"prompt": p["prompt"], "answer": p["answer"]}) + "\n" for p in prompts))
+    return folder, path, notes
+
+
+def _median_after(values: list[float], skip: int = 5) -> float:
+    return statistics.median(values[skip:] if len(values) > skip else values)
+
+
+def run_fastslow(work: Path, run: Path, steps: int) -> dict[str, float]:
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    env.pop("TRITON_INTERPRET", None)
+    cmd = [
+        sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=1", "-m", "trainer.main",
+        f"logging.run_dir={run}", f"optim.total_steps={steps}", f"warm_start.cache={work / 'warm'}", *FASTSLOW_ARGS,
+    ]  # fmt: skip
+    out = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True)
+    if out.returncode:
+        raise RuntimeError("fastslow failed:\n" + "\n".join((out.stdout + out.stderr).splitlines()[-8:]))
+    rows = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
+    rows = [r for r in rows if "kind" not in r]
+    seconds = [r["time/step"] for r in rows]
+    tokens = [r["response_length"] * 128 for r in rows]
+    return {"s_per_step": _median_after(seconds), "tok_per_s": _median_after([t / s for t, s in zip(tokens, seconds)])}
+
+
+def run_trl(python: str, model: Path, prompts: Path, out: Path, steps: int) -> dict[str, float]:
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
+    cmd = [python, str(ROOT / "bench" / "peer_trl.py"), str(model), str(prompts), str(out), str(steps)]
+    res = subprocess.run(cmd, cwd=out.parent, env=env, capture_output=True, text=True)
+    if res.returncode:
+        raise RuntimeError("TRL failed:\n" + "\n".join((res.stdout + res.stderr).splitlines()[-8:]))
+    rows = [json.loads(x) for x in out.read_text().splitlines()]
+    seconds = [r["seconds"] for r in rows]
+    return {
+        "s_per_step": _median_after(seconds),
+        "tok_per_s": _median_after([r["completion_tokens"] / r["seconds"] for r in rows]),
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench.peer", description=__doc__.splitlines()[0])
+    parser.add_argument("--steps", type=int, default=30)
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--trl-python", default=str(ROOT / ".venv-trl" / "bin" / "python"))
+    parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results")
+    args = parser.parse_args(argv)
+    if not Path(args.trl_python).exists():
+        print(f"bench.peer: no TRL environment at {args.trl_python} (make bench-peer makes .venv-trl)")
+        return 2
+    work = Path(tempfile.mkdtemp(prefix="fastslow-peer-"))
+    model, prompts, notes = prepare(work)
+    results: dict[str, list[dict[str, float]]] = {"fastslow": [], "trl": []}
+    load = [os.getloadavg()[0]]
+    for r in range(args.rounds):
+        order = ["fastslow", "trl"] if r % 2 == 0 else ["trl", "fastslow"]
+        for name in order:
+            if name == "fastslow":
+                results[name].append(run_fastslow(work, work / f"fs-{r}", args.steps))
+            else:
+                results[name].append(run_trl(args.trl_python, model, prompts, work / f"trl-{r}.jsonl", args.steps))
+            print(f"round {r + 1} {name}: {results[name][-1]}", flush=True)
+    load.append(os.getloadavg()[0])
+    summary = summarize(results)
+    lines = report(summary, results, [*notes, *UNMATCHED], load, args)
+    print("\n".join(lines))
+    from bench._harness import results_stem
+
+    stem = args.out / f"peer_{results_stem()}"
+    stem.parent.mkdir(parents=True, exist_ok=True)
+    stem.with_suffix(".json").write_text(json.dumps({"summary": summary, "rounds": results, "load": load}, indent=1))
+    stem.with_suffix(".md").write_text("\n".join(lines) + "\n")
+    return 0
+
+
+def summarize(results: dict[str, list[dict[str, float]]]) -> dict[str, Any]:
+    """Median over rounds of each side's per-round medians, and fastslow / TRL."""
+    med = {k: {m: statistics.median(r[m] for r in v) for m in ("s_per_step", "tok_per_s")} for k, v in results.items()}
+    return {**med, "ratio_time": med["fastslow"]["s_per_step"] / med["trl"]["s_per_step"]}
+
+
+def report(summary: dict[str, Any], results: dict, notes: list[str], load: list[float], args: Any) -> list[str]:
+    f, t = summary["fastslow"], summary["trl"]
+    return [
+        f"# fastslow vs TRL GRPOTrainer, 1 process x 1 thread ({time.strftime('%Y-%m-%d')}, {os.cpu_count()} CPUs)",
+        "",
+        f"{args.rounds} rounds, {args.steps} steps each, medians of steps 6-{args.steps}; load average "
+        f"{load[0]:.2f} before, {load[1]:.2f} after.",
+        "",
+        "| trainer | s/step | generated tok/s |",
+        "| --- | --- | --- |",
+        f"| fastslow | {f['s_per_step']:.3f} | {f['tok_per_s']:,.0f} |",
+        f"| TRL 1.16.0 | {t['s_per_step']:.3f} | {t['tok_per_s']:,.0f} |",
+        "",
+        f"fastslow / TRL time per step: {summary['ratio_time']:.2f}x (goal <= 0.75x)",
+        "",
+        "Not matched:",
+        *[f"- {n}" for n in notes],
+    ]
+
+
+if __name__ == "__main__":
+    sys.exit(main())
