@@ -52,7 +52,7 @@ format: $(STAMP)
 	$(VENV)/bin/ruff check --fix . && $(VENV)/bin/ruff format .
 
 clean:
-	rm -rf $(VENV) .venv-lock .venv-latest build *.egg-info fastslow/kernels/*.so
+	rm -rf $(VENV) .venv-lock .venv-latest .venv-trl build *.egg-info fastslow/kernels/*.so
 
 # Write the lock for this machine kind: a scratch environment with the newest versions pyproject.toml allows (torch
 # stays at TORCH_SPEC), frozen into $(LOCK). Then `make test` (it reinstalls from the new lock) and commit the file.
@@ -86,6 +86,19 @@ bench: $(STAMP)
 # seeds 0,1,2; results in bench/results/learning_DEVICE_DATE.{json,md,png}. ARGS passes flags and overrides through.
 compare: $(STAMP)
 	$(PY) -m bench.learning $(ARGS)
+
+# fastslow against TRL's GRPOTrainer on the same job (bench/peer.py; not in CI): TRL in its own venv, .venv-trl.
+TRL_VENV := .venv-trl
+TRL_SPEC ?= trl==1.16.0
+$(TRL_VENV)/.installed:
+	test -x $(TRL_VENV)/bin/python || $(PYTHON) -m venv $(TRL_VENV)
+	$(TRL_VENV)/bin/python -m pip install -q "$(TORCH_SPEC)"
+	$(TRL_VENV)/bin/python -m pip install -q "$(TRL_SPEC)"
+	touch $@
+
+.PHONY: bench-peer
+bench-peer: $(STAMP) $(TRL_VENV)/.installed
+	$(PY) -m bench.peer $(ARGS)
 
 # The built-in job's step on this tree and on commit REF, interleaved, per phase (bench/ab.py; README, Performance).
 .PHONY: ab
