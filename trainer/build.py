@@ -86,18 +86,47 @@ def meta_model(config: PretrainedConfig, *, trust_remote_code: bool = False) -> 
     return model.to(torch.float32).train()
 
 
+HEAD_TRANSFORMS: tuple[tuple[str, object], ...] = (
+    ("final_logit_softcapping", None),  # Gemma-2: logits = cap * tanh(logits / cap)
+    ("logit_scale", 1.0),  # Cohere, Cohere2: logits * scale
+    ("logits_scaling", 1.0),  # Granite: logits / scaling
+    ("lm_head_multiplier", 1.0),  # Falcon-H1: logits * multiplier
+)
+"""Config keys of models that transform the LM head's output, with the value that means "no transform"."""
+
+
 def check_layout(model: nn.Module) -> None:
-    """The decoder-only layout the policy, FSDP2 and the export use: `model.model.layers` (the blocks) and an
-    output embedding (`lm_head`), as Llama, Qwen2, Mistral and their kin have. Anything else (GPT-2's
-    `transformer.h`, BERT's `bert.encoder`) is a ValueError naming the class, before any weight is loaded."""
+    """The decoder-only layout the policy, FSDP2 and the export use, and a plain LM head.
+
+    The layout: `model.model.layers` (the blocks) and an output embedding (`lm_head`), as Llama, Qwen2, Mistral and
+    their kin have; anything else (GPT-2's `transformer.h`, BERT's `bert.encoder`) is refused. The head: the fused
+    kernels compute log-probs from `hidden @ lm_head.weight.T` and nothing else, so a model whose logits are
+    transformed after that (Gemma-2's final-logit softcapping, Cohere's and Granite's logit scaling, a head bias)
+    would train on other log-probs than the engine samples from, silently; it is refused until the kernels take the
+    transform. Each is a ValueError naming the class and what is wrong, before any weight is loaded.
+    """
     inner = getattr(model, "model", None)
-    if isinstance(getattr(inner, "layers", None), nn.ModuleList) and model.get_output_embeddings() is not None:
-        return
     kind = getattr(getattr(model, "config", None), "model_type", "?")
-    raise ValueError(
-        f"model.path: a {type(model).__name__} (model_type {kind!r}) has not the decoder-only layout the trainer needs "
-        "(`model.layers` blocks and an `lm_head`, as Llama, Qwen2 or Mistral)"
-    )
+    what = f"model.path: a {type(model).__name__} (model_type {kind!r})"
+    head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
+    if not isinstance(getattr(inner, "layers", None), nn.ModuleList) or head is None:
+        raise ValueError(
+            f"{what} has not the decoder-only layout the trainer needs "
+            "(`model.layers` blocks and an `lm_head`, as Llama, Qwen2 or Mistral)"
+        )
+    config = getattr(model, "config", None)
+    for key, neutral in HEAD_TRANSFORMS:
+        value = getattr(config, key, neutral)
+        if value is not None and value != neutral:
+            raise ValueError(
+                f"{what} transforms its logits after the head ({key} = {value!r}); the fused log-prob kernels take "
+                "the head's raw output, so the trainer's log-probs would not be the engine's: not supported yet"
+            )
+    if getattr(head, "bias", None) is not None:
+        raise ValueError(
+            f"{what} has a bias on its LM head; the fused log-prob kernels take `hidden @ weight.T` only, so the "
+            "trainer's log-probs would not be the engine's: not supported yet"
+        )
 
 
 def materialize(module: nn.Module, *, device: torch.device, buffer_device: torch.device) -> None:
