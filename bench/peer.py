@@ -1,15 +1,15 @@
 """fastslow against TRL's GRPOTrainer on the same work: seconds per step, generated tokens per second, the ratio.
 
-    python -m bench.peer [--steps 30] [--rounds 3] [--trl-python .venv-trl/bin/python]   # make bench-peer
+    python -m bench.peer [--nproc 1 2] [--steps 30] [--rounds 3] [--trl-python .venv-trl/bin/python]  # make bench-peer
 
 Both train the built-in job's warm-started tiny model (written once to a Hugging Face folder from the warm-start
 cache they share) on the synthetic task with the same reward (`trainer.task.check`, a cut response wrong), group 8,
 16 prompts per step, 20 new tokens, temperature 1, no KL, one update per batch, token-mean loss, clip 0.2 / 0.28,
-lr 5e-4, AdamW, fp32, one process with one thread (TRL without gradient checkpointing). The runs alternate, `--rounds`
-times; each gives the median of its steps 6..N. TRL comes from its own environment (`make bench-peer` makes
-`.venv-trl` with `trl==1.16.0` and the same torch wheel). Prints the table, the settings that could not be matched,
-and writes `bench/results/peer_DEVICE_DATE.{json,md}`. Two processes: not measured yet (TRL's multi-process mode
-needs `accelerate launch` with a CPU backend; see the README).
+lr 5e-4, AdamW, fp32, one thread per process (TRL without gradient checkpointing). Per process count: fastslow under
+torchrun (FSDP2), TRL alone or under `accelerate launch --cpu` (its own multi-process mode: DDP on gloo), the batch
+split over the processes. The runs alternate, `--rounds` times; each gives the median of its steps 6..N. TRL comes
+from its own environment (`make bench-peer` makes `.venv-trl` with `trl==1.16.0` and the same torch wheel). Prints
+the table, the settings that could not be matched, and writes `bench/results/peer_DEVICE_DATE.{json,md}`.
 """
 
 from __future__ import annotations
@@ -70,12 +70,12 @@ def _median_after(values: list[float], skip: int = 5) -> float:
     return statistics.median(values[skip:] if len(values) > skip else values)
 
 
-def run_fastslow(work: Path, run: Path, steps: int) -> dict[str, float]:
+def run_fastslow(work: Path, run: Path, steps: int, nproc: int) -> dict[str, float]:
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     env.pop("TRITON_INTERPRET", None)
     cmd = [
-        sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=1", "-m", "trainer.main",
-        f"logging.run_dir={run}", f"optim.total_steps={steps}", f"warm_start.cache={work / 'warm'}", *FASTSLOW_ARGS,
+        sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
+        "-m", "trainer.main", f"logging.run_dir={run}", f"optim.total_steps={steps}", f"warm_start.cache={work / 'warm'}", *FASTSLOW_ARGS,
     ]  # fmt: skip
     out = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True)
     if out.returncode:
@@ -87,9 +87,13 @@ def run_fastslow(work: Path, run: Path, steps: int) -> dict[str, float]:
     return {"s_per_step": _median_after(seconds), "tok_per_s": _median_after([t / s for t, s in zip(tokens, seconds)])}
 
 
-def run_trl(python: str, model: Path, prompts: Path, out: Path, steps: int) -> dict[str, float]:
+def run_trl(python: str, model: Path, prompts: Path, out: Path, steps: int, nproc: int) -> dict[str, float]:
     env = {**os.environ, "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
-    cmd = [python, str(ROOT / "bench" / "peer_trl.py"), str(model), str(prompts), str(out), str(steps)]
+    script = [str(ROOT / "bench" / "peer_trl.py"), str(model), str(prompts), str(out), str(steps)]
+    cmd = [python, *script]
+    if nproc > 1:  # TRL's own multi-process mode
+        launch = [str(Path(python).with_name("accelerate")), "launch", "--cpu", "--num_processes", str(nproc)]
+        cmd = [*launch, "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", *script]
     res = subprocess.run(cmd, cwd=out.parent, env=env, capture_output=True, text=True)
     if res.returncode:
         raise RuntimeError("TRL failed:\n" + "\n".join((res.stdout + res.stderr).splitlines()[-8:]))
@@ -103,6 +107,7 @@ def run_trl(python: str, model: Path, prompts: Path, out: Path, steps: int) -> d
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.peer", description=__doc__.splitlines()[0])
+    parser.add_argument("--nproc", type=int, nargs="+", default=[1, 2])
     parser.add_argument("--steps", type=int, default=30)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--trl-python", default=str(ROOT / ".venv-trl" / "bin" / "python"))
@@ -113,25 +118,31 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     work = Path(tempfile.mkdtemp(prefix="fastslow-peer-"))
     model, prompts, notes = prepare(work)
-    results: dict[str, list[dict[str, float]]] = {"fastslow": [], "trl": []}
     load = [os.getloadavg()[0]]
-    for r in range(args.rounds):
-        order = ["fastslow", "trl"] if r % 2 == 0 else ["trl", "fastslow"]
-        for name in order:
-            if name == "fastslow":
-                results[name].append(run_fastslow(work, work / f"fs-{r}", args.steps))
-            else:
-                results[name].append(run_trl(args.trl_python, model, prompts, work / f"trl-{r}.jsonl", args.steps))
-            print(f"round {r + 1} {name}: {results[name][-1]}", flush=True)
+    per_nproc: dict[int, dict[str, list[dict[str, float]]]] = {}
+    for nproc in args.nproc:
+        results: dict[str, list[dict[str, float]]] = {"fastslow": [], "trl": []}
+        for r in range(args.rounds):
+            order = ["fastslow", "trl"] if r % 2 == 0 else ["trl", "fastslow"]
+            for name in order:
+                if name == "fastslow":
+                    got = run_fastslow(work, work / f"fs-{nproc}-{r}", args.steps, nproc)
+                else:
+                    out = work / f"trl-{nproc}-{r}.jsonl"
+                    got = run_trl(args.trl_python, model, prompts, out, args.steps, nproc)
+                results[name].append(got)
+                print(f"{nproc} proc, round {r + 1}, {name}: {got}", flush=True)
+        per_nproc[nproc] = results
     load.append(os.getloadavg()[0])
-    summary = summarize(results)
-    lines = report(summary, results, [*notes, *UNMATCHED], load, args)
+    summaries = {n: summarize(res) for n, res in per_nproc.items()}
+    lines = report(summaries, [*notes, *UNMATCHED], load, args)
     print("\n".join(lines))
     from bench._harness import results_stem
 
     stem = args.out / f"peer_{results_stem()}"
     stem.parent.mkdir(parents=True, exist_ok=True)
-    stem.with_suffix(".json").write_text(json.dumps({"summary": summary, "rounds": results, "load": load}, indent=1))
+    data = {"summary": summaries, "rounds": per_nproc, "load": load}
+    stem.with_suffix(".json").write_text(json.dumps(data, indent=1))
     stem.with_suffix(".md").write_text("\n".join(lines) + "\n")
     return 0
 
@@ -142,24 +153,25 @@ def summarize(results: dict[str, list[dict[str, float]]]) -> dict[str, Any]:
     return {**med, "ratio_time": med["fastslow"]["s_per_step"] / med["trl"]["s_per_step"]}
 
 
-def report(summary: dict[str, Any], results: dict, notes: list[str], load: list[float], args: Any) -> list[str]:
-    f, t = summary["fastslow"], summary["trl"]
-    return [
-        f"# fastslow vs TRL GRPOTrainer, 1 process x 1 thread ({time.strftime('%Y-%m-%d')}, {os.cpu_count()} CPUs)",
+def report(summaries: dict[int, dict[str, Any]], notes: list[str], load: list[float], args: Any) -> list[str]:
+    """The markdown report: one row per process count and trainer, the ratio, what was not matched."""
+    lines = [
+        f"# fastslow vs TRL GRPOTrainer ({time.strftime('%Y-%m-%d')}, {os.cpu_count()} CPUs, 1 thread a process)",
         "",
         f"{args.rounds} rounds, {args.steps} steps each, medians of steps 6-{args.steps}; load average "
         f"{load[0]:.2f} before, {load[1]:.2f} after.",
         "",
-        "| trainer | s/step | generated tok/s |",
-        "| --- | --- | --- |",
-        f"| fastslow | {f['s_per_step']:.3f} | {f['tok_per_s']:,.0f} |",
-        f"| TRL 1.16.0 | {t['s_per_step']:.3f} | {t['tok_per_s']:,.0f} |",
-        "",
-        f"fastslow / TRL time per step: {summary['ratio_time']:.2f}x (goal <= 0.75x)",
-        "",
-        "Not matched:",
-        *[f"- {n}" for n in notes],
+        "| processes | trainer | s/step | generated tok/s | fastslow / TRL time |",
+        "| --- | --- | --- | --- | --- |",
     ]
+    for nproc, s in summaries.items():
+        f, t = s["fastslow"], s["trl"]
+        mode = "torchrun, FSDP2" if nproc > 1 else "one process"
+        trl_mode = "accelerate launch, DDP" if nproc > 1 else "one process"
+        lines.append(f"| {nproc} | fastslow ({mode}) | {f['s_per_step']:.3f} | {f['tok_per_s']:,.0f} | "
+                     f"{s['ratio_time']:.2f}x |")  # fmt: skip
+        lines.append(f"| {nproc} | TRL 1.16.0 ({trl_mode}) | {t['s_per_step']:.3f} | {t['tok_per_s']:,.0f} | |")
+    return [*lines, "", "Goal: fastslow / TRL <= 0.75x.", "", "Not matched:", *[f"- {n}" for n in notes]]
 
 
 if __name__ == "__main__":

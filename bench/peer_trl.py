@@ -1,6 +1,7 @@
 """TRL's GRPOTrainer on the built-in job, for `bench.peer`: run with the TRL environment's Python (`.venv-trl`).
 
     python bench/peer_trl.py MODEL_DIR PROMPTS.jsonl OUT.jsonl STEPS
+    accelerate launch --cpu --num_processes N bench/peer_trl.py ...   # TRL's own multi-process mode (DDP, gloo)
 
 MODEL_DIR is the warm-started built-in model (`bench.peer` writes it), PROMPTS.jsonl the synthetic task's prompts
 and answers; every optimizer step appends `{"step", "seconds", "completion_tokens"}` to OUT.jsonl. The reward is
@@ -11,6 +12,7 @@ scored wrong, as `reward.truncated = "wrong"`), imported from this checkout. Imp
 from __future__ import annotations
 
 import json
+import os
 import sys
 import time
 from pathlib import Path
@@ -20,7 +22,7 @@ sys.path.insert(0, str(ROOT))
 
 SETTINGS = {
     "num_generations": 8,  # rollout.group_size
-    "per_device_train_batch_size": 128,  # 16 prompts x 8 completions, one optimizer step per generation batch
+    "per_device_train_batch_size": 128,  # 16 prompts x 8 completions / processes, one optimizer step per batch
     "gradient_accumulation_steps": 1,
     "max_completion_length": 20,  # rollout.max_new_tokens
     "temperature": 1.0,
@@ -88,13 +90,16 @@ def main() -> int:
             self.seconds = time.perf_counter() - self.start
 
         def on_log(self, args, state, control, logs=None, **kwargs):
-            if logs and "completions/mean_length" in logs:
-                n = SETTINGS["per_device_train_batch_size"]
+            if rank0 and logs and "completions/mean_length" in logs:  # the logs are already gathered
+                n = 128
                 row = {"step": state.global_step, "seconds": self.seconds,
                        "completion_tokens": logs["completions/mean_length"] * n}  # fmt: skip
                 with out_file.open("a") as f:
                     f.write(json.dumps(row) + "\n")
 
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    SETTINGS["per_device_train_batch_size"] = 128 // world
+    rank0 = int(os.environ.get("RANK", "0")) == 0
     config = GRPOConfig(output_dir=str(out_file.parent / "trl_out"), max_steps=steps, **SETTINGS)
     trainer = GRPOTrainer(
         model=model, reward_funcs=reward, args=config, train_dataset=dataset, processing_class=tok,
