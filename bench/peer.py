@@ -75,7 +75,8 @@ def run_fastslow(work: Path, run: Path, steps: int, nproc: int) -> dict[str, flo
     env.pop("TRITON_INTERPRET", None)
     cmd = [
         sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
-        "-m", "trainer.main", f"logging.run_dir={run}", f"optim.total_steps={steps}", f"warm_start.cache={work / 'warm'}", *FASTSLOW_ARGS,
+        "-m", "trainer.main", f"logging.run_dir={run}", f"optim.total_steps={steps}",
+        f"warm_start.cache={work / 'warm'}", *FASTSLOW_ARGS,
     ]  # fmt: skip
     out = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True)
     if out.returncode:
