@@ -1,9 +1,11 @@
-"""The golden trace: the built-in job's first 20 steps on CPU, recorded in tests/assets/golden/ and reproduced by
-tests/test_golden.py. `make golden` (this file run as a script) writes it again, for a change meant to alter it.
+"""The golden traces: the built-in job's first steps on CPU, recorded in tests/assets/golden/ and reproduced by
+tests/test_golden.py. `make golden` (this file run as a script) writes them again, for a change meant to alter them.
 
-The job is `make run`'s: `torchrun --nproc_per_node=2 -m trainer.main` (gloo, GRPO, `trainer/configs/default.toml`,
-seed 0) at one torch thread per process, with only the overrides in `OVERRIDES`, each for time or for output files
-that are no part of training: config -> warm start -> rollout -> reward -> update, end to end, as shipped.
+The job is `make run`'s: `torchrun --nproc_per_node=2 -m trainer.main` (gloo, `trainer/configs/default.toml`, seed
+0) at one torch thread per process, with only the overrides in `OVERRIDES`, each for time or for output files that
+are no part of training: config -> warm start -> rollout -> reward -> update, end to end, as shipped. `TRACES`: GRPO
+(the default, 20 steps), and SFPO and FAST-GRPO (`algorithm.name`, 8 steps each: the fast inner steps, reposition
+and slow correction; the thinking reward, per-group KL and the Slow2Fast filter).
 """
 
 from __future__ import annotations
@@ -21,12 +23,19 @@ from importlib.metadata import version
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-GOLDEN = ROOT / "tests" / "assets" / "golden" / "default_grpo_cpu.json"
+FOLDER = ROOT / "tests" / "assets" / "golden"
+GOLDEN = FOLDER / "default_grpo_cpu.json"
 REGENERATE = "make golden"
 NPROC = 2
 STEPS = 20
+TRACES: dict[str, tuple[int, tuple[str, ...]]] = {
+    "default_grpo_cpu": (STEPS, ()),
+    "sfpo_cpu": (8, ("algorithm.name=sfpo",)),
+    "fast_grpo_cpu": (8, ("algorithm.name=fast_grpo",)),
+}
+"""Trace name (its file in FOLDER) -> (steps, overrides beside OVERRIDES). The step count is the trace's length
+(`optim.total_steps`: at a constant lr, only the curriculum's progress reads it)."""
 OVERRIDES = (
-    f"optim.total_steps={STEPS}",  # the trace's length (GRPO at a constant lr: nothing else reads it)
     # The default warm start (200 supervised steps of 128) takes ~25 s alone; 30 of 32 (~1 s) give the answer format,
     # so the reward has a signal from step 1 (accuracy ~0.1, mixed groups). The cache is fresh each run (`command`'s
     # warm_start.cache): the supervised pass is part of the trace, never a stale file.
@@ -42,12 +51,13 @@ OVERRIDES = (
 KEYS = ("actor/pg_loss", "actor/grad_norm", "reward", "accuracy", "response_length", "entropy")
 
 
-def command(run_dir: Path | str) -> list[str]:
-    """The job, as `make run` starts it (torchrun via `python -m torch.distributed.run`)."""
+def command(run_dir: Path | str, name: str = "default_grpo_cpu") -> list[str]:
+    """The job, as `make run` starts it (torchrun via `python -m torch.distributed.run`), for trace `name`."""
+    steps, extra = TRACES[name]
     return [
         sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={NPROC}",
         "-m", "trainer.main", f"logging.run_dir={run_dir}", f"warm_start.cache={Path(run_dir).parent / 'warm'}",
-        *OVERRIDES,
+        f"optim.total_steps={steps}", *OVERRIDES, *extra,
     ]  # fmt: skip
 
 
@@ -63,19 +73,25 @@ def environment() -> dict[str, str]:
     }
 
 
-def run_job(tmp: Path, *, timeout: int = 300) -> list[dict[str, float]]:
-    """Runs the job in `tmp` (its run folder and warm-start cache); the trace: `KEYS` of each training row."""
+def run_job(tmp: Path, name: str = "default_grpo_cpu", *, timeout: int = 300) -> list[dict[str, float]]:
+    """Runs trace `name`'s job in `tmp` (its run folder and warm-start cache); the trace: `KEYS` of each training
+    row."""
     # TRITON_INTERPRET=0: the tests set it to 1 for themselves; `make run` has the compiled kernels' dispatch.
     env = dict(os.environ, TRITON_INTERPRET="0", OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
-    out = subprocess.run(command(tmp / "run"), cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout)
+    cmd = command(tmp / "run", name)
+    out = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout)
     if out.returncode != 0:
         raise RuntimeError(f"the golden job failed (exit {out.returncode}):\n{out.stdout[-3000:]}{out.stderr[-6000:]}")
     rows = [json.loads(line) for line in (tmp / "run" / "metrics.jsonl").read_text().splitlines()]
     return [{"step": r["step"], **{k: r[k] for k in KEYS}} for r in rows if r.get("kind") is None]
 
 
-def load() -> dict:
-    return json.loads(GOLDEN.read_text())
+def path_of(name: str) -> Path:
+    return FOLDER / f"{name}.json"
+
+
+def load(name: str = "default_grpo_cpu") -> dict:
+    return json.loads(path_of(name).read_text())
 
 
 def diff(golden: list[dict], got: list[dict], rel: float) -> list[str]:
@@ -95,14 +111,16 @@ def diff(golden: list[dict], got: list[dict], rel: float) -> list[str]:
     return lines
 
 
-def write(path: Path = GOLDEN) -> None:
-    """Runs the job and writes the trace with a header saying how it was made."""
+def write(name: str = "default_grpo_cpu", path: Path | None = None) -> None:
+    """Runs trace `name`'s job and writes the trace with a header saying how it was made."""
+    path = path or path_of(name)
+    steps, extra = TRACES[name]
     with tempfile.TemporaryDirectory(prefix="fastslow_golden_") as tmp:
-        rows = run_job(Path(tmp))
+        rows = run_job(Path(tmp), name)
     header = {
-        "what": f"the built-in job's first {STEPS} steps on CPU (tests/test_golden.py reproduces them)",
-        "command": "OMP_NUM_THREADS=1 TRITON_INTERPRET=0 python " + " ".join(command(Path("TMP", "run"))[1:]),
-        "overrides": list(OVERRIDES),
+        "what": f"the built-in job's first {steps} steps on CPU (tests/test_golden.py reproduces them)",
+        "command": "OMP_NUM_THREADS=1 TRITON_INTERPRET=0 python " + " ".join(command(Path("TMP", "run"), name)[1:]),
+        "overrides": [f"optim.total_steps={steps}", *OVERRIDES, *extra],
         "overrides_why": "a warm start of 30 steps of 32 instead of 200 of 128 (time); eval, plots, TensorBoard "
         "and the HF export off (output, not training); see tests/_golden.py",
         "regenerate": REGENERATE,
@@ -118,5 +136,6 @@ def write(path: Path = GOLDEN) -> None:
 
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--out", type=Path, default=GOLDEN, help="where to write it (default: %(default)s)")
-    write(parser.parse_args().out)
+    parser.add_argument("names", nargs="*", default=list(TRACES), help="traces to write (default: all)")
+    for trace in parser.parse_args().names:
+        write(trace)
