@@ -48,3 +48,25 @@ def test_a_head_bias_is_refused() -> None:
 )
 def test_plain_heads_pass(config) -> None:
     meta_model(config)
+
+
+def test_one_engine_dtype_for_training_and_evaluation() -> None:
+    """Before: on a CPU with `model.dtype = "bfloat16"` training sampled from a bf16 engine and `python -m
+    trainer.eval` from an fp32 one. Both now ask `trainer.model.engine_dtype`."""
+    from types import SimpleNamespace
+
+    from trainer.model import engine_dtype
+
+    cpu, gpu = torch.device("cpu"), torch.device("cuda", 0)
+    bf16, fp32 = torch.bfloat16, torch.float32
+    cases = {("bfloat16", cpu): bf16, ("auto", cpu): fp32, ("float32", cpu): fp32,
+             ("bfloat16", gpu): bf16, ("auto", gpu): bf16, ("float32", gpu): fp32}  # fmt: skip
+    for (dtype, device), want in cases.items():
+        assert engine_dtype(SimpleNamespace(dtype=dtype), device) == want, (dtype, device)
+    import inspect
+
+    from trainer import eval_cli, trainer
+
+    for module in (eval_cli, trainer):
+        source = inspect.getsource(module)
+        assert "engine_dtype(" in source and "cfg.model.dtype ==" not in source and "cfg.model.dtype in" not in source

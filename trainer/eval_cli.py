@@ -28,8 +28,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import torch
-
 from trainer import checkpoint as ckpt
 from trainer.config import Config, ConfigError
 from trainer.config_io import load_config
@@ -114,11 +112,11 @@ def _load_model(cfg: Config, src: ModelSource) -> tuple[Any, Any]:
 
 def _engine(cfg: Config, src: ModelSource, lm: Any, tokenizer: Any, info: Any, workdir: Path) -> Any:
     from trainer.eval import eval_context_tokens
+    from trainer.model import engine_dtype
     from trainer.rollout import build_engine
     from trainer.weight_sync import sync_weights
 
-    on_gpu = info.device.type == "cuda"
-    dtype = torch.bfloat16 if on_gpu and cfg.model.dtype in ("auto", "bfloat16") else torch.float32
+    dtype = engine_dtype(cfg.model, info.device)  # the training run's choice: bf16 on a CPU too with "bfloat16"
     model_dir = None
     if cfg.rollout.engine != "hf":
         model_dir = str(src.path) if src.kind == "hf" else (cfg.model.path or cfg.model.config)

@@ -66,6 +66,18 @@ _WEIGHT_FILES = (
 _TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model", "vocab.json")
 
 
+def mixed_precision(model_cfg: Any, device: torch.device) -> bool:
+    """Whether the run computes in bf16 (FSDP2 mixed precision, a bf16 engine, a bf16 export): `model.dtype =
+    "bfloat16"` on any device, `"auto"` on a GPU. The one place that decides it, for training and evaluation alike."""
+    dtype = getattr(model_cfg, "dtype", "auto")
+    return dtype == "bfloat16" or (device.type == "cuda" and dtype == "auto")
+
+
+def engine_dtype(model_cfg: Any, device: torch.device) -> torch.dtype:
+    """The rollout engine's (and the weight sync's) dtype: bf16 under `mixed_precision`, else fp32."""
+    return torch.bfloat16 if mixed_precision(model_cfg, device) else torch.float32
+
+
 def build_tokenizer() -> PreTrainedTokenizerFast:
     """The built-in tokenizer: one token per word of `trainer.task.VOCAB`, as a `Qwen2Tokenizer`.
 

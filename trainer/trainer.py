@@ -45,7 +45,8 @@ from trainer.data import load_prompts
 from trainer.dist import DistInfo, all_reduce
 from trainer.eval import eval_context_tokens, evaluate, headline, load_eval_sets
 from trainer.metrics import MetricsLogger, system_metrics
-from trainer.model import load_tokenizer
+from trainer.model import engine_dtype as run_engine_dtype
+from trainer.model import load_tokenizer, mixed_precision
 from trainer.rewards import task_for
 from trainer.rollout import build_engine
 from trainer.sampler import PromptSampler
@@ -208,14 +209,14 @@ class Trainer:
             self.eval_sets = load_eval_sets(cfg, self.tokenizer) if cfg.eval.enabled else []
         self._resume_from = self._check_resume()
         on_gpu = info.device.type == "cuda"
-        mixed = cfg.model.dtype == "bfloat16" or (on_gpu and cfg.model.dtype == "auto")  # "bfloat16": on CPU too
+        mixed = mixed_precision(cfg.model, info.device)  # "bfloat16": on CPU too
         torch.manual_seed(cfg.seed)
         a = cfg.algorithm
         needs_ref = a.kl_type != "fixed" or a.kl_coef != 0.0
         with input_errors():  # sharded construction: no rank holds a whole copy of the policy (trainer/build.py)
             models = build_models(cfg, info, self.tokenizer, self.run_dir, mixed_precision=mixed, needs_ref=needs_ref)
         self.policy, self.ref, self.template = models.policy, models.ref, models.template  # template: meta, config
-        engine_dtype = torch.bfloat16 if mixed else torch.float32
+        engine_dtype = run_engine_dtype(cfg.model, info.device)
         self.engine_dtype = engine_dtype
         model_len = cfg.data.max_prompt_tokens + cfg.rollout.max_new_tokens
         if cfg.eval.enabled:  # the engine's context must hold the evaluation's prompts and responses too
