@@ -141,7 +141,7 @@ def test_step(benchmark: Any, device: torch.device, ceil: dict, running: Running
 
         def step() -> None:
             with ours_backend(device):
-                calls.append(train_step(ctx, running.step))
+                calls.append(train_step(ctx, running.step).metrics)
             running.step += 1
 
         work = (lambda: statistics.mean(m["response_length"] * sequences for m in calls[-rounds:]), "tokens/s")

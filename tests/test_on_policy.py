@@ -94,7 +94,7 @@ def test_a_trainer_step_is_the_same_either_way(one_rank, tmp_path: Path) -> None
         trainer = Trainer(cfg, one_rank)
         try:
             with force_backend("torch"):
-                metrics[skip] = train_step(trainer.ctx, 0)
+                metrics[skip] = train_step(trainer.ctx, 0).metrics
             params[skip] = [p.detach().to_local().clone() for p in trainer.policy.parameters()]
         finally:
             trainer.close()

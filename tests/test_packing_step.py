@@ -29,7 +29,7 @@ def test_packed_step_matches_padded(one_rank, tmp_path: Path) -> None:
         trainer = Trainer(cfg, one_rank)
         try:
             with force_backend("torch"):  # the kernels' CPU path, not Triton's interpreter
-                metrics[packing] = train_step(trainer.ctx, 0)
+                metrics[packing] = train_step(trainer.ctx, 0).metrics
         finally:
             trainer.close()
     padded, packed = metrics[False], metrics[True]

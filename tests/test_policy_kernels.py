@@ -123,7 +123,7 @@ def test_reference_trainer_step_matches_fused(one_rank, tmp_path: Path) -> None:
         try:
             assert trainer.policy.kernels == kernels and trainer.ref is not None and trainer.ref.kernels == kernels
             with force_backend("torch"):  # the fused path's CPU implementation, not Triton's interpreter
-                metrics[kernels] = train_step(trainer.ctx, 0)
+                metrics[kernels] = train_step(trainer.ctx, 0).metrics
         finally:
             trainer.close()
     fused, reference = metrics["fused"], metrics["reference"]

@@ -437,8 +437,35 @@ def sync_policy(ctx: StepContext) -> dict[str, float]:
     )
 
 
-def train_step(ctx: StepContext, step: int) -> dict[str, float]:
-    """One step; returns its metrics (identical on every rank)."""
+@dataclass(frozen=True)
+class StepResult:
+    """What a step did, for the Trainer to steer by (the same on every rank), and its metrics, for logging only.
+
+    `skipped`: the filter ran dry with `on_filter_exhausted = "skip"`: no update, no sync. `dry`: the filter ran
+    dry (`rollout/dry`). `diverged`: after the update a parameter is non-finite or above `optim.max_param_abs`.
+    `updates_skipped`: optimizer steps skipped for a non-finite gradient norm (all of them: a bad step).
+    """
+
+    metrics: dict[str, float]
+    skipped: bool = False
+    dry: bool = False
+    diverged: bool = False
+    updates_skipped: int = 0
+
+    @classmethod
+    def of(cls, metrics: dict[str, float]) -> StepResult:
+        """Read the flags from the step's reduced metrics (the one place that knows their keys)."""
+        return cls(
+            metrics=metrics,
+            skipped=metrics.get("rollout/skipped", 0.0) > 0,
+            dry=metrics.get("rollout/dry", 0.0) > 0,
+            diverged=metrics.get("actor/diverged", 0.0) > 0,
+            updates_skipped=int(metrics.get("actor/skipped_updates", 0.0)),
+        )
+
+
+def train_step(ctx: StepContext, step: int) -> StepResult:
+    """One step; returns what it did and its metrics (identical on every rank)."""
     cfg, info = ctx.cfg, ctx.info
     timing: dict[str, float] = {}
     t = time.perf_counter()
@@ -473,4 +500,4 @@ def train_step(ctx: StepContext, step: int) -> dict[str, float]:
     if cfg.algorithm.kl_type != "fixed":
         metrics.update({f"{k}": v for k, v in ctx.kl.metrics().items()})
     metrics.update({f"time/{k}": v for k, v in timing.items()})
-    return metrics
+    return StepResult.of(metrics)

@@ -51,7 +51,7 @@ from trainer.rewards import task_for
 from trainer.rollout import build_engine
 from trainer.sampler import PromptSampler
 from trainer.signals import Interrupted, StopFlag
-from trainer.step import FilterDry, StepContext, sync_policy, train_step
+from trainer.step import FilterDry, StepContext, StepResult, sync_policy, train_step
 
 
 @dataclass
@@ -167,11 +167,11 @@ class DryFilterStop(RuntimeError):
     `rollout.max_dry_steps` dry steps in a row); the message names the checkpoint. Exit status 4."""
 
 
-def is_bad_step(metrics: dict[str, float], optimizer_steps: int) -> bool:
+def is_bad_step(result: StepResult, optimizer_steps: int) -> bool:
     """Every optimizer step of the update was skipped, or a loss or reward metric is non-finite."""
-    if metrics.get("actor/skipped_updates", 0.0) >= optimizer_steps:
+    if result.updates_skipped >= optimizer_steps:
         return True
-    return any(not math.isfinite(metrics[k]) for k in FINITE_METRICS if k in metrics)
+    return any(not math.isfinite(result.metrics[k]) for k in FINITE_METRICS if k in result.metrics)
 
 
 class Trainer:
@@ -417,7 +417,7 @@ class Trainer:
             start = time.perf_counter()
             ckpt.seed_step(cfg.seed, self.step, self.info.rank)
             try:
-                metrics = train_step(c, self.step)
+                result = train_step(c, self.step)
             except Interrupted:  # a signal while a reward call hung: that step cannot finish, so it is dropped
                 return self._interrupted(stop)
             except FilterDry as err:  # on_filter_exhausted = "stop": save the state reached (this step undone), stop
@@ -430,8 +430,8 @@ class Trainer:
                 message = self._bad_message(f"the rollout failed ({err})", "the weights had diverged")
                 raise BadStepsError(message) from err
             self.step += 1
-            diverged = metrics.get("actor/diverged", 0.0) > 0
-            self.bad_steps = self.bad_steps + 1 if diverged or is_bad_step(metrics, optimizer_steps) else 0
+            metrics, diverged = result.metrics, result.diverged
+            self.bad_steps = self.bad_steps + 1 if diverged or is_bad_step(result, optimizer_steps) else 0
             metrics["bad_steps"] = float(self.bad_steps)
             metrics["time/step"] = time.perf_counter() - start
             metrics.update(system_metrics(self.info.device))
@@ -445,7 +445,7 @@ class Trainer:
                 raise BadStepsError(self._bad_message("the update diverged", what))
             if self.bad_steps >= max_bad:
                 raise BadStepsError(self._bad_message(f"{self.bad_steps} bad steps in a row (optim.max_bad_steps)"))
-            self.dry_steps = self.dry_steps + 1 if metrics.get("rollout/dry", 0.0) > 0 else 0
+            self.dry_steps = self.dry_steps + 1 if result.dry else 0
             if cfg.rollout.max_dry_steps and self.dry_steps >= cfg.rollout.max_dry_steps and self.step < total:
                 why = f"the online filter ran dry {self.dry_steps} steps in a row (rollout.max_dry_steps)"
                 raise DryFilterStop(self._dry_stop(f"{why}, the last at step {self.step}"))
