@@ -113,12 +113,13 @@ def _load_model(cfg: Config, src: ModelSource) -> tuple[Any, Any]:
 def _engine(cfg: Config, src: ModelSource, lm: Any, tokenizer: Any, info: Any, workdir: Path) -> Any:
     from trainer.eval import eval_context_tokens
     from trainer.model import engine_dtype
-    from trainer.rollout import build_engine
+    from trainer.rollout import build_engine, engine_spec
     from trainer.weight_sync import sync_weights
 
     dtype = engine_dtype(cfg.model, info.device)  # the training run's choice: bf16 on a CPU too with "bfloat16"
     model_dir = None
-    if cfg.rollout.engine != "hf":
+    own_model = engine_spec(cfg.rollout.engine).own_model
+    if own_model:
         model_dir = str(src.path) if src.kind == "hf" else (cfg.model.path or cfg.model.config)
         if model_dir is None:
             lm.config.save_pretrained(workdir)
@@ -128,7 +129,7 @@ def _engine(cfg: Config, src: ModelSource, lm: Any, tokenizer: Any, info: Any, w
         dtype=dtype, rollout=cfg.rollout, model_dir=model_dir, seed=cfg.seed + info.rank, rank=info.rank,
         world=info.world, max_model_len=eval_context_tokens(cfg),
     )  # fmt: skip
-    if cfg.rollout.engine != "hf":  # the hf engine took `lm` itself; the others build their own model
+    if own_model:  # an engine with a model of its own gets the weights; the hf engine took `lm` itself
         sync_weights(lm, engine, bucket_bytes=cfg.rollout.sync_bucket_bytes, dtype=dtype)
     return engine
 

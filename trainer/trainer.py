@@ -48,7 +48,7 @@ from trainer.metrics import MetricsLogger, system_metrics
 from trainer.model import engine_dtype as run_engine_dtype
 from trainer.model import load_tokenizer, mixed_precision
 from trainer.rewards import task_for
-from trainer.rollout import build_engine
+from trainer.rollout import build_engine, engine_spec
 from trainer.sampler import PromptSampler
 from trainer.signals import Interrupted, StopFlag
 from trainer.step import FilterDry, StepContext, StepResult, sync_policy, train_step
@@ -224,7 +224,8 @@ class Trainer:
         self.engine = build_engine(
             cfg.rollout.engine, make_model=lambda: models.make_engine_model(engine_dtype),
             pad_token_id=self.tokenizer.pad_token_id, device=info.device, dtype=engine_dtype, rollout=cfg.rollout,
-            model_dir=self._engine_model_dir() if cfg.rollout.engine == "vllm" else None, seed=cfg.seed + info.rank,
+            model_dir=self._engine_model_dir() if engine_spec(cfg.rollout.engine).own_model else None,
+            seed=cfg.seed + info.rank,
             rank=info.rank, world=info.world, max_model_len=model_len,
         )  # fmt: skip
         o = cfg.optim

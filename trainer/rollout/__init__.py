@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -14,7 +15,10 @@ from trainer.rollout.vllm_params import VLLMUnavailable
 
 __all__ = [
     "ENGINES",
+    "REGISTRY",
     "Completion",
+    "EngineArgs",
+    "EngineSpec",
     "HFEngine",
     "ParamInfo",
     "RolloutEngine",
@@ -22,9 +26,81 @@ __all__ = [
     "VLLMUnavailable",
     "WeightStream",
     "build_engine",
+    "engine_spec",
 ]
 
-ENGINES = ("hf", "vllm")
+
+@dataclass(frozen=True)
+class EngineArgs:
+    """Everything an engine may be built from (each engine takes what it needs)."""
+
+    make_model: Callable[[], PreTrainedModel]
+    pad_token_id: int
+    device: torch.device | str
+    dtype: torch.dtype
+    rollout: Any = None
+    model_dir: str | None = None
+    seed: int = 0
+    rank: int = 0
+    world: int = 1
+    max_model_len: int = 4096
+
+
+@dataclass(frozen=True)
+class EngineSpec:
+    """An engine in the registry: `build(args)` makes it; `own_model`: it builds its own model from a Hugging Face
+    folder (`EngineArgs.model_dir`, weights synced in afterwards) instead of taking `make_model()`'s copy."""
+
+    build: Callable[[EngineArgs], RolloutEngine]
+    own_model: bool
+
+
+def _build_hf(a: EngineArgs) -> RolloutEngine:
+    return HFEngine(a.make_model, pad_token_id=a.pad_token_id, device=a.device, dtype=a.dtype)
+
+
+def _build_vllm(a: EngineArgs) -> RolloutEngine:
+    from trainer.rollout.vllm_params import require_vllm
+
+    require_vllm()
+    if torch.device(a.device).type != "cuda":
+        raise VLLMUnavailable(f"rollout.engine = 'vllm' needs a CUDA device; this rank runs on {a.device}")
+    rollout = a.rollout
+    if rollout is None or a.model_dir is None:
+        raise ValueError("build_engine('vllm'): needs `rollout` (the rollout config) and `model_dir`")
+    from trainer.rollout.vllm_engine import VLLMColocatedEngine, VLLMServerEngine
+
+    bucket_bytes = rollout.sync_bucket_bytes
+    if rollout.vllm_mode == "server":
+        return VLLMServerEngine(
+            base_url=rollout.vllm_server_url, rank=a.rank, nccl_address=rollout.vllm_nccl_address,
+            nccl_port=rollout.vllm_nccl_port, server_workers=rollout.vllm_server_workers,
+            bucket_bytes=bucket_bytes, timeout_s=rollout.vllm_timeout_s,
+            weight_transfer=rollout.vllm_weight_transfer,
+        )  # fmt: skip
+    return VLLMColocatedEngine(
+        model_dir=a.model_dir, dtype=a.dtype, seed=a.seed, rank=a.rank, world=a.world,
+        tensor_parallel_size=rollout.vllm_tensor_parallel_size,
+        gpu_memory_utilization=rollout.vllm_gpu_memory_utilization,
+        max_model_len=rollout.vllm_max_model_len or a.max_model_len, sleep_level=rollout.vllm_sleep_level,
+        enforce_eager=rollout.vllm_enforce_eager, weight_transfer=rollout.vllm_weight_transfer,
+        bucket_bytes=bucket_bytes,
+    )  # fmt: skip
+
+
+REGISTRY: dict[str, EngineSpec] = {
+    "hf": EngineSpec(_build_hf, own_model=False),
+    "vllm": EngineSpec(_build_vllm, own_model=True),
+}
+"""`rollout.engine` name -> its spec. A new engine is one entry here (and its name in `RolloutConfig.engine`)."""
+ENGINES = tuple(REGISTRY)
+
+
+def engine_spec(name: str) -> EngineSpec:
+    """The registry entry of `name`; a ValueError naming the allowed ones otherwise."""
+    if name not in REGISTRY:
+        raise ValueError(f"rollout.engine = {name!r}: unknown engine; allowed: {', '.join(map(repr, ENGINES))}")
+    return REGISTRY[name]
 
 
 def build_engine(
@@ -41,7 +117,8 @@ def build_engine(
     world: int = 1,
     max_model_len: int = 4096,
 ) -> RolloutEngine:
-    """The engine named by `rollout.engine`: "hf" (transformers, CPU or GPU) or "vllm" (CUDA, vllm installed).
+    """The engine named by `rollout.engine` (`REGISTRY`): "hf" (transformers, CPU or GPU) or "vllm" (CUDA, vllm
+    installed).
 
     `make_model` builds a fresh copy of the trained model's architecture for the hf engine (weights are synced in
     later); it must not return the trained model itself, whose parameters become FSDP2 shards. The vllm engine
@@ -49,32 +126,8 @@ def build_engine(
     and takes its settings from `rollout` (a `RolloutConfig`: `vllm_mode` and the `vllm_*` keys). Raises
     `VLLMUnavailable` (saying `pip install .[vllm]`) when vllm cannot be used here.
     """
-    if name == "hf":
-        return HFEngine(make_model, pad_token_id=pad_token_id, device=device, dtype=dtype)
-    if name == "vllm":
-        from trainer.rollout.vllm_params import require_vllm
-
-        require_vllm()
-        if torch.device(device).type != "cuda":
-            raise VLLMUnavailable(f"rollout.engine = 'vllm' needs a CUDA device; this rank runs on {device}")
-        if rollout is None or model_dir is None:
-            raise ValueError("build_engine('vllm'): needs `rollout` (the rollout config) and `model_dir`")
-        from trainer.rollout.vllm_engine import VLLMColocatedEngine, VLLMServerEngine
-
-        bucket_bytes = rollout.sync_bucket_bytes
-        if rollout.vllm_mode == "server":
-            return VLLMServerEngine(
-                base_url=rollout.vllm_server_url, rank=rank, nccl_address=rollout.vllm_nccl_address,
-                nccl_port=rollout.vllm_nccl_port, server_workers=rollout.vllm_server_workers,
-                bucket_bytes=bucket_bytes, timeout_s=rollout.vllm_timeout_s,
-                weight_transfer=rollout.vllm_weight_transfer,
-            )  # fmt: skip
-        return VLLMColocatedEngine(
-            model_dir=model_dir, dtype=dtype, seed=seed, rank=rank, world=world,
-            tensor_parallel_size=rollout.vllm_tensor_parallel_size,
-            gpu_memory_utilization=rollout.vllm_gpu_memory_utilization,
-            max_model_len=rollout.vllm_max_model_len or max_model_len, sleep_level=rollout.vllm_sleep_level,
-            enforce_eager=rollout.vllm_enforce_eager, weight_transfer=rollout.vllm_weight_transfer,
-            bucket_bytes=bucket_bytes,
-        )  # fmt: skip
-    raise ValueError(f"rollout.engine = {name!r}: unknown engine; allowed: {', '.join(repr(e) for e in ENGINES)}")
+    args = EngineArgs(
+        make_model=make_model, pad_token_id=pad_token_id, device=device, dtype=dtype, rollout=rollout,
+        model_dir=model_dir, seed=seed, rank=rank, world=world, max_model_len=max_model_len,
+    )  # fmt: skip
+    return engine_spec(name).build(args)
