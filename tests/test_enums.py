@@ -1,0 +1,46 @@
+"""Each choice the config offers is the set its owner accepts (issue 26): an enum written at the owner and again in
+the config's `Literal` drifts unnoticed; this ties every such pair."""
+
+from __future__ import annotations
+
+import typing
+
+import pytest
+
+from fastslow.dynamic_kl import KL_MODES
+from fastslow.kernels.grpo_args import LOSS_AGGS, LossAgg
+from trainer.attention import ATTN_IMPLEMENTATIONS
+from trainer.config import DataConfig, ModelConfig, RewardConfig, RolloutConfig
+from trainer.config_algorithm import AlgorithmConfig
+from trainer.policy import KERNELS
+from trainer.rewards import LENGTH_UNITS, ON_ERROR
+from trainer.rollout import ENGINES
+
+
+def _choices(section: type, key: str) -> set[str]:
+    return set(typing.get_args(typing.get_type_hints(section)[key]))
+
+
+@pytest.mark.parametrize(
+    ("section", "key", "owner"),
+    [
+        (AlgorithmConfig, "loss_agg", LOSS_AGGS),
+        (AlgorithmConfig, "kl_type", KL_MODES),
+        (AlgorithmConfig, "length_unit", LENGTH_UNITS),
+        (RewardConfig, "on_error", ON_ERROR),
+        (ModelConfig, "kernels", KERNELS),
+        (ModelConfig, "attn_implementation", ATTN_IMPLEMENTATIONS),
+        (RolloutConfig, "engine", ENGINES),
+    ],
+    ids=lambda v: v if isinstance(v, str) else getattr(v, "__name__", None),
+)
+def test_config_choices_equal_the_owners(section: type, key: str, owner: tuple[str, ...]) -> None:
+    assert _choices(section, key) == set(owner), f"{section.__name__}.{key} and its owner disagree"
+
+
+def test_the_kernels_loss_agg_type_is_its_tuple() -> None:
+    assert set(typing.get_args(LossAgg)) == set(LOSS_AGGS)
+
+
+def test_data_choices() -> None:
+    assert _choices(DataConfig, "on_long_prompt") == {"skip", "error"}  # trainer.data's _too_long takes these
