@@ -42,8 +42,9 @@ def _rss_bytes() -> int:
     return pages * os.sysconf("SC_PAGE_SIZE")
 
 
-def make_folder(folder: Path, *, hidden: int, layers: int, intermediate: int) -> int:
-    """A random Qwen2 (untied, the built-in tokenizer) saved to `folder` unless there; returns its fp32 bytes."""
+def make_folder(folder: Path, *, hidden: int, layers: int, intermediate: int, vocab: int = 0) -> int:
+    """A random Qwen2 (untied, the built-in tokenizer; `vocab` > its size pads the embedding and head to that many
+    rows, as real tokenizers' vocabularies are) saved to `folder` unless there; returns its fp32 bytes."""
     import torch
     from transformers import Qwen2Config, Qwen2ForCausalLM
 
@@ -52,7 +53,7 @@ def make_folder(folder: Path, *, hidden: int, layers: int, intermediate: int) ->
     tok = build_tokenizer()
     heads = max(1, hidden // 64)
     config = Qwen2Config(
-        vocab_size=len(tok), hidden_size=hidden, intermediate_size=intermediate, num_hidden_layers=layers,
+        vocab_size=max(len(tok), vocab), hidden_size=hidden, intermediate_size=intermediate, num_hidden_layers=layers,
         num_attention_heads=heads, num_key_value_heads=heads, max_position_embeddings=1024,
         tie_word_embeddings=False, pad_token_id=tok.pad_token_id, bos_token_id=tok.bos_token_id,
         eos_token_id=tok.eos_token_id,
@@ -123,12 +124,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--hidden", type=int, default=512)
     parser.add_argument("--layers", type=int, default=14)
     parser.add_argument("--intermediate", type=int, default=1536)
+    parser.add_argument("--vocab", type=int, default=0, help="embedding rows (0: the built-in tokenizer's 31)")
     parser.add_argument("--steps", type=int, default=1)
     parser.add_argument("--dir", type=Path, default=Path(tempfile.gettempdir()) / "fastslow_memory_model")
     parser.add_argument("--root", type=Path, default=ROOT, help="the checkout whose trainer runs (to compare two)")
     args = parser.parse_args(argv)
-    folder = args.dir / f"h{args.hidden}_l{args.layers}_i{args.intermediate}"
-    model_bytes = make_folder(folder, hidden=args.hidden, layers=args.layers, intermediate=args.intermediate)
+    folder = args.dir / f"h{args.hidden}_l{args.layers}_i{args.intermediate}_v{args.vocab}"
+    sizes = dict(hidden=args.hidden, layers=args.layers, intermediate=args.intermediate, vocab=args.vocab)
+    model_bytes = make_folder(folder, **sizes)
     for world in args.world:
         print(json.dumps(measure(folder, world, model_bytes, steps=args.steps, root=args.root)), flush=True)
     return 0

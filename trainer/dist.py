@@ -161,6 +161,12 @@ def parallelize(
         kwargs["offload_policy"] = CPUOffloadPolicy(pin_memory=info.device.type == "cuda")
     for layer in layers:
         fully_shard(layer, **kwargs)
+    embed = policy.lm.get_input_embeddings()
+    head = policy.lm.get_output_embeddings()
+    if head is None or embed.weight is not head.weight:  # untied: the embedding is a unit of its own
+        # Gathered only around the lookup (and its backward) instead of for the whole pass with the root's head:
+        # with a real vocabulary the embedding is a large part of the model (torchtitan shards it apart too).
+        fully_shard(embed, **kwargs)
     fully_shard(policy, **kwargs)
     for name in getattr(policy, "FSDP_FORWARD_METHODS", ()):  # forward passes besides `forward` (Policy.loss)
         register_fsdp_forward_method(policy, name)
