@@ -68,7 +68,7 @@ lock:
 test-latest:
 	rm -rf .venv-latest && $(PYTHON) -m venv .venv-latest
 	.venv-latest/bin/python -m pip install -q "$(TORCH_SPEC)"
-	.venv-latest/bin/python -m pip install -q --upgrade --upgrade-strategy eager -e ".[dev]"
+	.venv-latest/bin/python -m pip install -q --upgrade --upgrade-strategy eager -e ".[$(LOCK_EXTRAS)]"
 	.venv-latest/bin/python tools/lock.py diff $(LOCK)
 	.venv-latest/bin/python -m pytest tests -q -n $(TEST_WORKERS) --dist loadfile $(PYTEST_ARGS)
 
