@@ -297,7 +297,7 @@ def test_standalone_reproduces_the_runs_last_evaluation(trained, model, tmp_path
 
 
 def test_standalone_help_and_bad_model(tmp_path: Path, capsys) -> None:
-    from trainer.eval_cli import main
+    from trainer.eval.cli import main
 
     with pytest.raises(SystemExit) as exit_info:
         main(["--help"])

@@ -1,4 +1,4 @@
-"""trainer.eval_metrics on hand-made cases: pass@k against brute-force enumeration, maj@n votes and ties, lengths
+"""trainer.eval.metrics on hand-made cases: pass@k against brute-force enumeration, maj@n votes and ties, lengths
 split by correctness, the per-difficulty split."""
 
 from __future__ import annotations
@@ -8,7 +8,7 @@ import math
 
 import pytest
 
-from trainer.eval_metrics import (
+from trainer.eval.metrics import (
     PromptResult,
     difficulty_label,
     eval_metrics,

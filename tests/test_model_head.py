@@ -65,7 +65,8 @@ def test_one_engine_dtype_for_training_and_evaluation() -> None:
         assert engine_dtype(SimpleNamespace(dtype=dtype), device) == want, (dtype, device)
     import inspect
 
-    from trainer import eval_cli, trainer
+    from trainer import trainer
+    from trainer.eval import cli as eval_cli
 
     for module in (eval_cli, trainer):
         source = inspect.getsource(module)

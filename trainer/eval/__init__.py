@@ -2,7 +2,7 @@
 
 The trainer calls `evaluate` before the first step (after the first weight sync), every `eval.every` steps and at
 the end; `python -m trainer.eval MODEL` runs it standalone on a Hugging Face folder or a checkpoint
-(`trainer.eval_cli`). One evaluation, for each source of `eval.source`:
+(`trainer.eval.cli`). One evaluation, for each source of `eval.source`:
 
 1. Prompts: the synthetic task's held-out split (`trainer.task.make_dataset(..., split="eval")`, disjoint from the
    training prompts) or a JSONL / Parquet file, through `trainer.data` like the training prompts (same columns,
@@ -18,9 +18,9 @@ the end; `python -m trainer.eval MODEL` runs it standalone on a Hugging Face fol
    files; a response cut at the token limit is wrong under `reward.truncated = "wrong"`, as in training). The
    vote's answers are `trainer.task.check(...).predicted` and `fastslow.math_reward.extract_answer`; two incorrect
    math answers are the same vote when they are equal as stripped strings or `answers_match` says so (normalised
-   strings, then math-verify), see `trainer.eval_metrics.majority_correct`.
+   strings, then math-verify), see `trainer.eval.metrics.majority_correct`.
 5. Every rank's per-prompt results are gathered to every rank, which all compute the same metrics
-   (`trainer.eval_metrics`): `eval/<source>/avg@n`, `pass@k`, `maj@n`, `length`, `length_correct`,
+   (`trainer.eval.metrics`): `eval/<source>/avg@n`, `pass@k`, `maj@n`, `length`, `length_correct`,
    `length_incorrect`, `format`, `prompts`, `skipped_prompts`, and `eval/<source>/level_<d>/...` per difficulty.
 """
 
@@ -45,7 +45,7 @@ from trainer import rewards
 from trainer import task as synthetic_task
 from trainer.config import eval_source_name
 from trainer.data import load_prompts
-from trainer.eval_metrics import PromptResult, difficulty_label, eval_metrics, majority_correct
+from trainer.eval.metrics import PromptResult, difficulty_label, eval_metrics, majority_correct
 from trainer.rollout import SamplingParams
 
 __all__ = [
@@ -60,7 +60,7 @@ __all__ = [
 ]
 
 SYNTHETIC = "synthetic"
-REPO_ROOT = Path(__file__).resolve().parents[1]
+REPO_ROOT = Path(__file__).resolve().parents[2]
 """Relative `eval.source` paths not found from the working directory are looked up from here."""
 
 
@@ -248,9 +248,3 @@ def evaluate(
             out.update(_evaluate_set(cfg, engine, tokenizer, s, step=step, rank=rank, world=world))
     out["time/eval"] = time.perf_counter() - start
     return out
-
-
-if __name__ == "__main__":
-    from trainer.eval_cli import main
-
-    raise SystemExit(main())
