@@ -43,7 +43,7 @@ native = Extension(
 )
 
 setup(
-    packages=["fastslow", "fastslow.kernels", "trainer", "trainer.eval", "trainer.rollout"],
+    packages=["fastslow", "fastslow.kernels", "trainer", "trainer.checkpoint", "trainer.eval", "trainer.rollout"],
     package_data={"trainer": ["configs/*.toml"]},
     ext_modules=[native],
     cmdclass={"build_ext": OptionalNativeBuild},

@@ -1,4 +1,4 @@
-"""trainer.checkpoint_check: a damaged checkpoint is named (the file and what is wrong) and `--resume auto` falls
+"""trainer.checkpoint.check: a damaged checkpoint is named (the file and what is wrong) and `--resume auto` falls
 back to the newest whole one; the trainer state is written once and loads at any world size (older per-rank files
 too); each step's RNG streams come from (seed, step, rank). World size 1, in this process; the runs under torchrun
 are in tests/test_resume_any_world.py."""
@@ -16,8 +16,8 @@ import torch
 from test_trainer_checkpoint import _lm, _sharded, _train
 
 from trainer.checkpoint import TRAINER_STATE, load_checkpoint, save_checkpoint, seed_step, trainer_state_file
-from trainer.checkpoint_check import damage, resume_candidates
-from trainer.checksums import CHECKSUMS
+from trainer.checkpoint.check import damage, resume_candidates
+from trainer.checkpoint.checksums import CHECKSUMS
 
 
 def _cut(path: Path) -> None:

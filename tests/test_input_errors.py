@@ -286,7 +286,7 @@ def test_auto_resume_skips_a_damaged_checkpoint_for_the_previous_one(
 
 
 def _damage_all(run: Path) -> list[str]:
-    from trainer.checkpoint_check import resume_candidates
+    from trainer.checkpoint.check import resume_candidates
 
     return resume_candidates(run).warnings
 

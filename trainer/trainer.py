@@ -36,9 +36,11 @@ import torch
 import torch.distributed as dist
 
 from trainer import checkpoint as ckpt
-from trainer import checkpoint_check, resume_check, reward_worker, run_lock
+from trainer import reward_worker, run_lock
 from trainer.algorithm_build import build_algorithm
 from trainer.build import build_models, build_optimizer
+from trainer.checkpoint import check as checkpoint_check
+from trainer.checkpoint import resume as resume_check
 from trainer.config import Config, ConfigError, InputError, input_errors
 from trainer.config_io import save_toml
 from trainer.data import load_prompts
@@ -316,9 +318,9 @@ class Trainer:
         built. Rank 0 looks and every rank takes its answer, so all ranks resume from the same step.
 
         `--resume auto`: the run folder's complete checkpoints, `latest` first, then newest first; each damaged one
-        (`trainer.checkpoint_check.damage`) is named in a warning line and left out, and if every one is damaged
+        (`trainer.checkpoint.check.damage`) is named in a warning line and left out, and if every one is damaged
         that is an error. An explicit path must be a whole checkpoint folder. The config may differ from the saved
-        one only in keys that can change (`trainer.resume_check`; the changes are printed in one line).
+        one only in keys that can change (`trainer.checkpoint.resume`; the changes are printed in one line).
         """
         how = self.cfg.checkpoint.resume
         if how in ("", "none"):

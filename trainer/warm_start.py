@@ -34,7 +34,8 @@ from safetensors import safe_open
 from safetensors.torch import load_model, save_model
 from transformers import PretrainedConfig, PreTrainedModel, PreTrainedTokenizerBase
 
-from trainer import checksums, task
+from trainer import task
+from trainer.checkpoint import checksums
 from trainer.data import encode_prompts
 from trainer.signals import Interrupted, stop_requested
 
@@ -183,8 +184,8 @@ def ensure_cache(
 
 def cache_damage(path: Path) -> str | None:
     """What is wrong with a cached warm start, one phrase naming the file; None when it is whole. Its sidecar JSON
-    records the file's size and CRC-32 (`trainer.checksums`; a cache written before that is checked by its header
-    only)."""
+    records the file's size and CRC-32 (`trainer.checkpoint.checksums`; a cache written before that is checked by
+    its header only)."""
     side = path.with_suffix(".json")
     try:
         info = json.loads(side.read_text(encoding="utf-8")) if side.exists() else {}

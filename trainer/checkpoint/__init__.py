@@ -7,7 +7,7 @@ Layout of a run folder::
         .metadata, __0_0.distcp, ...  torch.distributed.checkpoint: model and optimizer, resharding-capable
         trainer_state.pt              torch.save of plain python values and tensors; loads with weights_only=True
         meta.json                     step, world size, torch version
-        checksums.json                size and CRC-32 of every file above (trainer.checksums), checked at resume
+        checksums.json                size and CRC-32 of every file above (`checksums`), checked at resume
       step_00000050.tmp/              a save in progress, or one killed midway: never loaded, removed by the next save
       latest                          the name of the newest complete folder (written last, via os.replace)
     hf/                               `export_hf`: safetensors + config + tokenizer
@@ -50,7 +50,7 @@ from torch.distributed.checkpoint.state_dict import (
     set_state_dict,
 )
 
-from trainer import checksums
+from trainer.checkpoint import checksums
 from trainer.param_names import hf_name
 
 CHECKPOINTS = "checkpoints"

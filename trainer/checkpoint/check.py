@@ -1,12 +1,12 @@
 """Damaged checkpoints: a cheap check that a checkpoint folder is whole, and which checkpoints `--resume auto` tries.
 
-A checkpoint folder is renamed into place only once every rank has written it (trainer/checkpoint.py), so a save
+A checkpoint folder is renamed into place only once every rank has written it (`trainer.checkpoint`), so a save
 killed midway never looks complete; what this guards against is damage afterwards: a file cut short by a full disk
 or a copy that stopped, a file removed. `damage` reads what is small (meta.json, DCP's `.metadata`, the trainer
 state) and only the sizes of the shard files: DCP's metadata gives, for every tensor and object it stored, the file,
 offset and length of its bytes, so a `.distcp` file shorter than the end of its last item is cut short. That costs
 a few milliseconds whatever the model's size. Bytes changed in place are found by the checksums every checkpoint
-folder holds (`trainer.checksums`, ~2 GB/s: every byte is read once); a checkpoint written before them is checked by
+folder holds (`checksums`, ~2 GB/s: every byte is read once); a checkpoint written before them is checked by
 size only, and a load that then fails is skipped by the Trainer as well.
 """
 
@@ -18,8 +18,7 @@ from typing import NamedTuple
 
 import torch
 
-from trainer import checksums
-from trainer.checkpoint import CHECKPOINTS, LATEST, TRAINER_STATE, complete_checkpoints
+from trainer.checkpoint import CHECKPOINTS, LATEST, TRAINER_STATE, checksums, complete_checkpoints
 
 __all__ = ["ResumeChoice", "damage", "one_line", "resume_candidates"]
 
