@@ -12,7 +12,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -33,33 +33,26 @@ def _torchrun(run_dir: Path, *args: str, nproc: int = 2) -> subprocess.Popen:
     return subprocess.Popen(cmd, cwd=ROOT, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 
 
-def _mount_tmpfs(where: Path, size: str) -> None:
-    if os.geteuid() != 0:
-        pytest.skip("mounting a tmpfs needs root")
-    where.mkdir()
-    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(where)], capture_output=True)
-    if mounted.returncode:
-        pytest.skip("mount -t tmpfs is not permitted here")
-
-
 @pytest.fixture
-def tmpfs(tmp_path: Path) -> Iterator[Path]:
-    """A 1.5 MB tmpfs (root only): room for a run folder's first files, not for a checkpoint."""
-    _mount_tmpfs(tmp_path / "fs", "1500k")
-    try:
-        yield tmp_path / "fs"
-    finally:
-        subprocess.run(["umount", "-l", str(tmp_path / "fs")], check=False)
+def mount_tmpfs(tmp_path: Path) -> Iterator[Callable[[str], Path]]:
+    """`mount_tmpfs(size)` mounts a tmpfs of that size (root only; skipped with a reason elsewhere), unmounted after
+    the test."""
+    mounted: list[Path] = []
 
+    def mount(size: str) -> Path:
+        if os.geteuid() != 0:
+            pytest.skip("mounting a tmpfs needs root")
+        where = tmp_path / f"fs{len(mounted)}"
+        where.mkdir()
+        out = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(where)], capture_output=True)
+        if out.returncode:
+            pytest.skip("mount -t tmpfs is not permitted here")
+        mounted.append(where)
+        return where
 
-@pytest.fixture
-def roomy_tmpfs(tmp_path: Path) -> Iterator[Path]:
-    """A 64 MB tmpfs (root only), to be made read-only."""
-    _mount_tmpfs(tmp_path / "fs", "64m")
-    try:
-        yield tmp_path / "fs"
-    finally:
-        subprocess.run(["umount", "-l", str(tmp_path / "fs")], check=False)
+    yield mount
+    for where in mounted:
+        subprocess.run(["umount", "-l", str(where)], check=False)
 
 
 def test_a_master_port_in_use_is_one_line(tmp_path: Path, capfd, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -81,10 +74,11 @@ def test_a_run_folder_name_too_long_is_one_line(tmp_path: Path, capfd) -> None:
     assert lines == [f"error: logging.run_dir = {str(run)!r}: cannot use it (File name too long)"]
 
 
-def test_a_read_only_run_folder_on_resume_is_one_line(roomy_tmpfs: Path, capfd) -> None:
-    run = roomy_tmpfs / "run"
+def test_a_read_only_run_folder_on_resume_is_one_line(mount_tmpfs, capfd) -> None:
+    fs = mount_tmpfs("64m")
+    run = fs / "run"
     assert main([f"logging.run_dir={run}", *QUICK]) == 0
-    subprocess.run(["mount", "-o", "remount,ro", str(roomy_tmpfs)], check=True)
+    subprocess.run(["mount", "-o", "remount,ro", str(fs)], check=True)
     capfd.readouterr()
     assert main([f"logging.run_dir={run}", *QUICK, "--resume", "auto"]) == 2
     lines = capfd.readouterr().err.strip().splitlines()
@@ -93,9 +87,10 @@ def test_a_read_only_run_folder_on_resume_is_one_line(roomy_tmpfs: Path, capfd) 
 
 @pytest.mark.distributed
 @pytest.mark.slow
-def test_a_full_disk_during_a_checkpoint_is_one_line(tmpfs: Path) -> None:
-    """Before: a traceback per rank. The save fails on the rank whose shard did not fit; rank 0 names it."""
-    proc = _torchrun(tmpfs / "run", "optim.total_steps=3", "checkpoint.every=1")
+def test_a_full_disk_during_a_checkpoint_is_one_line(mount_tmpfs) -> None:
+    """Before: a traceback per rank. The save fails on the rank whose shard did not fit; rank 0 names it. 1.5 MB:
+    room for a run folder's first files, not for a checkpoint."""
+    proc = _torchrun(mount_tmpfs("1500k") / "run", "optim.total_steps=3", "checkpoint.every=1")
     out, _ = proc.communicate(timeout=240)
     assert proc.returncode != 0
     lines = [ln for ln in out.splitlines() if ln.startswith("rank ")]

@@ -8,7 +8,6 @@ No module imports a layer above its own, at module level or inside a function. M
 from __future__ import annotations
 
 import ast
-import itertools
 import json
 import os
 import subprocess
@@ -16,55 +15,25 @@ import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "tools"))
+import import_graph  # noqa: E402  (tools/ is no package)
+
 PACKAGES = ("fastslow", "trainer")
 LAYERS = ("fastslow.kernels", "fastslow", "trainer")
 """Lowest first: a module may import its own layer and those before it."""
 
 
 def _module(path: Path) -> str:
-    parts = path.relative_to(ROOT).with_suffix("").parts
-    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
-
-
-def _module_level_imports(path: Path, known: set[str]) -> set[str]:
-    """Project modules imported at module level (inside `if TYPE_CHECKING:` too: a circle for a reader all the
-    same); imports inside functions are deliberate lazy imports and are left out."""
-    out: set[str] = set()
-    body = list(ast.parse(path.read_text(encoding="utf-8")).body)
-    while body:
-        node = body.pop()
-        if isinstance(node, (ast.If, ast.Try)):
-            body += node.body + node.orelse + getattr(node, "handlers", []) + getattr(node, "finalbody", [])
-        elif isinstance(node, ast.ExceptHandler):
-            body += node.body
-        elif isinstance(node, ast.Import):
-            out |= {a.name for a in node.names if a.name in known}
-        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
-            out |= {f"{node.module}.{a.name}" for a in node.names if f"{node.module}.{a.name}" in known}
-            out |= {node.module} if node.module in known else set()
-    return out
+    return import_graph.module_name(ROOT, path)
 
 
 def test_no_import_circles() -> None:
+    """Module-level imports (inside `if TYPE_CHECKING:` too: a circle for a reader all the same; imports inside
+    functions are deliberate lazy imports and are left out) form no circle, a package's `__init__` re-exporting its
+    children excepted. The graph and the search are `tools/import_graph.py`'s."""
     files = {_module(p): p for pkg in PACKAGES for p in (ROOT / pkg).rglob("*.py")}
-    graph = {m: _module_level_imports(p, set(files)) - {m} for m, p in files.items()}
-    circles: list[list[str]] = []
-
-    def visit(node: str, path: list[str], done: set[str]) -> None:
-        for nxt in sorted(graph[node]):
-            if nxt in path:
-                circles.append([*path[path.index(nxt) :], nxt])
-            elif nxt not in done:
-                visit(nxt, [*path, nxt], done)
-        done.add(node)
-
-    done: set[str] = set()
-    for module in sorted(graph):
-        if module not in done:
-            visit(module, [module], done)
-    # A package's __init__ re-exporting its submodules is not a circle that bites: drop parent <-> child pairs.
-    nested = lambda a, b: b.startswith(a + ".") or a.startswith(b + ".")
-    real = [c for c in circles if not any(nested(a, b) for a, b in itertools.pairwise(c))]
+    graph = {m: import_graph.imports(p, set(files), module_level=True) - {m} for m, p in files.items()}
+    real = import_graph.circles(graph)
     assert not real, "module-level import circles: " + "; ".join(" -> ".join(c) for c in real)
 
 
@@ -146,9 +115,6 @@ def test_kernels_import_is_light(tmp_path: Path) -> None:
 def test_the_import_graph_tool_agrees(tmp_path: Path) -> None:
     """`tools/import_graph.py` (the counts quoted in notes) sees this checkout as the tests above do, and counts an
     upward import and a circle where there is one."""
-    sys.path.insert(0, str(ROOT / "tools"))
-    import import_graph
-
     got = import_graph.counts(ROOT)
     assert got["imports up a layer"] == 0 and got["module-level circles"] == 0 and got["modules"] > 50
     for pkg in ("fastslow/kernels", "trainer"):

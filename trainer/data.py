@@ -28,11 +28,9 @@ config (`DataConfig`) sets none of the optional ones; the evaluation (`trainer.e
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import os
-import zlib
 from array import array
 from collections.abc import Callable, Iterator, Sequence
 from functools import partial
@@ -42,7 +40,8 @@ from typing import Any
 from transformers import PreTrainedTokenizerBase
 
 from trainer import task
-from trainer.data_formats import DATA_SUFFIXES, JSON_SUFFIXES, PARQUET_SUFFIXES, Item, Row
+from trainer.data_formats import DATA_SUFFIXES, JSON_SUFFIXES, PARQUET_SUFFIXES, Item, Row, difficulty_key
+from trainer.data_json import json_array_rows, jsonl_rows, parse_line, pick, starts_with_bracket
 from trainer.data_parquet import ParquetItems, import_pyarrow, parquet_rows
 from trainer.sampler import PromptSampler
 
@@ -150,14 +149,14 @@ def load_prompts(data_cfg: Any, tokenizer: PreTrainedTokenizerBase, *, seed: int
         raise FileNotFoundError(f"data.source: {path} does not exist or is not a file")
     suffix = path.suffix.lower()
     if suffix in JSON_SUFFIXES:
-        if suffix == ".json" and _starts_with_bracket(path):
-            return _eager(str(path), _json_array_rows(path, data_cfg), tokenizer, data_cfg)
+        if suffix == ".json" and starts_with_bracket(path):
+            return _eager(str(path), json_array_rows(path, data_cfg), tokenizer, data_cfg)
         stamp = _stamp(path)
         offsets = array("q")
         digest = [0]  # the file's CRC-32, summed while it is read: a later `touch` is told from an edit by it
         skipped = _scan(
             str(path),
-            _jsonl_rows(path, data_cfg, digest),
+            jsonl_rows(path, data_cfg, digest),
             tokenizer,
             data_cfg,
             lambda loc, _: offsets.append(loc),
@@ -301,11 +300,6 @@ class _TokenCounter:
         return fast
 
 
-def difficulty_key(data_cfg: Any) -> str | None:
-    """The difficulty column the config names (`difficulty_key`), None when it names none."""
-    return getattr(data_cfg, "difficulty_key", None) or None
-
-
 def _check_difficulty(where: str, row: str, value: Any) -> Any:
     """A row's difficulty as given (int, float or str; None when absent); a clear error for another type."""
     if value is None or (isinstance(value, (int, float, str)) and not isinstance(value, bool)):
@@ -389,93 +383,6 @@ def _first_surrogate(text: str) -> str:
     return next((f"\\u{ord(c):04x} at character {i}" for i, c in enumerate(text) if 0xD800 <= ord(c) <= 0xDFFF), "")
 
 
-# ------------------------------------------------------------------------------------------------ JSON / JSONL
-
-
-def _starts_with_bracket(path: Path) -> bool:
-    """Whether a .json file is one JSON array (else it is read as JSON lines)."""
-    with path.open("rb") as f:
-        head = f.read(4096)
-        while head and not head.lstrip().lstrip(b"\xef\xbb\xbf").lstrip():
-            head = f.read(4096)
-    return head.lstrip().lstrip(b"\xef\xbb\xbf").lstrip()[:1] == b"["
-
-
-def _json_array_rows(path: Path, data_cfg: Any) -> Iterator[Row]:
-    """(label, prompt, answer, index) of each element of a JSON array (the whole file is parsed: keep these small)."""
-    data = path.read_bytes()
-    try:
-        records = json.loads(_utf8(path, data, 0, "the file"))
-    except (ValueError, RecursionError) as exc:  # bad JSON, an int over 4300 digits, nesting too deep
-        raise ValueError(f"{path}: not valid JSON: {_json_problem(exc)}") from exc
-    if not isinstance(records, list):
-        raise ValueError(f"{path}: expected a JSON array, got {type(records).__name__}")
-    for i, record in enumerate(records):
-        label, prompt, answer, level = _pick(path, f"element {i}", record, data_cfg)
-        yield label, prompt, answer, i, level
-
-
-def _jsonl_rows(path: Path, data_cfg: Any, digest: list[int] | None = None) -> Iterator[Row]:
-    """(label, prompt, answer, byte offset) of each non-blank line of a JSON-lines file, read one line at a time;
-    `digest[0]` ends as the CRC-32 of the whole file."""
-    offset = 0
-    crc = 0
-    with path.open("rb") as f:
-        for lineno, raw in enumerate(f, start=1):
-            crc = zlib.crc32(raw, crc)
-            if digest is not None:
-                digest[0] = crc
-            start, offset = offset, offset + len(raw)
-            record = _parse_line(path, raw, start, f"line {lineno}")
-            if record is not None:
-                label, prompt, answer, level = _pick(path, f"line {lineno}", record, data_cfg)
-                yield label, prompt, answer, start, level
-
-
-def _parse_line(path: Path, raw: bytes, offset: int, row: str) -> Any:
-    """The JSON value of one line (None for a blank line); a clear error for bad UTF-8 or bad JSON."""
-    text = _utf8(path, raw, offset, row)
-    if not text.strip():
-        return None
-    try:
-        return json.loads(text)
-    except (ValueError, RecursionError) as exc:  # bad JSON, an int over 4300 digits, nesting too deep
-        raise ValueError(f"{path}: {row}: not valid JSON: {_json_problem(exc)}") from exc
-
-
-def _json_problem(exc: BaseException) -> str:
-    """What json.loads said, as a phrase a user can act on."""
-    if isinstance(exc, RecursionError):
-        return "nested too deeply to read"
-    text = str(exc)
-    if "integer string conversion" in text:
-        return "a number of more than 4300 digits (write it as a string)"
-    return text
-
-
-def _utf8(path: Path, raw: bytes, offset: int, where: str) -> str:
-    """`raw` decoded as UTF-8 (a BOM at the very start of the file dropped); a clear error naming file and row."""
-    try:
-        return raw.decode("utf-8-sig" if offset == 0 else "utf-8")
-    except UnicodeDecodeError as exc:
-        raise ValueError(
-            f"{path}: {where}: not UTF-8 (byte {raw[exc.start]:#04x} at offset {exc.start}); convert the file to UTF-8"
-        ) from exc
-
-
-def _pick(path: Path, row: str, record: Any, data_cfg: Any) -> tuple[str, Any, Any, Any]:
-    """(row, prompt, answer, difficulty) of one JSON record; a clear error for a non-object or a missing key (the
-    difficulty column is optional: None where it is missing)."""
-    if not isinstance(record, dict):
-        raise ValueError(f"{path}: {row}: expected a JSON object, got {type(record).__name__}")
-    for key, name in ((data_cfg.prompt_key, "data.prompt_key"), (data_cfg.answer_key, "data.answer_key")):
-        if key not in record:
-            keys = ", ".join(sorted(map(str, record)))[:200]
-            raise ValueError(f"{path}: {row}: no key {key!r} ({name}); the row has: {keys}")
-    key = difficulty_key(data_cfg)
-    return row, record[data_cfg.prompt_key], record[data_cfg.answer_key], record.get(key) if key else None
-
-
 def _stamp(path: Path) -> tuple[int, int]:
     st = path.stat()
     return st.st_size, st.st_mtime_ns
@@ -508,11 +415,9 @@ class _JsonlItems(Sequence):
             return True
         if self.crc is None or st.st_size != self.stamp[0]:
             return False
-        crc = 0
-        with self.path.open("rb") as f:
-            while chunk := f.read(16 << 20):
-                crc = zlib.crc32(chunk, crc)
-        if crc != self.crc:
+        from trainer.checkpoint.checksums import file_sum
+
+        if file_sum(self.path)[1] != self.crc:
             return False
         self.stamp = (st.st_size, st.st_mtime_ns)
         return True
@@ -531,10 +436,10 @@ class _JsonlItems(Sequence):
             f.seek(offset)
             raw = f.readline()
         row = f"the line at byte {offset}"
-        record = _parse_line(self.path, raw, offset, row)
+        record = parse_line(self.path, raw, offset, row)
         if record is None:
             raise ValueError(f"{self.path}: {row} is blank; the file changed after it was loaded")
-        return _item(str(self.path), _pick(self.path, row, record, self.data_cfg), self.tokenizer, self.data_cfg)
+        return _item(str(self.path), pick(self.path, row, record, self.data_cfg), self.tokenizer, self.data_cfg)
 
 
 def _item(where: str, row: tuple[str, Any, Any, Any], tokenizer: PreTrainedTokenizerBase, data_cfg: Any) -> Item:

@@ -117,8 +117,9 @@ def init_distributed(parallel: Any = None, *, cpu_offload: bool = False) -> Dist
         try:
             dist.init_process_group(backend, **kwargs)
         except Exception as err:  # DistNetworkError and its kin
-            text = str(err).lower()
-            if "address already in use" in text or "eaddrinuse" in text:
+            from trainer.failure import is_address_in_use
+
+            if is_address_in_use(err):
                 from trainer.config_base import InputError
 
                 port = os.environ.get("MASTER_PORT", "?")

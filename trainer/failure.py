@@ -48,11 +48,26 @@ _PEER_SIGNS = (
 )
 
 
+def first_failure(err: BaseException) -> tuple[int, BaseException] | None:
+    """`trainer.checkpoint.check.first_failure`, imported on use: `trainer.main` imports this module before torch."""
+    if not hasattr(err, "failures"):
+        return None
+    from trainer.checkpoint.check import first_failure as first
+
+    return first(err)
+
+
+def is_address_in_use(err: BaseException) -> bool:
+    """The error is a port already taken (EADDRINUSE), as c10d words it."""
+    text = str(err).lower()
+    return "address already in use" in text or "eaddrinuse" in text
+
+
 def is_peer_loss(err: BaseException) -> bool:
     """The error says another rank went away (a collective broke), not what failed there."""
     name = type(err).__name__
     text = f"{name}: {err}".lower()
-    if "address already in use" in text or "eaddrinuse" in text:  # a port taken: this rank's own problem
+    if is_address_in_use(err):  # a port taken: this rank's own problem
         return False
     return name in ("DistBackendError", "DistNetworkError") or any(sign in text for sign in _PEER_SIGNS)
 
@@ -61,10 +76,9 @@ def one_line(err: BaseException, limit: int = 400) -> str:
     """`Type: first line of the message`, cut to `limit` characters."""
     if isinstance(err, SystemExit):
         return f"SystemExit({err.code!r}) raised by the code being run"
-    failures = getattr(err, "failures", None)  # DCP's CheckpointException: {rank: (exception, stack)}
-    if isinstance(failures, dict) and failures:
-        rank, (inner, _) = sorted(failures.items())[0]
-        return f"{type(err).__name__} (rank {rank}: {one_line(inner, limit - 40)})"
+    first = first_failure(err)  # DCP's CheckpointException: the first rank's own exception
+    if first is not None:
+        return f"{type(err).__name__} (rank {first[0]}: {one_line(first[1], limit - 40)})"
     message = str(err).strip().splitlines()[0] if str(err).strip() else ""
     text = f"{type(err).__name__}: {message}" if message else type(err).__name__
     return text if len(text) <= limit else text[: limit - 3] + "..."
@@ -84,7 +98,7 @@ def report_failure(err: BaseException, *, rank: int, step: int | None, run_dir: 
     if os.environ.get("FASTSLOW_DEBUG") == "1":
         with contextlib.suppress(OSError, ValueError):
             sys.stderr.write(text)
-    collective = isinstance(getattr(err, "failures", None), dict)  # raised on every rank alike: rank 0 speaks
+    collective = first_failure(err) is not None  # raised on every rank alike: rank 0 speaks
     if collective and run_dir is not None:  # a save that failed: the disk is the usual suspect, so say how full
         with contextlib.suppress(OSError):
             line += f" ({shutil.disk_usage(run_dir).free / 2**20:.1f} MiB free on the run folder's disk)"

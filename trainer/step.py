@@ -23,6 +23,7 @@ from trainer.packing import PackedBatch, PackedRow, layout_metrics, pack_batch, 
 from trainer.policy import LossArgs
 from trainer.rollout import SamplingParams
 from trainer.scoring import Group, score_chunk
+from trainer.step_result import StepResult
 from trainer.weight_sync import sync_weights
 
 if TYPE_CHECKING:
@@ -370,11 +371,7 @@ def skips_old_logprobs(cfg: Any, sfpo_on: bool) -> bool:
     bypass mode do; `optim.skip_old_logprobs = false` keeps the pass (a check)."""
     o = cfg.optim
     return (
-        bool(getattr(o, "skip_old_logprobs", True))
-        and o.epochs == 1
-        and o.minibatches == 1
-        and not sfpo_on
-        and not cfg.rollout.is_correction
+        o.skip_old_logprobs and o.epochs == 1 and o.minibatches == 1 and not sfpo_on and not cfg.rollout.is_correction
     )
 
 
@@ -435,33 +432,6 @@ def sync_policy(ctx: StepContext) -> dict[str, float]:
     return sync_weights(
         ctx.policy, ctx.engine, bucket_bytes=ctx.cfg.rollout.sync_bucket_bytes, prefix="lm.", dtype=ctx.sync_dtype
     )
-
-
-@dataclass(frozen=True)
-class StepResult:
-    """What a step did, for the Trainer to steer by (the same on every rank), and its metrics, for logging only.
-
-    `skipped`: the filter ran dry with `on_filter_exhausted = "skip"`: no update, no sync. `dry`: the filter ran
-    dry (`rollout/dry`). `diverged`: after the update a parameter is non-finite or above `optim.max_param_abs`.
-    `updates_skipped`: optimizer steps skipped for a non-finite gradient norm (all of them: a bad step).
-    """
-
-    metrics: dict[str, float]
-    skipped: bool = False
-    dry: bool = False
-    diverged: bool = False
-    updates_skipped: int = 0
-
-    @classmethod
-    def of(cls, metrics: dict[str, float]) -> StepResult:
-        """Read the flags from the step's reduced metrics (the one place that knows their keys)."""
-        return cls(
-            metrics=metrics,
-            skipped=metrics.get("rollout/skipped", 0.0) > 0,
-            dry=metrics.get("rollout/dry", 0.0) > 0,
-            diverged=metrics.get("actor/diverged", 0.0) > 0,
-            updates_skipped=int(metrics.get("actor/skipped_updates", 0.0)),
-        )
 
 
 def train_step(ctx: StepContext, step: int) -> StepResult:

@@ -20,7 +20,7 @@ import torch
 
 from trainer.checkpoint import CHECKPOINTS, LATEST, TRAINER_STATE, checksums, complete_checkpoints
 
-__all__ = ["ResumeChoice", "damage", "one_line", "resume_candidates"]
+__all__ = ["ResumeChoice", "damage", "first_failure", "one_line", "resume_candidates"]
 
 
 def damage(path: Path) -> str | None:
@@ -94,15 +94,23 @@ def resume_candidates(run_dir: Path) -> ResumeChoice:
     return ResumeChoice(candidates, warnings, len(complete), damaged)
 
 
+def first_failure(err: BaseException) -> tuple[int, BaseException] | None:
+    """For DCP's `CheckpointException` (its `failures`: rank -> (exception, stack)), the lowest rank's exception;
+    None for any other error."""
+    failures = getattr(err, "failures", None)
+    if not isinstance(failures, dict) or not failures:
+        return None
+    rank, (inner, _) = sorted(failures.items())[0]
+    return rank, inner
+
+
 def one_line(err: BaseException) -> str:
     """An error's message on one line, shortened (miniz and the unpickler can be wordy). DCP's
     `CheckpointException` (a `BaseException` whose text is every rank's traceback) gives its first rank's error."""
-    failures = getattr(err, "failures", None)
-    if isinstance(failures, dict) and failures:
-        rank, (inner, _) = sorted(failures.items())[0]
-        err = inner
-        prefix = f"rank {rank}: {type(inner).__name__}: "
-    else:
-        prefix = ""
+    first = first_failure(err)
+    prefix = ""
+    if first is not None:
+        rank, err = first
+        prefix = f"rank {rank}: {type(err).__name__}: "
     text = prefix + (" ".join(str(err).split()) or type(err).__name__)
     return text if len(text) <= 160 else text[:157] + "..."
