@@ -26,11 +26,13 @@ from trainer.config_algorithm import FAST_DEFAULTS, AlgorithmConfig
 from trainer.config_base import ConfigError, InputError, _hints, _Section, _suggest, input_errors
 from trainer.config_parallel import ParallelConfig
 from trainer.config_report import EVAL_SUFFIXES, EvalConfig, LoggingConfig, eval_source_name
+from trainer.config_rollout import MIN_TEMPERATURE, RolloutConfig
 from trainer.data_formats import DATA_SUFFIXES, SUFFIX_TEXT
 
 __all__ = [
     "EVAL_SUFFIXES",
     "FAST_DEFAULTS",
+    "MIN_TEMPERATURE",
     "AlgorithmConfig",
     "CheckpointConfig",
     "Config",
@@ -49,10 +51,6 @@ __all__ = [
     "from_dict",
     "input_errors",
 ]
-
-
-MIN_TEMPERATURE = 0.01
-"""The smallest non-zero sampling temperature, for every engine (vLLM's own floor)."""
 
 
 @dataclass
@@ -184,109 +182,6 @@ class DataConfig(_Section):
         self._require(bool(self.prompt_key), "prompt_key", "must not be empty")
         self._require(bool(self.answer_key), "answer_key", "must not be empty")
         self._at_least(1, "max_prompt_tokens")
-
-
-@dataclass
-class RolloutConfig(_Section):
-    """Generation: the engine and its sampling."""
-
-    SECTION = "rollout"
-    engine: Literal["hf", "vllm"] = "hf"
-    """"hf": transformers generation on an unsharded inference copy (CPU or GPU). "vllm": vLLM (CUDA only;
-    `pip install .[vllm]`), colocated or as a server, see `vllm_mode`."""
-    group_size: int = 8
-    """n: responses sampled per prompt (one group)."""
-    prompts_per_step: int = 16
-    """Groups kept per step, across all ranks (divisible by the world size)."""
-    temperature: float = 1.0
-    """Sampling temperature (0: greedy, or at least 0.01); the log-probs of the update use the same temperature."""
-    top_p: float = 1.0
-    """Nucleus sampling mass, in (0, 1]."""
-    max_new_tokens: int = 20
-    """Response length cap in tokens."""
-    sync_bucket_mb: float = 64.0
-    """Weight sync: MiB of full tensors gathered per bucket (bounds the extra memory of a sync)."""
-    max_chunks: int = 4
-    """With a filter on: generation chunks per step at most (see `on_filter_exhausted`)."""
-    on_filter_exhausted: Literal["fill", "partial", "skip", "stop", "error"] = "fill"
-    """When `max_chunks` chunks did not give enough kept groups (the filter ran dry, normal late in training when most
-    groups are all-correct): "fill" tops the batch up with the step's most recently rejected groups (an all-right or
-    all-wrong group has zero advantage, so it adds only its KL term), counted in `rollout/filled_groups`;
-    "partial" trains on the groups kept so far, the same number on every rank (the smallest rank's count);
-    "skip" skips the step's update (the step and its prompts are spent; `rollout/skipped`); "stop" saves a
-    checkpoint and ends the run (exit status 4). "error" is the former name of "stop". Every dry step counts in
-    `rollout/dry`. Default "fill": the run goes on with a full batch whose extra groups cost compute but carry no
-    advantage; the seeds' FAST code refills without any limit instead, which a step cap replaces here."""
-    max_dry_steps: int = 0
-    """Dry filter steps in a row after which the run saves and stops (exit status 4), whatever
-    `on_filter_exhausted` says; 0: no limit."""
-    is_correction: bool = False
-    """Importance-sampling correction for the rollout engine's numerics: each response token's advantage is
-    multiplied by min(exp(trainer old log-prob - engine log-prob), `is_cap`) (truncated IS, as verl's TIS)."""
-    is_cap: float = 2.0
-    """Cap of the importance weight of `is_correction` (>= 1)."""
-    vllm_mode: Literal["colocated", "server"] = "colocated"
-    """vllm engine: "colocated" (an in-process vLLM on each rank's GPU, asleep during the update) or "server"
-    (a running `vllm serve` on other GPUs, weights pushed over NCCL; see README, "vLLM rollouts")."""
-    vllm_tensor_parallel_size: int = 1
-    """Colocated: ranks per vLLM instance (divides the world size)."""
-    vllm_gpu_memory_utilization: float = 0.3
-    """Colocated: fraction of each GPU vLLM may take (weights + KV cache) while awake."""
-    vllm_max_model_len: int = 0
-    """Colocated: vLLM's context length; 0 = data.max_prompt_tokens + max_new_tokens."""
-    vllm_sleep_level: int = 2
-    """Colocated: 2 releases weights and KV cache during the update (the weights are streamed back anyway), 1
-    offloads the weights to CPU memory, 0 keeps everything resident (no sleep mode)."""
-    vllm_enforce_eager: bool = False
-    """Colocated: no CUDA graphs (faster start, slower decoding)."""
-    vllm_weight_transfer: Literal["auto", "native", "extension"] = "auto"
-    """"native": vLLM's weight-transfer engines (IPC colocated, packed NCCL to a server); "extension": a worker
-    extension that calls the model's `load_weights` (colocated: in process; server: NCCL broadcast, the server
-    started with `--worker-extension-cls trainer.rollout.vllm_worker.WeightLoaderExtension`), for a vLLM without
-    that API; "auto": native when the installed vLLM has it."""
-    vllm_server_url: str = "http://127.0.0.1:8000"
-    """Server: base URL of the vLLM server (started with VLLM_SERVER_DEV_MODE=1 and an NCCL weight transfer)."""
-    vllm_server_workers: int = 1
-    """Server: the server's GPU workers (tensor x data parallel); the NCCL group is these plus trainer rank 0."""
-    vllm_nccl_address: str = "127.0.0.1"
-    """Server: address of trainer rank 0 as the server sees it (the NCCL rendezvous)."""
-    vllm_nccl_port: int = 51216
-    """Server: free TCP port on trainer rank 0 for the NCCL rendezvous."""
-    vllm_timeout_s: float = 600.0
-    """Server: seconds an HTTP request may take."""
-
-    @property
-    def sync_bucket_bytes(self) -> int:
-        """`sync_bucket_mb` in bytes: the weight stream's bucket size and the vllm transfer's buffer size."""
-        return int(self.sync_bucket_mb * 2**20)
-
-    def validate(self) -> None:
-        self._at_least(2, "group_size")
-        self._at_least(1, "prompts_per_step", "max_new_tokens", "max_chunks")
-        self._at_least(0, "temperature", "max_dry_steps")
-        self._require(
-            self.temperature == 0 or self.temperature >= MIN_TEMPERATURE,
-            "temperature",
-            f"must be 0 (greedy) or >= {MIN_TEMPERATURE:g}, for every engine: below that the logits divided by it "
-            "overflow, sampling is greedy, and the update sees no entropy and no gradient (vLLM refuses it too)",
-        )
-        if self.on_filter_exhausted == "error":  # the former name
-            self.on_filter_exhausted = "stop"
-        self._require(0 < self.top_p <= 1, "top_p", "must be in (0, 1]")
-        self._require(self.sync_bucket_mb > 0, "sync_bucket_mb", "must be > 0")
-        self._at_least(1, "is_cap", "vllm_tensor_parallel_size", "vllm_server_workers", "vllm_timeout_s")
-        self._require(0 < self.vllm_gpu_memory_utilization < 1, "vllm_gpu_memory_utilization", "must be in (0, 1)")
-        self._require(self.vllm_sleep_level in (0, 1, 2), "vllm_sleep_level", "must be 0, 1 or 2")
-        self._at_least(0, "vllm_max_model_len")
-        self._require(0 < self.vllm_nccl_port < 65536, "vllm_nccl_port", "must be a TCP port (1-65535)")
-        if self.engine == "vllm":
-            from trainer.rollout.vllm_params import temperature_problem, vllm_missing
-
-            problem = temperature_problem(self.temperature)
-            self._require(problem is None, "temperature", problem or "")
-            missing = vllm_missing()
-            if missing:
-                raise ConfigError(missing)
 
 
 @dataclass

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
-__all__ = ["DATA_SUFFIXES", "JSON_SUFFIXES", "PARQUET_SUFFIXES", "SUFFIX_TEXT", "Item", "Row"]
+__all__ = ["DATA_SUFFIXES", "JSON_SUFFIXES", "PARQUET_SUFFIXES", "SUFFIX_TEXT", "Item", "Row", "difficulty_key"]
 
 JSON_SUFFIXES = (".jsonl", ".json")
 """JSON lines; a `.json` file that starts with `[` is one JSON array instead."""
@@ -24,3 +24,8 @@ Item = dict[str, Any]
 Row = tuple[str, Any, Any, int, Any]
 """(row label for messages, prompt, answer, locator: byte offset in a JSONL file, row number in a Parquet file,
 difficulty: the `difficulty_key` value, None when the config names no such column or the row lacks it)."""
+
+
+def difficulty_key(data_cfg: Any) -> str | None:
+    """The difficulty column the config names (`difficulty_key`), None when it names none."""
+    return getattr(data_cfg, "difficulty_key", None) or None
