@@ -130,7 +130,11 @@ class FakeParamMeta:
 
 
 class FakeWeightSource:
-    pass
+    """vLLM 0.33's `WeightSource`: `metadata` is a property (0.32 has a method; `StreamSource` serves both)."""
+
+    @property
+    def metadata(self):
+        raise NotImplementedError
 
 
 def packed_chunks(tensors, buffer_bytes: int):

@@ -53,6 +53,11 @@ class RolloutConfig(_Section):
     multiplied by min(exp(trainer old log-prob - engine log-prob), `is_cap`) (truncated IS, as verl's TIS)."""
     is_cap: float = 2.0
     """Cap of the importance weight of `is_correction` (>= 1)."""
+    max_logp_diff: float = -1.0
+    """The stale-weights check (trainer/engine_check.py): the mean |trainer log-prob - engine log-prob| of a step's
+    sampled tokens above which the step stops with an error, as the engine generated with other weights than the
+    trainer's. -1 ("auto"): for the vllm engine, 1e-3 with fp32 weights and 0.1 with bf16; off for "hf". 0: off.
+    On, it asks the engine for log-probs and keeps the old-log-prob pass (`optim.skip_old_logprobs`)."""
     vllm_mode: Literal["colocated", "server"] = "colocated"
     """vllm engine: "colocated" (an in-process vLLM on each rank's GPU, asleep during the update) or "server"
     (a running `vllm serve` on other GPUs, weights pushed over NCCL; see README, "vLLM rollouts")."""
@@ -102,6 +107,8 @@ class RolloutConfig(_Section):
             self.on_filter_exhausted = "stop"
         self._require(0 < self.top_p <= 1, "top_p", "must be in (0, 1]")
         self._require(self.sync_bucket_mb > 0, "sync_bucket_mb", "must be > 0")
+        auto_or_bound = self.max_logp_diff >= 0 or self.max_logp_diff == -1
+        self._require(auto_or_bound, "max_logp_diff", "must be >= 0, or -1 (auto)")
         self._at_least(1, "is_cap", "vllm_tensor_parallel_size", "vllm_server_workers", "vllm_timeout_s")
         self._require(0 < self.vllm_gpu_memory_utilization < 1, "vllm_gpu_memory_utilization", "must be in (0, 1)")
         self._require(self.vllm_sleep_level in (0, 1, 2), "vllm_sleep_level", "must be 0, 1 or 2")

@@ -19,6 +19,7 @@ from torch import nn
 from fastslow import FilterExhausted, OnlineFilter, group_advantages, sfpo_update
 from fastslow.kernels import IGNORE_INDEX
 from trainer.dist import DistInfo, all_reduce
+from trainer.engine_check import check_engine, logp_bound, mean_logp_gap
 from trainer.packing import PackedBatch, PackedRow, layout_metrics, pack_batch, packed_inputs
 from trainer.policy import LossArgs
 from trainer.rollout import SamplingParams
@@ -77,7 +78,7 @@ def _sampling(ctx: StepContext, step: int, chunk: int) -> SamplingParams:
     stop = [ctx.tokenizer.eos_token_id]
     return SamplingParams(
         n=r.group_size, temperature=r.temperature, top_p=r.top_p, max_new_tokens=r.max_new_tokens,
-        stop_token_ids=stop, seed=seed, logprobs=r.is_correction,
+        stop_token_ids=stop, seed=seed, logprobs=r.is_correction or logp_bound(r, ctx.sync_dtype) > 0,
     )  # fmt: skip
 
 
@@ -319,20 +320,28 @@ def learn(ctx: StepContext, batch: Batch, timing: dict[str, float] | None = None
     packed = pack_batch(cfg.optim, batch, info.device)
     layout = layout_metrics(packed, batch.attention_mask.sum(-1), batch.input_ids.shape[1], info.device, info.world)
     sfpo_on = ctx.switch is not None and ctx.switch.active
-    skip_old = skips_old_logprobs(cfg, sfpo_on)
+    bound = logp_bound(cfg.rollout, ctx.sync_dtype)
+    skip_old = skips_old_logprobs(cfg, sfpo_on) and bound == 0
     old_logp = None
+    is_metrics: dict[str, float] = {}
     if not skip_old:
         old_logp, _ = logprobs(ctx.policy, batch, cfg.optim.micro_batch_size, cfg.rollout.temperature, packed)
+    if bound > 0:  # the stale-weights check (trainer/engine_check.py)
+        if batch.rollout_logp is None or old_logp is None:
+            raise RuntimeError("rollout.max_logp_diff is on but the engine returned no log-probs")
+        gap = mean_logp_gap(old_logp, batch.rollout_logp, batch.mask)
+        check_engine(gap, bound)
+        is_metrics["rollout/logp_abs_diff"] = gap
     ref_logp = None
     if ctx.ref is not None:
         ref_logp, _ = logprobs(ctx.ref, batch, cfg.optim.micro_batch_size, cfg.rollout.temperature, packed)
     adv = group_advantages(batch.rewards, n, std_normalize=cfg.algorithm.std_normalize)
-    is_metrics: dict[str, float] = {}
     if cfg.rollout.is_correction:
         if batch.rollout_logp is None:
             raise RuntimeError("rollout.is_correction is on but the engine returned no log-probs")
         assert old_logp is not None  # is_correction needs them: never skipped (skips_old_logprobs)
-        weights, is_metrics = importance_weights(old_logp, batch.rollout_logp, batch.mask, cfg.rollout.is_cap)
+        weights, weight_metrics = importance_weights(old_logp, batch.rollout_logp, batch.mask, cfg.rollout.is_cap)
+        is_metrics.update(weight_metrics)
         adv = adv[:, None] * weights  # [B, T]: per-token advantages (weights > 0, so the clipping is unchanged)
     kl_coef: torch.Tensor | float = float(cfg.algorithm.kl_coef)  # "fixed": one scalar, the kernel's fast path
     if cfg.algorithm.kl_type != "fixed":
@@ -367,8 +376,9 @@ def skips_old_logprobs(cfg: Any, sfpo_on: bool) -> bool:
     """Whether the old-log-prob pass is redundant: the batch is used for exactly one optimizer step taken from the
     weights that generated it (one epoch, one minibatch, no SFPO inner steps; the engine's weights are synced every
     step, so nothing is stale), and nothing else needs the old log-probs (`rollout.is_correction` compares them with
-    the engine's). Then the ratio is 1 with the gradient of `exp(logp - logp.detach())`, as TRL, prime-rl and verl's
-    bypass mode do; `optim.skip_old_logprobs = false` keeps the pass (a check)."""
+    the engine's; the stale-weights check, `rollout.max_logp_diff`, keeps the pass too: see `learn`). Then the ratio is
+    1 with the gradient of `exp(logp - logp.detach())`, as TRL, prime-rl and verl's bypass mode do;
+    `optim.skip_old_logprobs = false` keeps the pass (a check)."""
     o = cfg.optim
     return (
         o.skip_old_logprobs and o.epochs == 1 and o.minibatches == 1 and not sfpo_on and not cfg.rollout.is_correction

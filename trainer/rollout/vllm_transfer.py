@@ -10,6 +10,7 @@ colocated worker; "nccl": packed broadcast to a server's workers); `send_weights
 from __future__ import annotations
 
 import functools
+import inspect
 import math
 from collections.abc import Iterator
 from typing import Any
@@ -28,32 +29,53 @@ from vllm.distributed.weight_transfer.nccl_engine import NCCLTrainerInitInfo
 from trainer.rollout.base import WeightStream
 
 
-class StreamSource(WeightSource):
+class _Source(WeightSource):
     """vLLM's `WeightSource` over the current `WeightStream` (swapped in before each send with `use`).
 
-    Every rank owns every parameter (`owners=None`): `iter_full` yields the stream's gathered full tensors, which
-    is what both the IPC and the NCCL senders consume.
+    Every rank owns every parameter: a pass yields the stream's gathered full tensors, which is what both the IPC and
+    the NCCL senders consume. Both vLLM interfaces are served: 0.33's `metadata` property and `iter_full()`, and
+    0.32's `metadata()` method and `__iter__` (`StreamSource` below picks the `metadata` spelling).
     """
 
     def __init__(self, stream: WeightStream) -> None:
         self._stream = stream
+        self._params: list[ParamMeta] | None = None
+
+    def params(self) -> list[ParamMeta]:
+        """Every parameter's `ParamMeta`, in stream order (computed once: the model does not change)."""
+        if self._params is None:
+            self._params = [ParamMeta(p.name, p.dtype, tuple(p.shape)) for p in self._stream.metadata()]
+        return self._params
 
     def use(self, stream: WeightStream) -> None:
         """Send from `stream` next time (the same model's parameters: the metadata must not change)."""
-        if [(p.name, p.dtype, p.shape) for p in stream.metadata()] != [
-            (m.name, m.dtype, m.shape) for m in self.metadata
+        if [(p.name, p.dtype, tuple(p.shape)) for p in stream.metadata()] != [
+            (m.name, m.dtype, tuple(m.shape)) for m in self.params()
         ]:
             raise ValueError("vllm engine: the weight stream's parameters changed between syncs")
         self._stream = stream
-
-    @functools.cached_property
-    def metadata(self) -> list[ParamMeta]:
-        return [ParamMeta(p.name, p.dtype, tuple(p.shape)) for p in self._stream.metadata()]
 
     def iter_full(self) -> Iterator[tuple[str, torch.Tensor]]:
         for bucket in self._stream.buckets():
             yield from bucket
             del bucket
+
+    def __iter__(self) -> Iterator[tuple[str, torch.Tensor]]:
+        return self.iter_full()
+
+
+if isinstance(inspect.getattr_static(WeightSource, "metadata", None), property | functools.cached_property):
+
+    class StreamSource(_Source):
+        @property
+        def metadata(self) -> list[ParamMeta]:  # vLLM 0.33
+            return self.params()
+
+else:
+
+    class StreamSource(_Source):  # type: ignore[no-redef]
+        def metadata(self) -> list[ParamMeta]:  # vLLM 0.32: a method
+            return self.params()
 
 
 class LLMSyncClient:
@@ -82,7 +104,7 @@ def packed_buffer_bytes(source: StreamSource, bucket_bytes: int) -> int:
     the buffer; a 151936 x 896 bf16 embedding is ~260 MiB against the default 64 MiB bucket. The weight stream's
     own buckets already hold an oversized tensor alone, so the extra memory is that one tensor, as in the stream.
     """
-    largest = max((math.prod(m.shape) * m.dtype.itemsize for m in source.metadata), default=0)
+    largest = max((math.prod(m.shape) * m.dtype.itemsize for m in source.params()), default=0)
     return max(int(bucket_bytes), int(largest))
 
 
