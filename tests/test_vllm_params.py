@@ -131,6 +131,21 @@ def test_route_choice() -> None:
     assert choose_route("auto", "server", native=False) == "extension"
     with pytest.raises(VLLMUnavailable, match=r"weight_transfer = 'native' \(server\)"):
         choose_route("native", "server", native=False)
+    # without CUDA every backend of vLLM's weight-transfer API is out: "auto" never picks NCCL or IPC
+    assert choose_route("auto", "server", native=True, cuda=False) == "extension"
+    assert choose_route("auto", "colocated", native=True, cuda=False) == "extension"
+    with pytest.raises(VLLMUnavailable, match="need CUDA"):
+        choose_route("native", "server", native=True, cuda=False)
+
+
+def test_sleep_level_falls_to_zero_without_sleep_mode(capsys: pytest.CaptureFixture[str]) -> None:
+    from trainer.rollout.vllm_params import sleep_level_here
+
+    assert sleep_level_here(2, True) == 2 and sleep_level_here(0, False) == 0
+    assert capsys.readouterr().err == ""
+    assert sleep_level_here(1, False) == 0
+    err = capsys.readouterr().err.splitlines()
+    assert len(err) == 1 and err[0].startswith("warning: rollout.vllm_sleep_level = 1")
 
 
 def test_llm_kwargs() -> None:

