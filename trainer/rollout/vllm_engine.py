@@ -77,7 +77,7 @@ class VLLMColocatedEngine:
             prepare_cpu()
         vllm = require_vllm()
         self.route = choose_route(weight_transfer, "colocated", has_weight_transfer(), cuda)  # type: ignore[arg-type]
-        sleep_level = sleep_level_here(sleep_level, _sleep_available())
+        sleep_level = sleep_level_here(sleep_level, _sleep_available(), warn=rank == 0)
         self.sleep_level = sleep_level
         self.bucket_bytes = bucket_bytes
         self.tp = tensor_parallel_size

@@ -104,8 +104,11 @@ def choose_route(
     return requested
 
 
-def sleep_level_here(level: int, sleep_available: bool) -> int:
-    """`level` where the platform has vLLM's sleep mode, else 0 with one warning line (vLLM refuses the flag)."""
+def sleep_level_here(level: int, sleep_available: bool, *, warn: bool = True) -> int:
+    """`level` where the platform has vLLM's sleep mode, else 0 with one warning line when `warn` (rank 0: one line
+    a run), as vLLM refuses the flag there."""
+    if level > 0 and not sleep_available and not warn:
+        return 0
     if level > 0 and not sleep_available:
         import sys
 
