@@ -1,4 +1,5 @@
-"""rollout.is_correction: engine log-probs placed on the right positions, truncated weights and their metrics."""
+"""rollout.is_correction: engine log-probs placed on the right positions, truncated weights and their metrics
+(every mode against float64 hand cases: tests/test_offpolicy.py)."""
 
 from __future__ import annotations
 
@@ -7,8 +8,9 @@ import math
 import pytest
 import torch
 
+from trainer.offpolicy import correction_weights
 from trainer.rollout import Completion
-from trainer.step import Group, importance_weights, make_batch
+from trainer.step import Group, make_batch
 
 
 def _group(prompt: list[int], comps: list[Completion]) -> Group:
@@ -37,7 +39,7 @@ def test_truncated_weights_and_metrics(group_of_one) -> None:
     old = torch.tensor([[-1.0, -2.0, 0.0], [-0.5, -0.5, -0.5]])
     roll = torch.tensor([[-1.5, -1.0, 5.0], [-0.5, -0.5, 9.0]])
     mask = torch.tensor([[True, True, False], [True, True, False]])
-    w, m = importance_weights(old, roll, mask, cap=1.5)
+    w, m = correction_weights(old, roll, mask, "token_truncate", 0.0, 1.5)
     expected = torch.tensor([[1.5, math.exp(-1.0), 1.0], [1.0, 1.0, 1.0]])
     torch.testing.assert_close(w, expected)
     assert m["rollout/is_capped"] == pytest.approx(0.25)

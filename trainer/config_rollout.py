@@ -48,11 +48,17 @@ class RolloutConfig(_Section):
     max_dry_steps: int = 0
     """Dry filter steps in a row after which the run saves and stops (exit status 4), whatever
     `on_filter_exhausted` says; 0: no limit."""
-    is_correction: bool = False
-    """Importance-sampling correction for the rollout engine's numerics: each response token's advantage is
-    multiplied by min(exp(trainer old log-prob - engine log-prob), `is_cap`) (truncated IS, as verl's TIS)."""
+    is_correction: Literal["off", "token_truncate", "token_mask", "icepop", "sequence_mask", "true", "false"] = "off"
+    """Off-policy correction of the gap between the engine's log-probs (behaviour) and the trainer's old ones
+    (proximal), decoupled PPO form (trainer/offpolicy.py): each response token's advantage is multiplied by a weight
+    from `rho = exp(old - engine)`. "token_truncate" (TIS, `true` too): clamp(rho, low, high); "token_mask" (MIS):
+    rho inside the bounds, else 0; "icepop": the same, two-sided bounds; "sequence_mask": a sequence whose geometric
+    mean of rho is outside the bounds gets weight 0, else 1. "off" (`false`): none."""
+    is_bounds: tuple[float, float] | None = None
+    """[low, high] of `is_correction`; unset: the mode's anchor default (token_truncate [0, is_cap]: verl's TIS;
+    token_mask [0, 2]; icepop [0.5, 5]: IcePop; sequence_mask [0.999, 1.001]: verl's geometric rejection)."""
     is_cap: float = 2.0
-    """Cap of the importance weight of `is_correction` (>= 1)."""
+    """The upper bound of "token_truncate" when `is_bounds` is unset (>= 1; the former key, verl's default 2.0)."""
     max_logp_diff: float = -1.0
     """The stale-weights check (trainer/engine_check.py): the mean |trainer log-prob - engine log-prob| of a step's
     sampled tokens above which the step stops with an error, as the engine generated with other weights than the
@@ -107,6 +113,10 @@ class RolloutConfig(_Section):
         )
         if self.on_filter_exhausted == "error":  # the former name
             self.on_filter_exhausted = "stop"
+        self.is_correction = {"true": "token_truncate", "false": "off"}.get(self.is_correction, self.is_correction)
+        if self.is_bounds is not None:
+            low, high = self.is_bounds
+            self._require(0 <= low <= high, "is_bounds", "must be [low, high] with 0 <= low <= high")
         self._require(0 < self.top_p <= 1, "top_p", "must be in (0, 1]")
         self._require(self.sync_bucket_mb > 0, "sync_bucket_mb", "must be > 0")
         auto_or_bound = self.max_logp_diff >= 0 or self.max_logp_diff == -1

@@ -20,6 +20,7 @@ from fastslow import FilterExhausted, OnlineFilter, group_advantages, sfpo_updat
 from fastslow.kernels import IGNORE_INDEX
 from trainer.dist import DistInfo, all_reduce
 from trainer.engine_check import check_engine, logp_bound, mean_logp_gap
+from trainer.offpolicy import bounds_for, correction_on, correction_weights
 from trainer.packing import PackedBatch, PackedRow, layout_metrics, pack_batch, packed_inputs
 from trainer.policy import LossArgs
 from trainer.rollout import SamplingParams
@@ -78,7 +79,7 @@ def _sampling(ctx: StepContext, step: int, chunk: int) -> SamplingParams:
     stop = [ctx.tokenizer.eos_token_id]
     return SamplingParams(
         n=r.group_size, temperature=r.temperature, top_p=r.top_p, max_new_tokens=r.max_new_tokens,
-        stop_token_ids=stop, seed=seed, logprobs=r.is_correction or logp_bound(r, ctx.sync_dtype) > 0,
+        stop_token_ids=stop, seed=seed, logprobs=correction_on(r) or logp_bound(r, ctx.sync_dtype) > 0,
     )  # fmt: skip
 
 
@@ -336,11 +337,15 @@ def learn(ctx: StepContext, batch: Batch, timing: dict[str, float] | None = None
     if ctx.ref is not None:
         ref_logp, _ = logprobs(ctx.ref, batch, cfg.optim.micro_batch_size, cfg.rollout.temperature, packed)
     adv = group_advantages(batch.rewards, n, std_normalize=cfg.algorithm.std_normalize)
-    if cfg.rollout.is_correction:
+    if correction_on(cfg.rollout):
+        r = cfg.rollout
         if batch.rollout_logp is None:
             raise RuntimeError("rollout.is_correction is on but the engine returned no log-probs")
         assert old_logp is not None  # is_correction needs them: never skipped (skips_old_logprobs)
-        weights, weight_metrics = importance_weights(old_logp, batch.rollout_logp, batch.mask, cfg.rollout.is_cap)
+        low, high = bounds_for(r.is_correction, r.is_bounds, r.is_cap)
+        weights, weight_metrics = correction_weights(
+            old_logp, batch.rollout_logp, batch.mask, r.is_correction, low, high
+        )
         is_metrics.update(weight_metrics)
         adv = adv[:, None] * weights  # [B, T]: per-token advantages (weights > 0, so the clipping is unchanged)
     kl_coef: torch.Tensor | float = float(cfg.algorithm.kl_coef)  # "fixed": one scalar, the kernel's fast path
@@ -381,7 +386,7 @@ def skips_old_logprobs(cfg: Any, sfpo_on: bool) -> bool:
     `optim.skip_old_logprobs = false` keeps the pass (a check)."""
     o = cfg.optim
     return (
-        o.skip_old_logprobs and o.epochs == 1 and o.minibatches == 1 and not sfpo_on and not cfg.rollout.is_correction
+        o.skip_old_logprobs and o.epochs == 1 and o.minibatches == 1 and not sfpo_on and not correction_on(cfg.rollout)
     )
 
 
@@ -411,30 +416,6 @@ def parameter_health(policy: nn.Module, limit: float, device: torch.device) -> d
     flags = torch.tensor([peak if finite else 0.0, float(not finite)], dtype=torch.float64, device=device)
     worst = all_reduce(flags, "max").tolist()
     return {"actor/param_abs_max": worst[0], "actor/diverged": float(worst[1] > 0 or worst[0] > limit)}
-
-
-def importance_weights(
-    old_logp: torch.Tensor, rollout_logp: torch.Tensor, mask: torch.Tensor, cap: float
-) -> tuple[torch.Tensor, dict[str, float]]:
-    """Truncated importance weights `min(exp(old_logp - rollout_logp), cap)` for the engine/trainer mismatch.
-
-    Args: `old_logp`, `rollout_logp` `[B, T]` (trainer's and engine's log-probs of the sampled tokens), `mask`
-    `[B, T]` response tokens. Returns the weights `[B, T]` (1 outside the mask) and, over all ranks' response
-    tokens, "rollout/is_weight" (mean weight), "rollout/is_capped" (fraction at the cap) and
-    "rollout/logp_abs_diff" (mean |old - rollout|, how far the engine's numerics are from the trainer's).
-    Multiplying a token's advantage by its weight equals weighting its clipped surrogate, as the weight is > 0.
-    """
-    diff = (old_logp.float() - rollout_logp.float()).masked_fill(~mask, 0.0)
-    weights = torch.exp(diff).clamp(max=cap).masked_fill(~mask, 1.0)
-    m = mask.float()
-    sums = torch.stack([(weights * m).sum(), ((weights >= cap).float() * m).sum(), (diff.abs() * m).sum(), m.sum()])
-    w_sum, capped, abs_diff, count = all_reduce(sums.double()).tolist()
-    count = max(count, 1.0)
-    return weights, {
-        "rollout/is_weight": w_sum / count,
-        "rollout/is_capped": capped / count,
-        "rollout/logp_abs_diff": abs_diff / count,
-    }
 
 
 def sync_policy(ctx: StepContext) -> dict[str, float]:
