@@ -59,6 +59,11 @@ class RolloutConfig(_Section):
     token_mask [0, 2]; icepop [0.5, 5]: IcePop; sequence_mask [0.999, 1.001]: verl's geometric rejection)."""
     is_cap: float = 2.0
     """The upper bound of "token_truncate" when `is_bounds` is unset (>= 1; the former key, verl's default 2.0)."""
+    max_staleness: int = 0
+    """Asynchronous rollouts (trainer/async_rollout.py): the engine generates up to this many steps ahead while the
+    trainer updates, so a batch is at most this many updates old; 0: synchronous (generate, update, sync). Needs the
+    hf engine or a vLLM server (the colocated engine cannot overlap); not with the curriculum filter. Pair it with
+    `is_correction` for the staleness (the stale-weights check's "auto" is off then)."""
     max_logp_diff: float = -1.0
     """The stale-weights check (trainer/engine_check.py): the mean |trainer log-prob - engine log-prob| of a step's
     sampled tokens above which the step stops with an error, as the engine generated with other weights than the
@@ -119,6 +124,7 @@ class RolloutConfig(_Section):
             self._require(0 <= low <= high, "is_bounds", "must be [low, high] with 0 <= low <= high")
         self._require(0 < self.top_p <= 1, "top_p", "must be in (0, 1]")
         self._require(self.sync_bucket_mb > 0, "sync_bucket_mb", "must be > 0")
+        self._require(0 <= self.max_staleness <= 8, "max_staleness", "must be in [0, 8]")
         auto_or_bound = self.max_logp_diff >= 0 or self.max_logp_diff == -1
         self._require(auto_or_bound, "max_logp_diff", "must be >= 0, or -1 (auto)")
         self._at_least(1, "is_cap", "vllm_tensor_parallel_size", "vllm_server_workers", "vllm_timeout_s")

@@ -26,11 +26,12 @@ class StaleEngineError(RuntimeError):
 
 def logp_bound(rollout: Any, dtype: torch.dtype | None) -> float:
     """The bound in force: `rollout.max_logp_diff` when >= 0 (0: off), else "auto": `AUTO_BOUND[dtype]` for the
-    vllm engine (the engine whose weights travel; the hf engine's copy is checked by its own tests), 0 otherwise."""
+    vllm engine (the engine whose weights travel; the hf engine's copy is checked by its own tests) in a synchronous
+    run, 0 otherwise (with `rollout.max_staleness > 0` the engine is behind on purpose)."""
     bound = float(rollout.max_logp_diff)
     if bound >= 0:
         return bound
-    if rollout.engine != "vllm":
+    if rollout.engine != "vllm" or getattr(rollout, "max_staleness", 0) > 0:  # stale on purpose: see offpolicy.py
         return 0.0
     return AUTO_BOUND.get(dtype if dtype is not None else torch.float32, 0.1)
 

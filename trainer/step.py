@@ -18,6 +18,7 @@ from torch import nn
 
 from fastslow import FilterExhausted, OnlineFilter, group_advantages, sfpo_update
 from fastslow.kernels import IGNORE_INDEX
+from trainer.async_rollout import take_step
 from trainer.dist import DistInfo, all_reduce
 from trainer.engine_check import check_engine, logp_bound, mean_logp_gap
 from trainer.offpolicy import bounds_for, correction_on, correction_weights
@@ -70,6 +71,7 @@ class StepContext:
     switch: EntropySwitch | None
     task: str
     slow: Snapshot | None = None  # reused by every SFPO step
+    pipeline: Any = None  # trainer.async_rollout.RolloutPipeline with rollout.max_staleness > 0
     sync_dtype: torch.dtype | None = None  # the weights travel to the engine in (its own); None: the parameters'
 
 
@@ -114,12 +116,17 @@ def _collect(ctx: StepContext, step: int) -> tuple[list[Group], dict[str, float]
         filt.start(progress)
     chunk = 0
     while True:
-        items = [ctx.prompts[i] for i in ctx.sampler.next_chunk()]
-        completions = ctx.engine.generate([it["prompt_ids"] for it in items], _sampling(ctx, step, chunk))
+        overlap: dict[str, float] = {}
+        if ctx.pipeline is not None:  # generated ahead (trainer/async_rollout.py); no filter there
+            items, completions, overlap = take_step(ctx, step, lambda s: _sampling(ctx, s, 0))
+        else:
+            items = [ctx.prompts[i] for i in ctx.sampler.next_chunk()]
+            completions = ctx.engine.generate([it["prompt_ids"] for it in items], _sampling(ctx, step, chunk))
         groups, chunk_errors = _score_chunk(ctx, items, completions)
         chunk, errors = chunk + 1, errors + chunk_errors
         if filt is None:
-            return groups, {"rollout/chunks": 1.0, "rollout/kept_groups": float(len(groups)), **_NOT_DRY}, errors
+            kept = {"rollout/chunks": 1.0, "rollout/kept_groups": float(len(groups)), **_NOT_DRY, **overlap}
+            return groups, kept, errors
         failure = None
         try:
             filt.add(torch.stack([g.correct.float().mean() for g in groups]), items=groups)
@@ -386,7 +393,12 @@ def skips_old_logprobs(cfg: Any, sfpo_on: bool) -> bool:
     `optim.skip_old_logprobs = false` keeps the pass (a check)."""
     o = cfg.optim
     return (
-        o.skip_old_logprobs and o.epochs == 1 and o.minibatches == 1 and not sfpo_on and not correction_on(cfg.rollout)
+        o.skip_old_logprobs
+        and o.epochs == 1
+        and o.minibatches == 1
+        and not sfpo_on
+        and not correction_on(cfg.rollout)
+        and getattr(cfg.rollout, "max_staleness", 0) == 0
     )
 
 
@@ -429,7 +441,7 @@ def train_step(ctx: StepContext, step: int) -> StepResult:
     """One step; returns what it did and its metrics (identical on every rank)."""
     cfg, info = ctx.cfg, ctx.info
     timing: dict[str, float] = {}
-    t = time.perf_counter()
+    t = start = time.perf_counter()
 
     ctx.engine.wake_up()
     try:
@@ -444,7 +456,7 @@ def train_step(ctx: StepContext, step: int) -> StepResult:
     if not metrics["rollout/skipped"]:  # a dry filter step with on_filter_exhausted = "skip": no update, no sync
         update_metrics = learn(ctx, batch, timing)
         t = time.perf_counter()
-        sync = sync_policy(ctx)
+        sync = sync_policy(ctx) if ctx.pipeline is None else ctx.pipeline.sync(lambda: sync_policy(ctx))
         timing["sync"] = time.perf_counter() - t
 
     sums = [batch.rewards.sum(), batch.correct.float().sum(), batch.lengths.sum(), batch.mask.sum().float()]
@@ -461,4 +473,6 @@ def train_step(ctx: StepContext, step: int) -> StepResult:
     if cfg.algorithm.kl_type != "fixed":
         metrics.update({f"{k}": v for k, v in ctx.kl.metrics().items()})
     metrics.update({f"time/{k}": v for k, v in timing.items()})
+    if ctx.pipeline is not None:  # the engine's idle time in this step's window (its busy time came from the thread)
+        metrics["time/engine_idle"] = max(0.0, time.perf_counter() - start - ctx.pipeline.engine_busy_s())
     return StepResult.of(metrics)

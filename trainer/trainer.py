@@ -23,6 +23,7 @@ the last.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import shutil
@@ -37,6 +38,7 @@ import torch.distributed as dist
 from trainer import checkpoint as ckpt
 from trainer import reward_worker
 from trainer.algorithm_build import build_algorithm
+from trainer.async_rollout import RolloutPipeline, overlap_problem
 from trainer.build import build_models, build_optimizer
 from trainer.checkpoint import check as checkpoint_check
 from trainer.checkpoint import resume as resume_check
@@ -146,6 +148,11 @@ class Trainer:
             engine=self.engine, tokenizer=self.tokenizer, prompts=self.prompts, sampler=sampler, kl=algo.kl,
             schedule=algo.schedule, switch=algo.switch, task=self.task, sync_dtype=engine_dtype,
         )  # fmt: skip
+        problem = overlap_problem(cfg, algo.schedule is not None)
+        if problem:
+            raise ConfigError(problem)
+        if cfg.rollout.max_staleness > 0:
+            self.ctx.pipeline = RolloutPipeline(self.engine, cfg.rollout.max_staleness, cfg.parallel.timeout_s)
         self._replace_old_run()  # every input has passed and the models are built: only now is the old run deleted
         self.logger = MetricsLogger.from_config(self.run_dir, cfg, rank=info.rank)
         self.step = 0
@@ -198,7 +205,18 @@ class Trainer:
             "switch": None if c.switch is None else c.switch.state_dict(),
             "bad_steps": self.bad_steps,
             "dry_steps": self.dry_steps,
+            "rollout_pipeline": None if c.pipeline is None else self._pipeline_states(),
         }
+
+    def _pipeline_states(self) -> list[dict[str, Any]]:
+        """Every rank's batches generated ahead (each rank's prompts are its own), in rank order: a collective, as
+        the checkpoint is (every rank saves). Drains each rank's pipeline first."""
+        mine = self.ctx.pipeline.state_dict()
+        if self.info.world == 1:
+            return [mine]
+        every: list[Any] = [None] * self.info.world
+        dist.all_gather_object(every, mine)
+        return every
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Restores `state_dict()`'s output (an older checkpoint's "rng" entry is ignored: streams are seeded)."""
@@ -212,6 +230,21 @@ class Trainer:
             c.switch.load_state_dict(state["switch"])
         self.bad_steps = int(state["bad_steps"])
         self.dry_steps = int(state.get("dry_steps", 0))  # absent in checkpoints written before it
+        ahead = state.get("rollout_pipeline")  # per rank: the batches generated ahead (rollout.max_staleness > 0)
+        if ahead is not None:
+            ahead = list(ahead) if isinstance(ahead, list) else [ahead]
+            usable = c.pipeline is not None and len(ahead) == self.info.world
+            if usable:
+                c.pipeline.load_state_dict(ahead[self.info.rank])
+            elif any(a["pending"] for a in ahead) and self.info.is_main:
+                why = "this run is synchronous" if c.pipeline is None else f"it was written by {len(ahead)} ranks"
+                print(
+                    f"warning: the checkpoint holds batches generated ahead (rollout.max_staleness > 0) and {why}: "
+                    "their prompts count as seen, and the next steps draw new ones",
+                    file=sys.stderr, flush=True,
+                )  # fmt: skip
+            if not usable and c.pipeline is not None:
+                c.pipeline.version = int(ahead[0]["version"])
 
     def _check_resume(self) -> list[Path]:
         """The checkpoints to resume from, in the order to try them ([]: start fresh), checked before any model is
@@ -372,10 +405,11 @@ class Trainer:
         """Evaluate the engine's weights (the policy's, synced after every step) at `self.step`; log, remember."""
         if not self.eval_sets:
             return
-        info = self.info
-        metrics = evaluate(
-            self.cfg, self.engine, self.tokenizer, self.eval_sets, step=self.step, rank=info.rank, world=info.world
-        )
+        info, pipeline = self.info, self.ctx.pipeline
+        with pipeline.lock if pipeline is not None else contextlib.nullcontext():  # not while it generates ahead
+            metrics = evaluate(
+                self.cfg, self.engine, self.tokenizer, self.eval_sets, step=self.step, rank=info.rank, world=info.world
+            )
         self.logger.log_eval(self.step, metrics)
         self.eval_history[str(self.step)] = headline(metrics, self.eval_sets, self.cfg.eval.n)
 
@@ -459,6 +493,8 @@ class Trainer:
 
     def close(self) -> None:
         self.logger.close()
+        if self.ctx.pipeline is not None:
+            self.ctx.pipeline.close()
         self.engine.close()
         reward_worker.shutdown()
         if self._lock is not None:

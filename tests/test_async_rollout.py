@@ -1,0 +1,175 @@
+"""Asynchronous rollouts (trainer/async_rollout.py, `rollout.max_staleness`): the pipeline against a recording
+engine (versions, staleness bound, syncs only between requests, the synchronous run's prompts and seeds, state
+round trip, failures in one line), the config refusals, and a trainer run that overlaps and resumes exactly."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+
+from trainer.async_rollout import RolloutPipeline, RolloutThreadError, overlap_problem, take_step
+from trainer.config import from_dict
+from trainer.rollout import Completion, SamplingParams
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+class Recorder:
+    """An engine that logs each request's start and end and each weight load, with a busy flag."""
+
+    def __init__(self, delay: float = 0.02, fail_at: int | None = None) -> None:
+        self.events: list[tuple[str, int]] = []
+        self.busy = False
+        self.delay, self.fail_at, self.calls = delay, fail_at, 0
+        self.weights = 0
+
+    def generate(self, prompt_ids, sampling):
+        self.calls += 1
+        if self.fail_at is not None and self.calls == self.fail_at:
+            raise ValueError("the engine broke")
+        self.busy = True
+        self.events.append(("start", sampling.seed))
+        time.sleep(self.delay)
+        self.events.append(("end", sampling.seed))
+        self.busy = False
+        return [[Completion([p[-1] + 1, self.weights])] for p in prompt_ids]
+
+    def load(self) -> dict[str, float]:
+        assert not self.busy, "a weight sync ran in the middle of a generation request"
+        self.weights += 1
+        self.events.append(("sync", self.weights))
+        return {"bytes": 0.0}
+
+
+class Sampler:
+    def __init__(self) -> None:
+        self.consumed = 0
+
+    def next_chunk(self) -> list[int]:
+        start, self.consumed = self.consumed, self.consumed + 2
+        return [start % 10, (start + 1) % 10]
+
+
+def _ctx(engine: Recorder, k: int, total: int = 20) -> SimpleNamespace:
+    prompts = [{"prompt_ids": [i, i + 1]} for i in range(10)]
+    ctx = SimpleNamespace(
+        cfg=SimpleNamespace(optim=SimpleNamespace(total_steps=total)), prompts=prompts, sampler=Sampler(),
+        pipeline=RolloutPipeline(engine, k, timeout_s=5.0),
+    )  # fmt: skip
+    return ctx
+
+
+def _sampling(step: int) -> SamplingParams:
+    return SamplingParams(n=1, seed=step)
+
+
+@pytest.mark.parametrize("k", [1, 2, 3])
+def test_staleness_is_bounded_and_syncs_fall_between_requests(k: int) -> None:
+    engine = Recorder()
+    ctx = _ctx(engine, k)
+    seen = []
+    for step in range(10):
+        items, comps, m = take_step(ctx, step, _sampling)
+        assert m["rollout/staleness"] <= k and m["time/trainer_idle"] >= 0
+        seen.append(([it["prompt_ids"] for it in items], [c[0][1] for c in comps], m["rollout/staleness"]))
+        time.sleep(0.01)  # the update
+        ctx.pipeline.sync(engine.load)
+    ctx.pipeline.close()
+    # the synchronous run's prompts, in step order: step s gets chunk s of the sampler
+    assert [s[0] for s in seen] == [[[(2 * s) % 10, (2 * s) % 10 + 1], [(2 * s + 1) % 10, (2 * s + 1) % 10 + 1]]
+                                    for s in range(10)]  # fmt: skip
+    # the weights a step's samples were generated with: the version its staleness says (trained at version s)
+    assert all(s - lag == w for s, (_, ws, lag) in enumerate(seen) for w in ws)
+    assert max(lag for _, _, lag in seen) == k  # the overlap is used to its bound once the pipeline is full
+    starts = [e[1] for e in engine.events if e[0] == "start"]
+    assert starts == sorted(starts)  # requests in step order, seeds = step numbers
+
+
+def test_state_round_trip_resumes_with_the_same_batches() -> None:
+    engine = Recorder()
+    ctx = _ctx(engine, 2)
+    for step in range(3):
+        take_step(ctx, step, _sampling)
+        ctx.pipeline.sync(engine.load)
+    state = json.loads(json.dumps(ctx.pipeline.state_dict()))  # plain values only
+    expected = {s: ctx.pipeline.pending[s].completions for s in ctx.pipeline.pending}
+    consumed = ctx.sampler.consumed
+    ctx.pipeline.close()
+    again = _ctx(Recorder(), 2)
+    again.sampler.consumed = consumed
+    again.pipeline.load_state_dict(state)
+    assert again.pipeline.version == 3 and sorted(again.pipeline.pending) == [3, 4]
+    _, comps, m = take_step(again, 3, _sampling)
+    assert comps == expected[3] and m["rollout/staleness"] == 3 - state["pending"][0]["version"]
+    again.pipeline.close()
+
+
+def test_a_failing_engine_is_one_error_line_not_a_hang() -> None:
+    ctx = _ctx(Recorder(fail_at=2), 1)
+    take_step(ctx, 0, _sampling)
+    with pytest.raises(RolloutThreadError, match=r"generating step 2 failed: ValueError: the engine broke"):
+        take_step(ctx, 1, _sampling)
+    ctx.pipeline.close()
+    stuck = _ctx(Recorder(delay=3.0), 1)
+    stuck.pipeline.timeout_s = 0.2
+    with pytest.raises(RolloutThreadError, match=r"did not arrive within 0\.2 s"):
+        take_step(stuck, 0, _sampling)
+    stuck.pipeline.close()
+
+
+def test_the_lock_keeps_a_sync_out_of_a_request() -> None:
+    engine = Recorder(delay=0.2)
+    pipeline = RolloutPipeline(engine, 1, timeout_s=5.0)
+    pipeline.submit(0, [0], [[1]], _sampling(0))
+    time.sleep(0.05)  # the request is running
+    t = time.perf_counter()
+    pipeline.sync(engine.load)  # waits for it
+    assert time.perf_counter() - t > 0.1 and engine.events[-1] == ("sync", 1)
+    pipeline.close()
+
+
+def test_configs_that_cannot_overlap_are_refused() -> None:
+    base = from_dict({"rollout": {"max_staleness": 1}})
+    assert overlap_problem(base, has_filter=False) is None
+    colocated = from_dict({"rollout": {"max_staleness": 1}})
+    colocated.rollout.engine = "vllm"  # (no vllm here to pass the config check)
+    assert "cannot overlap" in overlap_problem(colocated, has_filter=False)
+    assert "curriculum filter" in overlap_problem(base, has_filter=True)
+    assert overlap_problem(from_dict({}), has_filter=True) is None
+
+
+def _run(run_dir: Path, *args: str) -> list[dict]:
+    cmd = [
+        sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m", "trainer.main",
+        f"logging.run_dir={run_dir}", "rollout.max_staleness=1", "rollout.is_correction=token_truncate",
+        "eval.enabled=false", "warm_start.steps=30", f"warm_start.cache={run_dir.parent / 'ws'}", *args,
+    ]  # fmt: skip
+    out = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-4000:]
+    return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+
+
+@pytest.mark.slow
+@pytest.mark.distributed
+def test_an_overlapped_run_resumes_exactly(tmp_path: Path) -> None:
+    """6 steps at max_staleness 1 with a checkpoint at step 3, and a second run resumed from that checkpoint: the
+    same rewards, losses and staleness for steps 4-6 (the checkpoint holds the batch generated ahead, with the
+    version it was generated with, and the resumed run trains on it)."""
+    whole = _run(tmp_path / "whole", "optim.total_steps=6", "checkpoint.every=3", "checkpoint.keep=3")
+    checkpoint = tmp_path / "whole" / "checkpoints" / "step_00000003"
+    assert checkpoint.is_dir(), sorted(p.name for p in (tmp_path / "whole" / "checkpoints").iterdir())
+    resumed = _run(tmp_path / "resumed", "optim.total_steps=6", f"checkpoint.resume={checkpoint}")
+    keys = ("reward", "actor/pg_loss", "actor/grad_norm", "rollout/staleness", "rollout/is_weight")
+    a = [r for r in whole if "reward" in r]
+    b = [r for r in resumed if "reward" in r]
+    assert [r["step"] for r in a] == list(range(1, 7)) and [r["step"] for r in b] == [4, 5, 6]
+    assert [r["rollout/staleness"] for r in a] == [0.0] + [1.0] * 5
+    for x, y in zip(a[3:], b):
+        for key in keys:
+            assert x[key] == pytest.approx(y[key], rel=1e-6, abs=1e-9), (key, x["step"])

@@ -1,0 +1,179 @@
+"""Asynchronous rollouts (`rollout.max_staleness = k > 0`): the engine generates the next steps' batches while the
+trainer updates on the current one, with weights at most k updates old.
+
+One generation thread per rank feeds a table of pending steps. At step t the trainer takes step t's batch (waiting
+if it is not ready: the trainer's idle time) and submits steps t+1 .. t+k that are not yet pending, each with its
+prompts drawn from the sampler now, in step order, and its sampling seed from its own step number, so the data and
+the seeds are those of the synchronous run. Each generation holds the pipeline's lock for its whole request; the
+weight sync takes the same lock, so it happens between requests, never in the middle of one. Every batch carries
+the policy version it was generated with (the number of syncs before it started); as nothing is submitted more than
+k steps ahead, no batch is ever more than k versions old when it is trained on, and nothing needs dropping
+(`rollout/staleness_max` shows it every step).
+
+Checkpoints drain the pipeline (every submitted step finishes) and save the finished batches with their prompt
+indices and versions (`state_dict`); a resumed run trains on exactly those, so a resume reproduces the run. Where
+the overlap is real: the vLLM server (generation in the server's process) and the hf engine (generation in this
+thread; on a CPU the two threads' torch ops run in parallel, the Python between them does not). The colocated vLLM
+engine shares the trainer's device and cannot overlap: a config error says so.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import TimeoutError as FutureTimeout
+from dataclasses import dataclass
+from typing import Any
+
+from trainer.rollout.base import Completion, RolloutEngine, SamplingParams
+
+
+class RolloutThreadError(RuntimeError):
+    """The generation thread failed, or a batch did not arrive within the timeout."""
+
+
+@dataclass
+class Generated:
+    """One step's batch: its prompts (indices into the run's prompts), completions and the policy version."""
+
+    step: int
+    indices: list[int]
+    completions: list[list[Completion]]
+    version: int
+    busy_s: float = 0.0
+
+
+class RolloutPipeline:
+    """The generation thread, its lock and the pending steps; see the module docstring."""
+
+    def __init__(self, engine: RolloutEngine, max_staleness: int, timeout_s: float) -> None:
+        self.engine, self.k, self.timeout_s = engine, max_staleness, timeout_s
+        self.lock = threading.Lock()
+        self.version = 0  # syncs so far
+        self.pending: dict[int, Future[Generated] | Generated] = {}
+        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="fastslow-rollout")
+        self._busy_since_take = 0.0
+        self._busy_lock = threading.Lock()
+
+    def submit(self, step: int, indices: list[int], prompts: Sequence[Sequence[int]], sampling: SamplingParams) -> None:
+        """Queue step `step`'s generation (its prompts already drawn from the sampler, in step order)."""
+        if step in self.pending:
+            raise RuntimeError(f"rollout pipeline: step {step} was submitted twice")
+        prompt_ids = [list(p) for p in prompts]
+        self.pending[step] = self._pool.submit(self._generate, step, list(indices), prompt_ids, sampling)
+
+    def _generate(self, step: int, indices: list[int], prompts: list[list[int]], sampling: SamplingParams) -> Generated:
+        with self.lock:  # a weight sync waits for this request to finish
+            version, start = self.version, time.perf_counter()
+            completions = self.engine.generate(prompts, sampling)
+            busy = time.perf_counter() - start
+        with self._busy_lock:
+            self._busy_since_take += busy
+        return Generated(step, indices, completions, version, busy)
+
+    def has(self, step: int) -> bool:
+        return step in self.pending
+
+    def take(self, step: int) -> tuple[Generated, float]:
+        """Step `step`'s batch and the seconds the trainer waited for it; `RolloutThreadError` on a failure or when
+        it takes longer than the timeout."""
+        entry = self.pending.pop(step)
+        start = time.perf_counter()
+        if isinstance(entry, Future):
+            try:
+                entry = entry.result(timeout=self.timeout_s)
+            except FutureTimeout as exc:
+                raise RolloutThreadError(
+                    f"rollout: step {step + 1}'s batch did not arrive within {self.timeout_s:g} s (parallel.timeout_s);"
+                    " the engine is stuck or gone"
+                ) from exc
+            except Exception as exc:
+                why = f"{type(exc).__name__}: {exc}"
+                raise RolloutThreadError(f"rollout: generating step {step + 1} failed: {why}") from exc
+        return entry, time.perf_counter() - start
+
+    def engine_busy_s(self) -> float:
+        """Seconds the engine generated since the last call (the step's engine time; the rest is its idle time)."""
+        with self._busy_lock:
+            busy, self._busy_since_take = self._busy_since_take, 0.0
+        return busy
+
+    def sync(self, push: Callable[[], dict[str, float]]) -> dict[str, float]:
+        """Run the weight push between generation requests; the version goes up by one."""
+        with self.lock:
+            out = push()
+            self.version += 1
+        return out
+
+    def drain(self) -> None:
+        """Wait for every pending step (before a checkpoint, an evaluation or the end)."""
+        for step, entry in list(self.pending.items()):
+            if isinstance(entry, Future):
+                self.pending[step] = entry.result(timeout=self.timeout_s)
+
+    def state_dict(self) -> dict[str, Any]:
+        """The finished pending batches as plain values (the caller drained first): what a resume trains on."""
+        self.drain()
+        out = []
+        for step in sorted(self.pending):
+            g = self.pending[step]
+            assert isinstance(g, Generated)
+            comps = [[[list(c), c.logprobs] for c in group] for group in g.completions]
+            out.append({"step": g.step, "indices": list(g.indices), "completions": comps, "version": g.version})
+        return {"version": self.version, "pending": out}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.version = int(state["version"])
+        self.pending = {}
+        for g in state["pending"]:
+            comps = [[Completion(ids, logp) for ids, logp in group] for group in g["completions"]]
+            self.pending[int(g["step"])] = Generated(int(g["step"]), list(g["indices"]), comps, int(g["version"]))
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=True, cancel_futures=True)
+
+
+def take_step(
+    ctx: Any, step: int, sampling: Callable[[int], SamplingParams]
+) -> tuple[list[dict], list[list[Completion]], dict[str, float]]:
+    """Step `step`'s prompts and completions from `ctx.pipeline` (submitted now if they are not pending: the first
+    step, or the first after a resume without pending batches), then steps `step + 1 .. step + k` submitted;
+    `sampling(s)` gives step s's sampling parameters. Returns the prompts, the completions and the step's
+    "rollout/staleness" (policy versions between generation and this update) and "time/trainer_idle"."""
+    pipeline: RolloutPipeline = ctx.pipeline
+    if not pipeline.has(step):
+        _submit(ctx, step, sampling)
+    generated, waited = pipeline.take(step)
+    total = ctx.cfg.optim.total_steps
+    for ahead in range(step + 1, min(step + pipeline.k, total - 1) + 1):
+        if not pipeline.has(ahead):
+            _submit(ctx, ahead, sampling)
+    items = [ctx.prompts[i] for i in generated.indices]
+    lag = float(pipeline.version - generated.version)
+    return items, generated.completions, {"rollout/staleness": lag, "time/trainer_idle": waited}
+
+
+def _submit(ctx: Any, step: int, sampling: Callable[[int], SamplingParams]) -> None:
+    indices = list(ctx.sampler.next_chunk())
+    prompts = [ctx.prompts[i]["prompt_ids"] for i in indices]
+    ctx.pipeline.submit(step, indices, prompts, sampling(step))
+
+
+def overlap_problem(cfg: Any, has_filter: bool) -> str | None:
+    """Why `rollout.max_staleness > 0` cannot run with this config, or None."""
+    r = cfg.rollout
+    if r.max_staleness == 0:
+        return None
+    if r.engine == "vllm" and r.vllm_mode == "colocated":
+        return (
+            "rollout.max_staleness > 0 needs an engine that generates while the trainer trains; the colocated vLLM "
+            "engine shares the trainer's device and cannot overlap: use rollout.vllm_mode = 'server' or the hf engine"
+        )
+    if has_filter:
+        return (
+            "rollout.max_staleness > 0 is not supported with the online curriculum filter (FAST-GRPO's Slow2Fast "
+            "schedule) yet: its chunk refills are decided per step; use max_staleness = 0"
+        )
+    return None
