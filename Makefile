@@ -166,7 +166,7 @@ $(VLLM_STAMP): pyproject.toml setup.py $(wildcard csrc/*.cpp) $(wildcard $(VLLM_
 	$(VLLM_PY) -c "import vllm, torch; print('vLLM', vllm.__version__, 'torch', torch.__version__)"
 	touch $@
 
-.PHONY: run-vllm test-vllm lock-vllm bench-vllm
+.PHONY: run-vllm test-vllm lock-vllm bench-vllm bench-async
 run-vllm: $(VLLM_STAMP)
 	@err=$$(mktemp); FASTSLOW_ERROR_FILE=$$err $(VLLM_VENV)/bin/torchrun --standalone --nproc_per_node=$(VLLM_NPROC) \
 		-m trainer.main --config vllm_cpu $(ARGS); rc=$$?; if [ -s $$err ]; then cat $$err >&2; fi; rm -f $$err; exit $$rc
@@ -182,3 +182,7 @@ lock-vllm: $(VLLM_STAMP)
 # vLLM vs the hf engine on the CPU, side by side (bench/vllm_cpu.py): bench/results/vllm_cpu_*.{json,md}.
 bench-vllm: $(VLLM_STAMP)
 	$(VLLM_PY) -m bench.vllm_cpu $(BENCH_ARGS)
+
+# Asynchronous rollouts (rollout.max_staleness 0/1/2, hf and a vLLM server, 1 trainer process; bench/async_cpu.py).
+bench-async: $(VLLM_STAMP)
+	$(VLLM_PY) -m bench.async_cpu $(BENCH_ARGS)

@@ -1,0 +1,164 @@
+"""Asynchronous rollouts on the CPU (`rollout.max_staleness`), measured side by side: steps per minute, generated
+tokens per second, the trainer's and the engine's idle fractions, the speedup against the ideal overlap, and
+held-out accuracy over the same steps and seeds.
+
+    .venv-vllm/bin/python -m bench.async_cpu [--steps 16] [--repeats 2] [--accuracy-steps 60] [--out bench/results]
+
+One trainer process (`--nproc_per_node=1`), so the engine can use the other core: the hf engine (generation in the
+trainer's own generation thread) and a loopback vLLM server (its own process; the vllm_cpu preset, head size 32),
+each at max_staleness 0, 1 and 2, interleaved `--repeats` times; medians of each run's steps after the first three.
+The ideal speedup of a mode is its synchronous step time over the larger of its generation time and the rest of the
+step (both from the synchronous runs). Staleness needs the old-log-prob pass (the batch is not the current
+policy's), which the synchronous step skips: that cost is part of what is measured. Accuracy: the built-in job for
+`--accuracy-steps` steps at max_staleness 0 and 1 (hf engine, seeds 0 and 1, `is_correction = token_truncate` when
+stale), held-out avg@4 at the end. Writes `async_cpu_<cpu>_<UTC time>.json` and `.md` under `--out`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import sys
+import tempfile
+from datetime import datetime, timezone
+from pathlib import Path
+
+from bench.vllm_cpu import ROOT, Server, _cpu_name, _env, _free_port
+
+SKIP = 3
+STALENESS = (0, 1, 2)
+
+
+def _train(run_dir: Path, extra: list[str], nproc: int = 1) -> list[dict]:
+    import subprocess
+
+    cmd = [
+        sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}", "-m",
+        "trainer.main", f"logging.run_dir={run_dir}", "logging.overwrite=true",
+        f"warm_start.cache={ROOT / 'runs' / '.warm_start'}", *extra,
+    ]  # fmt: skip
+    out = subprocess.run(cmd, cwd=ROOT, env=_env(), capture_output=True, text=True, timeout=1800)
+    if out.returncode != 0:
+        raise RuntimeError(f"{' '.join(cmd)} failed:\n{out.stdout[-2000:]}\n{out.stderr[-4000:]}")
+    return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+
+
+def _summary(rows: list[dict], samples: int) -> dict[str, float]:
+    rows = [r for r in rows if "time/step" in r][SKIP:]
+    med = lambda key: statistics.median(r.get(key, 0.0) for r in rows)
+    step = med("time/step")
+    return {
+        "step_s": step,
+        "steps_per_min": 60.0 / step,
+        "gen_tokens_per_s": statistics.median(r["response_length"] * samples / r["time/step"] for r in rows),
+        "rollout_s": med("time/rollout"),
+        "trainer_idle_frac": med("time/trainer_idle") / step,
+        "engine_idle_frac": med("time/engine_idle") / step,
+        "staleness_max": max(r.get("rollout/staleness", 0.0) for r in rows),
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench.async_cpu", description=(__doc__ or "").splitlines()[0])
+    parser.add_argument("--steps", type=int, default=16)
+    parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument("--accuracy-steps", type=int, default=60)
+    parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results")
+    args = parser.parse_args(argv)
+    import vllm  # noqa: F401  (the server mode needs .venv-vllm)
+
+    from trainer.config import from_dict
+
+    cfg = from_dict({})
+    samples = cfg.rollout.prompts_per_step * cfg.rollout.group_size
+    modes = [f"{engine}-k{k}" for engine in ("hf", "vllm-server") for k in STALENESS]
+    runs: dict[str, list[dict]] = {m: [] for m in modes}
+    loads: list[float] = []
+    base = ["--config", "vllm_cpu", f"optim.total_steps={args.steps}", "eval.enabled=false"]
+    with tempfile.TemporaryDirectory() as tmp:
+        work = Path(tmp)
+        model_dir = None
+        for repeat in range(args.repeats):
+            for k in STALENESS:
+                run = work / f"hf_{k}_{repeat}"
+                loads.append(os.getloadavg()[0])
+                rows = _train(run, [*base, "rollout.engine=hf", f"rollout.max_staleness={k}"])
+                runs[f"hf-k{k}"].append(_summary(rows, samples))
+                model_dir = model_dir or run / "hf"
+            server = Server(model_dir, work / f"server_{repeat}.log")
+            try:
+                for k in STALENESS:
+                    loads.append(os.getloadavg()[0])
+                    extra = [
+                        "rollout.vllm_mode=server", f"rollout.vllm_server_url={server.url}",
+                        "rollout.vllm_server_workers=1", f"rollout.vllm_nccl_port={_free_port()}",
+                        f"rollout.max_staleness={k}",
+                    ]  # fmt: skip
+                    rows = _train(work / f"srv_{k}_{repeat}", [*base, *extra])
+                    runs[f"vllm-server-k{k}"].append(_summary(rows, samples))
+            finally:
+                server.stop()
+            print(f"repeat {repeat}: " + ", ".join(f"{m} {runs[m][-1]['step_s']:.3f} s" for m in modes), flush=True)
+        accuracy: dict[str, list[float]] = {}
+        for seed in (0, 1):
+            for k in (0, 1):
+                extra = [f"seed={seed}", f"optim.total_steps={args.accuracy_steps}", "eval.every=0"]
+                extra += [f"rollout.max_staleness={k}"] + (["rollout.is_correction=token_truncate"] if k else [])
+                rows = _train(work / f"acc_{seed}_{k}", extra)
+                last = [r for r in rows if "eval/synthetic/avg@4" in r][-1]["eval/synthetic/avg@4"]
+                accuracy.setdefault(f"k{k}", []).append(last)
+    table = {m: {key: statistics.median(r[key] for r in runs[m]) for key in runs[m][0]} for m in modes}
+    for engine in ("hf", "vllm-server"):
+        sync = table[f"{engine}-k0"]
+        gen = sync["rollout_s"]
+        ideal = sync["step_s"] / max(gen, sync["step_s"] - gen)
+        for k in STALENESS:
+            row = table[f"{engine}-k{k}"]
+            row["speedup"] = sync["step_s"] / row["step_s"]
+            row["ideal_speedup"] = ideal
+            row["of_ideal"] = (row["speedup"] - 1) / (ideal - 1) if ideal > 1 else float("nan")
+    result = {
+        "machine": {"cpu": _cpu_name(), "cores": os.cpu_count(), "load_avg_1m_before_runs": loads},
+        "job": f"--config vllm_cpu, 1 trainer process, {args.steps} steps (medians of steps {SKIP + 1}+)",
+        "modes": table,
+        "accuracy_eval_avg4_at_end": {"steps": args.accuracy_steps, "seeds": [0, 1], **accuracy},
+        "runs": runs,
+    }
+    stamp = datetime.now(timezone.utc).strftime("%Y-%m-%dT%H%MZ")
+    slug = "".join(c if c.isalnum() else "-" for c in _cpu_name().lower()).strip("-")[:40]
+    args.out.mkdir(parents=True, exist_ok=True)
+    path = args.out / f"async_cpu_{slug}_{stamp}"
+    path.with_suffix(".json").write_text(json.dumps(result, indent=1) + "\n")
+    lines = [
+        f"# Asynchronous rollouts on the CPU, {result['job']}",
+        "",
+        f"{result['machine']['cpu']}, {result['machine']['cores']} cores; 1-min load before each run: "
+        + ", ".join(f"{x:.2f}" for x in loads),
+        "",
+        "| engine, max_staleness | step s | steps/min | gen tok/s | speedup | ideal | of ideal | trainer idle "
+        "| engine idle | staleness max |",
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+    ]
+    for m in modes:
+        r = table[m]
+        lines.append(
+            f"| {m} | {r['step_s']:.3f} | {r['steps_per_min']:.0f} | {r['gen_tokens_per_s']:,.0f} | "
+            f"{r['speedup']:.2f}x | {r['ideal_speedup']:.2f}x | {r['of_ideal']:.0%} | {r['trainer_idle_frac']:.0%} | "
+            f"{r['engine_idle_frac']:.0%} | {r['staleness_max']:.0f} |"
+        )
+    acc = result["accuracy_eval_avg4_at_end"]
+    lines += [
+        "",
+        f"Held-out avg@4 after {args.accuracy_steps} steps (hf engine, seeds 0 and 1): "
+        f"max_staleness 0: {acc['k0']}, max_staleness 1 (token_truncate): {acc['k1']}",
+    ]
+    path.with_suffix(".md").write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
+    print(f"wrote {path}.json and .md")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
