@@ -5,13 +5,15 @@ held-out accuracy over the same steps and seeds.
     .venv-vllm/bin/python -m bench.async_cpu [--steps 16] [--repeats 2] [--accuracy-steps 60] [--out bench/results]
 
 One trainer process (`--nproc_per_node=1`), so the engine can use the other core: the hf engine (generation in the
-trainer's own generation thread) and a loopback vLLM server (its own process; the vllm_cpu preset, head size 32),
-each at max_staleness 0, 1 and 2, interleaved `--repeats` times; medians of each run's steps after the first three.
+trainer's own generation thread), the hf_process engine (a rollout process of its own) and a loopback vLLM server
+(its own process), all on the vllm_cpu preset (head size 32), each at max_staleness 0, 1 and 2, interleaved
+`--repeats` times; medians of each run's steps after the first three.
 The ideal speedup of a mode is its synchronous step time over the larger of its generation time and the rest of the
 step (both from the synchronous runs). Staleness needs the old-log-prob pass (the batch is not the current
 policy's), which the synchronous step skips: that cost is part of what is measured. Accuracy: the built-in job for
-`--accuracy-steps` steps at max_staleness 0 and 1 (hf engine, seeds 0 and 1, `is_correction = token_truncate` when
-stale), held-out avg@4 at the end. Writes `async_cpu_<cpu>_<UTC time>.json` and `.md` under `--out`.
+`--accuracy-steps` steps at max_staleness 0 and 1 (the hf_process engine, seeds 0 and 1, `is_correction =
+token_truncate` when stale), held-out avg@4 at the end. Writes `async_cpu_<cpu>_<UTC time>.json` and `.md` under
+`--out`.
 """
 
 from __future__ import annotations
@@ -73,7 +75,8 @@ def main(argv: list[str] | None = None) -> int:
 
     cfg = from_dict({})
     samples = cfg.rollout.prompts_per_step * cfg.rollout.group_size
-    modes = [f"{engine}-k{k}" for engine in ("hf", "vllm-server") for k in STALENESS]
+    engines = ("hf", "hf_process", "vllm-server")
+    modes = [f"{engine}-k{k}" for engine in engines for k in STALENESS]
     runs: dict[str, list[dict]] = {m: [] for m in modes}
     loads: list[float] = []
     base = ["--config", "vllm_cpu", f"optim.total_steps={args.steps}", "eval.enabled=false"]
@@ -81,12 +84,13 @@ def main(argv: list[str] | None = None) -> int:
         work = Path(tmp)
         model_dir = None
         for repeat in range(args.repeats):
-            for k in STALENESS:
-                run = work / f"hf_{k}_{repeat}"
-                loads.append(os.getloadavg()[0])
-                rows = _train(run, [*base, "rollout.engine=hf", f"rollout.max_staleness={k}"])
-                runs[f"hf-k{k}"].append(_summary(rows, samples))
-                model_dir = model_dir or run / "hf"
+            for engine in ("hf", "hf_process"):
+                for k in STALENESS:
+                    run = work / f"{engine}_{k}_{repeat}"
+                    loads.append(os.getloadavg()[0])
+                    rows = _train(run, [*base, f"rollout.engine={engine}", f"rollout.max_staleness={k}"])
+                    runs[f"{engine}-k{k}"].append(_summary(rows, samples))
+                    model_dir = model_dir or run / "hf"
             server = Server(model_dir, work / f"server_{repeat}.log")
             try:
                 for k in STALENESS:
@@ -105,12 +109,13 @@ def main(argv: list[str] | None = None) -> int:
         for seed in (0, 1):
             for k in (0, 1):
                 extra = [f"seed={seed}", f"optim.total_steps={args.accuracy_steps}", "eval.every=0"]
+                extra += ["rollout.engine=hf_process"]
                 extra += [f"rollout.max_staleness={k}"] + (["rollout.is_correction=token_truncate"] if k else [])
                 rows = _train(work / f"acc_{seed}_{k}", extra)
                 last = [r for r in rows if "eval/synthetic/avg@4" in r][-1]["eval/synthetic/avg@4"]
                 accuracy.setdefault(f"k{k}", []).append(last)
     table = {m: {key: statistics.median(r[key] for r in runs[m]) for key in runs[m][0]} for m in modes}
-    for engine in ("hf", "vllm-server"):
+    for engine in engines:
         sync = table[f"{engine}-k0"]
         gen = sync["rollout_s"]
         ideal = sync["step_s"] / max(gen, sync["step_s"] - gen)
@@ -151,7 +156,7 @@ def main(argv: list[str] | None = None) -> int:
     acc = result["accuracy_eval_avg4_at_end"]
     lines += [
         "",
-        f"Held-out avg@4 after {args.accuracy_steps} steps (hf engine, seeds 0 and 1): "
+        f"Held-out avg@4 after {args.accuracy_steps} steps (hf_process engine, seeds 0 and 1): "
         f"max_staleness 0: {acc['k0']}, max_staleness 1 (token_truncate): {acc['k1']}",
     ]
     path.with_suffix(".md").write_text("\n".join(lines) + "\n")

@@ -148,7 +148,8 @@ def _run(run_dir: Path, *args: str) -> list[dict]:
     cmd = [
         sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m", "trainer.main",
         f"logging.run_dir={run_dir}", "rollout.max_staleness=1", "rollout.is_correction=token_truncate",
-        "eval.enabled=false", "warm_start.steps=30", f"warm_start.cache={run_dir.parent / 'ws'}", *args,
+        "eval.enabled=false", "warm_start.steps=30", f"warm_start.cache={run_dir.parent / 'ws'}",
+        "rollout.prompts_per_step=4", "rollout.group_size=4", "rollout.max_new_tokens=8", *args,
     ]  # fmt: skip
     out = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-4000:]
@@ -158,18 +159,18 @@ def _run(run_dir: Path, *args: str) -> list[dict]:
 @pytest.mark.slow
 @pytest.mark.distributed
 def test_an_overlapped_run_resumes_exactly(tmp_path: Path) -> None:
-    """6 steps at max_staleness 1 with a checkpoint at step 3, and a second run resumed from that checkpoint: the
-    same rewards, losses and staleness for steps 4-6 (the checkpoint holds the batch generated ahead, with the
-    version it was generated with, and the resumed run trains on it)."""
-    whole = _run(tmp_path / "whole", "optim.total_steps=6", "checkpoint.every=3", "checkpoint.keep=3")
+    """5 steps at max_staleness 1 on 2 ranks with a checkpoint at step 3, and a second run resumed from that
+    checkpoint: the same rewards, losses and staleness for steps 4-5 (the checkpoint holds every rank's batch
+    generated ahead, with the version it was generated with, and the resumed run trains on it)."""
+    whole = _run(tmp_path / "whole", "optim.total_steps=5", "checkpoint.every=3", "checkpoint.keep=3")
     checkpoint = tmp_path / "whole" / "checkpoints" / "step_00000003"
     assert checkpoint.is_dir(), sorted(p.name for p in (tmp_path / "whole" / "checkpoints").iterdir())
-    resumed = _run(tmp_path / "resumed", "optim.total_steps=6", f"checkpoint.resume={checkpoint}")
+    resumed = _run(tmp_path / "resumed", "optim.total_steps=5", f"checkpoint.resume={checkpoint}")
     keys = ("reward", "actor/pg_loss", "actor/grad_norm", "rollout/staleness", "rollout/is_weight")
     a = [r for r in whole if "reward" in r]
     b = [r for r in resumed if "reward" in r]
-    assert [r["step"] for r in a] == list(range(1, 7)) and [r["step"] for r in b] == [4, 5, 6]
-    assert [r["rollout/staleness"] for r in a] == [0.0] + [1.0] * 5
+    assert [r["step"] for r in a] == list(range(1, 6)) and [r["step"] for r in b] == [4, 5]
+    assert [r["rollout/staleness"] for r in a] == [0.0] + [1.0] * 4
     for x, y in zip(a[3:], b):
         for key in keys:
             assert x[key] == pytest.approx(y[key], rel=1e-6, abs=1e-9), (key, x["step"])

@@ -21,7 +21,8 @@ def test_config_choices_are_the_registry() -> None:
 
 
 def test_unknown_engine_names_the_allowed_ones() -> None:
-    with pytest.raises(ValueError, match=r"rollout.engine = 'sglang': unknown engine; allowed: 'hf', 'vllm'"):
+    allowed = r"rollout.engine = 'sglang': unknown engine; allowed: 'hf', 'hf_process', 'vllm'"
+    with pytest.raises(ValueError, match=allowed):
         engine_spec("sglang")
 
 

