@@ -1,19 +1,19 @@
 """Asynchronous rollouts on the CPU (`rollout.max_staleness`), measured side by side: steps per minute, generated
-tokens per second, the trainer's and the engine's idle fractions, the speedup against the ideal overlap, and
-held-out accuracy over the same steps and seeds.
+tokens per second, the trainer's and the engine's idle fractions, the speedup against the ideal overlap, and held-
+out accuracy over the same steps and seeds.
 
     .venv-vllm/bin/python -m bench.async_cpu [--steps 16] [--repeats 2] [--accuracy-steps 60] [--out bench/results]
 
 One trainer process (`--nproc_per_node=1`), so the engine can use the other core: the hf engine (generation in the
 trainer's own generation thread), the hf_process engine (a rollout process of its own) and a loopback vLLM server
-(its own process), all on the vllm_cpu preset (head size 32), each at max_staleness 0, 1 and 2, interleaved
-`--repeats` times; medians of each run's steps after the first three.
-The ideal speedup of a mode is its synchronous step time over the larger of its generation time and the rest of the
-step (both from the synchronous runs). Staleness needs the old-log-prob pass (the batch is not the current
-policy's), which the synchronous step skips: that cost is part of what is measured. Accuracy: the built-in job for
-`--accuracy-steps` steps at max_staleness 0 and 1 (the hf_process engine, seeds 0 and 1, `is_correction =
-token_truncate` when stale), held-out avg@4 at the end. Writes `async_cpu_<cpu>_<UTC time>.json` and `.md` under
-`--out`.
+(its own process), all on the vllm_cpu preset (head size 32), each at max_staleness 0, 1 and 2 and at 1 in the
+bypass form (no old-log-prob pass), interleaved `--repeats` times; medians of each run's steps after the first
+three. The trainer is pinned to core 0, the rollout process and the server's threads to core 1. The ideal speedup of
+a mode is its synchronous step time over the larger of its generation time and the rest of the step (both from the
+synchronous runs). Staleness needs the old-log-prob pass (the batch is not the current policy's), which the
+synchronous step skips: that cost is part of what is measured. Accuracy: the built-in job for `--accuracy-steps`
+steps at max_staleness 0 and 1 (the hf_process engine, seeds 0 and 1, `is_correction = token_truncate` when stale),
+held-out avg@4 at the end. Writes `async_cpu_<cpu>_<UTC time>.json` and `.md` under `--out`.
 """
 
 from __future__ import annotations
@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import statistics
 import sys
 import tempfile
@@ -30,18 +31,25 @@ from pathlib import Path
 from bench.vllm_cpu import ROOT, Server, _cpu_name, _env, _free_port
 
 SKIP = 3
-STALENESS = (0, 1, 2)
+VARIANTS = {  # name -> overrides: max_staleness 0, 1, 2 (decoupled: the old-log-prob pass) and 1 in bypass form
+    "k0": ["rollout.max_staleness=0"],
+    "k1": ["rollout.max_staleness=1"],
+    "k2": ["rollout.max_staleness=2"],
+    "k1-bypass": ["rollout.max_staleness=1", "rollout.is_form=bypass"],
+}
 
 
 def _train(run_dir: Path, extra: list[str], nproc: int = 1) -> list[dict]:
     import subprocess
 
+    pin = ["taskset", "-c", "0"] if nproc == 1 and shutil.which("taskset") else []  # the trainer on core 0
     cmd = [
-        sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}", "-m",
+        *pin, sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}", "-m",
         "trainer.main", f"logging.run_dir={run_dir}", "logging.overwrite=true",
         f"warm_start.cache={ROOT / 'runs' / '.warm_start'}", *extra,
     ]  # fmt: skip
-    out = subprocess.run(cmd, cwd=ROOT, env=_env(), capture_output=True, text=True, timeout=1800)
+    env = _env(FASTSLOW_ROLLOUT_CPUS="1")  # the hf_process engine's child on core 1
+    out = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=1800)
     if out.returncode != 0:
         raise RuntimeError(f"{' '.join(cmd)} failed:\n{out.stdout[-2000:]}\n{out.stderr[-4000:]}")
     return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
@@ -76,7 +84,7 @@ def main(argv: list[str] | None = None) -> int:
     cfg = from_dict({})
     samples = cfg.rollout.prompts_per_step * cfg.rollout.group_size
     engines = ("hf", "hf_process", "vllm-server")
-    modes = [f"{engine}-k{k}" for engine in engines for k in STALENESS]
+    modes = [f"{engine}-{v}" for engine in engines for v in VARIANTS]
     runs: dict[str, list[dict]] = {m: [] for m in modes}
     loads: list[float] = []
     base = ["--config", "vllm_cpu", f"optim.total_steps={args.steps}", "eval.enabled=false"]
@@ -85,23 +93,22 @@ def main(argv: list[str] | None = None) -> int:
         model_dir = None
         for repeat in range(args.repeats):
             for engine in ("hf", "hf_process"):
-                for k in STALENESS:
-                    run = work / f"{engine}_{k}_{repeat}"
+                for name, overrides in VARIANTS.items():
+                    run = work / f"{engine}_{name}_{repeat}"
                     loads.append(os.getloadavg()[0])
-                    rows = _train(run, [*base, f"rollout.engine={engine}", f"rollout.max_staleness={k}"])
-                    runs[f"{engine}-k{k}"].append(_summary(rows, samples))
+                    rows = _train(run, [*base, f"rollout.engine={engine}", *overrides])
+                    runs[f"{engine}-{name}"].append(_summary(rows, samples))
                     model_dir = model_dir or run / "hf"
-            server = Server(model_dir, work / f"server_{repeat}.log")
+            server = Server(model_dir, work / f"server_{repeat}.log", VLLM_CPU_OMP_THREADS_BIND="1")  # core 1
             try:
-                for k in STALENESS:
+                for name, overrides in VARIANTS.items():
                     loads.append(os.getloadavg()[0])
                     extra = [
                         "rollout.vllm_mode=server", f"rollout.vllm_server_url={server.url}",
-                        "rollout.vllm_server_workers=1", f"rollout.vllm_nccl_port={_free_port()}",
-                        f"rollout.max_staleness={k}",
+                        "rollout.vllm_server_workers=1", f"rollout.vllm_nccl_port={_free_port()}", *overrides,
                     ]  # fmt: skip
-                    rows = _train(work / f"srv_{k}_{repeat}", [*base, *extra])
-                    runs[f"vllm-server-k{k}"].append(_summary(rows, samples))
+                    rows = _train(work / f"srv_{name}_{repeat}", [*base, *extra])
+                    runs[f"vllm-server-{name}"].append(_summary(rows, samples))
             finally:
                 server.stop()
             print(f"repeat {repeat}: " + ", ".join(f"{m} {runs[m][-1]['step_s']:.3f} s" for m in modes), flush=True)
@@ -119,8 +126,8 @@ def main(argv: list[str] | None = None) -> int:
         sync = table[f"{engine}-k0"]
         gen = sync["rollout_s"]
         ideal = sync["step_s"] / max(gen, sync["step_s"] - gen)
-        for k in STALENESS:
-            row = table[f"{engine}-k{k}"]
+        for name in VARIANTS:
+            row = table[f"{engine}-{name}"]
             row["speedup"] = sync["step_s"] / row["step_s"]
             row["ideal_speedup"] = ideal
             row["of_ideal"] = (row["speedup"] - 1) / (ideal - 1) if ideal > 1 else float("nan")
@@ -142,7 +149,7 @@ def main(argv: list[str] | None = None) -> int:
         f"{result['machine']['cpu']}, {result['machine']['cores']} cores; 1-min load before each run: "
         + ", ".join(f"{x:.2f}" for x in loads),
         "",
-        "| engine, max_staleness | step s | steps/min | gen tok/s | speedup | ideal | of ideal | trainer idle "
+        "| engine, staleness | step s | steps/min | gen tok/s | speedup | ideal | of ideal | trainer idle "
         "| engine idle | staleness max |",
         "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
     ]

@@ -62,7 +62,7 @@ def _train(run_dir: Path, steps: int, extra: list[str], warm_cache: Path) -> lis
 class Server:
     """A loopback vLLM server for `model_dir` (dummy weights, the worker extension, development routes)."""
 
-    def __init__(self, model_dir: Path, log: Path) -> None:
+    def __init__(self, model_dir: Path, log: Path, **env: str) -> None:
         self.port = _free_port()
         self.log = log.open("w")
         self.proc = subprocess.Popen(
@@ -72,7 +72,7 @@ class Server:
                 "--enforce-eager", "--logprobs-mode", "processed_logprobs", "--generation-config", "vllm",
                 "--worker-extension-cls", EXTENSION,
             ],
-            cwd=ROOT, env=_env(VLLM_SERVER_DEV_MODE="1"), stdout=self.log, stderr=subprocess.STDOUT,
+            cwd=ROOT, env=_env(VLLM_SERVER_DEV_MODE="1", **env), stdout=self.log, stderr=subprocess.STDOUT,
         )  # fmt: skip
         self.url = f"http://127.0.0.1:{self.port}"
         deadline = time.monotonic() + 300

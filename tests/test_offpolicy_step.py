@@ -30,3 +30,30 @@ def test_a_trainer_step_applies_the_mode(one_rank, tmp_path, mode: str) -> None:
     assert m["actor/old_logp_pass"] == 1.0
     assert m["rollout/is_weight"] == pytest.approx(1.0, abs=1e-4) and m["rollout/is_masked"] == 0.0
     assert m["rollout/mismatch_kl"] < 1e-6 and m["rollout/logp_abs_diff"] < 1e-4
+
+
+@pytest.mark.slow
+def test_bypass_takes_the_engines_logprobs_as_the_old_ones(one_rank, tmp_path) -> None:
+    """`rollout.is_form = "bypass"`: no old-log-prob pass, the ratio is taken against the engine's log-probs (which
+    the hf engine gives to ~1e-7 of the trainer's on CPU, so the ratio is ~1); with a correction mode it is refused."""
+    from fastslow.kernels._dispatch import force_backend
+    from trainer.config import ConfigError
+    from trainer.step import train_step
+    from trainer.trainer import Trainer
+
+    with pytest.raises(ConfigError, match="is_form"):
+        from_dict({"rollout": {"is_form": "bypass", "is_correction": "icepop"}})
+    cfg = from_dict({
+        "rollout": {"prompts_per_step": 2, "group_size": 4, "max_new_tokens": 6, "is_form": "bypass"},
+        "optim": {"skip_old_logprobs": False},  # the pass would run in the decoupled form
+        "warm_start": {"steps": 30, "cache": str(tmp_path / "warm_start")},
+        "logging": {"run_dir": str(tmp_path / "run"), "tensorboard": False},
+    })  # fmt: skip
+    trainer = Trainer(cfg, one_rank)
+    try:
+        with force_backend("torch"):
+            m = train_step(trainer.ctx, 0).metrics
+    finally:
+        trainer.close()
+    assert m["actor/old_logp_pass"] == 0.0
+    assert m["actor/ratio"] == pytest.approx(1.0, abs=1e-4) and m["actor/grad_norm"] > 0

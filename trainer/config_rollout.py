@@ -59,6 +59,10 @@ class RolloutConfig(_Section):
     is_bounds: tuple[float, float] | None = None
     """[low, high] of `is_correction`; unset: the mode's anchor default (token_truncate [0, is_cap]: verl's TIS;
     token_mask [0, 2]; icepop [0.5, 5]: IcePop; sequence_mask [0.999, 1.001]: verl's geometric rejection)."""
+    is_form: Literal["decoupled", "bypass"] = "decoupled"
+    """"decoupled": the PPO ratio and clip against the trainer's old log-probs (its own pass over the batch), the
+    engine's gap corrected by `is_correction`. "bypass": the engine's log-probs are the old ones (no pass; the ratio
+    is taken against the policy that sampled, as verl's bypass mode does); `is_correction` must be "off" then."""
     is_cap: float = 2.0
     """The upper bound of "token_truncate" when `is_bounds` is unset (>= 1; the former key, verl's default 2.0)."""
     max_staleness: int = 0
@@ -121,6 +125,9 @@ class RolloutConfig(_Section):
         if self.on_filter_exhausted == "error":  # the former name
             self.on_filter_exhausted = "stop"
         self.is_correction = {"true": "token_truncate", "false": "off"}.get(self.is_correction, self.is_correction)
+        bypass_ok = self.is_form == "decoupled" or self.is_correction == "off"
+        why = "'bypass' uses the engine's log-probs as the old ones: needs is_correction = 'off'"
+        self._require(bypass_ok, "is_form", why)
         if self.is_bounds is not None:
             low, high = self.is_bounds
             self._require(0 <= low <= high, "is_bounds", "must be [low, high] with 0 <= low <= high")

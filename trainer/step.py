@@ -81,7 +81,8 @@ def _sampling(ctx: StepContext, step: int, chunk: int) -> SamplingParams:
     stop = [ctx.tokenizer.eos_token_id]
     return SamplingParams(
         n=r.group_size, temperature=r.temperature, top_p=r.top_p, max_new_tokens=r.max_new_tokens,
-        stop_token_ids=stop, seed=seed, logprobs=correction_on(r) or logp_bound(r, ctx.sync_dtype) > 0,
+        stop_token_ids=stop, seed=seed,
+        logprobs=correction_on(r) or r.is_form == "bypass" or logp_bound(r, ctx.sync_dtype) > 0,
     )  # fmt: skip
 
 
@@ -329,7 +330,8 @@ def learn(ctx: StepContext, batch: Batch, timing: dict[str, float] | None = None
     layout = layout_metrics(packed, batch.attention_mask.sum(-1), batch.input_ids.shape[1], info.device, info.world)
     sfpo_on = ctx.switch is not None and ctx.switch.active
     bound = logp_bound(cfg.rollout, ctx.sync_dtype)
-    skip_old = skips_old_logprobs(cfg, sfpo_on) and bound == 0
+    bypass = cfg.rollout.is_form == "bypass"  # the engine's log-probs are the old ones (trainer/offpolicy.py)
+    skip_old = (skips_old_logprobs(cfg, sfpo_on) or bypass) and bound == 0
     old_logp = None
     is_metrics: dict[str, float] = {}
     if not skip_old:
@@ -340,6 +342,10 @@ def learn(ctx: StepContext, batch: Batch, timing: dict[str, float] | None = None
         gap = mean_logp_gap(old_logp, batch.rollout_logp, batch.mask)
         check_engine(gap, bound)
         is_metrics["rollout/logp_abs_diff"] = gap
+    if bypass:
+        if batch.rollout_logp is None:
+            raise RuntimeError("rollout.is_form = 'bypass' but the engine returned no log-probs")
+        old_logp = batch.rollout_logp
     ref_logp = None
     if ctx.ref is not None:
         ref_logp, _ = logprobs(ctx.ref, batch, cfg.optim.micro_batch_size, cfg.rollout.temperature, packed)

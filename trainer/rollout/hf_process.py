@@ -1,11 +1,12 @@
-"""The `hf_process` rollout engine: the hf engine in a process of its own, so generation can run on other cores
-while the trainer trains (`rollout.max_staleness > 0`, trainer/async_rollout.py) and be timed without vLLM.
+"""The `hf_process` rollout engine: the hf engine in a process of its own, so generation can run on other cores while
+the trainer trains (`rollout.max_staleness > 0`, trainer/async_rollout.py) and be timed without vLLM.
 
 The child builds the model's architecture from its config (`trainer.build.empty_model`), runs an `HFEngine` on it
-with one CPU thread (or its GPU), and answers requests over a pipe: generate (prompts, sampling) -> completions as
-plain lists; load (one bucket of `(hf_name, tensor)`, the tensors in shared memory through torch.multiprocessing's
-pickler) -> the count loaded; close. Requests are answered in order, one at a time, so a weight load never lands
-inside a generation. A child that dies or does not answer within `timeout_s` is one `RuntimeError` line.
+with one CPU thread (`FASTSLOW_ROLLOUT_THREADS`; `FASTSLOW_ROLLOUT_CPUS=1` pins it to core 1) or its GPU, and
+answers requests over a pipe: generate (prompts, sampling) -> completions as plain lists; load (one bucket of
+`(hf_name, tensor)`, the tensors in shared memory through torch.multiprocessing's pickler) -> the count loaded;
+close. Requests are answered in order, one at a time, so a weight load never lands inside a generation. A child that
+dies or does not answer within `timeout_s` is one `RuntimeError` line.
 """
 
 from __future__ import annotations
@@ -23,6 +24,9 @@ from trainer.rollout.base import Completion, SamplingParams, WeightStream, check
 def _child(conn: multiprocessing.connection.Connection, config: Any, dtype: torch.dtype, device: str, pad: int) -> None:
     """The rollout process: an HFEngine on `config`'s architecture, serving requests until "close"."""
     torch.set_num_threads(int(os.environ.get("FASTSLOW_ROLLOUT_THREADS", "1")))
+    cpus = os.environ.get("FASTSLOW_ROLLOUT_CPUS")  # e.g. "1": keep the rollout process off the trainer's core
+    if cpus and hasattr(os, "sched_setaffinity"):
+        os.sched_setaffinity(0, {int(c) for c in cpus.split(",")})
     from trainer.build import empty_model
     from trainer.rollout.hf import HFEngine
 
