@@ -18,6 +18,7 @@ a fixed 0.01; we apply it per group, per token, as the paper intends (see DESIGN
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -116,6 +117,20 @@ class KLController:
         summary = torch.stack([coef_B.mean(), coef_B.min(), coef_B.max(), acc_G.mean()]).tolist()
         self._last = dict(zip(("coef_mean", "coef_min", "coef_max", "accuracy"), summary))
         return coef_B
+
+    def merge_summary(
+        self, mean: Callable[[list[float]], list[float]], maximum: Callable[[list[float]], list[float]]
+    ) -> None:
+        """Replace the summary of the last coefficients by the one over all ranks, so the state (and the metrics)
+        are the run's: `mean(values)` averages each value over the ranks (every rank holds equally many groups, so
+        the mean of means is the global mean), `maximum(values)` takes each value's maximum. The minimum is the
+        maximum of the negated value. No-op before the first call."""
+        last = self._last
+        if last is None:
+            return
+        coef_mean, accuracy = mean([last["coef_mean"], last["accuracy"]])
+        low, high = maximum([-last["coef_min"], last["coef_max"]])
+        self._last = {"coef_mean": coef_mean, "coef_min": -low, "coef_max": high, "accuracy": accuracy}
 
     def metrics(self) -> dict[str, float]:
         """The last coefficients' mean/min/max and the accuracy they came from; empty before the first call."""

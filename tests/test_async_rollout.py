@@ -13,7 +13,7 @@ from types import SimpleNamespace
 
 import pytest
 
-from trainer.async_rollout import RolloutPipeline, RolloutThreadError, overlap_problem, take_step
+from trainer.async_rollout import RolloutPipeline, RolloutThreadError, overlap_note, overlap_problem, take_step
 from trainer.config import from_dict
 from trainer.rollout import Completion, SamplingParams
 
@@ -142,6 +142,9 @@ def test_configs_that_cannot_overlap_are_refused() -> None:
     assert "cannot overlap" in overlap_problem(colocated, has_filter=False)
     assert "curriculum filter" in overlap_problem(base, has_filter=True)
     assert overlap_problem(from_dict({}), has_filter=True) is None
+    assert "hf_process" in overlap_note(base, "cpu")  # the in-process thread on a CPU: measured slower
+    assert overlap_note(base, "cuda") is None and overlap_note(from_dict({}), "cpu") is None
+    assert overlap_note(from_dict({"rollout": {"max_staleness": 1, "engine": "hf_process"}}), "cpu") is None
 
 
 def _run(run_dir: Path, *args: str) -> list[dict]:

@@ -157,3 +157,30 @@ def test_bad_group_kl_input() -> None:
 def test_bad_state(state: object) -> None:
     with pytest.raises(ValueError, match="KLController state"):
         KLController("fixed").load_state_dict(state)  # type: ignore[arg-type]
+
+
+def test_merge_summary_gives_the_runs_summary() -> None:
+    """Two ranks' summaries merged as the step merges them (mean of means, min and max over ranks), by hand."""
+    ranks = []
+    for acc in ([1.0, 0.5], [0.0, 0.25]):
+        kl = KLController("group_accuracy")
+        kl.coefficients(torch.tensor(acc), 2)
+        ranks.append(kl)
+    summaries = [dict(k.metrics()) for k in ranks]
+    values = iter([[s["kl/coef_mean"], s["kl/accuracy"]] for s in summaries])
+    maxima = iter([[-s["kl/coef_min"], s["kl/coef_max"]] for s in summaries])
+    mine = ranks[0]
+    # stand-ins for the all-reduces, over the two ranks' inputs
+    both_means = [next(values), next(values)]
+    both_max = [next(maxima), next(maxima)]
+    mine.merge_summary(
+        lambda v: [(a + b) / 2 for a, b in zip(*both_means)], lambda v: [max(a, b) for a, b in zip(*both_max)]
+    )
+    got = mine.metrics()
+    assert got["kl/coef_mean"] == pytest.approx((summaries[0]["kl/coef_mean"] + summaries[1]["kl/coef_mean"]) / 2)
+    assert got["kl/accuracy"] == pytest.approx(0.4375)
+    assert got["kl/coef_min"] == min(s["kl/coef_min"] for s in summaries)
+    assert got["kl/coef_max"] == max(s["kl/coef_max"] for s in summaries)
+    fresh = KLController("group_accuracy")
+    fresh.merge_summary(lambda v: 1 / 0, lambda v: 1 / 0)  # no summary yet: nothing to merge, nothing called
+    assert fresh.metrics() == {}

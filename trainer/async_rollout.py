@@ -177,3 +177,16 @@ def overlap_problem(cfg: Any, has_filter: bool) -> str | None:
             "schedule) yet: its chunk refills are decided per step; use max_staleness = 0"
         )
     return None
+
+
+def overlap_note(cfg: Any, device_type: str) -> str | None:
+    """A warning for a config that overlaps but gains little, or None: the in-process hf engine on a CPU, whose
+    generation thread competes with the trainer for the same Python and cores (measured slower than synchronous,
+    README "Asynchronous rollouts")."""
+    r = cfg.rollout
+    if r.max_staleness > 0 and r.engine == "hf" and device_type == "cpu":
+        return (
+            "rollout.max_staleness > 0 with the hf engine on a CPU generates in a thread of the trainer's own process, "
+            "which competes with the update; rollout.engine = 'hf_process' overlaps on another core"
+        )
+    return None

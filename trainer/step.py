@@ -409,18 +409,13 @@ def skips_old_logprobs(cfg: Any, sfpo_on: bool) -> bool:
 
 
 def _global_kl_summary(ctx: StepContext) -> None:
-    """Replaces the KL controller's summary of its last coefficients (mean, min, max, accuracy) by the one over all
-    ranks, so its state, and its metrics, are the run's, the same on every rank (a checkpoint holds one copy). Every
-    rank trains on equally many groups, so the mean over ranks is the global mean. Two small all-reduces."""
-    state = ctx.kl.state_dict()
-    last, device = state["last"], ctx.info.device
-    as_tensor = lambda *values: torch.tensor(values, dtype=torch.float64, device=device)
-    means = all_reduce(as_tensor(last["coef_mean"], last["accuracy"])) / ctx.info.world
-    low, high = all_reduce(as_tensor(-last["coef_min"], last["coef_max"]), "max")  # -min: one MAX for both
-    state["last"] = {
-        "coef_mean": means[0].item(), "coef_min": -low.item(), "coef_max": high.item(), "accuracy": means[1].item()
-    }  # fmt: skip
-    ctx.kl.load_state_dict(state)
+    """The KL controller's summary of its last coefficients made the run's (`KLController.merge_summary`), the same
+    on every rank (a checkpoint holds one copy). Two small all-reduces."""
+    device, world = ctx.info.device, ctx.info.world
+    as_tensor = lambda values: torch.tensor(values, dtype=torch.float64, device=device)
+    mean = lambda values: (all_reduce(as_tensor(values)) / world).tolist()
+    maximum = lambda values: all_reduce(as_tensor(values), "max").tolist()
+    ctx.kl.merge_summary(mean, maximum)
 
 
 @torch.no_grad()

@@ -38,7 +38,7 @@ import torch.distributed as dist
 from trainer import checkpoint as ckpt
 from trainer import reward_worker
 from trainer.algorithm_build import build_algorithm
-from trainer.async_rollout import RolloutPipeline, overlap_problem
+from trainer.async_rollout import RolloutPipeline, overlap_note, overlap_problem
 from trainer.build import build_models, build_optimizer
 from trainer.checkpoint import check as checkpoint_check
 from trainer.checkpoint import resume as resume_check
@@ -153,6 +153,9 @@ class Trainer:
             raise ConfigError(problem)
         if cfg.rollout.max_staleness > 0:
             self.ctx.pipeline = RolloutPipeline(self.engine, cfg.rollout.max_staleness, cfg.parallel.timeout_s)
+            note = overlap_note(cfg, info.device.type)
+            if note and info.is_main:
+                print(f"warning: {note}", file=sys.stderr, flush=True)
         self._replace_old_run()  # every input has passed and the models are built: only now is the old run deleted
         self.logger = MetricsLogger.from_config(self.run_dir, cfg, rank=info.rank)
         self.step = 0
