@@ -19,16 +19,13 @@ held-out avg@4 at the end. Writes `async_cpu_<cpu>_<UTC time>.json` and `.md` un
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import shutil
 import statistics
 import sys
 import tempfile
-from datetime import datetime, timezone
 from pathlib import Path
 
-from bench.vllm_cpu import ROOT, Server, _cpu_name, _env, _free_port
+from bench.vllm_server import ROOT, LoopbackServer, cpu_name, free_port, run_trainer, write_result
 
 SKIP = 3
 VARIANTS = {  # name -> overrides: max_staleness 0, 1, 2 (decoupled: the old-log-prob pass) and 1 in bypass form
@@ -39,20 +36,9 @@ VARIANTS = {  # name -> overrides: max_staleness 0, 1, 2 (decoupled: the old-log
 }
 
 
-def _train(run_dir: Path, extra: list[str], nproc: int = 1) -> list[dict]:
-    import subprocess
-
-    pin = ["taskset", "-c", "0"] if nproc == 1 and shutil.which("taskset") else []  # the trainer on core 0
-    cmd = [
-        *pin, sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}", "-m",
-        "trainer.main", f"logging.run_dir={run_dir}", "logging.overwrite=true",
-        f"warm_start.cache={ROOT / 'runs' / '.warm_start'}", *extra,
-    ]  # fmt: skip
-    env = _env(FASTSLOW_ROLLOUT_CPUS="1")  # the hf_process engine's child on core 1
-    out = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=1800)
-    if out.returncode != 0:
-        raise RuntimeError(f"{' '.join(cmd)} failed:\n{out.stdout[-2000:]}\n{out.stderr[-4000:]}")
-    return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+def _train(run_dir: Path, extra: list[str]) -> list[dict]:
+    """One trainer process pinned to core 0; the hf_process engine's child on core 1."""
+    return run_trainer(run_dir, extra, nproc=1, pin_core0=True, FASTSLOW_ROLLOUT_CPUS="1")
 
 
 def _summary(rows: list[dict], samples: int) -> dict[str, float]:
@@ -99,13 +85,13 @@ def main(argv: list[str] | None = None) -> int:
                     rows = _train(run, [*base, f"rollout.engine={engine}", *overrides])
                     runs[f"{engine}-{name}"].append(_summary(rows, samples))
                     model_dir = model_dir or run / "hf"
-            server = Server(model_dir, work / f"server_{repeat}.log", VLLM_CPU_OMP_THREADS_BIND="1")  # core 1
+            server = LoopbackServer(model_dir, work / f"server_{repeat}.log", VLLM_CPU_OMP_THREADS_BIND="1")  # core 1
             try:
                 for name, overrides in VARIANTS.items():
                     loads.append(os.getloadavg()[0])
                     extra = [
                         "rollout.vllm_mode=server", f"rollout.vllm_server_url={server.url}",
-                        "rollout.vllm_server_workers=1", f"rollout.vllm_nccl_port={_free_port()}", *overrides,
+                        "rollout.vllm_server_workers=1", f"rollout.vllm_nccl_port={free_port()}", *overrides,
                     ]  # fmt: skip
                     rows = _train(work / f"srv_{name}_{repeat}", [*base, *extra])
                     runs[f"vllm-server-{name}"].append(_summary(rows, samples))
@@ -132,23 +118,13 @@ def main(argv: list[str] | None = None) -> int:
             row["ideal_speedup"] = ideal
             row["of_ideal"] = (row["speedup"] - 1) / (ideal - 1) if ideal > 1 else float("nan")
     result = {
-        "machine": {"cpu": _cpu_name(), "cores": os.cpu_count(), "load_avg_1m_before_runs": loads},
+        "machine": {"cpu": cpu_name(), "cores": os.cpu_count(), "load_avg_1m_before_runs": loads},
         "job": f"--config vllm_cpu, 1 trainer process, {args.steps} steps (medians of steps {SKIP + 1}+)",
         "modes": table,
         "accuracy_eval_avg4_at_end": {"steps": args.accuracy_steps, "seeds": [0, 1], **accuracy},
         "runs": runs,
     }
-    stamp = datetime.now(timezone.utc).strftime("%Y-%m-%dT%H%MZ")
-    slug = "".join(c if c.isalnum() else "-" for c in _cpu_name().lower()).strip("-")[:40]
-    args.out.mkdir(parents=True, exist_ok=True)
-    path = args.out / f"async_cpu_{slug}_{stamp}"
-    path.with_suffix(".json").write_text(json.dumps(result, indent=1) + "\n")
     lines = [
-        f"# Asynchronous rollouts on the CPU, {result['job']}",
-        "",
-        f"{result['machine']['cpu']}, {result['machine']['cores']} cores; 1-min load before each run: "
-        + ", ".join(f"{x:.2f}" for x in loads),
-        "",
         "| engine, staleness | step s | steps/min | gen tok/s | speedup | ideal | of ideal | trainer idle "
         "| engine idle | staleness max |",
         "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
@@ -166,9 +142,7 @@ def main(argv: list[str] | None = None) -> int:
         f"Held-out avg@4 after {args.accuracy_steps} steps (hf_process engine, seeds 0 and 1): "
         f"max_staleness 0: {acc['k0']}, max_staleness 1 (token_truncate): {acc['k1']}",
     ]
-    path.with_suffix(".md").write_text("\n".join(lines) + "\n")
-    print("\n".join(lines))
-    print(f"wrote {path}.json and .md")
+    write_result(args.out, "async_cpu", result, f"Asynchronous rollouts on the CPU, {result['job']}", lines)
     return 0
 
 

@@ -8,20 +8,17 @@ from __future__ import annotations
 
 import importlib.util
 import json
-import os
-import socket
 import subprocess
 import sys
-import time
-import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
+from bench.vllm_server import LoopbackServer, vllm_env
+
 ROOT = Path(__file__).resolve().parents[1]
 CHECK = ROOT / "tests" / "_vllm_cpu_check.py"
-EXTENSION = "trainer.rollout.vllm_worker.WeightLoaderExtension"
 
 pytestmark = [
     pytest.mark.vllm,
@@ -30,21 +27,10 @@ pytestmark = [
 ]
 
 
-def _env(**extra: str) -> dict[str, str]:
-    env = dict(os.environ, PYTHONUNBUFFERED="1", TRITON_INTERPRET="0", **extra)
-    env.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
-    return env
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _torchrun(*args: str, nproc: int = 1, timeout: float = 600, env: dict[str, str] | None = None) -> str:
+def _torchrun(*args: str, nproc: int = 1, timeout: float = 600) -> str:
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}", *args]
-    out = subprocess.run(cmd, cwd=ROOT, env=env or _env(), capture_output=True, text=True, timeout=timeout)
+    env = vllm_env(TRITON_INTERPRET="0")
+    out = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout)
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-6000:]
     return out.stdout
 
@@ -75,37 +61,11 @@ def server(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[tuple[str
     tie = request.param
     folder = tmp_path / "server_model"
     subprocess.run([sys.executable, str(CHECK), "--model-dir", str(folder), tie], cwd=ROOT, check=True)
-    port = _free_port()
-    log = (tmp_path / "server.log").open("w")
-    proc = subprocess.Popen(
-        [
-            sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", str(folder), "--port", str(port),
-            "--load-format", "dummy", "--dtype", "float32", "--max-model-len", "256", "--enforce-eager",
-            "--logprobs-mode", "processed_logprobs", "--generation-config", "vllm", "--worker-extension-cls", EXTENSION,
-        ],
-        cwd=ROOT, env=_env(VLLM_SERVER_DEV_MODE="1"), stdout=log, stderr=subprocess.STDOUT,
-    )  # fmt: skip
-    url = f"http://127.0.0.1:{port}"
+    running = LoopbackServer(folder, tmp_path / "server.log", max_model_len=256, TRITON_INTERPRET="0")
     try:
-        deadline = time.monotonic() + 300
-        while True:
-            try:
-                with urllib.request.urlopen(f"{url}/health", timeout=5) as r:
-                    if r.status == 200:
-                        break
-            except OSError:
-                pass
-            if proc.poll() is not None or time.monotonic() > deadline:
-                pytest.fail("vLLM server did not come up:\n" + (tmp_path / "server.log").read_text()[-4000:])
-            time.sleep(1)
-        yield url, tie
+        yield running.url, tie
     finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-        log.close()
+        running.stop()
 
 
 @pytest.mark.parametrize("server", ["tied", "untied"], indirect=True)
@@ -134,7 +94,7 @@ def test_built_in_job_trains_on_vllm_and_evaluates(tmp_path: Path) -> None:
     assert [r["step"] for r in evals] == [0, 3], rows
     out = subprocess.run(
         [sys.executable, "-m", "trainer.eval", str(run), "--json", str(tmp_path / "eval.json")],
-        cwd=ROOT, env=_env(), capture_output=True, text=True, timeout=600,
+        cwd=ROOT, env=vllm_env(TRITON_INTERPRET="0"), capture_output=True, text=True, timeout=600,
     )  # fmt: skip
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
     again = json.loads((tmp_path / "eval.json").read_text())["metrics"]

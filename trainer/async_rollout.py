@@ -19,6 +19,7 @@ engine shares the trainer's device and cannot overlap: a config error says so.
 
 from __future__ import annotations
 
+import sys
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -26,6 +27,8 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass
 from typing import Any
+
+import torch.distributed as dist
 
 from trainer.rollout.base import Completion, RolloutEngine, SamplingParams
 
@@ -133,6 +136,38 @@ class RolloutPipeline:
 
     def close(self) -> None:
         self._pool.shutdown(wait=True, cancel_futures=True)
+
+
+def every_rank_state(pipeline: RolloutPipeline, world: int) -> list[dict[str, Any]]:
+    """Every rank's `pipeline.state_dict()` (each rank's prompts are its own), in rank order: a collective, as the
+    checkpoint is (every rank saves). Drains each rank's pipeline first."""
+    mine = pipeline.state_dict()
+    if world == 1:
+        return [mine]
+    every: list[Any] = [None] * world
+    dist.all_gather_object(every, mine)
+    return every
+
+
+def restore_rank_state(
+    pipeline: RolloutPipeline | None, ahead: list[dict[str, Any]], rank: int, world: int, warn: bool
+) -> None:
+    """Load this rank's entry of `every_rank_state`'s list into `pipeline`. A synchronous run (`pipeline` None), or
+    one on another number of ranks, cannot use the batches: their prompts count as seen (one warning line when
+    `warn`), and the pipeline keeps only the policy version."""
+    usable = pipeline is not None and len(ahead) == world
+    if usable:
+        pipeline.load_state_dict(ahead[rank])
+        return
+    if warn and any(a["pending"] for a in ahead):
+        why = "this run is synchronous" if pipeline is None else f"it was written by {len(ahead)} ranks"
+        print(
+            f"warning: the checkpoint holds batches generated ahead (rollout.max_staleness > 0) and {why}: "
+            "their prompts count as seen, and the next steps draw new ones",
+            file=sys.stderr, flush=True,
+        )  # fmt: skip
+    if pipeline is not None:
+        pipeline.version = int(ahead[0]["version"])
 
 
 def take_step(

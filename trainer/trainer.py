@@ -38,7 +38,13 @@ import torch.distributed as dist
 from trainer import checkpoint as ckpt
 from trainer import reward_worker
 from trainer.algorithm_build import build_algorithm
-from trainer.async_rollout import RolloutPipeline, overlap_note, overlap_problem
+from trainer.async_rollout import (
+    RolloutPipeline,
+    every_rank_state,
+    overlap_note,
+    overlap_problem,
+    restore_rank_state,
+)
 from trainer.build import build_models, build_optimizer
 from trainer.checkpoint import check as checkpoint_check
 from trainer.checkpoint import resume as resume_check
@@ -208,18 +214,8 @@ class Trainer:
             "switch": None if c.switch is None else c.switch.state_dict(),
             "bad_steps": self.bad_steps,
             "dry_steps": self.dry_steps,
-            "rollout_pipeline": None if c.pipeline is None else self._pipeline_states(),
+            "rollout_pipeline": None if c.pipeline is None else every_rank_state(c.pipeline, self.info.world),
         }
-
-    def _pipeline_states(self) -> list[dict[str, Any]]:
-        """Every rank's batches generated ahead (each rank's prompts are its own), in rank order: a collective, as
-        the checkpoint is (every rank saves). Drains each rank's pipeline first."""
-        mine = self.ctx.pipeline.state_dict()
-        if self.info.world == 1:
-            return [mine]
-        every: list[Any] = [None] * self.info.world
-        dist.all_gather_object(every, mine)
-        return every
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Restores `state_dict()`'s output (an older checkpoint's "rng" entry is ignored: streams are seeded)."""
@@ -235,19 +231,7 @@ class Trainer:
         self.dry_steps = int(state.get("dry_steps", 0))  # absent in checkpoints written before it
         ahead = state.get("rollout_pipeline")  # per rank: the batches generated ahead (rollout.max_staleness > 0)
         if ahead is not None:
-            ahead = list(ahead) if isinstance(ahead, list) else [ahead]
-            usable = c.pipeline is not None and len(ahead) == self.info.world
-            if usable:
-                c.pipeline.load_state_dict(ahead[self.info.rank])
-            elif any(a["pending"] for a in ahead) and self.info.is_main:
-                why = "this run is synchronous" if c.pipeline is None else f"it was written by {len(ahead)} ranks"
-                print(
-                    f"warning: the checkpoint holds batches generated ahead (rollout.max_staleness > 0) and {why}: "
-                    "their prompts count as seen, and the next steps draw new ones",
-                    file=sys.stderr, flush=True,
-                )  # fmt: skip
-            if not usable and c.pipeline is not None:
-                c.pipeline.version = int(ahead[0]["version"])
+            restore_rank_state(c.pipeline, ahead, self.info.rank, self.info.world, warn=self.info.is_main)
 
     def _check_resume(self) -> list[Path]:
         """The checkpoints to resume from, in the order to try them ([]: start fresh), checked before any model is

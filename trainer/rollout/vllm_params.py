@@ -107,9 +107,9 @@ def choose_route(
 def sleep_level_here(level: int, sleep_available: bool, *, warn: bool = True) -> int:
     """`level` where the platform has vLLM's sleep mode, else 0 with one warning line when `warn` (rank 0: one line
     a run), as vLLM refuses the flag there."""
-    if level > 0 and not sleep_available and not warn:
-        return 0
-    if level > 0 and not sleep_available:
+    if level == 0 or sleep_available:
+        return level
+    if warn:
         import sys
 
         print(
@@ -118,8 +118,7 @@ def sleep_level_here(level: int, sleep_available: bool, *, warn: bool = True) ->
             file=sys.stderr,
             flush=True,
         )
-        return 0
-    return level
+    return 0
 
 
 DEFAULT_CPU_KVCACHE_GIB = 1
