@@ -20,7 +20,7 @@ LOCK ?= requirements/lock-$(LOCK_KIND).txt
 PIN = $(if $(wildcard $(LOCK)),-c $(LOCK))
 LOCK_EXTRAS := dev,bench,plot
 
-.PHONY: run test lint format clean compare lock test-latest
+.PHONY: run test lint format clean compare compare-full lock test-latest
 
 $(STAMP): pyproject.toml setup.py $(wildcard csrc/*.cpp) $(wildcard $(LOCK))
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -88,6 +88,13 @@ bench: $(STAMP)
 # seeds 0,1,2; results in bench/results/learning_DEVICE_DATE.{json,md,png}. ARGS passes flags and overrides through.
 compare: $(STAMP)
 	$(PY) -m bench.learning $(ARGS)
+
+# The full learning comparison (bench/learning_study.py, study bench/studies/full_cpu.toml): the chain task, four
+# algorithms at three learning rates, three controls, five seeds, intervals and verdicts; about an hour on 2 cores.
+# Results in bench/results/study_full_cpu_DEVICE_DATE.{json,md,png}. STUDY=full_gpu on a GPU machine.
+STUDY ?= full_cpu
+compare-full: $(STAMP)
+	$(PY) -m bench.learning --study $(STUDY) $(ARGS)
 
 # fastslow against TRL's GRPOTrainer on the same job (bench/peer.py; not in CI): TRL in its own venv, .venv-trl.
 TRL_VENV := .venv-trl

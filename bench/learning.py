@@ -2,6 +2,7 @@
 
     python -m bench.learning [--seeds 0,1,2] [--algorithms grpo,sfpo,fast_grpo,fast_sfpo]
                              [--config FILE_OR_PRESET] [--nproc N] [--work DIR] [--out DIR] [section.key=value ...]
+    python -m bench.learning --study full_cpu [...]      (the full comparison: see bench.learning_study)
 
 Each (algorithm, seed) is one `torchrun -m trainer.main` run with the same config, overrides, steps, prompts per step
 and group size (so the same rollout budget before filter refills), evaluated on the held-out set every
@@ -75,6 +76,11 @@ def _run(alg: str, seed: int, args: argparse.Namespace, overrides: list[str], ru
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if any(a == "--study" or a.startswith("--study=") for a in argv):  # the full comparison: bench.learning_study
+        from bench import learning_study
+
+        return learning_study.main(argv)
     args, overrides = _parse(argv)
     seeds = [int(s) for s in args.seeds.split(",") if s.strip()]
     algorithms = [a.strip() for a in args.algorithms.split(",") if a.strip()]

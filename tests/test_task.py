@@ -54,8 +54,10 @@ def test_worked_solutions_score_right_and_formatted(think: bool, fillers: int) -
         ("<think>333880</think><answer>0</answer>", True, True),  # the built-in tokenizer decodes without spaces
         ("<think> 3 3 3 8 8 0 wait check </think> <answer> 0 </answer>", True, True),  # fillers cost, no harm
         ("<answer> 0 </answer>", True, True),  # no think block: fast thinking skips it
-        ("</think> <answer> 0", True, True),  # the prompt opened the block; cut after the answer
-        ("<answer> 0 </answer> ok wait", True, True),  # words after the answer
+        ("</think> <answer> 0 </answer>", True, True),  # the prompt opened the block
+        ("</think> <answer> 0", True, False),  # an answer never closed (the loophole FAST's brevity reward found)
+        ("<think> 4 3 7 7 2 0 </think> <answer> 0", True, False),  # ... as it found it
+        ("<answer> 0 </answer> ok wait", True, False),  # words after the answer (the seed's regex wants none)
         ("0", False, False),  # no answer tag: no answer (the thought's digits are not one)
         ("<think> 3 3 3 8 8 0 </think>", False, False),  # thought, never answered
         ("<think> 0 </think> <answer> 5 </answer>", False, True),  # the tagged answer counts, not the thought
@@ -67,7 +69,8 @@ def test_worked_solutions_score_right_and_formatted(think: bool, fillers: int) -
         ("<answer> 0 <think> </think>", True, False),  # think tags after the answer
         ("<answer>", False, False),
         ("", False, False),
-        ("\x00\ufffd\U0001f600 <answer> 0", True, True),
+        ("\x00\ufffd\U0001f600 <answer> 0 </answer>", True, True),
+        ("\x00\ufffd\U0001f600 <answer> 0", True, False),
     ],
 )
 def test_task_rule_on_hand_written_responses(response: str, correct: bool, formatted: bool) -> None:

@@ -25,9 +25,10 @@ from typing import Any, Literal
 from trainer.config_algorithm import FAST_DEFAULTS, AlgorithmConfig
 from trainer.config_base import ConfigError, InputError, _hints, _Section, _suggest, input_errors
 from trainer.config_parallel import ParallelConfig
-from trainer.config_report import EVAL_SUFFIXES, EvalConfig, LoggingConfig, eval_source_name
+from trainer.config_report import BUILTIN_TEXT, EVAL_SUFFIXES, EvalConfig, LoggingConfig, eval_source_name
 from trainer.config_rollout import MIN_TEMPERATURE, RolloutConfig
 from trainer.data_formats import DATA_SUFFIXES, SUFFIX_TEXT
+from trainer.tasks import is_builtin as is_builtin_task
 
 __all__ = [
     "EVAL_SUFFIXES",
@@ -163,7 +164,8 @@ class DataConfig(_Section):
 
     SECTION = "data"
     source: str = "synthetic"
-    """"synthetic" (the built-in task) or a path to a .jsonl / .json / .parquet / .pq file with prompt and answer
+    """A built-in task ("synthetic": the digit sum, the quick default; "chain": the running sum of the full learning
+    comparison, `trainer.tasks`) or a path to a .jsonl / .json / .parquet / .pq file with prompt and answer
     columns (a .json file is JSON lines, or one JSON array when it starts with `[`)."""
     prompt_key: str = "prompt"
     """Column holding the prompt text."""
@@ -177,8 +179,8 @@ class DataConfig(_Section):
     """Wrap each prompt in the tokenizer's chat template when it has one."""
 
     def validate(self) -> None:
-        ok = self.source == "synthetic" or self.source.lower().endswith(DATA_SUFFIXES)
-        self._require(ok, "source", f"must be 'synthetic' or a path to a {SUFFIX_TEXT} file")
+        ok = is_builtin_task(self.source) or self.source.lower().endswith(DATA_SUFFIXES)
+        self._require(ok, "source", f"must be a built-in task ({BUILTIN_TEXT}) or a path to a {SUFFIX_TEXT} file")
         self._require(bool(self.prompt_key), "prompt_key", "must not be empty")
         self._require(bool(self.answer_key), "answer_key", "must not be empty")
         self._at_least(1, "max_prompt_tokens")
@@ -337,9 +339,9 @@ class Config(_Section):
             problem = temperature_problem(self.eval.temperature)
             if problem:
                 raise ConfigError(f"eval.temperature = {self.eval.temperature!r} (rollout.engine = 'vllm'): {problem}")
-        if self.warm_start.mode == "on" and str(self.data.source) != "synthetic":
+        if self.warm_start.mode == "on" and not is_builtin_task(self.data.source):
             raise ConfigError(
-                f"warm_start.mode = 'on': the warm start trains on the synthetic task, but data.source = "
+                f"warm_start.mode = 'on': the warm start trains on a built-in task ({BUILTIN_TEXT}), but data.source = "
                 f"{self.data.source!r}; use warm_start.mode = 'off' (or 'auto')"
             )
 

@@ -9,6 +9,10 @@ from typing import Literal
 
 from trainer.config_base import ConfigError, _Section
 from trainer.data_formats import DATA_SUFFIXES, SUFFIX_TEXT
+from trainer.tasks import NAMES as BUILTIN_TASKS
+from trainer.tasks import is_builtin as is_builtin_task
+
+BUILTIN_TEXT = ", ".join(repr(t) for t in BUILTIN_TASKS)
 
 __all__ = ["EVAL_SUFFIXES", "EvalConfig", "LoggingConfig", "eval_source_name"]
 
@@ -55,7 +59,7 @@ EVAL_SUFFIXES = DATA_SUFFIXES
 
 def eval_source_name(entry: str) -> str:
     """How an `eval.source` entry is reported: "synthetic", or the file's stem (`data/math500.jsonl` -> `math500`)."""
-    return entry if entry == "synthetic" else PurePath(entry.replace("\\", "/")).stem
+    return entry if is_builtin_task(entry) else PurePath(entry.replace("\\", "/")).stem
 
 
 @dataclass
@@ -67,7 +71,8 @@ class EvalConfig(_Section):
     enabled: bool = True
     """Evaluate during training (false: never; `python -m trainer.eval` ignores this)."""
     source: str = "synthetic"
-    """What to evaluate on: "synthetic" (the built-in task's held-out split, disjoint from its training prompts), or
+    """What to evaluate on: a built-in task ("synthetic", "chain": its held-out split, disjoint from its training
+    prompts), or
     .jsonl / .json / .parquet / .pq files, given as a TOML list (`["a.jsonl", "b.parquet"]`) or one string with commas
     (`eval.source=a.jsonl,b.parquet`); each is reported under its file stem (`eval/math500/...`). A relative path
     is taken from the working directory when it is there, else from the repository root (so the presets'
@@ -117,10 +122,10 @@ class EvalConfig(_Section):
 
     def validate(self) -> None:
         sources = self.sources
-        self._require(bool(sources), "source", f"must be 'synthetic' or one or more {SUFFIX_TEXT} paths")
+        self._require(bool(sources), "source", f"must be a built-in task ({BUILTIN_TEXT}) or {SUFFIX_TEXT} paths")
         for s in sources:
-            ok = s == "synthetic" or s.lower().endswith(EVAL_SUFFIXES)
-            self._require(ok, "source", f"{s!r} is neither 'synthetic' nor a path to a {SUFFIX_TEXT} file")
+            ok = is_builtin_task(s) or s.lower().endswith(EVAL_SUFFIXES)
+            self._require(ok, "source", f"{s!r} is neither a built-in task ({BUILTIN_TEXT}) nor a {SUFFIX_TEXT} file")
         names = [eval_source_name(s) for s in sources]
         for name in names:
             self._require(names.count(name) == 1, "source", f"two entries report as {name!r} (stems must differ)")

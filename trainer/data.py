@@ -19,7 +19,8 @@ group at a time (the last few kept), so memory is bounded by the largest row gro
 of at most ~100k rows. A JSON array (`.json` starting with `[`) and the synthetic task are small by nature and are
 held in a list.
 
-The data config is read by attribute (duck typing): `source` ("synthetic" or a path to .jsonl / .json / .parquet / .pq),
+The data config is read by attribute (duck typing): `source` (a built-in task of `trainer.tasks`, "synthetic" or
+"chain", or a path to .jsonl / .json / .parquet / .pq),
 `prompt_key`, `answer_key`, `max_prompt_tokens`, `on_long_prompt` ("skip" | "error"), `apply_chat_template`, and
 optionally `synthetic_size`, `synthetic_split` ("train", the default, or "eval": the task's held-out split, see
 `trainer.task.make_dataset`) and `difficulty_key` (a column name; unset or "": no difficulty). The training data
@@ -39,7 +40,7 @@ from typing import Any
 
 from transformers import PreTrainedTokenizerBase
 
-from trainer import task
+from trainer import tasks
 from trainer.data_formats import DATA_SUFFIXES, JSON_SUFFIXES, PARQUET_SUFFIXES, Item, Row, difficulty_key
 from trainer.data_json import json_array_rows, jsonl_rows, parse_line, pick, starts_with_bracket
 from trainer.data_parquet import ParquetItems, import_pyarrow, parquet_rows
@@ -135,15 +136,15 @@ def load_prompts(data_cfg: Any, tokenizer: PreTrainedTokenizerBase, *, seed: int
     limit = int(data_cfg.max_prompt_tokens)
     if data_cfg.on_long_prompt not in ("skip", "error"):
         raise ValueError(f"data.on_long_prompt: {data_cfg.on_long_prompt!r} is not allowed; allowed: 'skip', 'error'")
-    if source == SYNTHETIC:
+    if tasks.is_builtin(source):
         size = int(getattr(data_cfg, "synthetic_size", SYNTHETIC_SIZE))
         split = str(getattr(data_cfg, "synthetic_split", "train"))
         key = difficulty_key(data_cfg)
         rows: Iterator[Row] = (
-            (f"synthetic item {i}", item["prompt"], item["answer"], i, item.get(key) if key else None)
-            for i, item in enumerate(task.make_dataset(size, seed, split=split))
+            (f"{source} item {i}", item["prompt"], item["answer"], i, item.get(key) if key else None)
+            for i, item in enumerate(tasks.get(source).make_dataset(size, seed, split=split))
         )
-        return _eager(SYNTHETIC, rows, tokenizer, data_cfg)
+        return _eager(source, rows, tokenizer, data_cfg)
     path = Path(source).expanduser()
     if not path.is_file():
         raise FileNotFoundError(f"data.source: {path} does not exist or is not a file")

@@ -35,7 +35,7 @@ from transformers import (
 )
 from transformers.utils import logging as hf_logging
 
-from trainer import task
+from trainer import tasks
 
 __all__ = [
     "PAD",
@@ -78,8 +78,9 @@ def engine_dtype(model_cfg: Any, device: torch.device) -> torch.dtype:
     return torch.bfloat16 if mixed_precision(model_cfg, device) else torch.float32
 
 
-def build_tokenizer() -> PreTrainedTokenizerFast:
-    """The built-in tokenizer: one token per word of `trainer.task.VOCAB`, as a `Qwen2Tokenizer`.
+def build_tokenizer(task: str = tasks.DEFAULT) -> PreTrainedTokenizerFast:
+    """The built-in tokenizer of a built-in task (`trainer.tasks`): one token per word of its `VOCAB`, as a
+    `Qwen2Tokenizer`. The default task's is described below; the "chain" task's has 164 tokens.
 
     Ids: `<pad>` 0, `<bos>` 1, `<eos>` 2, `<unk>` 3, then `VOCAB` in order (27 words, 31 tokens in all). Each word is
     an added token that swallows the white space around it, so `"1 + 2 ="` and `"1+2="` both encode to the same four
@@ -93,7 +94,8 @@ def build_tokenizer() -> PreTrainedTokenizerFast:
     as a byte-level one that silently drops most words. Built as a Qwen2Tokenizer it round-trips exactly through
     `save_pretrained` / `AutoTokenizer.from_pretrained`, checkpoints and HF exports included.
     """
-    vocab = {w: i for i, w in enumerate(SPECIALS + task.VOCAB)}
+    words_of_task = tuple(tasks.get(task).VOCAB)
+    vocab = {w: i for i, w in enumerate(SPECIALS + words_of_task)}
     tok = Qwen2Tokenizer(
         vocab=vocab,
         merges=[],
@@ -104,7 +106,7 @@ def build_tokenizer() -> PreTrainedTokenizerFast:
         model_max_length=MAX_POSITIONS,
         clean_up_tokenization_spaces=False,
     )
-    words = [AddedToken(w, lstrip=True, rstrip=True, normalized=False, special=False) for w in task.VOCAB]
+    words = [AddedToken(w, lstrip=True, rstrip=True, normalized=False, special=False) for w in words_of_task]
     tok.add_tokens(words)
     return tok
 
@@ -117,11 +119,12 @@ def _folder(model_cfg: Any) -> tuple[str | None, str]:
     return getattr(model_cfg, "config", None), "model.config"
 
 
-def load_tokenizer(model_cfg: Any) -> PreTrainedTokenizerBase:
-    """The tokenizer of `model.path` / `model.config` (pad = eos when it has no pad token), or the built-in one."""
+def load_tokenizer(model_cfg: Any, *, task: str = tasks.DEFAULT) -> PreTrainedTokenizerBase:
+    """The tokenizer of `model.path` / `model.config` (pad = eos when it has no pad token), or the built-in one of
+    the built-in `task` (the tiny preset's)."""
     path, key = _folder(model_cfg)
     if path is None:
-        return build_tokenizer()
+        return build_tokenizer(task)
     folder = _check_folder(path, need_weights=False, key=key)
     try:
         with _quiet_transformers():  # it reads config.json too: an odd one warns before any check of ours

@@ -53,7 +53,7 @@ import torch
 from torch import Tensor
 
 from fastslow.math_reward import score_batch
-from trainer import task as synthetic_task
+from trainer import tasks as builtin_tasks
 
 __all__ = [
     "LENGTH_UNITS",
@@ -73,7 +73,7 @@ __all__ = [
     "think_opened_flags",
 ]
 
-TASKS = ("synthetic", "math")
+TASKS = (*builtin_tasks.NAMES, "math")
 LENGTH_UNITS = ("tokens", "chars")
 ON_ERROR = ("raise", "zero")
 
@@ -90,8 +90,9 @@ class RewardError(RuntimeError):
 
 
 def task_for(data_cfg: Any) -> str:
-    """The reward task of a data source: "synthetic" for the built-in task, "math" for a file of prompts."""
-    return "synthetic" if str(data_cfg.source) == "synthetic" else "math"
+    """The reward task of a data source: a built-in task's own name ("synthetic", "chain"), "math" for a file."""
+    source = str(data_cfg.source)
+    return source if builtin_tasks.is_builtin(source) else "math"
 
 
 def score(
@@ -107,8 +108,8 @@ def score(
     Args:
         responses: `N` generated texts (special tokens already stripped).
         answers: `N` reference answers, `answers[i]` for `responses[i]`.
-        task: "synthetic" (`trainer.task.check`) or "math" (`fastslow.math_reward`: boxed or `<answer>` answer,
-            exact then symbolic comparison, FAST's think/answer format).
+        task: a built-in task (`trainer.tasks`: "synthetic", "chain"; their `check`) or "math"
+            (`fastslow.math_reward`: boxed or `<answer>` answer, exact then symbolic comparison, FAST's format).
         think_opened: math only: the prompt (chat template) already opened the `<think>` block, so FAST's format
             term expects the response to close it without opening it: one bool for all, or one per response
             (`prompt_opens_think` tells it from a rendered prompt).
@@ -138,7 +139,8 @@ def score(
                 )  # fmt: skip
                 correct[idx], formatted[idx] = c, f
         return correct, formatted
-    verdicts = [synthetic_task.check(r, str(a)) for r, a in zip(responses, answers)]
+    check = builtin_tasks.get(task).check
+    verdicts = [check(r, str(a)) for r, a in zip(responses, answers)]
     correct = torch.tensor([v.correct for v in verdicts], dtype=torch.bool)
     formatted = torch.tensor([v.formatted for v in verdicts], dtype=torch.bool)
     return correct, formatted

@@ -36,10 +36,13 @@ other words.
   digits of the thinking are not an answer). correct: predicted equals the answer as an integer.
 - formatted (the FAST format bonus): (1) exactly one `<answer>`, and the piece right after it is a digit; (2) at
   most one `<think>` and at most one `</think>`, both before `<answer>`; a `<think>` must be closed by a later
-  `</think>` (a lone `</think>` is fine: the prompt may have opened the block); (3) at most one `</answer>`, and
-  only right after the answer's digit. The full layout is formatted, and so are its shortened forms: no think block
-  (fast thinking skips it, as in `fastslow.math_reward.format_ok`) and words after the answer (a response cut at the
-  token limit).
+  `</think>` (a lone `</think>` is fine: the prompt may have opened the block); (3) the answer is closed: exactly one
+  `</answer>`, right after the answer's digit, and nothing after it. A direct answer (no think block) is formatted:
+  fast thinking skips the block, which `fastslow.math_reward.format_ok` allows as an empty `<think></think>`.
+  Rule (3) is the seed's: its format regex (as `format_ok` implements it) wants `<answer>X</answer>` with only white
+  space after it. An earlier version also accepted an unclosed `<answer> d`, and FAST's brevity reward found it
+  (`<think>...</think><answer>2<eos>`, one token shorter); a response cut at the token limit is wrong either way
+  (`reward.truncated`).
 """
 
 from __future__ import annotations
@@ -54,10 +57,12 @@ __all__ = [
     "ANSWER_OPEN",
     "FILLER",
     "MAX_LEVEL",
+    "NAME",
     "NUM_DIGITS",
     "SPLITS",
     "THINK_CLOSE",
     "THINK_OPEN",
+    "VERSION",
     "VOCAB",
     "Verdict",
     "check",
@@ -65,7 +70,12 @@ __all__ = [
     "pieces",
     "solution",
     "split_of",
+    "warm_start_examples",
 ]
+
+NAME = "synthetic"
+VERSION = "digit-sum-v1"
+"""Changes whenever prompts or worked solutions change, so that an old warm-start cache is never reused."""
 
 THINK_OPEN, THINK_CLOSE, ANSWER_OPEN, ANSWER_CLOSE = "<think>", "</think>", "<answer>", "</answer>"
 TAGS = (THINK_OPEN, THINK_CLOSE, ANSWER_OPEN, ANSWER_CLOSE)
@@ -153,6 +163,21 @@ def solution(digits: list[int], *, think: bool, fillers: int = 0, rng: random.Ra
     return " ".join([THINK_OPEN, *running, *words, THINK_CLOSE, answer])
 
 
+def warm_start_examples(n: int, *, seed: int, direct: float, filler: float) -> list[tuple[str, str]]:
+    """`n` (prompt, response) pairs on the training split for the warm start (`trainer.warm_start`): direct with
+    probability `direct`, else a thought with a geometric number of filler words (each further one with probability
+    `filler`)."""
+    rng = random.Random(f"warm-start:{seed}")
+    pairs = []
+    for item in make_dataset(n, seed, split="train"):
+        think = rng.random() >= direct
+        fillers = 0
+        while think and rng.random() < filler:
+            fillers += 1
+        pairs.append((item["prompt"], solution(item["digits"], think=think, fillers=fillers, rng=rng)))
+    return pairs
+
+
 def _as_int(text: str) -> int | None:
     """The integer a number piece or a reference spells, None when it is not a plain non-negative integer."""
     text = text.strip()
@@ -187,5 +212,4 @@ def _formatted(ps: list[str]) -> bool:
         return False
     if THINK_OPEN in head and THINK_CLOSE not in head:
         return False  # an open think block never closed: the answer is still inside the thinking
-    n_close = ps.count(ANSWER_CLOSE)
-    return n_close == 0 or (n_close == 1 and at + 2 < len(ps) and ps[at + 2] == ANSWER_CLOSE)
+    return ps.count(ANSWER_CLOSE) == 1 and len(ps) == at + 3 and ps[at + 2] == ANSWER_CLOSE

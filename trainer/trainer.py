@@ -36,7 +36,7 @@ import torch
 import torch.distributed as dist
 
 from trainer import checkpoint as ckpt
-from trainer import reward_worker
+from trainer import reward_worker, tasks
 from trainer.algorithm_build import build_algorithm
 from trainer.async_rollout import (
     RolloutPipeline,
@@ -108,7 +108,7 @@ class Trainer:
     def _build(self) -> None:
         cfg, info = self.cfg, self.info
         with input_errors():
-            self.tokenizer = load_tokenizer(cfg.model)
+            self.tokenizer = load_tokenizer(cfg.model, task=tasks.of_source(cfg.data.source).NAME)
             self.prompts = load_prompts(cfg.data, self.tokenizer, seed=cfg.seed)
             if len(self.prompts) < cfg.rollout.prompts_per_step:
                 raise ConfigError(

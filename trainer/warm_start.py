@@ -1,4 +1,4 @@
-"""The built-in warm start: a short supervised pass on worked solutions of the synthetic task, before RL.
+"""The built-in warm start: a short supervised pass on worked solutions of a built-in task, before RL.
 
 The papers run RL on models that already answer at length (distilled long-CoT or math models), not on random
 weights. The built-in job's stand-in: the tiny preset, trained with plain next-token cross-entropy on responses to
@@ -6,7 +6,8 @@ the task's *training* split (`trainer.task`, never its held-out split) written t
 a direct answer (probability `warm_start.direct`), else the running-sum thought, followed by filler words (each one
 more with probability `warm_start.filler`, so 0, 1, 2, ... of them). The mixture is fixed before any RL run and is
 the same for every algorithm: the model it makes thinks about half the time, pads some thoughts, and gets the hard
-levels right only when it thinks (see `trainer.task` for the measured accuracies).
+levels right only when it thinks (see `trainer.task` for the measured accuracies). The "chain" task
+(`trainer.tasks.chain`) has its own mixture: a direct answer, else a thought that `filler` pads with a restatement.
 
 The weights are a property of the model's shape and these settings, not of the RL seed (the papers start every seed
 from one base model): they are trained once from `warm_start.seed` and cached as safetensors in `warm_start.cache`
@@ -22,10 +23,10 @@ import hashlib
 import json
 import math
 import os
-import random
 import sys
 import time
 from pathlib import Path
+from types import ModuleType
 from typing import Any
 
 import torch
@@ -34,15 +35,17 @@ from safetensors import safe_open
 from safetensors.torch import load_model, save_model
 from transformers import PretrainedConfig, PreTrainedModel, PreTrainedTokenizerBase
 
-from trainer import task
+from trainer import task as digit_sum
+from trainer import tasks
 from trainer.checkpoint import checksums
 from trainer.data import encode_prompts
 from trainer.signals import Interrupted, stop_requested
 
 __all__ = ["TASK_VERSION", "applies", "cache_path", "ensure_cache", "examples", "supervised_pass", "warm_start"]
 
-TASK_VERSION = "digit-sum-v1"
-"""Changes whenever `trainer.task`'s prompts or solutions change, so that an old cache is never reused."""
+TASK_VERSION = digit_sum.VERSION
+"""The default task's cache key; each task's `VERSION` changes whenever its prompts or solutions change, so that an
+old cache is never reused."""
 
 _ARCH_KEYS = (
     "model_type", "vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads",
@@ -51,11 +54,11 @@ _ARCH_KEYS = (
 
 
 def applies(cfg: Any) -> bool:
-    """Whether the run warm-starts: `warm_start.mode` "on", or "auto" with the tiny preset on the synthetic task."""
+    """Whether the run warm-starts: `warm_start.mode` "on", or "auto" with the tiny preset on a built-in task."""
     mode = cfg.warm_start.mode
     if mode == "auto":
         m = cfg.model
-        return m.path is None and m.config is None and m.preset == "tiny" and str(cfg.data.source) == "synthetic"
+        return m.path is None and m.config is None and m.preset == "tiny" and tasks.is_builtin(cfg.data.source)
     return mode == "on"
 
 
@@ -67,28 +70,20 @@ def cache_path(cfg: Any, model: PreTrainedModel | PretrainedConfig, run_dir: Pat
     """Where the weights for this model shape (a model or its config) and these settings are cached."""
     arch = (model if isinstance(model, PretrainedConfig) else model.config).to_dict()
     key = {
-        "task": TASK_VERSION,
+        "task": tasks.of_source(cfg.data.source).VERSION,
         "arch": {k: arch.get(k) for k in _ARCH_KEYS},
         "settings": _settings(cfg.warm_start),
         "torch": torch.__version__.split("+")[0],
     }
     digest = hashlib.sha256(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()[:16]
     folder = Path(cfg.warm_start.cache).expanduser() if cfg.warm_start.cache else run_dir.parent / ".warm_start"
-    return folder / f"{TASK_VERSION}-{digest}.safetensors"
+    return folder / f"{tasks.of_source(cfg.data.source).VERSION}-{digest}.safetensors"
 
 
-def examples(n: int, *, seed: int, direct: float, filler: float) -> list[tuple[str, str]]:
-    """`n` (prompt, response) pairs on the training split: direct with probability `direct`, else a thought with
-    a geometric number of filler words (each further one with probability `filler`)."""
-    rng = random.Random(f"warm-start:{seed}")
-    pairs = []
-    for item in task.make_dataset(n, seed, split="train"):
-        think = rng.random() >= direct
-        fillers = 0
-        while think and rng.random() < filler:
-            fillers += 1
-        pairs.append((item["prompt"], task.solution(item["digits"], think=think, fillers=fillers, rng=rng)))
-    return pairs
+def examples(n: int, *, seed: int, direct: float, filler: float, task: ModuleType = digit_sum) -> list[tuple[str, str]]:
+    """`n` (prompt, response) pairs on the training split of the built-in `task` (`trainer.tasks`): its
+    `warm_start_examples` (a direct answer with probability `direct`, else a thought padded by `filler`)."""
+    return task.warm_start_examples(n, seed=seed, direct=direct, filler=filler)
 
 
 def _batch(
@@ -109,13 +104,15 @@ def _batch(
     return ids.to(device), att.to(device), labels.to(device)
 
 
-def supervised_pass(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, ws: Any) -> dict[str, float]:
+def supervised_pass(
+    model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, ws: Any, *, task: ModuleType = digit_sum
+) -> dict[str, float]:
     """Trains `model` in place on `examples(...)`: AdamW, linear warm-up then decay to a tenth, grad clip 1.
 
     Returns `{"loss_first", "loss_last", "seconds"}` (mean cross-entropy of the first and last 20 steps).
     """
     device = next(model.parameters()).device
-    pairs = examples(ws.steps * ws.batch_size, seed=ws.seed, direct=ws.direct, filler=ws.filler)
+    pairs = examples(ws.steps * ws.batch_size, seed=ws.seed, direct=ws.direct, filler=ws.filler, task=task)
     opt = torch.optim.AdamW(model.parameters(), lr=ws.lr, weight_decay=0.0)
     warmup = max(1, ws.steps // 12)
     sched = torch.optim.lr_scheduler.LambdaLR(
@@ -217,7 +214,7 @@ def _train_and_save(
     ws = cfg.warm_start
     fresh = model_from_config(config, seed=ws.seed).to(device)
     print(f"warm start: {ws.steps} supervised steps on the task's worked solutions -> {path}", flush=True)
-    stats = supervised_pass(fresh, tokenizer, ws)
+    stats = supervised_pass(fresh, tokenizer, ws, task=tasks.of_source(cfg.data.source))
     if not all(math.isfinite(v) for v in stats.values()):
         raise RuntimeError(f"warm start: the supervised pass diverged ({stats})")
     print(

@@ -42,7 +42,7 @@ import torch.distributed as dist
 from fastslow.math_reward import answers_match, extract_answer
 from trainer import checkpoint as ckpt
 from trainer import rewards
-from trainer import task as synthetic_task
+from trainer import tasks as builtin_tasks
 from trainer.config import eval_source_name
 from trainer.data import load_prompts
 from trainer.eval.metrics import PromptResult, difficulty_label, eval_metrics, majority_correct
@@ -69,9 +69,9 @@ class EvalSet:
     """One source's prompts, ready to evaluate."""
 
     name: str
-    """How its metrics are named: "synthetic" or the file stem (`eval/<name>/...`)."""
+    """How its metrics are named: a built-in task's name ("synthetic", "chain") or the file stem (`eval/<name>/...`)."""
     task: str
-    """The scorer: "synthetic" or "math" (`trainer.rewards.score`)."""
+    """The scorer: a built-in task's name or "math" (`trainer.rewards.score`)."""
     prompts: Sequence[dict]
     """Items of `trainer.data.load_prompts` (read from disk on access for files), with "difficulty"."""
     count: int
@@ -109,14 +109,14 @@ def load_eval_sets(cfg: Any, tokenizer: Any) -> list[EvalSet]:
     """
     sets = []
     for entry in cfg.eval.sources:
-        source = SYNTHETIC if entry == SYNTHETIC else resolve_source(entry)
+        source = entry if builtin_tasks.is_builtin(entry) else resolve_source(entry)
         try:
             prompts = load_prompts(_data_view(cfg, source), tokenizer, seed=cfg.seed)
         except (FileNotFoundError, ValueError) as err:
             raise type(err)(f"eval.source: {str(err).removeprefix('data.source: ')}") from err
         limit = cfg.eval.max_prompts
         count = min(len(prompts), limit) if limit else len(prompts)
-        task = SYNTHETIC if entry == SYNTHETIC else "math"
+        task = entry if builtin_tasks.is_builtin(entry) else "math"
         sets.append(EvalSet(eval_source_name(entry), task, prompts, count, prompts.skipped))
     return sets
 
@@ -169,8 +169,9 @@ def _score_block(
         tokenizer, flat, answers, task=task, think_opened=opened, truncated=cfg.reward.truncated
     )
     same: Callable[[str, str], bool]
-    if task == SYNTHETIC:
-        extracted = [synthetic_task.check(t, a).predicted for t, a in zip(texts, answers)]
+    if builtin_tasks.is_builtin(task):
+        check = builtin_tasks.get(task).check
+        extracted = [check(t, a).predicted for t, a in zip(texts, answers)]
         same = operator.eq
     else:
         extracted = [extract_answer(t) for t in texts]

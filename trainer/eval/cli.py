@@ -97,10 +97,12 @@ def _load_model(cfg: Config, src: ModelSource) -> tuple[Any, Any]:
     from torch.distributed.checkpoint import load as dcp_load
     from torch.distributed.checkpoint.state_dict import get_model_state_dict, set_model_state_dict
 
-    from trainer.model import load_model_and_tokenizer
+    from trainer import tasks
+    from trainer.model import load_model_and_tokenizer, load_tokenizer
     from trainer.policy import Policy
 
-    lm, tokenizer = load_model_and_tokenizer(cfg.model, device="cpu", seed=cfg.seed)
+    tokenizer = load_tokenizer(cfg.model, task=tasks.of_source(cfg.data.source).NAME)
+    lm, tokenizer = load_model_and_tokenizer(cfg.model, device="cpu", seed=cfg.seed, tokenizer=tokenizer)
     lm.eval()
     if src.kind == "dcp":
         policy = Policy(lm)  # the trainer saves the Policy wrapper's state: names start with "lm."
