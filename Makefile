@@ -84,10 +84,11 @@ bench: $(STAMP)
 	$(PY) -m pytest bench/ --benchmark-only --benchmark-json=$$stem.json -p no:cacheprovider $(PYTEST_ARGS) && \
 	$(PY) -m bench.report $$stem.json -o $$stem.md
 
-# The learning comparison (python -m bench.learning): grpo, sfpo, fast_grpo, fast_sfpo on the built-in benchmark for
-# seeds 0,1,2; results in bench/results/learning_DEVICE_DATE.{json,md,png}. ARGS passes flags and overrides through.
+# The quick learning comparison (bench/studies/quick.toml): grpo, sfpo, fast_grpo, fast_sfpo on the built-in job
+# (the digit-sum task) for seeds 0,1,2, scored like the full study; results in
+# bench/results/study_quick_DEVICE_DATE.{json,md,png}. ARGS passes flags through (e.g. ARGS="--seeds 3,4").
 compare: $(STAMP)
-	$(PY) -m bench.learning $(ARGS)
+	$(PY) -m bench.learning --study quick $(ARGS)
 
 # The full learning comparison (bench/learning_study.py, study bench/studies/full_cpu.toml): the chain task, four
 # algorithms at three learning rates, three controls, five seeds, intervals and verdicts; about an hour on 2 cores.

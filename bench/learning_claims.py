@@ -197,12 +197,20 @@ def analyse(result: dict[str, Any]) -> dict[str, Any]:
         if hard:
             out_claims.append(
                 _claim(
-                    f"{name} keeps its thoughts on hard levels {hard}: length ratio >= 0.9",
-                    _interval("ratio", levels(fast, hard, "length"), levels(base, hard, "length")),
-                    0.9,
+                    f"{name} keeps {base.upper()}'s accuracy on hard levels {hard}: difference >= -{margin}",
+                    _interval("diff", levels(fast, hard, "accuracy"), levels(base, hard, "accuracy")),
+                    -margin,
                     ">=",
                 )
             )
+        out_claims.append(
+            _claim(
+                f"{name} keeps {base.upper()}'s accuracy on easy levels {easy}: difference >= -{margin}",
+                _interval("diff", levels(fast, easy, "accuracy"), levels(base, easy, "accuracy")),
+                -margin,
+                ">=",
+            )
+        )
     if {"fast_grpo", "fast_grpo_no_filter"} <= arms:
         out_claims.append(_claim(
             "The Slow2Fast filter shortens: FAST-GRPO / FAST-GRPO without the filter, final length ratio <= 1",
@@ -217,8 +225,14 @@ def analyse(result: dict[str, Any]) -> dict[str, Any]:
         options = {lr: table[f"{arm}@{lr:g}"]["auc"][0] for lr in lrs if f"{arm}@{lr:g}" in table}
         if len(options) > 1:
             best[arm] = max(options, key=lambda lr: options[lr])
+    if {"sfpo", "grpo_4pass"} <= best.keys():
+        out_claims.append(_claim(
+            f"The reposition at each one's best lr: SFPO ({best['sfpo']:g}) - GRPO with K+1 passes "
+            f"({best['grpo_4pass']:g}), mean accuracy over the budget",
+            _interval("diff", per_seed("sfpo", "auc", best["sfpo"]), per_seed("grpo_4pass", "auc", best["grpo_4pass"])),
+            0.0, ">=", "each lr picked on these same seeds"))  # fmt: skip
     if "grpo" in best:
-        for arm in ("sfpo", "fast_grpo", "fast_sfpo"):
+        for arm in ("sfpo", "grpo_4pass", "fast_grpo", "fast_sfpo"):
             if arm in best:
                 out_claims.append(_claim(
                     f"{arm} at its best lr ({best[arm]:g}) - GRPO at its best ({best['grpo']:g}): mean accuracy "

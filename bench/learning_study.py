@@ -34,6 +34,7 @@ from bench import learning_claims as claims
 from bench import learning_report as report
 from bench import task_frontier
 from bench._harness import device_info, results_stem
+from trainer import warm_start
 from trainer.config import eval_source_name
 from trainer.config_io import load_config
 
@@ -106,7 +107,8 @@ def _command(study: Study, run: Run, run_dir: Path) -> list[str]:
     s = study.spec
     return [
         sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={s.get('nproc', 1)}",
-        "-m", "trainer.main", "--config", s["config"], *s.get("overrides", []), *run.overrides, f"seed={run.seed}",
+        "-m", "trainer.main", *(["--config", s["config"]] if s.get("config") else []), *s.get("overrides", []),
+        *run.overrides, f"seed={run.seed}",
         f"logging.run_dir={run_dir}", "logging.overwrite=true", "checkpoint.export_hf=false",
         "logging.tensorboard=false", "logging.plots=false", "eval.enabled=true",
     ]  # fmt: skip
@@ -144,37 +146,37 @@ def _execute(study: Study, run: Run, work: Path, resume: bool) -> dict[str, Any]
 def _prepare(study: Study, work: Path, out: Path) -> dict[str, Any]:
     """Trains the shared warm start (once, on every core) and measures its frontier."""
     s = study.spec
-    args = ["--config", s["config"], "--per-level", str(s.get("frontier_per_level", 64)), "--work", str(work),
-            "--out", str(out), *s.get("overrides", [])]  # fmt: skip
+    per_level = str(s.get("frontier_per_level", 64))
+    args = ["--config", s.get("config") or "default", "--per-level", per_level, "--work", str(work), "--out", str(out),
+            *s.get("overrides", [])]  # fmt: skip
     task_frontier.main(args)
     return json.loads(sorted(out.glob("frontier_*.json"), key=lambda p: p.stat().st_mtime)[-1].read_text())
 
 
-def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m bench.learning --study", description=__doc__.split("\n\n")[0])
-    p.add_argument("--study", required=True, help="a study file or a name in bench/studies/")
-    p.add_argument("--seeds", default="", help="comma-separated seeds instead of the study's (a check, not a result)")
-    p.add_argument("--arms", default="", help="comma-separated arms (default: all)")
-    p.add_argument("--jobs", type=int, default=0, help="runs at once (default: the study's)")
-    p.add_argument("--resume", action="store_true", help="read finished runs from --work instead of running them")
-    p.add_argument("--work", default="", help="folder for the run folders (default runs/study_<name>)")
-    p.add_argument("--out", default=str(ROOT / "bench" / "results"), help="where the results go")
-    args = p.parse_args(argv)
-    seeds = [int(x) for x in args.seeds.split(",") if x.strip()] or None
-    study = load_study(args.study, seeds=seeds, arms=[a for a in args.arms.split(",") if a.strip()] or None)
+def study_of(name: str, spec: dict[str, Any], seeds: list[int], algorithms: list[str]) -> Study:
+    """An ad-hoc study: `algorithms` at one learning rate (`spec["shared_lr"]`), no controls (`python -m
+    bench.learning` without `--study`)."""
+    arms = {a: {"algorithm": a, "sweep": True} for a in algorithms}
+    study = Study(name, {**spec, "sweep_lrs": [spec["shared_lr"]], "arms": arms}, seeds, arms)
+    for seed in seeds:
+        for arm in algorithms:
+            overrides = (f"algorithm.name={arm}", f"optim.lr={spec['shared_lr']:g}")
+            study.runs.append(Run(arm, float(spec["shared_lr"]), seed, overrides))
+    return study
+
+
+def run_study(study: Study, *, work: Path, out: Path, jobs: int, resume: bool = False) -> dict[str, Any]:
+    """Runs the study (the warm start and its frontier first, for a built-in task) and writes its results."""
     s = study.spec
-    work = Path(args.work or f"runs/study_{study.name}")
-    out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    cfg = load_config(["--config", s["config"], *s.get("overrides", [])])
+    cfg = load_config([*(["--config", s["config"]] if s.get("config") else []), *s.get("overrides", [])])
     source = eval_source_name(cfg.eval.sources[0])
     begin = time.perf_counter()
-    frontier = _prepare(study, work, out)
-    jobs = args.jobs or int(s.get("jobs", 1))
+    frontier = _prepare(study, work, out) if warm_start.applies(cfg) else {"frontier": {}}
     total, finished = len(study.runs), []
 
     def one(run: Run) -> dict[str, Any]:
-        record = _execute(study, run, work, args.resume)
+        record = _execute(study, run, work, resume)
         finished.append(run.name)
         c = report.curve(work / run.name, source=source, prompts_per_step=cfg.rollout.prompts_per_step,
                          group_size=cfg.rollout.group_size)  # fmt: skip
@@ -182,7 +184,7 @@ def main(argv: list[str] | None = None) -> int:
               f"{record['seconds']:.0f} s, load {record['load_before']:.1f}", flush=True)  # fmt: skip
         return record
 
-    with ThreadPoolExecutor(max_workers=jobs) as pool:
+    with ThreadPoolExecutor(max_workers=max(1, jobs)) as pool:
         records = list(pool.map(one, study.runs))
     budget = cfg.optim.total_steps * cfg.rollout.prompts_per_step * cfg.rollout.group_size
     runs = {
@@ -225,4 +227,22 @@ def main(argv: list[str] | None = None) -> int:
         print("matplotlib is not installed: no figure", file=sys.stderr)
     print(claims.markdown(result))
     print(f"results: {stem}.json, .md, .png ({result['seconds']:.0f} s)")
+    return result
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m bench.learning --study", description=__doc__.split("\n\n")[0])
+    p.add_argument("--study", required=True, help="a study file or a name in bench/studies/")
+    p.add_argument("--seeds", default="", help="comma-separated seeds instead of the study's (a check, not a result)")
+    p.add_argument("--arms", default="", help="comma-separated arms (default: all)")
+    p.add_argument("--jobs", type=int, default=0, help="runs at once (default: the study's)")
+    p.add_argument("--resume", action="store_true", help="read finished runs from --work instead of running them")
+    p.add_argument("--work", default="", help="folder for the run folders (default runs/study_<name>)")
+    p.add_argument("--out", default=str(ROOT / "bench" / "results"), help="where the results go")
+    args = p.parse_args(argv)
+    seeds = [int(x) for x in args.seeds.split(",") if x.strip()] or None
+    study = load_study(args.study, seeds=seeds, arms=[a for a in args.arms.split(",") if a.strip()] or None)
+    work = Path(args.work or f"runs/study_{study.name}")
+    run_study(study, work=work, out=Path(args.out), jobs=args.jobs or int(study.spec.get("jobs", 1)),
+              resume=args.resume)  # fmt: skip
     return 0

@@ -116,3 +116,20 @@ def test_warm_start_cache_is_keyed_by_task() -> None:
     a = warm_start.cache_path(load_config(["--config", "chain"]), config, Path("runs/x"))
     b = warm_start.cache_path(load_config([]), config, Path("runs/x"))
     assert a.name.startswith(chain.VERSION) and b.name.startswith("digit-sum-v1") and a != b
+
+
+def test_frontier_picks_the_shortest_way_within_tolerance() -> None:
+    from bench.task_frontier import frontier
+
+    def way(acc: float, length: float) -> dict:
+        return {"n": 10, "accuracy": acc, "length": length}
+
+    levels = {
+        1: {"direct": way(0.99, 4.0), "thought": {**way(1.0, 10.0), "unpadded": way(1.0, 8.0)}, "free": way(0.9, 7.0)},
+        5: {"direct": way(0.1, 4.0), "thought": {**way(0.95, 20.0), "unpadded": way(0.94, 16.0)}, "free": way(0.7, 15)},
+        9: {"direct": way(0.1, 4.0), "thought": {**way(0.9, 30.0), "unpadded": {"n": 0}}, "free": way(0.6, 22.0)},
+    }
+    f = frontier(levels, 0.02)
+    assert f[1]["way"] == "direct" and f[1]["length"] == 4.0  # 0.99 is within 0.02 of 1.0
+    assert f[5]["way"] == "thought, unpadded" and f[5]["best_accuracy"] == 0.95
+    assert f[9]["way"] == "thought"  # no unpadded sample: not an option

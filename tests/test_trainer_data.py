@@ -339,7 +339,7 @@ def test_score_math() -> None:
 
 
 def test_score_bad_arguments() -> None:
-    with pytest.raises(ValueError, match="task must be one of synthetic, math"):
+    with pytest.raises(ValueError, match="task must be one of synthetic, chain, math"):
         rewards.score(["1"], ["1"], task="code")
     with pytest.raises(ValueError, match="answers has 2 items but responses has 1"):
         rewards.score(["1"], ["1", "2"], task="synthetic")
