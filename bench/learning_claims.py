@@ -300,7 +300,9 @@ def markdown(result: dict[str, Any]) -> str:
         f"# Learning comparison: study `{result['study']}` ({s.get('description', '')})",
         "",
         f"{result['device']}, {result['cpus']} CPUs, {result['jobs']} runs at once, {result['date']}; "
-        f"{result['seconds'] / 60:.0f} minutes in all; 1-minute load during the runs "
+        f"{len(result['runs'])} runs of {sum(r['seconds'] for r in result['runs'].values()) / 60:.0f} minutes in all "
+        f"({'their sum; this invocation read finished runs and took ' if result.get('resumed') else 'their sum; '}"
+        f"{result['seconds'] / 60:.0f} minutes of wall-clock); 1-minute load during the runs "
         f"{min(loads):.1f}-{max(loads):.1f}. Config `{s['config']}` with `{' '.join(s.get('overrides', []))}`; "
         f"seeds {', '.join(map(str, result['seeds']))} (fixed in the study file before any result); budget "
         f"{b['steps']} steps x {b['prompts_per_step']} prompts x {b['group_size']} responses = {b['rollouts']} "

@@ -214,6 +214,7 @@ def run_study(study: Study, *, work: Path, out: Path, jobs: int, resume: bool = 
         "jobs": jobs,
         "date": _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%dT%H:%MZ"),
         "seconds": round(time.perf_counter() - begin, 1),
+        "resumed": resume,
         "frontier": frontier["frontier"],
         "runs": runs,
     }
