@@ -11,7 +11,7 @@ least `target_groups` kept), then `result()` truncates to exactly `target_groups
 chunks per step raises `FilterExhausted`, which says why, instead of looping forever.
 
 Departures from the seed code: none. The seed README's prose describes the phases the other way round (easy first);
-its code does what is written here, and we follow the code (see DESIGN.md).
+its code does what is written here, and we follow the code (see docs/algorithms.md, "Slow2Fast filter").
 """
 
 from __future__ import annotations

@@ -13,7 +13,7 @@ Modes (`kl_type` in the config):
     "group_accuracy"  the formula with each group's accuracy, repeated over its `group_size` sequences.
 
 Departures from the seed code: the seed's released code computes the per-group value but drops it and trains with
-a fixed 0.01; we apply it per group, per token, as the paper intends (see DESIGN.md).
+a fixed 0.01; we apply it per group, per token, as the paper intends (see docs/algorithms.md, "KL penalty").
 """
 
 from __future__ import annotations

@@ -26,11 +26,14 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch.distributed as dist
 
 from trainer.rollout.base import Completion, RolloutEngine, SamplingParams
+
+if TYPE_CHECKING:
+    from trainer.config import Config
 
 
 class RolloutThreadError(RuntimeError):
@@ -196,7 +199,7 @@ def _submit(ctx: Any, step: int, sampling: Callable[[int], SamplingParams]) -> N
     ctx.pipeline.submit(step, indices, prompts, sampling(step))
 
 
-def overlap_problem(cfg: Any, has_filter: bool) -> str | None:
+def overlap_problem(cfg: Config, has_filter: bool) -> str | None:
     """Why `rollout.max_staleness > 0` cannot run with this config, or None."""
     r = cfg.rollout
     if r.max_staleness == 0:
@@ -214,7 +217,7 @@ def overlap_problem(cfg: Any, has_filter: bool) -> str | None:
     return None
 
 
-def overlap_note(cfg: Any, device_type: str) -> str | None:
+def overlap_note(cfg: Config, device_type: str) -> str | None:
     """A warning for a config that overlaps but gains little, or None: the in-process hf engine on a CPU, whose
     generation thread competes with the trainer for the same Python and cores (measured slower than synchronous,
     README "Asynchronous rollouts")."""

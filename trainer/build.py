@@ -21,7 +21,7 @@ import contextlib
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 import torch.distributed as dist
@@ -34,6 +34,9 @@ from trainer import warm_start
 from trainer.dist import DistInfo, parallelize
 from trainer.model import _check_vocab, _folder, _quiet_transformers, freeze, load_model_and_tokenizer, model_config
 from trainer.policy import Policy
+
+if TYPE_CHECKING:
+    from trainer.config import Config, ModelConfig, OptimConfig
 
 __all__ = [
     "Models", "build_models", "build_optimizer", "empty_model", "fill_from_rank0", "meta_model", "params_on_meta",
@@ -198,7 +201,7 @@ def fill_from_rank0(models: list[nn.Module], full: dict[str, torch.Tensor] | Non
         del tensor
 
 
-def _initial_weights(cfg: Any, tokenizer: Tokenizer, warm: Path | None) -> dict[str, torch.Tensor]:
+def _initial_weights(cfg: Config, tokenizer: Tokenizer, warm: Path | None) -> dict[str, torch.Tensor]:
     """Rank 0's full initial state dict on the CPU, as the unsharded build made it: `model.path` loaded, or the
     seeded random init (`model.config` / preset); then the warm-start weights `warm`, when given."""
     lm, _ = load_model_and_tokenizer(cfg.model, device="cpu", seed=cfg.seed, tokenizer=tokenizer)
@@ -207,7 +210,7 @@ def _initial_weights(cfg: Any, tokenizer: Tokenizer, warm: Path | None) -> dict[
     return lm.state_dict()
 
 
-def _generation_config(model_cfg: Any, model: PreTrainedModel) -> None:
+def _generation_config(model_cfg: ModelConfig, model: PreTrainedModel) -> None:
     """The folder's `generation_config.json` on the template, as `from_pretrained` would set it (for the export)."""
     path, _ = _folder(model_cfg)
     if path is not None and (Path(path).expanduser() / "generation_config.json").is_file():
@@ -216,7 +219,7 @@ def _generation_config(model_cfg: Any, model: PreTrainedModel) -> None:
 
 
 def build_models(
-    cfg: Any,
+    cfg: Config,
     info: DistInfo,
     tokenizer: Tokenizer,
     run_dir: Path,
@@ -282,7 +285,7 @@ def build_models(
     return Models(policy=policy, ref=ref, template=template, make_engine_model=make_engine_model)
 
 
-def build_optimizer(params: Any, optim_cfg: Any, *, on_device: bool) -> torch.optim.AdamW:
+def build_optimizer(params: Any, optim_cfg: OptimConfig, *, on_device: bool) -> torch.optim.AdamW:
     """AdamW over `params` without whole-model temporaries: the fused kernel when the shards are on a GPU
     (`on_device`), else the per-parameter loop (`foreach=False`), which on the CPU gives the foreach
     implementation's results bit for bit but holds one parameter's temporaries at a time instead of a copy of every

@@ -16,7 +16,7 @@ FAST_DEFAULTS: dict[str, Any] = {"kl_type": "group_accuracy", "kl_coef": 0.01, "
 
 @dataclass
 class AlgorithmConfig(_Section):
-    """The RL objective: GRPO, FAST-GRPO, SFPO or FAST+SFPO, and their knobs (DESIGN.md, "The algorithms")."""
+    """The RL objective: GRPO, FAST-GRPO, SFPO or FAST+SFPO, and their knobs (formulas: docs/algorithms.md)."""
 
     SECTION = "algorithm"
     name: Literal["grpo", "fast_grpo", "sfpo", "fast_sfpo"] = "grpo"

@@ -19,12 +19,12 @@ group at a time (the last few kept), so memory is bounded by the largest row gro
 of at most ~100k rows. A JSON array (`.json` starting with `[`) and the synthetic task are small by nature and are
 held in a list.
 
-The data config is read by attribute (duck typing): `source` (a built-in task of `trainer.tasks`, "synthetic" or
-"chain", or a path to .jsonl / .json / .parquet / .pq),
-`prompt_key`, `answer_key`, `max_prompt_tokens`, `on_long_prompt` ("skip" | "error"), `apply_chat_template`, and
-optionally `synthetic_size`, `synthetic_split` ("train", the default, or "eval": the task's held-out split, see
-`trainer.task.make_dataset`) and `difficulty_key` (a column name; unset or "": no difficulty). The training data
-config (`DataConfig`) sets none of the optional ones; the evaluation (`trainer.eval`) sets them.
+The data config is read by attribute (duck typing; `trainer.data_formats.DataSource`): `source` (a built-in task of
+`trainer.tasks`, "synthetic" or "chain", or a path to .jsonl / .json / .parquet / .pq), `prompt_key`, `answer_key`,
+`max_prompt_tokens`, `on_long_prompt` ("skip" | "error"), `apply_chat_template`, and optionally `synthetic_size`,
+`synthetic_split` ("train", the default, or "eval": the task's held-out split, see `trainer.task.make_dataset`) and
+`difficulty_key` (a column name; unset or "": no difficulty). The training data config (`DataConfig`) sets none of
+the optional ones; the evaluation (`trainer.eval`) sets them.
 """
 
 from __future__ import annotations
@@ -41,7 +41,15 @@ from typing import Any
 from transformers import PreTrainedTokenizerBase
 
 from trainer import tasks
-from trainer.data_formats import DATA_SUFFIXES, JSON_SUFFIXES, PARQUET_SUFFIXES, Item, Row, difficulty_key
+from trainer.data_formats import (
+    DATA_SUFFIXES,
+    JSON_SUFFIXES,
+    PARQUET_SUFFIXES,
+    DataSource,
+    Item,
+    Row,
+    difficulty_key,
+)
 from trainer.data_json import json_array_rows, jsonl_rows, parse_line, pick, starts_with_bracket
 from trainer.data_parquet import ParquetItems, import_pyarrow, parquet_rows
 from trainer.sampler import PromptSampler
@@ -118,7 +126,7 @@ def encode_prompt(tokenizer: PreTrainedTokenizerBase, prompt: str, *, chat_templ
     return encode_prompts(tokenizer, [prompt], chat_template=chat_template)[0]
 
 
-def load_prompts(data_cfg: Any, tokenizer: PreTrainedTokenizerBase, *, seed: int = 0) -> Prompts:
+def load_prompts(data_cfg: DataSource, tokenizer: PreTrainedTokenizerBase, *, seed: int = 0) -> Prompts:
     """The prompts of `data_cfg.source`, tokenised, in file order (the synthetic task: drawn with `seed`).
 
     Files are validated and indexed here in one pass and read row by row on access (see the module docstring), so
@@ -186,7 +194,7 @@ def load_prompts(data_cfg: Any, tokenizer: PreTrainedTokenizerBase, *, seed: int
     return _finish(str(path), items, skipped, limit)
 
 
-def _eager(where: str, rows: Iterator[Row], tokenizer: PreTrainedTokenizerBase, data_cfg: Any) -> Prompts:
+def _eager(where: str, rows: Iterator[Row], tokenizer: PreTrainedTokenizerBase, data_cfg: DataSource) -> Prompts:
     """Small sources (the synthetic task, a JSON array) held in a list."""
     items: list[Item] = []
     skipped = _scan(where, rows, tokenizer, data_cfg, lambda _, item: items.append(item), keep_items=True)
@@ -206,7 +214,7 @@ def _scan(
     where: str,
     rows: Iterator[Row],
     tokenizer: PreTrainedTokenizerBase,
-    data_cfg: Any,
+    data_cfg: DataSource,
     keep: Callable[[int, Item | None], None],
     *,
     keep_items: bool,
@@ -324,7 +332,7 @@ def max_chars_per_token(tokenizer: PreTrainedTokenizerBase) -> int:
     return max((len(token) for token in vocab), default=256) or 1
 
 
-def _far_too_long(where: str, row: str, n_chars: int, data_cfg: Any) -> None:
+def _far_too_long(where: str, row: str, n_chars: int, data_cfg: DataSource) -> None:
     """A prompt of `n_chars` characters, past any tokenisation of `max_prompt_tokens`: an error naming the file and
     the row with `on_long_prompt = "error"`, else a warning naming them (the row is skipped, never tokenised)."""
     limit = int(data_cfg.max_prompt_tokens)
@@ -334,7 +342,7 @@ def _far_too_long(where: str, row: str, n_chars: int, data_cfg: Any) -> None:
     log.warning("%s: skipped without tokenising it", what)
 
 
-def _too_long(where: str, row: str, n_tokens: int, data_cfg: Any) -> bool:
+def _too_long(where: str, row: str, n_tokens: int, data_cfg: DataSource) -> bool:
     """Whether to skip this prompt for its length; an error instead with `on_long_prompt = "error"`."""
     limit = int(data_cfg.max_prompt_tokens)
     if n_tokens <= limit:
@@ -347,7 +355,7 @@ def _too_long(where: str, row: str, n_tokens: int, data_cfg: Any) -> bool:
     return True
 
 
-def _check_row(where: str, row: str, prompt: Any, answer: Any, data_cfg: Any) -> tuple[str, str]:
+def _check_row(where: str, row: str, prompt: Any, answer: Any, data_cfg: DataSource) -> tuple[str, str]:
     """The row's prompt and answer as strings; a clear error for a wrong type."""
     if not isinstance(prompt, str) or not prompt.strip():
         raise ValueError(
@@ -402,7 +410,7 @@ class _JsonlItems(Sequence):
         offsets: array,
         stamp: tuple[int, int],
         tokenizer: PreTrainedTokenizerBase,
-        data_cfg: Any,
+        data_cfg: DataSource,
         *,
         crc: int | None = None,
     ) -> None:
@@ -443,7 +451,7 @@ class _JsonlItems(Sequence):
         return _item(str(self.path), pick(self.path, row, record, self.data_cfg), self.tokenizer, self.data_cfg)
 
 
-def _item(where: str, row: tuple[str, Any, Any, Any], tokenizer: PreTrainedTokenizerBase, data_cfg: Any) -> Item:
+def _item(where: str, row: tuple[str, Any, Any, Any], tokenizer: PreTrainedTokenizerBase, data_cfg: DataSource) -> Item:
     """One row `(label, prompt, answer, difficulty)`, checked and tokenised again on access (the load-time pass
     already accepted it)."""
     label, prompt, answer, level = row

@@ -7,9 +7,18 @@ the config accepts exactly the files the loaders read.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Protocol
 
-__all__ = ["DATA_SUFFIXES", "JSON_SUFFIXES", "PARQUET_SUFFIXES", "SUFFIX_TEXT", "Item", "Row", "difficulty_key"]
+__all__ = [
+    "DATA_SUFFIXES",
+    "JSON_SUFFIXES",
+    "PARQUET_SUFFIXES",
+    "SUFFIX_TEXT",
+    "DataSource",
+    "Item",
+    "Row",
+    "difficulty_key",
+]
 
 JSON_SUFFIXES = (".jsonl", ".json")
 """JSON lines; a `.json` file that starts with `[` is one JSON array instead."""
@@ -26,6 +35,27 @@ Row = tuple[str, Any, Any, int, Any]
 difficulty: the `difficulty_key` value, None when the config names no such column or the row lacks it)."""
 
 
-def difficulty_key(data_cfg: Any) -> str | None:
+class DataSource(Protocol):
+    """What the prompt loaders (`trainer.data`, `trainer.data_json`, `trainer.data_parquet`) read of a data config,
+    by attribute: `trainer.config.DataConfig`, or the evaluation's `SimpleNamespace` view of one source
+    (`trainer.eval._data_view`). The view also sets `synthetic_size`, `synthetic_split` and `difficulty_key`, which
+    the loaders read with `getattr` and a default (so `DataConfig`, which has none of them, is one too). Read-only
+    properties, so that a narrower field type (`DataConfig.on_long_prompt`'s `Literal`) still fits."""
+
+    @property
+    def source(self) -> str: ...
+    @property
+    def prompt_key(self) -> str: ...
+    @property
+    def answer_key(self) -> str: ...
+    @property
+    def max_prompt_tokens(self) -> int: ...
+    @property
+    def on_long_prompt(self) -> str: ...
+    @property
+    def apply_chat_template(self) -> bool: ...
+
+
+def difficulty_key(data_cfg: DataSource) -> str | None:
     """The difficulty column the config names (`difficulty_key`), None when it names none."""
     return getattr(data_cfg, "difficulty_key", None) or None

@@ -10,7 +10,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from trainer.data_formats import Row, difficulty_key
+from trainer.data_formats import DataSource, Row, difficulty_key
 
 
 def starts_with_bracket(path: Path) -> bool:
@@ -22,7 +22,7 @@ def starts_with_bracket(path: Path) -> bool:
     return head.lstrip().lstrip(b"\xef\xbb\xbf").lstrip()[:1] == b"["
 
 
-def json_array_rows(path: Path, data_cfg: Any) -> Iterator[Row]:
+def json_array_rows(path: Path, data_cfg: DataSource) -> Iterator[Row]:
     """(label, prompt, answer, index) of each element of a JSON array (the whole file is parsed: keep these small)."""
     data = path.read_bytes()
     try:
@@ -36,7 +36,7 @@ def json_array_rows(path: Path, data_cfg: Any) -> Iterator[Row]:
         yield label, prompt, answer, i, level
 
 
-def jsonl_rows(path: Path, data_cfg: Any, digest: list[int] | None = None) -> Iterator[Row]:
+def jsonl_rows(path: Path, data_cfg: DataSource, digest: list[int] | None = None) -> Iterator[Row]:
     """(label, prompt, answer, byte offset) of each non-blank line of a JSON-lines file, read one line at a time;
     `digest[0]` ends as the CRC-32 of the whole file."""
     offset = 0
@@ -84,7 +84,7 @@ def _utf8(path: Path, raw: bytes, offset: int, where: str) -> str:
         ) from exc
 
 
-def pick(path: Path, row: str, record: Any, data_cfg: Any) -> tuple[str, Any, Any, Any]:
+def pick(path: Path, row: str, record: Any, data_cfg: DataSource) -> tuple[str, Any, Any, Any]:
     """(row, prompt, answer, difficulty) of one JSON record; a clear error for a non-object or a missing key (the
     difficulty column is optional: None where it is missing)."""
     if not isinstance(record, dict):

@@ -14,7 +14,7 @@ from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
-from trainer.data_formats import Item, Row
+from trainer.data_formats import DataSource, Item, Row
 
 __all__ = ["ParquetItems", "import_pyarrow", "parquet_rows"]
 
@@ -31,7 +31,7 @@ def import_pyarrow(path: Path) -> Any:
     return pq
 
 
-def _open_parquet(pq: Any, path: Path, data_cfg: Any) -> Any:
+def _open_parquet(pq: Any, path: Path, data_cfg: DataSource) -> Any:
     """The `ParquetFile`, after checking it is readable and has both columns."""
     try:
         file = pq.ParquetFile(path)
@@ -44,7 +44,7 @@ def _open_parquet(pq: Any, path: Path, data_cfg: Any) -> Any:
     return file
 
 
-def _columns(file: Any, data_cfg: Any) -> list[str]:
+def _columns(file: Any, data_cfg: DataSource) -> list[str]:
     """The columns to read: prompt, answer, and the optional difficulty column (`difficulty_key`) when it exists."""
     columns = [data_cfg.prompt_key, data_cfg.answer_key]
     level = getattr(data_cfg, "difficulty_key", None)
@@ -65,7 +65,7 @@ def read_row_group(file: Any, path: Path, g: int, columns: list[str], *, first_r
         ) from exc
 
 
-def parquet_rows(pq: Any, path: Path, data_cfg: Any) -> Iterator[Row]:
+def parquet_rows(pq: Any, path: Path, data_cfg: DataSource) -> Iterator[Row]:
     """(label, prompt, answer, row number, difficulty or None) of each row, one row group at a time."""
     file = _open_parquet(pq, path, data_cfg)
     columns = _columns(file, data_cfg)
@@ -85,7 +85,12 @@ class ParquetItems(Sequence):
     `trainer.data`)."""
 
     def __init__(
-        self, pq: Any, path: Path, rows: array, data_cfg: Any, to_item: Callable[[tuple[str, Any, Any, Any]], Item]
+        self,
+        pq: Any,
+        path: Path,
+        rows: array,
+        data_cfg: DataSource,
+        to_item: Callable[[tuple[str, Any, Any, Any]], Item],
     ) -> None:
         self.path, self.rows, self.data_cfg, self.to_item = path, rows, data_cfg, to_item
         self.file = _open_parquet(pq, path, data_cfg)

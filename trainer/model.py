@@ -16,7 +16,7 @@ import contextlib
 import json
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import torch
 from tokenizers import AddedToken
@@ -41,6 +41,8 @@ __all__ = [
     "PAD",
     "PRESETS",
     "SPECIALS",
+    "ModelSpec",
+    "PrecisionChoice",
     "build_reference",
     "build_tokenizer",
     "freeze",
@@ -66,14 +68,46 @@ _WEIGHT_FILES = (
 _TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model", "vocab.json")
 
 
-def mixed_precision(model_cfg: Any, device: torch.device) -> bool:
+class ModelSpec(Protocol):
+    """What this module reads of the model config, by attribute (the module docstring): `trainer.config.ModelConfig`,
+    or a stand-in (the tests' `SimpleNamespace`). `config` (a folder with config.json and tokenizer, no weights) and
+    `dtype` are read with `getattr` and a default, so a stand-in may lack them. Read-only properties, so that a
+    narrower field type (`ModelConfig.preset`'s `Literal`) still fits."""
+
+    @property
+    def path(self) -> str | None: ...
+    @property
+    def preset(self) -> str: ...
+    @property
+    def hidden_size(self) -> int: ...
+    @property
+    def num_layers(self) -> int: ...
+    @property
+    def num_heads(self) -> int: ...
+    @property
+    def num_kv_heads(self) -> int: ...
+    @property
+    def intermediate_size(self) -> int: ...
+    @property
+    def trust_remote_code(self) -> bool: ...
+
+
+class PrecisionChoice(Protocol):
+    """What `mixed_precision` and `engine_dtype` read: `dtype` ("auto", "float32", "bfloat16"; `getattr`, default
+    "auto"): `trainer.config.ModelConfig`, or a stand-in."""
+
+    @property
+    def dtype(self) -> str: ...
+
+
+def mixed_precision(model_cfg: PrecisionChoice, device: torch.device) -> bool:
     """Whether the run computes in bf16 (FSDP2 mixed precision, a bf16 engine, a bf16 export): `model.dtype =
     "bfloat16"` on any device, `"auto"` on a GPU. The one place that decides it, for training and evaluation alike."""
     dtype = getattr(model_cfg, "dtype", "auto")
     return dtype == "bfloat16" or (device.type == "cuda" and dtype == "auto")
 
 
-def engine_dtype(model_cfg: Any, device: torch.device) -> torch.dtype:
+def engine_dtype(model_cfg: PrecisionChoice, device: torch.device) -> torch.dtype:
     """The rollout engine's (and the weight sync's) dtype: bf16 under `mixed_precision`, else fp32."""
     return torch.bfloat16 if mixed_precision(model_cfg, device) else torch.float32
 
@@ -111,7 +145,7 @@ def build_tokenizer(task: str = tasks.DEFAULT) -> PreTrainedTokenizerFast:
     return tok
 
 
-def _folder(model_cfg: Any) -> tuple[str | None, str]:
+def _folder(model_cfg: ModelSpec) -> tuple[str | None, str]:
     """The Hugging Face folder to read (`model.path`, else `model.config`) and the config key it came from."""
     path = getattr(model_cfg, "path", None)
     if path is not None:
@@ -119,7 +153,7 @@ def _folder(model_cfg: Any) -> tuple[str | None, str]:
     return getattr(model_cfg, "config", None), "model.config"
 
 
-def load_tokenizer(model_cfg: Any, *, task: str = tasks.DEFAULT) -> PreTrainedTokenizerBase:
+def load_tokenizer(model_cfg: ModelSpec, *, task: str = tasks.DEFAULT) -> PreTrainedTokenizerBase:
     """The tokenizer of `model.path` / `model.config` (pad = eos when it has no pad token), or the built-in one of
     the built-in `task` (the tiny preset's)."""
     path, key = _folder(model_cfg)
@@ -156,7 +190,7 @@ def _undeclared_specials(folder: Path) -> dict[str, None]:
     return {name: None for name in ("pad_token", "unk_token") if name not in declared}
 
 
-def model_config(model_cfg: Any, tokenizer: PreTrainedTokenizerBase) -> PretrainedConfig:
+def model_config(model_cfg: ModelSpec, tokenizer: PreTrainedTokenizerBase) -> PretrainedConfig:
     """The Hugging Face config of the model: read from `model_cfg.path`, or the tiny preset's Qwen2Config.
 
     The tiny preset takes its sizes from `model_cfg` (`hidden_size`, `num_layers`, `num_heads`, `num_kv_heads`,
@@ -221,7 +255,7 @@ def model_from_config(config: PretrainedConfig, *, seed: int, dtype: torch.dtype
 
 
 def load_model_and_tokenizer(
-    model_cfg: Any,
+    model_cfg: ModelSpec,
     *,
     device: torch.device | str = "cpu",
     dtype: torch.dtype = torch.float32,
@@ -309,7 +343,7 @@ def freeze(model: PreTrainedModel) -> PreTrainedModel:
 
 
 def build_reference(
-    model_cfg: Any,
+    model_cfg: ModelSpec,
     *,
     device: torch.device | str = "cpu",
     dtype: torch.dtype = torch.float32,
@@ -321,7 +355,7 @@ def build_reference(
     return freeze(model)
 
 
-def _check_vocab(model_vocab: int, tokenizer: PreTrainedTokenizerBase, model_cfg: Any) -> None:
+def _check_vocab(model_vocab: int, tokenizer: PreTrainedTokenizerBase, model_cfg: ModelSpec) -> None:
     """A clear error when the tokenizer has ids the model has no embedding row for (an index error mid-step else).
 
     A larger model vocabulary is fine (Qwen pads its embedding to a multiple of 128 past the tokenizer's ids).

@@ -47,7 +47,7 @@ import re
 import sys
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import Any, NoReturn, Protocol
 
 import torch
 from torch import Tensor
@@ -61,6 +61,7 @@ __all__ = [
     "TASKS",
     "RewardError",
     "RewardFn",
+    "TaskSource",
     "call_reward_fn",
     "char_length",
     "decode_responses",
@@ -89,7 +90,14 @@ class RewardError(RuntimeError):
     """A user reward function that cannot be loaded, or a call that failed or returned a bad value."""
 
 
-def task_for(data_cfg: Any) -> str:
+class TaskSource(Protocol):
+    """What `task_for` reads of a data config: its `source` (`trainer.config.DataConfig`, or a stand-in)."""
+
+    @property
+    def source(self) -> str: ...
+
+
+def task_for(data_cfg: TaskSource) -> str:
     """The reward task of a data source: a built-in task's own name ("synthetic", "chain"), "math" for a file."""
     source = str(data_cfg.source)
     return source if builtin_tasks.is_builtin(source) else "math"

@@ -11,7 +11,7 @@ import math
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 import torch
 from torch import nn
@@ -390,7 +390,29 @@ def learn(ctx: StepContext, batch: Batch, timing: dict[str, float] | None = None
     return out
 
 
-def skips_old_logprobs(cfg: Any, sfpo_on: bool) -> bool:
+class PassSettings(Protocol):
+    """What `skips_old_logprobs` reads of the `optim` section (`trainer.config.OptimConfig`, or a stand-in)."""
+
+    @property
+    def skip_old_logprobs(self) -> bool: ...
+    @property
+    def epochs(self) -> int: ...
+    @property
+    def minibatches(self) -> int: ...
+
+
+class OldLogpSettings(Protocol):
+    """What `skips_old_logprobs` reads of the config (`trainer.config.Config`, or the tests' `SimpleNamespace`
+    stand-in): `optim`, and `rollout`, whose `is_correction` and `max_staleness` are read with `getattr` and a
+    default (`trainer.offpolicy.correction_on`)."""
+
+    @property
+    def optim(self) -> PassSettings: ...
+    @property
+    def rollout(self) -> object: ...
+
+
+def skips_old_logprobs(cfg: OldLogpSettings, sfpo_on: bool) -> bool:
     """Whether the old-log-prob pass is redundant: the batch is used for exactly one optimizer step taken from the
     weights that generated it (one epoch, one minibatch, no SFPO inner steps; the engine's weights are synced every
     step, so nothing is stale), and nothing else needs the old log-probs (`rollout.is_correction` compares them with

@@ -27,7 +27,7 @@ import sys
 import time
 from pathlib import Path
 from types import ModuleType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 import torch.distributed as dist
@@ -41,6 +41,9 @@ from trainer.checkpoint import checksums
 from trainer.data import encode_prompts
 from trainer.signals import Interrupted, stop_requested
 
+if TYPE_CHECKING:
+    from trainer.config import Config, WarmStartConfig
+
 __all__ = ["TASK_VERSION", "applies", "cache_path", "ensure_cache", "examples", "supervised_pass", "warm_start"]
 
 TASK_VERSION = digit_sum.VERSION
@@ -53,7 +56,7 @@ _ARCH_KEYS = (
 )  # fmt: skip
 
 
-def applies(cfg: Any) -> bool:
+def applies(cfg: Config) -> bool:
     """Whether the run warm-starts: `warm_start.mode` "on", or "auto" with the tiny preset on a built-in task."""
     mode = cfg.warm_start.mode
     if mode == "auto":
@@ -62,11 +65,11 @@ def applies(cfg: Any) -> bool:
     return mode == "on"
 
 
-def _settings(ws: Any) -> dict[str, Any]:
+def _settings(ws: WarmStartConfig) -> dict[str, Any]:
     return {k: getattr(ws, k) for k in ("steps", "batch_size", "lr", "direct", "filler", "seed")}
 
 
-def cache_path(cfg: Any, model: PreTrainedModel | PretrainedConfig, run_dir: Path) -> Path:
+def cache_path(cfg: Config, model: PreTrainedModel | PretrainedConfig, run_dir: Path) -> Path:
     """Where the weights for this model shape (a model or its config) and these settings are cached."""
     arch = (model if isinstance(model, PretrainedConfig) else model.config).to_dict()
     key = {
@@ -105,7 +108,7 @@ def _batch(
 
 
 def supervised_pass(
-    model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, ws: Any, *, task: ModuleType = digit_sum
+    model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, ws: WarmStartConfig, *, task: ModuleType = digit_sum
 ) -> dict[str, float]:
     """Trains `model` in place on `examples(...)`: AdamW, linear warm-up then decay to a tenth, grad clip 1.
 
@@ -140,7 +143,7 @@ def supervised_pass(
 
 
 def warm_start(
-    model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, cfg: Any, run_dir: Path, *, is_main: bool
+    model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, cfg: Config, run_dir: Path, *, is_main: bool
 ) -> PreTrainedModel:
     """`model` with the warm-start weights: loaded from the cache, or trained (on rank 0) and cached first.
 
@@ -155,9 +158,9 @@ def warm_start(
 
 
 def ensure_cache(
-    config: Any,
+    config: PretrainedConfig,
     tokenizer: PreTrainedTokenizerBase,
-    cfg: Any,
+    cfg: Config,
     run_dir: Path,
     *,
     is_main: bool,
@@ -201,7 +204,7 @@ def cache_damage(path: Path) -> str | None:
 
 
 def _train_and_save(
-    config: Any, tokenizer: PreTrainedTokenizerBase, cfg: Any, path: Path, device: torch.device
+    config: PretrainedConfig, tokenizer: PreTrainedTokenizerBase, cfg: Config, path: Path, device: torch.device
 ) -> None:
     """Fresh init from `warm_start.seed`, the supervised pass, then an atomic write.
 

@@ -43,7 +43,7 @@ from fastslow.math_reward import answers_match, extract_answer
 from trainer import checkpoint as ckpt
 from trainer import rewards
 from trainer import tasks as builtin_tasks
-from trainer.config import eval_source_name
+from trainer.config import Config, eval_source_name
 from trainer.data import load_prompts
 from trainer.eval.metrics import PromptResult, difficulty_label, eval_metrics, majority_correct
 from trainer.rollout import SamplingParams
@@ -89,7 +89,7 @@ def resolve_source(entry: str) -> str:
     return str(REPO_ROOT / path)
 
 
-def _data_view(cfg: Any, source: str) -> SimpleNamespace:
+def _data_view(cfg: Config, source: str) -> SimpleNamespace:
     """The data config `trainer.data.load_prompts` reads, for one evaluation source."""
     e, d = cfg.eval, cfg.data
     return SimpleNamespace(
@@ -100,7 +100,7 @@ def _data_view(cfg: Any, source: str) -> SimpleNamespace:
     )  # fmt: skip
 
 
-def load_eval_sets(cfg: Any, tokenizer: Any) -> list[EvalSet]:
+def load_eval_sets(cfg: Config, tokenizer: Any) -> list[EvalSet]:
     """The sources of `cfg.eval.source`, loaded and checked (every error here comes before any training).
 
     Raises:
@@ -121,7 +121,7 @@ def load_eval_sets(cfg: Any, tokenizer: Any) -> list[EvalSet]:
     return sets
 
 
-def eval_context_tokens(cfg: Any) -> int:
+def eval_context_tokens(cfg: Config) -> int:
     """Prompt plus response tokens an evaluation needs at most (the engine's context must hold them)."""
     e = cfg.eval
     return (e.max_prompt_tokens or cfg.data.max_prompt_tokens) + (e.max_new_tokens or cfg.rollout.max_new_tokens)
@@ -158,7 +158,7 @@ def _same_math_answer(a: str, b: str) -> bool:
 
 
 def _score_block(
-    cfg: Any, tokenizer: Any, task: str, items: Sequence[dict], completions: Sequence[Sequence[list[int]]]
+    cfg: Config, tokenizer: Any, task: str, items: Sequence[dict], completions: Sequence[Sequence[list[int]]]
 ) -> list[PromptResult]:
     """Each prompt's samples scored with the training scorer, and its majority vote."""
     n = cfg.eval.n
@@ -191,7 +191,7 @@ def _score_block(
     return out
 
 
-def _sampling(cfg: Any, tokenizer: Any, seed: int) -> SamplingParams:
+def _sampling(cfg: Config, tokenizer: Any, seed: int) -> SamplingParams:
     e = cfg.eval
     return SamplingParams(
         n=e.n, temperature=e.temperature, top_p=e.top_p, max_new_tokens=e.max_new_tokens or cfg.rollout.max_new_tokens,
@@ -200,7 +200,7 @@ def _sampling(cfg: Any, tokenizer: Any, seed: int) -> SamplingParams:
 
 
 def _evaluate_set(
-    cfg: Any, engine: Any, tokenizer: Any, s: EvalSet, *, step: int, rank: int, world: int
+    cfg: Config, engine: Any, tokenizer: Any, s: EvalSet, *, step: int, rank: int, world: int
 ) -> dict[str, float]:
     size = cfg.eval.batch_size
     blocks = [range(a, min(a + size, s.count)) for a in range(0, s.count, size)]
@@ -224,7 +224,7 @@ def _evaluate_set(
 
 
 def evaluate(
-    cfg: Any, engine: Any, tokenizer: Any, sets: Sequence[EvalSet], *, step: int, rank: int = 0, world: int = 1
+    cfg: Config, engine: Any, tokenizer: Any, sets: Sequence[EvalSet], *, step: int, rank: int = 0, world: int = 1
 ) -> dict[str, float]:
     """One evaluation of every set on `engine`'s current weights; all ranks call it together.
 
