@@ -173,7 +173,7 @@ def test_wrong_types(override: str, message: str) -> None:
         (["optim.betas=[0.9, 1.0]"], "optim.betas = (0.9, 1.0): each must be in [0, 1)"),
         (["checkpoint.keep=0"], "checkpoint.keep = 0: must be >= 1"),
         (["checkpoint.resume="], "checkpoint.resume = '': must be 'none', 'auto' or a checkpoint folder"),
-        (["data.source=prompts.txt"], "data.source = 'prompts.txt': must be a built-in task ('synthetic', 'chain') or a path to a .jsonl"),
+        (["data.source=prompts.txt"], "data.source = 'prompts.txt': must be a built-in task ('synthetic', 'chain')"),
         (["model.hidden_size=66"], "model.hidden_size = 66: must be a multiple of num_heads"),
         (["model.hidden_size=12", "model.num_heads=4"], "hidden_size / num_heads (3) must be even"),
         (["model.num_kv_heads=3"], "model.num_heads = 4: must be a multiple of num_kv_heads"),

@@ -402,9 +402,7 @@ class PassSettings(Protocol):
 
 
 class OldLogpSettings(Protocol):
-    """What `skips_old_logprobs` reads of the config (`trainer.config.Config`, or the tests' `SimpleNamespace`
-    stand-in): `optim`, and `rollout`, whose `is_correction` and `max_staleness` are read with `getattr` and a
-    default (`trainer.offpolicy.correction_on`)."""
+    """What `skips_old_logprobs` reads of the config (`Config` or a stand-in); `rollout` is read with `getattr`."""
 
     @property
     def optim(self) -> PassSettings: ...
