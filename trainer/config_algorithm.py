@@ -68,7 +68,8 @@ class AlgorithmConfig(_Section):
     sfpo_inner_steps: int = 3
     """SFPO: K fast updates before the reposition (0: plain GRPO)."""
     sfpo_alpha: float = 0.8
-    """SFPO: reposition step size alpha in [0, 1] (0: plain GRPO)."""
+    """SFPO: reposition step size alpha in [0, 1] (0: the weights return to the slow point, but the optimizer state
+    keeps the K fast updates: plain GRPO only with K = 0)."""
     sfpo_entropy_window: int = 30
     """SFPO entropy switch: W, the number of recent step entropies the z-score looks at (>= 2)."""
     sfpo_entropy_threshold: float = 1.0
