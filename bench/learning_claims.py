@@ -36,8 +36,8 @@ def _mean(xs: Sequence[float | None]) -> float | None:
 def read_run(run_dir: Path, run: Any, *, source: str, prompts_per_step: int, group_size: int, final_evals: int,
              record: dict[str, Any]) -> dict[str, Any]:  # fmt: skip
     """One run's numbers (see the module docstring)."""
-    c = curve(run_dir, source=source, prompts_per_step=prompts_per_step, group_size=group_size)
     rows = read_metrics(Path(run_dir) / "metrics.jsonl")
+    c = curve(run_dir, source=source, prompts_per_step=prompts_per_step, group_size=group_size, records=rows)
     evals = [r for r in rows if f"eval/{source}/length" in r]
     tail = evals[-final_evals:]
     levels: dict[str, dict[str, float | None]] = {}

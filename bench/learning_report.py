@@ -36,9 +36,12 @@ def _avg_key(records: list[dict], source: str) -> str:
     return keys[0]
 
 
-def curve(run_dir: Path, *, source: str, prompts_per_step: int, group_size: int) -> Curve:
-    """The held-out curve of `run_dir` (its metrics.jsonl), for eval source `source`."""
-    records = read_metrics(Path(run_dir) / "metrics.jsonl")
+def curve(
+    run_dir: Path, *, source: str, prompts_per_step: int, group_size: int, records: list[dict] | None = None
+) -> Curve:
+    """The held-out curve of `run_dir` (its metrics.jsonl, or its `records` when already read), for eval source
+    `source`."""
+    records = read_metrics(Path(run_dir) / "metrics.jsonl") if records is None else records
     key = _avg_key(records, source)
     steps, rollouts, wall, acc, length = [], [], [], [], []
     done_rollouts = done_wall = 0.0

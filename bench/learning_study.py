@@ -31,7 +31,6 @@ from typing import Any
 import tomllib
 
 from bench import learning_claims as claims
-from bench import learning_report as report
 from bench import task_frontier
 from bench._harness import device_info, results_stem
 from trainer import warm_start
@@ -143,14 +142,20 @@ def _execute(study: Study, run: Run, work: Path, resume: bool) -> dict[str, Any]
     raise RuntimeError(f"{run.name} failed twice:\n" + "\n".join(failures))
 
 
-def _prepare(study: Study, work: Path, out: Path) -> dict[str, Any]:
-    """Trains the shared warm start (once, on every core) and measures its frontier."""
+def _prepare(study: Study, work: Path, out: Path, resume: bool) -> dict[str, Any]:
+    """Trains the shared warm start (once, on every core) and measures its frontier; kept in `work/frontier.json`,
+    which `--resume` reads instead of measuring it again."""
+    kept = work / "frontier.json"
+    if resume and kept.is_file():
+        return json.loads(kept.read_text())
     s = study.spec
     per_level = str(s.get("frontier_per_level", 64))
     args = ["--config", s.get("config") or "default", "--per-level", per_level, "--work", str(work), "--out", str(out),
             *s.get("overrides", [])]  # fmt: skip
-    task_frontier.main(args)
-    return json.loads(sorted(out.glob("frontier_*.json"), key=lambda p: p.stat().st_mtime)[-1].read_text())
+    result = task_frontier.measure(args)
+    work.mkdir(parents=True, exist_ok=True)
+    kept.write_text(json.dumps(result, indent=1) + "\n")
+    return result
 
 
 def study_of(name: str, spec: dict[str, Any], seeds: list[int], algorithms: list[str]) -> Study:
@@ -172,27 +177,24 @@ def run_study(study: Study, *, work: Path, out: Path, jobs: int, resume: bool = 
     cfg = load_config([*(["--config", s["config"]] if s.get("config") else []), *s.get("overrides", [])])
     source = eval_source_name(cfg.eval.sources[0])
     begin = time.perf_counter()
-    frontier = _prepare(study, work, out) if warm_start.applies(cfg) else {"frontier": {}}
+    frontier = _prepare(study, work, out, resume) if warm_start.applies(cfg) else {"frontier": {}}
     total, finished = len(study.runs), []
+
+    final_evals = int(s.get("final_evals", 3))
 
     def one(run: Run) -> dict[str, Any]:
         record = _execute(study, run, work, resume)
         finished.append(run.name)
-        c = report.curve(work / run.name, source=source, prompts_per_step=cfg.rollout.prompts_per_step,
-                         group_size=cfg.rollout.group_size)  # fmt: skip
-        print(f"[{len(finished)}/{total}] {run.name}: held-out {c.accuracy[0]:.3f} -> {c.accuracy[-1]:.3f}, "
+        r = claims.read_run(work / run.name, run, source=source, prompts_per_step=cfg.rollout.prompts_per_step,
+                            group_size=cfg.rollout.group_size, final_evals=final_evals, record=record)  # fmt: skip
+        acc = r["curve"]["accuracy"]
+        print(f"[{len(finished)}/{total}] {run.name}: held-out {acc[0]:.3f} -> {acc[-1]:.3f}, "
               f"{record['seconds']:.0f} s, load {record['load_before']:.1f}", flush=True)  # fmt: skip
-        return record
+        return r
 
     with ThreadPoolExecutor(max_workers=max(1, jobs)) as pool:
-        records = list(pool.map(one, study.runs))
+        runs = {r.name: result for r, result in zip(study.runs, pool.map(one, study.runs))}
     budget = cfg.optim.total_steps * cfg.rollout.prompts_per_step * cfg.rollout.group_size
-    runs = {
-        r.name: claims.read_run(work / r.name, r, source=source, prompts_per_step=cfg.rollout.prompts_per_step,
-                                group_size=cfg.rollout.group_size, final_evals=int(s.get("final_evals", 3)),
-                                record=rec)
-        for r, rec in zip(study.runs, records)
-    }  # fmt: skip
     device = device_info()
     result = {
         "study": study.name,

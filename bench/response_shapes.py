@@ -23,7 +23,7 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
-from bench.task_frontier import _problems, _sample
+from bench.task_frontier import problems_by_level, sample
 from trainer import tasks
 from trainer.data import encode_prompts
 from trainer.eval.cli import _config, _load_model, locate
@@ -52,9 +52,9 @@ def shapes_of(run_dir: Path, per_level: int, seed: int = 0) -> dict[str, Any]:
     lm, tok = _load_model(cfg, src)
     torch.manual_seed(seed)
     out: dict[str, Any] = {}
-    for lv, items in _problems(task, per_level, seed).items():
+    for lv, items in problems_by_level(task, per_level, seed).items():
         prompts = encode_prompts(tok, [it["prompt"] for it in items], chat_template=cfg.data.apply_chat_template)
-        completions = _sample(lm, tok, prompts, [], cfg.rollout.max_new_tokens, cfg.rollout.temperature)
+        completions = sample(lm, tok, prompts, [], cfg.rollout.max_new_tokens, cfg.rollout.temperature)
         count: Counter[str] = Counter()
         right: defaultdict[str, int] = defaultdict(int)
         for it, c in zip(items, completions):

@@ -47,7 +47,7 @@ def _parse(argv: list[str] | None) -> tuple[argparse.Namespace, list[str]]:
     return p.parse_known_args(argv)
 
 
-def _problems(task: Any, per_level: int, seed: int) -> dict[int, list[dict]]:
+def problems_by_level(task: Any, per_level: int, seed: int) -> dict[int, list[dict]]:
     """`per_level` held-out problems of each level."""
     by_level: dict[int, list[dict]] = {lv: [] for lv in range(1, task.MAX_LEVEL + 1)}
     size = per_level * task.MAX_LEVEL * 4
@@ -61,7 +61,7 @@ def _problems(task: Any, per_level: int, seed: int) -> dict[int, list[dict]]:
 
 
 @torch.no_grad()
-def _sample(
+def sample(
     model: Any, tok: Any, prompts: list[list[int]], prefix: list[int], max_new: int, temperature: float
 ) -> list[list[int]]:
     """Each prompt's sampled continuation after `prefix` (the prefix included, the stop token kept, padding not)."""
@@ -155,7 +155,8 @@ def markdown(result: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def main(argv: list[str] | None = None) -> int:
+def measure(argv: list[str] | None = None) -> dict[str, Any]:
+    """The frontier for the command line `argv` (see the module docstring), written under `--out` and returned."""
     args, overrides = _parse(argv)
     cfg = load_config(["--config", args.config, *overrides])
     task = tasks.of_source(cfg.data.source)
@@ -168,12 +169,12 @@ def main(argv: list[str] | None = None) -> int:
     torch.manual_seed(args.seed)
     max_new, temperature = cfg.rollout.max_new_tokens, cfg.rollout.temperature
     levels: dict[int, dict[str, Any]] = {}
-    for lv, items in _problems(task, args.per_level, args.seed).items():
+    for lv, items in problems_by_level(task, args.per_level, args.seed).items():
         prompts = encode_prompts(tok, [it["prompt"] for it in items], chat_template=cfg.data.apply_chat_template)
         levels[lv] = {}
         for mode, text in MODES.items():
             prefix = tok(text, add_special_tokens=False)["input_ids"] if text else []
-            completions = _sample(model, tok, prompts, prefix, max_new, temperature)
+            completions = sample(model, tok, prompts, prefix, max_new, temperature)
             levels[lv][mode] = _stats(task, tok, items, completions)
         print(
             f"level {lv}: "
@@ -199,6 +200,11 @@ def main(argv: list[str] | None = None) -> int:
     stem.with_suffix(".md").write_text(markdown(result))
     print(markdown(result))
     print(f"results: {stem}.json, .md", file=sys.stderr)
+    return result
+
+
+def main(argv: list[str] | None = None) -> int:
+    measure(argv)
     return 0
 
 

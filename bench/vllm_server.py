@@ -38,6 +38,22 @@ def vllm_env(**extra: str) -> dict[str, str]:
     return env
 
 
+def wait_healthy(url: str, proc: subprocess.Popen, timeout_s: float) -> bool:
+    """Polls `url/health` once a second until it answers 200 (True), or until `proc` exits or `timeout_s` passes
+    (False)."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            with urllib.request.urlopen(f"{url}/health", timeout=5) as r:
+                if r.status == 200:
+                    return True
+        except OSError:
+            pass
+        if proc.poll() is not None or time.monotonic() > deadline:
+            return False
+        time.sleep(1)
+
+
 class LoopbackServer:
     """A vLLM server on 127.0.0.1 for `model_dir` (config and tokenizer; dummy weights, synced in by the trainer).
     `env`: extra environment for the server (e.g. `VLLM_CPU_OMP_THREADS_BIND="1"`). Raises RuntimeError, with the
@@ -58,18 +74,9 @@ class LoopbackServer:
             cwd=ROOT, env=vllm_env(VLLM_SERVER_DEV_MODE="1", **env), stdout=self.log, stderr=subprocess.STDOUT,
         )  # fmt: skip
         self.url = f"http://127.0.0.1:{self.port}"
-        deadline = time.monotonic() + timeout_s
-        while True:
-            try:
-                with urllib.request.urlopen(f"{self.url}/health", timeout=5) as r:
-                    if r.status == 200:
-                        return
-            except OSError:
-                pass
-            if self.proc.poll() is not None or time.monotonic() > deadline:
-                self.stop()
-                raise RuntimeError("the vLLM server did not come up:\n" + log.read_text()[-4000:])
-            time.sleep(1)
+        if not wait_healthy(self.url, self.proc, timeout_s):
+            self.stop()
+            raise RuntimeError("the vLLM server did not come up:\n" + log.read_text()[-4000:])
 
     def stop(self) -> None:
         self.proc.terminate()

@@ -11,12 +11,12 @@ import json
 import os
 import subprocess
 import sys
-import time
-import urllib.request
 from pathlib import Path
 
 import pytest
 import torch
+
+from bench.vllm_server import wait_healthy
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -88,17 +88,8 @@ def test_server_mode_nccl_push_then_generate(tmp_path: Path, route: str) -> None
     )  # fmt: skip
     url = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + 600
-        while True:
-            try:
-                with urllib.request.urlopen(f"{url}/health", timeout=5) as r:
-                    if r.status == 200:
-                        break
-            except OSError:
-                pass
-            if server.poll() is not None or time.monotonic() > deadline:
-                pytest.fail(f"vllm serve did not come up: {(server.stderr.read() if server.stderr else '')[-4000:]}")
-            time.sleep(2)
+        if not wait_healthy(url, server, 600):
+            pytest.fail(f"vllm serve did not come up: {(server.stderr.read() if server.stderr else '')[-4000:]}")
         result = _run_check(tmp_path, f"server-{route}", url, gpu="0")
         assert result["route"] == f"server-{route}"
         _check_agreement(result)

@@ -55,7 +55,6 @@ from trainer.data_parquet import ParquetItems, import_pyarrow, parquet_rows
 from trainer.sampler import PromptSampler
 
 __all__ = [
-    "SYNTHETIC",
     "SYNTHETIC_SIZE",
     "PromptSampler",
     "Prompts",
@@ -67,7 +66,6 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-SYNTHETIC = "synthetic"
 SYNTHETIC_SIZE = 4096
 """Items drawn from the synthetic task when the config does not say (`data.synthetic_size`)."""
 _BATCH = 4096

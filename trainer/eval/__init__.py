@@ -59,7 +59,6 @@ __all__ = [
     "resolve_source",
 ]
 
-SYNTHETIC = "synthetic"
 REPO_ROOT = Path(__file__).resolve().parents[2]
 """Relative `eval.source` paths not found from the working directory are looked up from here."""
 
