@@ -8,7 +8,8 @@ A study is a TOML file (`bench/studies/<name>.toml`, or a path): the trainer con
 the seeds (fixed in the file before any result is seen), the shared learning rate and the sweep, and the arms. An arm
 with `sweep = true` runs at every learning rate of the sweep; the others (the controls) at the shared one. Before
 the runs, the warm start every run begins from is trained once and its accuracy-length frontier measured
-(`bench.task_frontier`). With `--resume`, runs whose folder holds a finished run are read, not run again.
+(`bench.task_frontier`). With `--resume`, runs whose folder holds a finished run, and the frontier kept in the
+work folder, are read, not run again.
 
 Writes `bench/results/study_<name>_<device>_<date>.{json,md,png}` and the frontier's files beside them.
 """
