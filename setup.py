@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 import sys
 
-from setuptools import Extension, setup
+from setuptools import Extension, find_packages, setup
 from setuptools.command.build_ext import build_ext
 
 
@@ -43,7 +43,8 @@ native = Extension(
 )
 
 setup(
-    packages=["fastslow", "fastslow.kernels", "trainer", "trainer.checkpoint", "trainer.eval", "trainer.rollout"],
+    # every package folder under the two roots (a new wing is in the wheel without an edit here)
+    packages=find_packages(include=["fastslow", "fastslow.*", "trainer", "trainer.*"]),
     package_data={"trainer": ["configs/*.toml"]},
     ext_modules=[native],
     cmdclass={"build_ext": OptionalNativeBuild},

@@ -86,6 +86,12 @@ def test_wheel_has_no_top_level_kernels_and_imports_from_a_venv(tmp_path: Path) 
     assert "kernels" not in tops and not any(n.startswith("kernels.") for n in tops), sorted(tops)
     assert {"fastslow", "trainer"} <= tops
     assert "fastslow/kernels/__init__.py" in names
+    in_source = {
+        str(init.parent.relative_to(ROOT)) + "/__init__.py"
+        for top in ("fastslow", "trainer")
+        for init in (ROOT / top).rglob("__init__.py")
+    }
+    assert in_source - set(names) == set(), "packages missing from the wheel"
     assert any(n.startswith("fastslow/kernels/_fastslow_cpu") for n in names) or os.environ.get("FASTSLOW_NO_NATIVE")
 
     venv = tmp_path / "venv"
