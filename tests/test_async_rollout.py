@@ -110,6 +110,49 @@ def test_state_round_trip_resumes_with_the_same_batches() -> None:
     again.pipeline.close()
 
 
+@pytest.mark.parametrize("k", [1, 2])
+def test_a_filter_takes_a_chunk_stream_in_the_samplers_order_within_the_bound(k: int) -> None:
+    """An online filter's steps take 1-3 chunks each: the chunks come in the sampler's order (as in the synchronous
+    run), chunks a step leaves go to the next, no chunk is more than k versions old, and from the last step on
+    nothing more is requested ahead."""
+    engine, total = Recorder(delay=0.01), 8
+    ctx = _ctx(engine, k, total=total)
+    taken, lags = [], []
+    for step in range(total):
+        for _ in range(1 + step % 3):
+            items, _, m = take_step(ctx, step, _sampling, stream=True)
+            taken.append([it["prompt_ids"] for it in items])
+            lags.append(m["rollout/staleness"])
+            assert m["rollout/dropped"] == 0
+        time.sleep(0.005)  # the update
+        ctx.pipeline.sync(engine.load)
+    ctx.pipeline.close()
+    chunks = len(taken)
+    assert taken == [[[(2 * c) % 10, (2 * c) % 10 + 1], [(2 * c + 1) % 10, (2 * c + 1) % 10 + 1]]
+                     for c in range(chunks)]  # fmt: skip
+    assert max(lags) <= k and max(lags) >= 1
+    requested = [e[1] for e in engine.events if e[0] == "start"]
+    assert requested == list(range(chunks))  # seeds = chunk numbers; nothing requested beyond what was taken
+    state = ctx.pipeline.state_dict()
+    assert state["cursor"] == chunks and state["pending"] == []
+
+
+def test_a_batch_older_than_the_bound_is_dropped_counted_and_generated_again() -> None:
+    """A resume with a smaller max_staleness: the saved batch, 3 versions old at k = 1, is dropped (its samples
+    counted) and its prompts are generated again with the current weights."""
+    engine = Recorder()
+    ctx = _ctx(engine, 1)
+    old = [[[[5, 0], None]], [[[6, 0], None]]]  # per group, per sample: [ids, logprobs]
+    state = {"version": 3, "pending": [{"step": 4, "indices": [2, 3], "completions": old, "version": 0}]}
+    ctx.pipeline.load_state_dict(state)
+    engine.weights = 3
+    items, comps, m = take_step(ctx, 4, _sampling)
+    ctx.pipeline.close()
+    assert m["rollout/dropped"] == 2 and m["rollout/staleness"] == 0
+    assert [it["prompt_ids"] for it in items] == [[2, 3], [3, 4]]
+    assert [list(c[0]) for c in comps] == [[4, 3], [5, 3]]  # generated at the current weights (3)
+
+
 def test_a_failing_engine_is_one_error_line_not_a_hang() -> None:
     ctx = _ctx(Recorder(fail_at=2), 1)
     take_step(ctx, 0, _sampling)
@@ -136,20 +179,20 @@ def test_the_lock_keeps_a_sync_out_of_a_request() -> None:
 
 def test_configs_that_cannot_overlap_are_refused() -> None:
     base = from_dict({"rollout": {"max_staleness": 1}})
-    assert overlap_problem(base, has_filter=False) is None
+    assert overlap_problem(base) is None
     colocated = from_dict({"rollout": {"max_staleness": 1}})
     colocated.rollout.engine = "vllm"  # (no vllm here to pass the config check)
-    assert "cannot overlap" in overlap_problem(colocated, has_filter=False)
-    assert "curriculum filter" in overlap_problem(base, has_filter=True)
-    assert overlap_problem(from_dict({}), has_filter=True) is None
+    assert "cannot overlap" in overlap_problem(colocated)
+    assert overlap_problem(from_dict({"algorithm": {"name": "fast_grpo"}, "rollout": {"max_staleness": 1}})) is None
     assert "hf_process" in overlap_note(base, "cpu")  # the in-process thread on a CPU: measured slower
     assert overlap_note(base, "cuda") is None and overlap_note(from_dict({}), "cpu") is None
     assert overlap_note(from_dict({"rollout": {"max_staleness": 1, "engine": "hf_process"}}), "cpu") is None
 
 
-def _run(run_dir: Path, *args: str) -> list[dict]:
+def _run(run_dir: Path, *args: str, nproc: int = 2) -> list[dict]:
     cmd = [
-        sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m", "trainer.main",
+        sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
+        "-m", "trainer.main",
         f"logging.run_dir={run_dir}", "rollout.max_staleness=1", "rollout.is_correction=token_truncate",
         "eval.enabled=false", "warm_start.steps=30", f"warm_start.cache={run_dir.parent / 'ws'}",
         "rollout.prompts_per_step=4", "rollout.group_size=4", "rollout.max_new_tokens=8", *args,
@@ -157,6 +200,26 @@ def _run(run_dir: Path, *args: str) -> list[dict]:
     out = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-4000:]
     return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+
+
+@pytest.mark.slow
+def test_fast_grpo_overlaps_with_its_filter_and_resumes_exactly(tmp_path: Path) -> None:
+    """FAST-GRPO (the Slow2Fast filter takes a chunk stream) at max_staleness 1 on one rank for 4 steps with a
+    checkpoint at step 2, and a run resumed from it: the chunks, staleness and losses of steps 3-4 are the same."""
+    args = ("algorithm.name=fast_grpo", "rollout.on_filter_exhausted=fill", "rollout.max_chunks=3")
+    whole = _run(tmp_path / "whole", *args, "optim.total_steps=4", "checkpoint.every=2", "checkpoint.keep=2",
+                 nproc=1)  # fmt: skip
+    checkpoint = tmp_path / "whole" / "checkpoints" / "step_00000002"
+    resumed = _run(tmp_path / "resumed", *args, "optim.total_steps=4", f"checkpoint.resume={checkpoint}", nproc=1)
+    a = [r for r in whole if "reward" in r]
+    b = [r for r in resumed if "reward" in r]
+    assert [r["step"] for r in a] == [1, 2, 3, 4] and [r["step"] for r in b] == [3, 4]
+    assert all(r["rollout/staleness_max"] <= 1 and r["rollout/dropped"] == 0 for r in a)
+    assert max(r["rollout/staleness_max"] for r in a) == 1
+    keys = ("reward", "rollout/chunks", "actor/pg_loss", "actor/grad_norm", "rollout/staleness")
+    for x, y in zip(a[2:], b):
+        for key in keys:
+            assert x[key] == pytest.approx(y[key], rel=1e-6, abs=1e-9), (key, x["step"])
 
 
 @pytest.mark.slow

@@ -1,16 +1,20 @@
 """Asynchronous rollouts (`rollout.max_staleness = k > 0`): the engine generates the next steps' batches while the
 trainer updates on the current one, with weights at most k updates old.
 
-One generation thread per rank feeds a table of pending steps. At step t the trainer takes step t's batch (waiting
-if it is not ready: the trainer's idle time) and submits steps t+1 .. t+k that are not yet pending, each with its
-prompts drawn from the sampler now, in step order, and its sampling seed from its own step number, so the data and
-the seeds are those of the synchronous run. Each generation holds the pipeline's lock for its whole request; the
-weight sync takes the same lock, so it happens between requests, never in the middle of one. Every batch carries
-the policy version it was generated with (the number of syncs before it started); as nothing is submitted more than
-k steps ahead, no batch is ever more than k versions old when it is trained on, and nothing needs dropping
-(`rollout/staleness_max` shows it every step).
+One generation thread per rank feeds a table of pending slots. Without an online filter a slot is a step: at step t
+the trainer takes step t's batch (waiting if it is not ready: the trainer's idle time) and submits steps t+1 .. t+k
+that are not yet pending, each with its prompts drawn from the sampler now, in step order, and its sampling seed
+from its own step number, so the data and the seeds are those of the synchronous run. With FAST's online filter a
+step may take several chunks, so a slot is a chunk of a stream: the filter takes chunks in order (the sampler's
+order, as in the synchronous run) and each take keeps the next k chunks in flight; chunks a step does not need go to
+the next step. As every step takes at least one chunk, a chunk is still trained on within k syncs of its request.
+Each generation holds the pipeline's lock for its whole request; the weight sync takes the same lock, so it happens
+between requests, never in the middle of one. Every batch carries the policy version it was generated with (the
+number of syncs before it started). A batch more than k versions old when it is taken (only after a resume with a
+smaller k) is dropped and counted (`rollout/dropped`, samples), and its prompts are generated again with the
+current weights, as prime-rl drops samples past its bound.
 
-Checkpoints drain the pipeline (every submitted step finishes) and save the finished batches with their prompt
+Checkpoints drain the pipeline (every submitted slot finishes) and save the finished batches with their prompt
 indices and versions (`state_dict`); a resumed run trains on exactly those, so a resume reproduces the run. Where
 the overlap is real: the vLLM server (generation in the server's process) and the hf engine (generation in this
 thread; on a CPU the two threads' torch ops run in parallel, the Python between them does not). The colocated vLLM
@@ -42,7 +46,8 @@ class RolloutThreadError(RuntimeError):
 
 @dataclass
 class Generated:
-    """One step's batch: its prompts (indices into the run's prompts), completions and the policy version."""
+    """One slot's batch: its prompts (indices into the run's prompts), completions and the policy version. `step`
+    is the slot: the step without an online filter, the chunk's number in the stream with one."""
 
     step: int
     indices: list[int]
@@ -58,6 +63,7 @@ class RolloutPipeline:
         self.engine, self.k, self.timeout_s = engine, max_staleness, timeout_s
         self.lock = threading.Lock()
         self.version = 0  # syncs so far
+        self.cursor: int | None = None  # the next chunk slot to take (online filter only); None: from the step
         self.pending: dict[int, Future[Generated] | Generated] = {}
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="fastslow-rollout")
         self._busy_since_take = 0.0
@@ -128,7 +134,7 @@ class RolloutPipeline:
             assert isinstance(g, Generated)
             comps = [[[list(c), c.logprobs] for c in group] for group in g.completions]
             out.append({"step": g.step, "indices": list(g.indices), "completions": comps, "version": g.version})
-        return {"version": self.version, "pending": out}
+        return {"version": self.version, "pending": out, "cursor": self.cursor}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.version = int(state["version"])
@@ -136,6 +142,8 @@ class RolloutPipeline:
         for g in state["pending"]:
             comps = [[Completion(ids, logp) for ids, logp in group] for group in g["completions"]]
             self.pending[int(g["step"])] = Generated(int(g["step"]), list(g["indices"]), comps, int(g["version"]))
+        cursor = state.get("cursor")
+        self.cursor = None if cursor is None else int(cursor)
 
     def close(self) -> None:
         self._pool.shutdown(wait=True, cancel_futures=True)
@@ -174,23 +182,66 @@ def restore_rank_state(
 
 
 def take_step(
-    ctx: Any, step: int, sampling: Callable[[int], SamplingParams]
+    ctx: Any, step: int, sampling: Callable[[int], SamplingParams], *, stream: bool = False
 ) -> tuple[list[dict], list[list[Completion]], dict[str, float]]:
-    """Step `step`'s prompts and completions from `ctx.pipeline` (submitted now if they are not pending: the first
-    step, or the first after a resume without pending batches), then steps `step + 1 .. step + k` submitted;
-    `sampling(s)` gives step s's sampling parameters. Returns the prompts, the completions and the step's
-    "rollout/staleness" (policy versions between generation and this update) and "time/trainer_idle"."""
+    """The next batch from `ctx.pipeline`: step `step`'s, or with `stream` (an online filter) the next chunk of the
+    stream; it is submitted now if not pending (the first step, or the first after a resume without pending
+    batches). Then the next k slots are submitted: up to step `step + k` (never past the last step), or with
+    `stream` the next k chunks (none from the last step on). `sampling(slot)` gives a slot's sampling parameters.
+    Returns the prompts, the completions and the batch's "rollout/staleness" (policy versions between generation
+    and this update), "rollout/dropped" (samples dropped as older than k, generated again) and "time/trainer_idle"."""
     pipeline: RolloutPipeline = ctx.pipeline
-    if not pipeline.has(step):
-        _submit(ctx, step, sampling)
-    generated, waited = pipeline.take(step)
+    slot = pipeline.cursor if stream and pipeline.cursor is not None else step
+    if not pipeline.has(slot):
+        _submit(ctx, slot, sampling)
+    generated, waited = pipeline.take(slot)
+    dropped = 0
+    if pipeline.version - generated.version > pipeline.k:  # only after a resume with a smaller max_staleness
+        dropped = sum(len(group) for group in generated.completions)
+        prompts = [ctx.prompts[i]["prompt_ids"] for i in generated.indices]
+        pipeline.submit(slot, generated.indices, prompts, sampling(slot))
+        generated, again = pipeline.take(slot)
+        waited += again
     total = ctx.cfg.optim.total_steps
-    for ahead in range(step + 1, min(step + pipeline.k, total - 1) + 1):
+    if stream:
+        pipeline.cursor = slot + 1
+        last = slot + pipeline.k if step < total - 1 else slot
+    else:
+        last = min(slot + pipeline.k, total - 1)
+    for ahead in range(slot + 1, last + 1):
         if not pipeline.has(ahead):
             _submit(ctx, ahead, sampling)
     items = [ctx.prompts[i] for i in generated.indices]
     lag = float(pipeline.version - generated.version)
-    return items, generated.completions, {"rollout/staleness": lag, "time/trainer_idle": waited}
+    return items, generated.completions, {
+        "rollout/staleness": lag, "rollout/dropped": float(dropped), "time/trainer_idle": waited,
+    }  # fmt: skip
+
+
+class OverlapTally:
+    """A step's overlap metrics over the batches it took (one, or an online filter's chunks): "rollout/staleness"
+    (mean over them), "rollout/staleness_max", "rollout/dropped" and "time/trainer_idle" (sums)."""
+
+    def __init__(self) -> None:
+        self.parts: list[dict[str, float]] = []
+
+    def take(
+        self, ctx: Any, step: int, sampling: Callable[[int], SamplingParams], *, stream: bool
+    ) -> tuple[list[dict], list[list[Completion]]]:
+        """`take_step`, its metrics kept."""
+        items, completions, metrics = take_step(ctx, step, sampling, stream=stream)
+        self.parts.append(metrics)
+        return items, completions
+
+    def metrics(self) -> dict[str, float]:
+        if not self.parts:
+            return {}
+        lags = [p["rollout/staleness"] for p in self.parts]
+        return {
+            "rollout/staleness": sum(lags) / len(lags), "rollout/staleness_max": max(lags),
+            "rollout/dropped": sum(p["rollout/dropped"] for p in self.parts),
+            "time/trainer_idle": sum(p["time/trainer_idle"] for p in self.parts),
+        }  # fmt: skip
 
 
 def _submit(ctx: Any, step: int, sampling: Callable[[int], SamplingParams]) -> None:
@@ -199,20 +250,13 @@ def _submit(ctx: Any, step: int, sampling: Callable[[int], SamplingParams]) -> N
     ctx.pipeline.submit(step, indices, prompts, sampling(step))
 
 
-def overlap_problem(cfg: Config, has_filter: bool) -> str | None:
+def overlap_problem(cfg: Config) -> str | None:
     """Why `rollout.max_staleness > 0` cannot run with this config, or None."""
     r = cfg.rollout
-    if r.max_staleness == 0:
-        return None
-    if r.engine == "vllm" and r.vllm_mode == "colocated":
+    if r.max_staleness > 0 and r.engine == "vllm" and r.vllm_mode == "colocated":
         return (
             "rollout.max_staleness > 0 needs an engine that generates while the trainer trains; the colocated vLLM "
             "engine shares the trainer's device and cannot overlap: use rollout.vllm_mode = 'server' or the hf engine"
-        )
-    if has_filter:
-        return (
-            "rollout.max_staleness > 0 is not supported with the online curriculum filter (FAST-GRPO's Slow2Fast "
-            "schedule) yet: its chunk refills are decided per step; use max_staleness = 0"
         )
     return None
 

@@ -68,8 +68,9 @@ class RolloutConfig(_Section):
     max_staleness: int = 0
     """Asynchronous rollouts (trainer/async_rollout.py): the engine generates up to this many steps ahead while the
     trainer updates, so a batch is at most this many updates old; 0: synchronous (generate, update, sync). Needs the
-    hf engine or a vLLM server (the colocated engine cannot overlap); not with the curriculum filter. Pair it with
-    `is_correction` for the staleness (the stale-weights check's "auto" is off then)."""
+    hf engine or a vLLM server (the colocated engine cannot overlap); with the curriculum filter, k chunks of a chunk
+    stream are in flight. Pair it with `is_correction` for the staleness (the stale-weights check's "auto" is off
+    then)."""
     max_logp_diff: float = -1.0
     """The stale-weights check (trainer/engine_check.py): the mean |trainer log-prob - engine log-prob| of a step's
     sampled tokens above which the step stops with an error, as the engine generated with other weights than the

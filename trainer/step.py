@@ -18,7 +18,7 @@ from torch import nn
 
 from fastslow import FilterExhausted, OnlineFilter, group_advantages, sfpo_update
 from fastslow.kernels import IGNORE_INDEX
-from trainer.async_rollout import take_step
+from trainer.async_rollout import OverlapTally
 from trainer.dist import DistInfo, all_reduce
 from trainer.engine_check import check_engine, logp_bound, mean_logp_gap
 from trainer.offpolicy import bounds_for, correction_on, correction_weights
@@ -115,19 +115,18 @@ def _collect(ctx: StepContext, step: int) -> tuple[list[Group], dict[str, float]
     if ctx.schedule is not None:
         filt = OnlineFilter(ctx.schedule, per_rank, max_chunks=cfg.rollout.max_chunks)
         filt.start(progress)
-    chunk = 0
+    chunk, overlap = 0, OverlapTally()
     while True:
-        overlap: dict[str, float] = {}
-        if ctx.pipeline is not None:  # generated ahead (trainer/async_rollout.py); no filter there
-            items, completions, overlap = take_step(ctx, step, lambda s: _sampling(ctx, s, 0))
+        if ctx.pipeline is not None:  # generated ahead (trainer/async_rollout.py); with a filter, a chunk stream
+            items, completions = overlap.take(ctx, step, lambda s: _sampling(ctx, s, 0), stream=filt is not None)
         else:
             items = [ctx.prompts[i] for i in ctx.sampler.next_chunk()]
             completions = ctx.engine.generate([it["prompt_ids"] for it in items], _sampling(ctx, step, chunk))
         groups, chunk_errors = _score_chunk(ctx, items, completions)
         chunk, errors = chunk + 1, errors + chunk_errors
         if filt is None:
-            kept = {"rollout/chunks": 1.0, "rollout/kept_groups": float(len(groups)), **_NOT_DRY, **overlap}
-            return groups, kept, errors
+            kept = {"rollout/chunks": 1.0, "rollout/kept_groups": float(len(groups)), **_NOT_DRY}
+            return groups, {**kept, **overlap.metrics()}, errors
         failure = None
         try:
             filt.add(torch.stack([g.correct.float().mean() for g in groups]), items=groups)
@@ -139,10 +138,11 @@ def _collect(ctx: StepContext, step: int) -> tuple[list[Group], dict[str, float]
         if all_done:
             kept = filt.result().items
             metrics = {"rollout/chunks": float(chunk), "rollout/kept_groups": float(len(kept)), **_NOT_DRY}
-            return list(kept), metrics, errors
+            return list(kept), {**metrics, **overlap.metrics()}, errors
         if any_failed:  # every rank is at its max_chunks-th chunk: all stop here
             why = str(failure) if failure else "another rank's online filter ran out of chunks"
-            return (*_dry(ctx, filt, chunk, why), errors)
+            groups, metrics = _dry(ctx, filt, chunk, why)
+            return groups, {**metrics, **overlap.metrics()}, errors
 
 
 _NOT_DRY = {"rollout/filled_groups": 0.0, "rollout/dry": 0.0, "rollout/skipped": 0.0}

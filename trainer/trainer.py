@@ -154,7 +154,7 @@ class Trainer:
             engine=self.engine, tokenizer=self.tokenizer, prompts=self.prompts, sampler=sampler, kl=algo.kl,
             schedule=algo.schedule, switch=algo.switch, task=self.task, sync_dtype=engine_dtype,
         )  # fmt: skip
-        problem = overlap_problem(cfg, algo.schedule is not None)
+        problem = overlap_problem(cfg)
         if problem:
             raise ConfigError(problem)
         if cfg.rollout.max_staleness > 0:
