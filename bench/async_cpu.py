@@ -90,8 +90,8 @@ def main(argv: list[str] | None = None) -> int:
                 for name, overrides in VARIANTS.items():
                     loads.append(os.getloadavg()[0])
                     extra = [
-                        "rollout.vllm_mode=server", f"rollout.vllm_server_url={server.url}",
-                        "rollout.vllm_server_workers=1", f"rollout.vllm_nccl_port={free_port()}", *overrides,
+                        "rollout.vllm.mode=server", f"rollout.vllm.server_url={server.url}",
+                        "rollout.vllm.server_workers=1", f"rollout.vllm.nccl_port={free_port()}", *overrides,
                     ]  # fmt: skip
                     rows = _train(work / f"srv_{name}_{repeat}", [*base, *extra])
                     runs[f"vllm-server-{name}"].append(_summary(rows, samples))

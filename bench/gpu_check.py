@@ -45,7 +45,7 @@ BENCH_MODULES = ("test_linear_logprobs", "test_grpo_kl", "test_reposition", "tes
 # Time caps in seconds (each step also stops at the overall deadline); measured sizes on a CPU, guessed for a GPU.
 CAPS = {"kernel tests": 120, "bench": 260, "trainer": 120, "trainer offload": 60, "vllm": 180}
 TRAINER_ARGS = ("optim.total_steps=20", "model.dtype=bfloat16", "rollout.engine=hf", "logging.tensorboard=false")
-OFFLOAD_ARGS = (*TRAINER_ARGS, "optim.total_steps=5", "model.cpu_offload=true", "algorithm.name=sfpo")
+OFFLOAD_ARGS = (*TRAINER_ARGS, "optim.total_steps=5", "model.cpu_offload=true", "algorithm.update=sfpo")
 
 
 @dataclass

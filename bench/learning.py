@@ -26,7 +26,7 @@ import torch
 
 from bench import learning_study
 from trainer import tasks
-from trainer.config_io import load_config
+from trainer.config import load_config
 
 ALGORITHMS = ("grpo", "sfpo", "fast_grpo", "fast_sfpo")
 ROOT = Path(__file__).resolve().parents[1]

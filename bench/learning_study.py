@@ -35,8 +35,8 @@ from bench import learning_claims as claims
 from bench import task_frontier
 from bench._harness import device_info, results_stem
 from trainer import warm_start
-from trainer.config import eval_source_name
-from trainer.config_io import load_config
+from trainer.config import eval_source_name, load_config
+from trainer.config.aliases import recipe_overrides
 
 ROOT = Path(__file__).resolve().parents[1]
 STUDIES = ROOT / "bench" / "studies"
@@ -98,7 +98,7 @@ def load_study(name: str, *, seeds: list[int] | None = None, arms: list[str] | N
         for arm, a in chosen.items():
             lrs = [float(x) for x in spec["sweep_lrs"]] if a.get("sweep") else [shared]
             for lr in lrs:
-                extra = (f"algorithm.name={a['algorithm']}", f"optim.lr={lr:g}", *a.get("overrides", []))
+                extra = (*recipe_overrides(a["algorithm"]), f"optim.lr={lr:g}", *a.get("overrides", []))
                 study.runs.append(Run(arm, lr, seed, tuple(extra)))
     return study
 
@@ -166,7 +166,7 @@ def study_of(name: str, spec: dict[str, Any], seeds: list[int], algorithms: list
     study = Study(name, {**spec, "sweep_lrs": [spec["shared_lr"]], "arms": arms}, seeds, arms)
     for seed in seeds:
         for arm in algorithms:
-            overrides = (f"algorithm.name={arm}", f"optim.lr={spec['shared_lr']:g}")
+            overrides = (*recipe_overrides(arm), f"optim.lr={spec['shared_lr']:g}")
             study.runs.append(Run(arm, float(spec["shared_lr"]), seed, overrides))
     return study
 

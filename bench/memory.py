@@ -99,7 +99,7 @@ def measure(folder: Path, world: int, model_bytes: int, *, baseline: bool = True
 
 def worker(argv: list[str]) -> None:
     """Inside torchrun: the Trainer on `argv`'s config, then this rank's model-related peak, in bytes, to a file."""
-    from trainer.config_io import load_config
+    from trainer.config import load_config
     from trainer.dist import close, init_distributed
     from trainer.trainer import Trainer
 

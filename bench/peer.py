@@ -29,7 +29,7 @@ ROOT = Path(__file__).resolve().parent.parent
 FASTSLOW_ARGS = (
     "eval.enabled=false", "logging.plots=false", "checkpoint.every=0", "checkpoint.export_hf=false",
     "logging.tensorboard=false", "rollout.group_size=8", "rollout.prompts_per_step=16", "rollout.max_new_tokens=20",
-    "rollout.temperature=1.0", "algorithm.name=grpo", "algorithm.kl_coef=0.0", "optim.epochs=1",
+    "rollout.temperature=1.0", "algorithm.update=grpo", "algorithm.kl_coef=0.0", "optim.epochs=1",
     "optim.minibatches=1", "algorithm.clip_low=0.2", "algorithm.clip_high=0.28", "algorithm.loss_agg=token-mean",
     "optim.lr=0.0005", "optim.grad_clip=1.0", "rollout.engine=hf",
 )  # fmt: skip
@@ -45,7 +45,7 @@ UNMATCHED = (
 
 def prepare(work: Path) -> tuple[Path, Path, list[str]]:
     """The warm-started model as a Hugging Face folder and the task's prompts as JSONL; notes on what differs."""
-    from trainer.config_io import load_config
+    from trainer.config import load_config
     from trainer.data import load_prompts
     from trainer.model import load_tokenizer, model_config, model_from_config
     from trainer.warm_start import warm_start

@@ -27,7 +27,7 @@ from safetensors.torch import load_model
 
 from bench._harness import device_info, results_stem
 from trainer import tasks, warm_start
-from trainer.config_io import load_config
+from trainer.config import load_config
 from trainer.data import encode_prompts
 from trainer.model import load_tokenizer, model_config, model_from_config
 

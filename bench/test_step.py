@@ -137,7 +137,7 @@ def test_step(benchmark: Any, device: torch.device, ceil: dict, running: Running
         tokens = float(batch.mask.sum())
         work: tuple[Any, str] = (tokens, "tokens/s")
     else:
-        assert ctx.cfg.algorithm.length_unit == "tokens"  # response_length is then the mean token count
+        assert ctx.cfg.reward.thinking.length_unit == "tokens"  # response_length is then the mean token count
 
         def step() -> None:
             with ours_backend(device):

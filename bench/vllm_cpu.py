@@ -78,8 +78,8 @@ def main(argv: list[str] | None = None) -> int:
                     server = LoopbackServer(model_dir, work / f"server_{repeat}.log")
                     try:
                         extra = [
-                            "rollout.vllm_mode=server", f"rollout.vllm_server_url={server.url}",
-                            "rollout.vllm_server_workers=1", f"rollout.vllm_nccl_port={free_port()}",
+                            "rollout.vllm.mode=server", f"rollout.vllm.server_url={server.url}",
+                            "rollout.vllm.server_workers=1", f"rollout.vllm.nccl_port={free_port()}",
                         ]  # fmt: skip
                         rows = _train(run_dir, args.steps, extra)
                     finally:

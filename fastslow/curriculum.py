@@ -24,6 +24,7 @@ import torch
 from torch import Tensor
 
 from fastslow._checks import check_accuracy, check_finite_number, check_int
+from fastslow.choices import FILTER_PRESETS
 
 __all__ = ["DAPO", "SLOW2FAST", "FilterExhausted", "FilterResult", "FilterSchedule", "OnlineFilter"]
 
@@ -42,7 +43,7 @@ class FilterSchedule:
     entries: tuple[tuple[float, float, float], ...]
     """`(until_ratio, low, high)`, until_ratio strictly increasing, `0 <= low < high <= 1`."""
 
-    PRESETS: ClassVar[tuple[str, ...]] = ("slow2fast", "dapo")
+    PRESETS: ClassVar[tuple[str, ...]] = FILTER_PRESETS
 
     def __init__(self, entries: Sequence[Sequence[float]]):
         """Validates `entries`; ValueError names the offending entry's index and value."""

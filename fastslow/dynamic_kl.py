@@ -25,10 +25,9 @@ import torch
 from torch import Tensor
 
 from fastslow._checks import check_accuracy, check_finite_number, check_int
+from fastslow.choices import KL_MODES
 
 __all__ = ["KL_MODES", "KLController", "group_kl_coef"]
-
-KL_MODES = ("fixed", "batch_accuracy", "group_accuracy")
 
 
 def group_kl_coef(group_accuracy: Tensor, beta_min: float = 0.001, beta_max: float = 0.01) -> Tensor:

@@ -4,8 +4,10 @@ tests/test_golden.py. `make golden` (this file run as a script) writes them agai
 The job is `make run`'s: `torchrun --nproc_per_node=2 -m trainer.main` (gloo, `trainer/configs/default.toml`, seed
 0) at one torch thread per process, with only the overrides in `OVERRIDES`, each for time or for output files that
 are no part of training: config -> warm start -> rollout -> reward -> update, end to end, as shipped. `TRACES`: GRPO
-(the default, 20 steps), and SFPO and FAST-GRPO (`algorithm.name`, 8 steps each: the fast inner steps, reposition
-and slow correction; the thinking reward, per-group KL and the Slow2Fast filter).
+(the default, 20 steps), and SFPO and FAST-GRPO (8 steps each: the fast inner steps, reposition and slow
+correction; the thinking reward, per-group KL and the Slow2Fast filter). Those two were recorded with the former key
+`algorithm.name`, kept here on purpose: it now expands to the switches of the presets `--config sfpo` /
+`--config fast_grpo` (the same config, tests/test_config_aliases.py), so reproducing them checks that path end to end.
 """
 
 from __future__ import annotations

@@ -183,7 +183,7 @@ def test_configs_that_cannot_overlap_are_refused() -> None:
     colocated = from_dict({"rollout": {"max_staleness": 1}})
     colocated.rollout.engine = "vllm"  # (no vllm here to pass the config check)
     assert "cannot overlap" in overlap_problem(colocated)
-    assert overlap_problem(from_dict({"algorithm": {"name": "fast_grpo"}, "rollout": {"max_staleness": 1}})) is None
+    assert overlap_problem(from_dict({"algorithm": {"filter": "slow2fast"}, "rollout": {"max_staleness": 1}})) is None
     assert "hf_process" in overlap_note(base, "cpu")  # the in-process thread on a CPU: measured slower
     assert overlap_note(base, "cuda") is None and overlap_note(from_dict({}), "cpu") is None
     assert overlap_note(from_dict({"rollout": {"max_staleness": 1, "engine": "hf_process"}}), "cpu") is None
@@ -206,7 +206,7 @@ def _run(run_dir: Path, *args: str, nproc: int = 2) -> list[dict]:
 def test_fast_grpo_overlaps_with_its_filter_and_resumes_exactly(tmp_path: Path) -> None:
     """FAST-GRPO (the Slow2Fast filter takes a chunk stream) at max_staleness 1 on one rank for 4 steps with a
     checkpoint at step 2, and a run resumed from it: the chunks, staleness and losses of steps 3-4 are the same."""
-    args = ("algorithm.name=fast_grpo", "rollout.on_filter_exhausted=fill", "rollout.max_chunks=3")
+    args = ("--config", "fast_grpo", "rollout.on_filter_exhausted=fill", "rollout.max_chunks=3")
     whole = _run(tmp_path / "whole", *args, "optim.total_steps=4", "checkpoint.every=2", "checkpoint.keep=2",
                  nproc=1)  # fmt: skip
     checkpoint = tmp_path / "whole" / "checkpoints" / "step_00000002"

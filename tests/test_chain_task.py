@@ -10,8 +10,7 @@ import pytest
 from transformers import PretrainedConfig
 
 from trainer import rewards, tasks, warm_start
-from trainer.config import ConfigError
-from trainer.config_io import load_config
+from trainer.config import ConfigError, load_config
 from trainer.data import load_prompts
 from trainer.eval import load_eval_sets
 from trainer.model import build_tokenizer

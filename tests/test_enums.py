@@ -1,5 +1,6 @@
-"""Each choice the config offers is the set its owner accepts (issue 26): an enum written at the owner and again in
-the config's `Literal` drifts unnoticed; this ties every such pair."""
+"""Each choice the config offers is defined once (issue 26): the config's `Literal` and its owner's tuple are the same
+object's two views, imported one from the other, or, where the owner cannot be imported by the config (the kernels
+and the engine registry import torch, which loading a config must not), tied here."""
 
 from __future__ import annotations
 
@@ -7,14 +8,15 @@ import typing
 
 import pytest
 
+from fastslow.choices import FILTER_PRESETS
+from fastslow.curriculum import FilterSchedule
 from fastslow.dynamic_kl import KL_MODES
 from fastslow.kernels.grpo_args import LOSS_AGGS, LossAgg
 from trainer.attention import ATTN_IMPLEMENTATIONS
-from trainer.config import DataConfig, ModelConfig, RewardConfig, RolloutConfig
-from trainer.config_algorithm import AlgorithmConfig
+from trainer.config import AlgorithmConfig, DataConfig, ModelConfig, RewardConfig, RolloutConfig, ThinkingConfig
 from trainer.policy import KERNELS
 from trainer.rewards import LENGTH_UNITS, ON_ERROR
-from trainer.rollout import ENGINES
+from trainer.rollout import ENGINES, REGISTRY
 
 
 def _choices(section: type, key: str) -> set[str]:
@@ -26,16 +28,31 @@ def _choices(section: type, key: str) -> set[str]:
     [
         (AlgorithmConfig, "loss_agg", LOSS_AGGS),
         (AlgorithmConfig, "kl_type", KL_MODES),
-        (AlgorithmConfig, "length_unit", LENGTH_UNITS),
+        (AlgorithmConfig, "filter", ("none", *FilterSchedule.PRESETS, "custom")),
+        (ThinkingConfig, "length_unit", LENGTH_UNITS),
         (RewardConfig, "on_error", ON_ERROR),
         (ModelConfig, "kernels", KERNELS),
         (ModelConfig, "attn_implementation", ATTN_IMPLEMENTATIONS),
         (RolloutConfig, "engine", ENGINES),
+        (RolloutConfig, "engine", tuple(REGISTRY)),
     ],
     ids=lambda v: v if isinstance(v, str) else getattr(v, "__name__", None),
 )
 def test_config_choices_equal_the_owners(section: type, key: str, owner: tuple[str, ...]) -> None:
     assert _choices(section, key) == set(owner), f"{section.__name__}.{key} and its owner disagree"
+
+
+def test_shared_choices_are_one_object() -> None:
+    """Where the config can import the owner's definition (or the owner the config's), there is one tuple."""
+    import fastslow.choices
+    import trainer.config.model
+    import trainer.config.reward
+    import trainer.rollout.config
+
+    assert KL_MODES is fastslow.choices.KL_MODES and FilterSchedule.PRESETS is FILTER_PRESETS
+    assert KERNELS is trainer.config.model.KERNELS and ATTN_IMPLEMENTATIONS is trainer.config.model.ATTN_IMPLEMENTATIONS
+    assert LENGTH_UNITS is trainer.config.reward.LENGTH_UNITS and ON_ERROR is trainer.config.reward.ON_ERROR
+    assert ENGINES is trainer.rollout.config.ENGINES
 
 
 def test_the_kernels_loss_agg_type_is_its_tuple() -> None:

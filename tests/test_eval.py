@@ -19,8 +19,7 @@ from test_trainer_run import ROOT, run
 
 from trainer import data, task
 from trainer import eval as ev
-from trainer.config import ConfigError, from_dict
-from trainer.config_io import load_config
+from trainer.config import ConfigError, from_dict, load_config
 from trainer.model import build_tokenizer, model_config, model_from_config
 from trainer.rollout import Completion, HFEngine
 

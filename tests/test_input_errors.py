@@ -43,7 +43,7 @@ def _group_of_one():
 def files(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     """The inputs the cases point at: good and broken model folders, data files, a reward module, a finished run."""
     from trainer import model as M
-    from trainer.config_io import load_config
+    from trainer.config import load_config
 
     root = tmp_path_factory.mktemp("inputs")
     good = root / "model"
@@ -182,7 +182,7 @@ CASES: dict[str, tuple[Callable[[dict[str, Path]], list[str]], str, str]] = {
     "resume_missing": (lambda f: ["--resume", str(f["root"] / "nope")], "fresh", "--resume"),
     "resume_not_a_checkpoint": (lambda f: ["--resume", str(f["root"])], "fresh", "not a complete checkpoint"),
     "resume_changed_shape": (lambda f: ["--resume", "auto", "model.hidden_size=32"], "run", "model.hidden_size"),
-    "resume_changed_algorithm": (lambda f: ["--resume", "auto", "algorithm.name=sfpo"], "run", "algorithm.name"),
+    "resume_changed_algorithm": (lambda f: ["--resume", "auto", "algorithm.update=sfpo"], "run", "algorithm.update"),
     "resume_changed_step_size": (
         lambda f: ["--resume", "auto", "rollout.prompts_per_step=4"],
         "run",

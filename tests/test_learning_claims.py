@@ -87,7 +87,7 @@ def test_study_file_expands_to_runs() -> None:
     names = [r.name for r in study.runs]
     assert len(set(names)) == len(names) and "grpo-lr0.0002-seed100" in names
     four = next(r for r in study.runs if r.arm == "grpo_4pass")
-    assert "optim.epochs=4" in four.overrides and "algorithm.name=grpo" in four.overrides
+    assert "optim.epochs=4" in four.overrides and "algorithm.update=grpo" in four.overrides
     gpu = S.load_study("full_gpu")
     assert gpu.arms.keys() == study.arms.keys() and gpu.spec["sweep_lrs"] == s["sweep_lrs"]
     with pytest.raises(SystemExit, match="unknown"):
@@ -122,4 +122,4 @@ def test_quick_study_and_ad_hoc_study() -> None:
         "grpo-lr1e-06-seed7", "fast_grpo-lr1e-06-seed7", "grpo-lr1e-06-seed8", "fast_grpo-lr1e-06-seed8",
     ]  # fmt: skip
     assert "--config" not in S._command(adhoc, adhoc.runs[0], Path("r"))
-    assert "algorithm.name=fast_grpo" in adhoc.runs[1].overrides and adhoc.spec["sweep_lrs"] == [1e-6]
+    assert "algorithm.reward_shaping=thinking" in adhoc.runs[1].overrides and adhoc.spec["sweep_lrs"] == [1e-6]

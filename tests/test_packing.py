@@ -91,8 +91,7 @@ def test_packed_logprobs_equal_padded(group_of_one, impl: str) -> None:
 
 
 def test_attention_choice_and_config_keys() -> None:
-    from trainer.config import from_dict
-    from trainer.config_io import load_config
+    from trainer.config import from_dict, load_config
 
     cpu = torch.device("cpu")
     assert attention.resolve("auto", cpu) == attention.PACKED_SDPA

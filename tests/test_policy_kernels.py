@@ -18,8 +18,7 @@ from conftest import DEVICE
 
 from fastslow.kernels import IGNORE_INDEX, LOSS_AGGS
 from fastslow.kernels._dispatch import force_backend
-from trainer.config import ConfigError, from_dict
-from trainer.config_io import load_config
+from trainer.config import ConfigError, from_dict, load_config
 from trainer.policy import KERNELS, LossArgs, Policy
 
 VOCAB = 40  # tests/_tiny.py

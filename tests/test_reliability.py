@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from trainer import data
-from trainer.config_io import load_config
+from trainer.config import load_config
 from trainer.model import build_tokenizer
 
 ROOT = Path(__file__).resolve().parents[1]

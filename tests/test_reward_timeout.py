@@ -86,8 +86,7 @@ def test_a_stop_request_interrupts_a_hanging_call() -> None:
 
 
 def test_a_negative_timeout_is_a_config_error() -> None:
-    from trainer.config import ConfigError
-    from trainer.config_io import load_config
+    from trainer.config import ConfigError, load_config
 
     with pytest.raises(ConfigError, match=r"reward.timeout_s = -1.0: must be a number >= 0"):
         load_config(["reward.timeout_s=-1"])

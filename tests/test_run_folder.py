@@ -18,8 +18,7 @@ from pathlib import Path
 import pytest
 from test_input_errors import QUICK, _group_of_one  # noqa: F401 (the autouse fixture: a fresh group per main())
 
-from trainer.config import ConfigError
-from trainer.config_io import load_config
+from trainer.config import ConfigError, load_config
 from trainer.main import main
 from trainer.metrics import repair_partial_row
 

@@ -12,8 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from trainer.config import ConfigError
-from trainer.config_io import load_config
+from trainer.config import ConfigError, load_config
 from trainer.metrics import MetricsLogger
 from trainer.progress import Progress, format_duration
 from trainer.wandb_log import wandb_row

@@ -24,7 +24,7 @@ from trainer.dist import mesh_shape
 ROOT = Path(__file__).resolve().parents[1]
 SMALL = (
     "rollout.prompts_per_step=4", "rollout.group_size=4", "rollout.max_new_tokens=8", "optim.micro_batch_size=8",
-    "logging.tensorboard=false", "checkpoint.export_hf=false", "eval.enabled=false", "algorithm.name=sfpo",
+    "logging.tensorboard=false", "checkpoint.export_hf=false", "eval.enabled=false", "algorithm.update=sfpo",
     "algorithm.kl_coef=0.01", "model.num_layers=1", "warm_start.steps=30",  # a warm start: rewards, gradients
 )  # fmt: skip
 ENV = dict(os.environ, TRITON_INTERPRET="0", OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")

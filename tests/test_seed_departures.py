@@ -46,11 +46,11 @@ def _ctx(algorithm: dict | None = None, reward: dict | None = None, total_steps:
     cfg = from_dict(
         {
             "rollout": {"group_size": 8, "prompts_per_step": 1},
-            "algorithm": {"name": "fast_grpo", "filter": "none", **(algorithm or {})},
+            "algorithm": {"reward_shaping": "thinking", "filter": "none", **(algorithm or {})},
             "reward": reward or {},
             "optim": {"total_steps": total_steps},
         }
-    ).resolved()
+    )
     info = SimpleNamespace(rank=0, world=1, device=torch.device("cpu"))
     return step_mod.StepContext(
         cfg=cfg, info=info, policy=None, ref=None, optimizer=None, scheduler=None, engine=None,
@@ -72,15 +72,15 @@ def test_score_chunk_applies_the_brevity_budget(monkeypatch: pytest.MonkeyPatch)
     expected = 1.5 + 0.5 * (1 - lengths / mean)
     expected[7] = 1.5
     torch.testing.assert_close(capped, expected)
-    uncapped = step_mod._score_chunk(_ctx({"brevity_cap": 1.0}), items, completions)[0][0].rewards
+    uncapped = step_mod._score_chunk(_ctx(reward={"thinking": {"brevity_cap": 1.0}}), items, completions)[0][0].rewards
     torch.testing.assert_close(uncapped, 1.5 + 0.5 * (1 - lengths / mean))
 
 
 def test_brevity_cap_config() -> None:
-    assert from_dict({}).algorithm.brevity_cap == 0.8
-    assert from_dict({"algorithm": {"brevity_cap": 1}}).algorithm.brevity_cap == 1.0
-    with pytest.raises(ConfigError, match=r"algorithm\.brevity_cap"):
-        from_dict({"algorithm": {"brevity_cap": -0.5}})
+    assert from_dict({}).reward.thinking.brevity_cap == 0.8
+    assert from_dict({"reward": {"thinking": {"brevity_cap": 1}}}).reward.thinking.brevity_cap == 1.0
+    with pytest.raises(ConfigError, match=r"reward\.thinking\.brevity_cap"):
+        from_dict({"reward": {"thinking": {"brevity_cap": -0.5}}})
 
 
 class _Engine:
@@ -119,7 +119,7 @@ def test_curriculum_progress_is_the_seeds(
 
     monkeypatch.setattr(OnlineFilter, "start", spy)
     monkeypatch.setattr(scoring, "all_gather_cat", lambda t: t)
-    ctx = _ctx({"name": "grpo"}, total_steps=total)
+    ctx = _ctx({"reward_shaping": "none"}, total_steps=total)
     ctx.schedule = SLOW2FAST
     ctx.prompts = [{"prompt": "1 + 2 =", "prompt_ids": ctx.tokenizer("1 + 2 =")["input_ids"], "answer": "3"}]
     ctx.sampler = _Sampler()
@@ -159,7 +159,7 @@ def test_prompt_opens_think_from_the_rendered_template() -> None:
 ])  # fmt: skip
 def test_score_chunk_passes_think_opened(mode: str, template: str, opened: bool) -> None:
     """A math-task chunk under an R1-style template: the response closes the block the prompt opened."""
-    ctx = _ctx({"name": "grpo"}, reward={"think_opened": mode}, task="math")
+    ctx = _ctx({"reward_shaping": "none"}, reward={"think_opened": mode}, task="math")
     ctx.tokenizer = tok = _tok(template)
     items = [{"prompt": "1 + 2 =", "prompt_ids": data.encode_prompt(tok, "1 + 2 =", chat_template=True), "answer": "3"}]
     inside = tok("so </think> <answer> 3 </answer>")["input_ids"] + [tok.eos_token_id]  # continues the open block
@@ -198,14 +198,14 @@ def test_score_think_opened_per_response() -> None:
     ("args", "sfpo"),
     [
         # The seed: `stop_sfpo_step >= global_steps` (from 1): stop 2 runs SFPO on exactly steps 1 and 2.
-        (["algorithm.sfpo_stop_step=2"], [1.0, 1.0, 0.0, 0.0]),
+        (["algorithm.sfpo.stop_step=2"], [1.0, 1.0, 0.0, 0.0]),
         # W = 3 and a threshold every z passes: the switch fires on step 3's entropy (the first with 3 values);
         # as in the seed, the step after it is the first plain-GRPO step.
-        (["algorithm.sfpo_entropy_window=3", "algorithm.sfpo_entropy_threshold=-1e9"], [1.0, 1.0, 1.0, 0.0]),
+        (["algorithm.sfpo.entropy_window=3", "algorithm.sfpo.entropy_threshold=-1e9"], [1.0, 1.0, 1.0, 0.0]),
     ],
 )
 def test_sfpo_steps_through_the_trainer(tmp_path: Path, args: list[str], sfpo: list[float]) -> None:
     from test_trainer_run import run
 
-    lines = run(tmp_path, "algorithm.name=sfpo", "optim.total_steps=4", *args, nproc=1)
+    lines = run(tmp_path, "algorithm.update=sfpo", "optim.total_steps=4", *args, nproc=1)
     assert [line["sfpo"] for line in lines] == sfpo

@@ -1,9 +1,10 @@
-"""trainer.config: defaults vs default.toml, override parsing, errors that name the key, FAST defaults, presets, TOML
-round trip, `--config` / `--resume`."""
+"""trainer.config: defaults vs default.toml, override parsing, nested tables, errors that name the key, presets, TOML
+round trip, `--config` / `--resume`. Former keys: tests/test_config_aliases.py."""
 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import re
 import typing
@@ -11,27 +12,28 @@ from pathlib import Path
 
 import pytest
 
-from trainer import config_io as config_io_mod
-from trainer.config import FAST_DEFAULTS, Config, ConfigError, from_dict
-from trainer.config_io import configs_dir, load_config, save_toml, to_toml
+from trainer.config import Config, ConfigError, configs_dir, from_dict, load_config, save_toml, to_toml
+from trainer.config.aliases import FAST_DEFAULTS
+from trainer.config.base import leaf_keys
+from trainer.config.io import tomllib
+from trainer.config.tree import flatten, section_paths
 
 PRESETS = ("fast_grpo_r1_distill_1p5b", "sfpo_qwen2p5_math_1p5b")
 PATHS = ("model.path=/models/some model", "data.source=/data/train.parquet")
-SECTIONS = (
-    "model", "warm_start", "data", "rollout", "reward", "algorithm", "optim", "checkpoint", "logging", "eval",
-    "parallel",
+TABLES = (
+    "model", "warm_start", "data", "rollout", "rollout.vllm", "reward", "reward.thinking", "algorithm",
+    "algorithm.sfpo", "optim", "checkpoint", "logging", "eval", "parallel",
 )  # fmt: skip
+"""Every table of a written config, in order."""
 
 
 def _optional_keys() -> set[str]:
-    """`section.key` of every field typed `X | None`."""
-    out = set()
-    for name in SECTIONS:
-        cls = type(getattr(Config(), name))
-        for key, hint in typing.get_type_hints(cls).items():
-            if type(None) in typing.get_args(hint):
-                out.add(f"{name}.{key}")
-    return out
+    """The dotted key of every field typed `X | None`."""
+    return {k for k, hint in leaf_keys(Config).items() if type(None) in typing.get_args(hint)}
+
+
+def _get(cfg: Config, dotted: str) -> object:
+    return functools.reduce(getattr, dotted.split("."), cfg)
 
 
 def test_defaults_equal_default_toml() -> None:
@@ -40,25 +42,32 @@ def test_defaults_equal_default_toml() -> None:
     assert load_config(["--config", str(default)]) == Config()
     assert load_config(["--config", "default"]) == load_config(["--config=default.toml"]) == Config()
     # The file sets every key except the ones left unset on purpose: optional (None) values, which TOML cannot write,
-    # and the keys whose default depends on algorithm.name (setting them would switch the FAST defaults off).
-    data = config_io_mod.tomllib.loads(default.read_text())
-    in_file = {f"{s}.{k}" for s in SECTIONS for k in data[s]} | {k for k in data if k not in SECTIONS}
-    expected = Config().to_dict()
-    every = {f"{s}.{k}" for s in SECTIONS for k in expected[s]} | {"seed"}
-    unset = {f"algorithm.{k}" for k in FAST_DEFAULTS} | _optional_keys()
-    assert in_file == every - unset
-    for dotted in in_file:
-        section, _, key = dotted.rpartition(".")
-        value = data[section][key] if section else data[key]
-        assert value == (expected[section][key] if section else expected[key]), dotted
+    # and the three keys the former algorithm.name = fast_* fills in when nothing sets them.
+    in_file = dict(flatten(tomllib.loads(default.read_text())))
+    expected = dict(flatten(Config().to_dict()))
+    unset = set(FAST_DEFAULTS) | _optional_keys()
+    assert set(in_file) == set(expected) - unset
+    for dotted, value in in_file.items():
+        assert value == expected[dotted], dotted
+
+
+def test_default_toml_documents_every_key() -> None:
+    """Each key is in default.toml, in its own table: set, or (the unset ones) as a commented-out `# key = ...`."""
+    table, seen = "", set()
+    for line in (configs_dir() / "default.toml").read_text().splitlines():
+        if header := re.fullmatch(r"\[([\w.]+)\]", line.strip()):
+            table = header.group(1)
+        elif key := re.match(r"#? ?(\w+) = ", line):
+            seen.add(f"{table}.{key.group(1)}" if table else key.group(1))
+    assert set(leaf_keys(Config)) <= seen, set(leaf_keys(Config)) - seen
+    assert [t for t in section_paths()] == list(TABLES)
 
 
 def test_optional_fields_default_to_none() -> None:
     """to_toml leaves None out; that round-trips only because every optional field's default is None."""
-    cfg = Config().to_dict()
+    cfg = Config()
     for dotted in _optional_keys():
-        section, key = dotted.split(".")
-        assert cfg[section][key] is None, dotted
+        assert _get(cfg, dotted) is None, dotted
 
 
 @pytest.mark.parametrize(
@@ -72,8 +81,11 @@ def test_optional_fields_default_to_none() -> None:
         ("rollout.temperature = 0.7", "rollout.temperature", 0.7),
         ("model.activation_checkpointing=true", "model.activation_checkpointing", True),
         ("logging.tensorboard=False", "logging.tensorboard", False),
-        ("algorithm.name=sfpo", "algorithm.name", "sfpo"),
-        ("algorithm.name='fast_sfpo'", "algorithm.name", "fast_sfpo"),
+        ("algorithm.update=sfpo", "algorithm.update", "sfpo"),
+        ("algorithm.reward_shaping='thinking'", "algorithm.reward_shaping", "thinking"),
+        ("rollout.vllm.mode=server", "rollout.vllm.mode", "server"),
+        ("rollout.vllm.nccl_port=1234", "rollout.vllm.nccl_port", 1234),
+        ("reward.thinking.length_unit=chars", "reward.thinking.length_unit", "chars"),
         ("model.path=/models/Qwen2.5-Math-1.5B", "model.path", "/models/Qwen2.5-Math-1.5B"),
         ('model.path="/models/a b"', "model.path", "/models/a b"),
         ("logging.run_dir=2024", "logging.run_dir", "2024"),  # a string field keeps the text, not the int
@@ -83,8 +95,8 @@ def test_optional_fields_default_to_none() -> None:
         ("model.path=none", "model.path", None),
         ("algorithm.dual_clip=3", "algorithm.dual_clip", 3.0),
         ("algorithm.dual_clip=null", "algorithm.dual_clip", None),
-        ("algorithm.sfpo_stop_step=100", "algorithm.sfpo_stop_step", 100),
-        ("algorithm.sfpo_stop_step=None", "algorithm.sfpo_stop_step", None),
+        ("algorithm.sfpo.stop_step=100", "algorithm.sfpo.stop_step", 100),
+        ("algorithm.sfpo.stop_step=None", "algorithm.sfpo.stop_step", None),
         ("checkpoint.resume=none", "checkpoint.resume", "none"),  # not optional: "none" is the value itself
         ("reward.on_error=zero", "reward.on_error", "zero"),
         ("reward.function=", "reward.function", ""),
@@ -94,12 +106,8 @@ def test_optional_fields_default_to_none() -> None:
     ],
 )
 def test_override_values(override: str, key: str, expected: object) -> None:
-    cfg = load_config([override])
-    section, _, name = key.rpartition(".")
-    value = getattr(getattr(cfg, section), name) if section else getattr(cfg, name)
+    value = _get(load_config([override]), key)
     assert value == expected and type(value) is type(expected)
-    if section:
-        assert key in cfg.explicit_keys
 
 
 def test_later_override_wins_and_file_then_overrides() -> None:
@@ -119,6 +127,10 @@ def test_later_override_wins_and_file_then_overrides() -> None:
         ("sed=1", "unknown key 'sed'; did you mean 'seed'?"),
         ("model=1", "'model' is a section"),
         ("model.path.x=1", "unknown key 'model.path.x'"),
+        ("rollout.vllm.mod=server", "unknown key 'rollout.vllm.mod'; did you mean 'rollout.vllm.mode'?"),
+        ("rollout.vllm=server", "'rollout.vllm' is a section; set its keys as rollout.vllm.KEY=VALUE"),
+        ("algorithm.sfpo.alhpa=0.5", "did you mean 'algorithm.sfpo.alpha'?"),
+        ("algorithm.updat=sfpo", "did you mean 'algorithm.update'?"),
         ("algorithm.name=fast-grpo", "algorithm.name = 'fast-grpo': expected one of 'grpo', 'fast_grpo'"),
     ],
 )
@@ -156,17 +168,23 @@ def test_wrong_types(override: str, message: str) -> None:
         (["algorithm.clip_low=1"], "algorithm.clip_low = 1.0: must be in (0, 1)"),
         (["algorithm.clip_high=0"], "algorithm.clip_high = 0.0: must be > 0"),
         (["algorithm.dual_clip=1"], "algorithm.dual_clip = 1.0: must be > 1"),
-        (["algorithm.sfpo_alpha=1.5"], "algorithm.sfpo_alpha = 1.5: must be in [0, 1]"),
-        (["algorithm.sfpo_alpha=-0.1"], "algorithm.sfpo_alpha = -0.1: must be in [0, 1]"),
+        (["algorithm.sfpo.alpha=1.5"], "algorithm.sfpo.alpha = 1.5: must be in [0, 1]"),
+        (["algorithm.sfpo.alpha=-0.1"], "algorithm.sfpo.alpha = -0.1: must be in [0, 1]"),
+        (["algorithm.sfpo_alpha=1.5"], "algorithm.sfpo.alpha = 1.5: must be in [0, 1]"),  # a former key: the new name
         (["rollout.group_size=1"], "rollout.group_size = 1: must be >= 2"),
         (["algorithm.kl_min=0.1", "algorithm.kl_max=0.01"], "algorithm.kl_min = 0.1: must be <= algorithm.kl_max"),
-        (["algorithm.percentile=100.5"], "algorithm.percentile = 100.5: must be in [0, 100]"),
-        (["algorithm.percentile=-1"], "algorithm.percentile = -1.0: must be in [0, 100]"),
-        (["algorithm.filter=slow"], "algorithm.filter = 'slow': expected one of 'none', 'dapo', 'slow2fast'"),
+        (["reward.thinking.percentile=100.5"], "reward.thinking.percentile = 100.5: must be in [0, 100]"),
+        (["reward.thinking.percentile=-1"], "reward.thinking.percentile = -1.0: must be in [0, 100]"),
+        (["reward.thinking.brevity_cap=-1"], "reward.thinking.brevity_cap = -1.0: must be >= 0"),
+        (["algorithm.update=fast"], "algorithm.update = 'fast': expected one of 'grpo', 'sfpo'"),
+        (["algorithm.reward_shaping=fast"], "algorithm.reward_shaping = 'fast': expected one of 'none', 'thinking'"),
+        (["rollout.vllm.nccl_port=0"], "rollout.vllm.nccl_port = 0: must be a TCP port"),
+        (["rollout.vllm.gpu_memory_utilization=1"], "rollout.vllm.gpu_memory_utilization = 1.0: must be in (0, 1)"),
+        (["algorithm.filter=slow"], "algorithm.filter = 'slow': expected one of 'none', 'slow2fast', 'dapo'"),
         (["algorithm.loss_agg=mean"], "algorithm.loss_agg = 'mean': expected one of 'token-mean'"),
         (["algorithm.kl_type=adaptive"], "algorithm.kl_type = 'adaptive': expected one of 'fixed'"),
-        (["algorithm.sfpo_entropy_window=1"], "algorithm.sfpo_entropy_window = 1: must be >= 2"),
-        (["algorithm.sfpo_stop_step=-1"], "algorithm.sfpo_stop_step = -1: must be >= 0"),
+        (["algorithm.sfpo.entropy_window=1"], "algorithm.sfpo.entropy_window = 1: must be >= 2"),
+        (["algorithm.sfpo.stop_step=-1"], "algorithm.sfpo.stop_step = -1: must be >= 0"),
         (["rollout.top_p=0"], "rollout.top_p = 0.0: must be in (0, 1]"),
         (["rollout.temperature=-1"], "rollout.temperature = -1.0: must be >= 0"),
         (["optim.lr=0"], "optim.lr = 0.0: must be > 0"),
@@ -193,46 +211,18 @@ def test_tiny_sizes_unchecked_with_a_model_path() -> None:
     assert cfg.model.path == "/models/x"
 
 
-@pytest.mark.parametrize("name", ["fast_grpo", "fast_sfpo"])
-def test_fast_defaults_apply_only_where_unset(name: str) -> None:
-    cfg = load_config([f"algorithm.name={name}"])
-    assert (cfg.algorithm.kl_type, cfg.algorithm.filter, cfg.algorithm.kl_coef) == ("group_accuracy", "slow2fast", 0.01)
-    assert cfg.algorithm.fast and cfg.algorithm.sfpo == (name == "fast_sfpo")
-    cfg = load_config([f"algorithm.name={name}", "algorithm.filter=none", "algorithm.kl_coef=0.0"])
-    assert (cfg.algorithm.kl_type, cfg.algorithm.filter, cfg.algorithm.kl_coef) == ("group_accuracy", "none", 0.0)
-    cfg = load_config([f"algorithm.name={name}", "algorithm.kl_type=fixed"])
-    assert (cfg.algorithm.kl_type, cfg.algorithm.filter) == ("fixed", "slow2fast")
-
-
-def test_fast_defaults_respect_the_file(tmp_path: Path) -> None:
-    path = tmp_path / "run.toml"
-    path.write_text('[algorithm]\nname = "fast_grpo"\nfilter = "dapo"\n')
-    cfg = load_config(["--config", str(path)])
-    assert (cfg.algorithm.filter, cfg.algorithm.kl_type) == ("dapo", "group_accuracy")
-    assert cfg.explicit_keys == {"algorithm.name", "algorithm.filter"}
-    # default.toml leaves the three keys unset, so starting from it still gets the FAST defaults
-    cfg = load_config(["--config", "default", "algorithm.name=fast_grpo"])
-    assert (cfg.algorithm.filter, cfg.algorithm.kl_type) == ("slow2fast", "group_accuracy")
-
-
-@pytest.mark.parametrize("name", ["grpo", "sfpo"])
-def test_non_fast_names_keep_plain_defaults(name: str) -> None:
-    cfg = load_config([f"algorithm.name={name}"])
-    assert (cfg.algorithm.kl_type, cfg.algorithm.filter, cfg.algorithm.kl_coef) == ("fixed", "none", 0.0)
-    assert not cfg.algorithm.fast and cfg.algorithm.sfpo == (name == "sfpo")
-    assert Config().resolved() == Config()
-
-
 def test_presets_load_with_paths() -> None:
     fast = load_config(["--config", PRESETS[0], *PATHS])
     assert fast.model.path == "/models/some model" and fast.data.source == "/data/train.parquet"
-    assert fast.algorithm.name == "fast_grpo" and fast.algorithm.filter == "slow2fast"
+    assert fast.algorithm.label == "fast_grpo" and fast.algorithm.filter == "slow2fast"
+    assert fast.reward.thinking == load_config([]).reward.thinking  # the paper's values are the defaults
     assert (fast.algorithm.kl_type, fast.algorithm.kl_min, fast.algorithm.kl_max) == ("group_accuracy", 0.001, 0.01)
     assert (fast.rollout.group_size, fast.optim.lr, fast.model.activation_checkpointing) == (8, 1e-6, True)
     sfpo = load_config(["--config", str(configs_dir() / f"{PRESETS[1]}.toml"), *PATHS])
-    a = sfpo.algorithm
-    assert (a.name, a.sfpo_inner_steps, a.sfpo_alpha, a.sfpo_entropy_window, a.sfpo_entropy_threshold) == (
+    a, s = sfpo.algorithm, sfpo.algorithm.sfpo
+    assert (a.update, a.reward_shaping, s.inner_steps, s.alpha, s.entropy_window, s.entropy_threshold) == (
         "sfpo",
+        "none",
         3,
         0.8,
         30,
@@ -254,9 +244,10 @@ def test_presets_need_their_paths(preset: str) -> None:
     [
         [],
         ["--config", PRESETS[0], *PATHS],
-        ["--config", PRESETS[1], *PATHS, "algorithm.sfpo_stop_step=50", "algorithm.dual_clip=3.5"],
+        ["--config", PRESETS[1], *PATHS, "algorithm.sfpo.stop_step=50", "algorithm.dual_clip=3.5"],
+        ["--config", "fast_sfpo", "rollout.vllm.mode=server", "reward.thinking.length_unit=chars"],
         ['model.path=/odd "quoted" \\ path ü\t', "logging.run_dir=runs/x y", "optim.betas=[0.5, 0.25]"],
-        ["algorithm.name=fast_sfpo", "algorithm.filter=none", "seed=12345678901", "optim.lr=3e-7"],
+        ["algorithm.update=sfpo", "algorithm.filter=none", "seed=12345678901", "optim.lr=3e-7"],
         ["model.path=line\nbreak \x01\x7f\r", "optim.lr=0.30000000000000004", "optim.betas=[0.1, 1e-300]"],
     ],
 )
@@ -270,14 +261,14 @@ def test_save_toml_round_trip(tmp_path: Path, argv: list[str]) -> None:
     assert not list(tmp_path.glob(".*.tmp"))
     text = path.read_text()  # readable: a comment, the top-level keys, then one [table] per section, one key a line
     assert text.startswith("# fastslow trainer config") and "\nseed = " in text and "{" not in text
-    assert [line for line in text.splitlines() if line.startswith("[")] == [f"[{s}]" for s in SECTIONS]
+    assert [line for line in text.splitlines() if line.startswith("[")] == [f"[{t}]" for t in TABLES]
     json.dumps(cfg.to_dict())  # plain data
 
 
 def test_resume_flag() -> None:
     assert load_config(["--resume", "auto"]).checkpoint.resume == "auto"
     cfg = load_config(["--resume=auto", "logging.run_dir=runs/a"])
-    assert cfg.checkpoint.resume == "auto" and "checkpoint.resume" in cfg.explicit_keys
+    assert cfg.checkpoint.resume == "auto"
     assert load_config(["--resume", "runs/a/checkpoints/step_00000010"]).checkpoint.resume.endswith("0010")
     assert load_config(["--resume", "auto", "checkpoint.resume=none"]).checkpoint.resume == "none"  # later wins
     with pytest.raises(ConfigError, match=re.escape("--resume needs a value")):
@@ -288,7 +279,7 @@ def test_command_line_errors(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match=re.escape("--config given twice")):
         load_config(["--config", "default", "--config", "default"])
     with pytest.raises(ConfigError, match=re.escape("no such file or preset; did you mean 'sfpo_qwen2p5_math_1p5b'")):
-        load_config(["--config", "sfpo_qwen"])
+        load_config(["--config", "sfpo_qwen2p5"])
     with pytest.raises(ConfigError, match=re.escape("no such file or preset")):
         load_config(["--config", str(tmp_path / "missing.toml")])
     for bad in (["group_size"], ["--group_size=4"], ["-x"]):
@@ -301,8 +292,9 @@ def test_help_prints_every_key(capsys: pytest.CaptureFixture[str]) -> None:
         load_config(["--help"])
     assert exit_info.value.code == 0
     out = capsys.readouterr().out
-    assert "algorithm.sfpo_alpha: a finite number = 0.8" in out and "--resume" in out
-    assert all(p in out for p in PRESETS)
+    assert "algorithm.sfpo.alpha: a finite number = 0.8" in out and "--resume" in out
+    assert "rollout.vllm.mode: one of 'colocated', 'server' = 'colocated'" in out
+    assert all(p in out for p in (*PRESETS, "fast_grpo", "fast_sfpo", "sfpo"))
 
 
 @pytest.mark.parametrize(
@@ -311,7 +303,10 @@ def test_help_prints_every_key(capsys: pytest.CaptureFixture[str]) -> None:
         ("[model\npath = 1", "cannot read the config"),
         ("[modle]\npath = 'x'", "unknown section 'modle'; did you mean 'model'"),
         ("[model]\npth = 'x'", "bad.toml: unknown key 'model.pth'; did you mean 'model.path'"),
-        ("[model.extra]\nx = 1", "unknown table"),
+        ("[model.extra]\nx = 1", "unknown table [model.extra]; [model] holds no tables"),
+        ("[rollout.vlm]\nmode = 'server'", "unknown table [rollout.vlm]; [rollout] holds [rollout.vllm]"),
+        ("[rollout]\nvllm = 1", "'rollout.vllm' is a section"),
+        ("[rollout.vllm]\nmod = 'server'", "unknown key 'rollout.vllm.mod'; did you mean 'rollout.vllm.mode'"),
         ("model = 3", "'model' is a section"),
         ("seed = 'x'", "seed = 'x': expected an integer"),
         ("[rollout]\ngroup_size = 1", "rollout.group_size = 1: must be >= 2"),
@@ -326,11 +321,15 @@ def test_bad_files(tmp_path: Path, text: str, message: str) -> None:
 
 def test_from_dict_and_dataclass_validation() -> None:
     cfg = from_dict({"rollout": {"group_size": 4}, "seed": 3})
-    assert cfg.rollout.group_size == 4 and cfg.seed == 3 and cfg.explicit_keys == frozenset()
+    assert cfg.rollout.group_size == 4 and cfg.seed == 3
+    nested = from_dict({"rollout": {"vllm": {"mode": "server"}}, "algorithm": {"sfpo": {"alpha": 0.5}}})
+    assert nested.rollout.vllm.mode == "server" and nested.algorithm.sfpo.alpha == 0.5
     with pytest.raises(ConfigError, match=re.escape("did you mean 'rollout.group_size'")):
         from_dict({"rollout": {"group_sise": 4}})
-    with pytest.raises(ConfigError, match=re.escape("algorithm.sfpo_alpha = 2.0")):
-        dataclasses.replace(Config().algorithm, sfpo_alpha=2.0)
+    with pytest.raises(ConfigError, match=re.escape("algorithm.sfpo.alpha = 2.0")):
+        dataclasses.replace(Config().algorithm.sfpo, alpha=2.0)
+    with pytest.raises(ConfigError, match=re.escape("did you mean 'rollout.vllm.mode'")):
+        from_dict({"rollout": {"vllm": {"mod": "server"}}})
     assert isinstance(ConfigError("x"), ValueError)
 
 
@@ -371,8 +370,6 @@ def test_reward_function_file_errors_at_load(tmp_path: Path) -> None:
 
 
 def test_custom_filter_schedule():
-    from trainer.config_io import load_config
-
     cfg = load_config(["algorithm.filter=custom", 'algorithm.filter_schedule="0.5:0.3:0.99,1.0:0.01:0.7"'])
     assert cfg.algorithm.schedule_entries() == [(0.5, 0.3, 0.99), (1.0, 0.01, 0.7)]
     for bad, why in (

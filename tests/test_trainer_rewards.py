@@ -230,9 +230,9 @@ def _ctx(function: str, *, on_error: str = "raise", algorithm: str = "grpo") -> 
         {
             "rollout": {"group_size": 2},
             "reward": {"function": function, "on_error": on_error},
-            "algorithm": {"name": algorithm, "filter": "none"},
+            "algorithm": {"reward_shaping": "thinking" if algorithm == "fast_grpo" else "none", "filter": "none"},
         }
-    ).resolved()
+    )
     tok = build_tokenizer()
     info = SimpleNamespace(rank=0, world=1, device=torch.device("cpu"))
     return step_mod.StepContext(

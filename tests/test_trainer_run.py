@@ -52,7 +52,7 @@ SHORT_WARM_START = ("warm_start.mode=auto", "warm_start.steps=30")
 def test_resume_reproduces_the_uninterrupted_run(tmp_path):
     """4 steps straight vs 2 steps, stop, resume for 2 more: the last two steps' metrics are equal (with activation
     checkpointing, which must not change a number)."""
-    args = ("algorithm.name=fast_sfpo", "algorithm.kl_coef=0.01", *FAST, "model.activation_checkpointing=true")
+    args = ("--config", "fast_sfpo", *FAST, "model.activation_checkpointing=true")
     args = (*args, "optim.total_steps=4")
     straight = run(tmp_path / "straight", *args)
     run(tmp_path / "split", *args[:-1], "optim.total_steps=2")
@@ -103,13 +103,14 @@ def test_default_runs_of_each_algorithm(tmp_path, warm_cache, algorithm):
     # The grpo run also draws its plots/ and logs to a stand-in wandb (tests/_fake_wandb, found on PYTHONPATH).
     wandb_log = tmp_path.parent / f"{tmp_path.name}-wandb.jsonl"
     outputs = ("logging.plots=false",)
+    preset = () if algorithm == "grpo" else ("--config", algorithm)  # grpo: the defaults
     if algorithm == "grpo":
         env |= {"PYTHONPATH": os.pathsep.join([str(ROOT / "tests" / "_fake_wandb"), env.get("PYTHONPATH", "")])}
         env["FAKE_WANDB_LOG"] = str(wandb_log)
         outputs = ("logging.wandb=true", "logging.wandb_mode=offline")
     cmd = [
         sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m", "trainer.main",
-        f"logging.run_dir={tmp_path}", f"warm_start.cache={warm_cache}", f"algorithm.name={algorithm}",
+        f"logging.run_dir={tmp_path}", f"warm_start.cache={warm_cache}", *preset,
         "optim.total_steps=2", "eval.synthetic_size=32", "checkpoint.export_hf=false", "logging.tensorboard=false",
         *outputs,
     ]  # fmt: skip

@@ -11,8 +11,7 @@ from types import SimpleNamespace
 
 import pytest
 
-from trainer.config import ConfigError
-from trainer.config_io import load_config
+from trainer.config import ConfigError, load_config
 from trainer.rollout import Completion, SamplingParams
 from trainer.rollout.vllm_http import CompletionsClient, ServerError
 from trainer.rollout.vllm_params import (
@@ -145,7 +144,7 @@ def test_sleep_level_falls_to_zero_without_sleep_mode(capsys: pytest.CaptureFixt
     assert capsys.readouterr().err == ""
     assert sleep_level_here(1, False) == 0
     err = capsys.readouterr().err.splitlines()
-    assert len(err) == 1 and err[0].startswith("warning: rollout.vllm_sleep_level = 1")
+    assert len(err) == 1 and err[0].startswith("warning: rollout.vllm.sleep_level = 1")
 
 
 def test_llm_kwargs() -> None:
@@ -186,9 +185,9 @@ def test_missing_vllm_is_a_clear_error() -> None:
 
 def test_vllm_config_keys_are_validated() -> None:
     for bad, key in (
-        ("rollout.vllm_sleep_level=3", "vllm_sleep_level"),
-        ("rollout.vllm_gpu_memory_utilization=1.5", "vllm_gpu_memory_utilization"),
-        ("rollout.vllm_mode=remote", "vllm_mode"),
+        ("rollout.vllm.sleep_level=3", "rollout.vllm.sleep_level"),
+        ("rollout.vllm.gpu_memory_utilization=1.5", "rollout.vllm.gpu_memory_utilization"),
+        ("rollout.vllm.mode=remote", "rollout.vllm.mode"),
         ("rollout.is_cap=0.5", "is_cap"),
     ):
         with pytest.raises(ConfigError, match=key):
@@ -298,7 +297,7 @@ def test_server_errors_name_the_route(fake_server: str) -> None:
 def test_the_vllm_extra_pins_the_version_the_code_was_written_against() -> None:
     from pathlib import Path
 
-    from trainer.config_io import tomllib
+    from trainer.config.io import tomllib
 
     project = tomllib.loads((Path(__file__).resolve().parents[1] / "pyproject.toml").read_text())["project"]
     assert project["optional-dependencies"]["vllm"] == [f"vllm=={VLLM_VERSION}"]

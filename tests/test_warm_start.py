@@ -15,7 +15,7 @@ from trainer.model import load_model_and_tokenizer
 
 
 def _cfg(**ws):
-    return from_dict({"warm_start": {"steps": 30, "batch_size": 32, **ws}}).resolved()
+    return from_dict({"warm_start": {"steps": 30, "batch_size": 32, **ws}})
 
 
 def test_applies_to_the_built_in_job_only(tmp_path: Path) -> None:

@@ -18,7 +18,7 @@ class AlgorithmState:
     schedule: FilterSchedule | None
     """The online filter's schedule (`algorithm.filter`); None: no filtering."""
     switch: EntropySwitch | None
-    """SFPO's entropy switch (the *sfpo algorithms); None: plain GRPO updates."""
+    """SFPO's entropy switch (`algorithm.update = "sfpo"`); None: plain GRPO updates."""
     kl: KLController
     """The KL coefficient, fixed or by (group) accuracy (`algorithm.kl_type`)."""
 
@@ -32,7 +32,8 @@ def build_algorithm(a: AlgorithmConfig) -> AlgorithmState:
     else:
         schedule = FilterSchedule.preset(a.filter)
     switch = None
-    if a.sfpo:
-        switch = EntropySwitch(a.sfpo_entropy_window, a.sfpo_entropy_threshold, stop_step=a.sfpo_stop_step)
+    if a.update == "sfpo":
+        s = a.sfpo
+        switch = EntropySwitch(s.entropy_window, s.entropy_threshold, stop_step=s.stop_step)
     kl = KLController(a.kl_type, coef=a.kl_coef, beta_min=a.kl_min, beta_max=a.kl_max)
     return AlgorithmState(schedule=schedule, switch=switch, kl=kl)

@@ -253,10 +253,10 @@ def _submit(ctx: Any, step: int, sampling: Callable[[int], SamplingParams]) -> N
 def overlap_problem(cfg: Config) -> str | None:
     """Why `rollout.max_staleness > 0` cannot run with this config, or None."""
     r = cfg.rollout
-    if r.max_staleness > 0 and r.engine == "vllm" and r.vllm_mode == "colocated":
+    if r.max_staleness > 0 and r.engine == "vllm" and r.vllm.mode == "colocated":
         return (
             "rollout.max_staleness > 0 needs an engine that generates while the trainer trains; the colocated vLLM "
-            "engine shares the trainer's device and cannot overlap: use rollout.vllm_mode = 'server' or the hf engine"
+            "engine shares the trainer's device and cannot overlap: use rollout.vllm.mode = 'server' or the hf engine"
         )
     return None
 

@@ -20,11 +20,14 @@ import datetime
 import os
 import socket
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 import torch.distributed as dist
 from torch import nn
+
+if TYPE_CHECKING:
+    from trainer.config.parallel import ParallelConfig
 
 
 @dataclass(frozen=True)
@@ -68,12 +71,12 @@ def _return_freed_memory() -> None:
         return
 
 
-def mesh_shape(world: int, parallel: Any = None) -> tuple[int, ...]:
+def mesh_shape(world: int, parallel: ParallelConfig | None = None) -> tuple[int, ...]:
     """`(world,)` (FSDP) or `(replicate, shard)` (HSDP) from `parallel.replicate` / `parallel.shard` (0: the rest).
 
     Raises `ConfigError` naming the keys when they do not multiply to the world size.
     """
-    from trainer.config_base import ConfigError
+    from trainer.config.base import ConfigError
 
     replicate = int(getattr(parallel, "replicate", 1) or 1)
     shard = int(getattr(parallel, "shard", 0) or 0)
@@ -89,7 +92,7 @@ def mesh_shape(world: int, parallel: Any = None) -> tuple[int, ...]:
     return (world,) if replicate == 1 else (replicate, shard)
 
 
-def init_distributed(parallel: Any = None, *, cpu_offload: bool = False) -> DistInfo:
+def init_distributed(parallel: ParallelConfig | None = None, *, cpu_offload: bool = False) -> DistInfo:
     """Join the torchrun process group (or make a group of one), pick this rank's device, build the mesh.
 
     `parallel` is the `[parallel]` config section (None: FSDP over all ranks, torch's default timeout). A mesh that
@@ -120,7 +123,7 @@ def init_distributed(parallel: Any = None, *, cpu_offload: bool = False) -> Dist
             from trainer.failure import is_address_in_use
 
             if is_address_in_use(err):
-                from trainer.config_base import InputError
+                from trainer.config.base import InputError
 
                 port = os.environ.get("MASTER_PORT", "?")
                 raise InputError(

@@ -10,11 +10,14 @@ measured), a bf16 engine to ~1e-2.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING
 
 import torch
 
 from trainer.dist import all_reduce
+
+if TYPE_CHECKING:
+    from trainer.rollout.config import RolloutConfig
 
 AUTO_BOUND = {torch.float32: 1e-3, torch.bfloat16: 0.1, torch.float16: 0.1}
 """`rollout.max_logp_diff = -1` ("auto") by the wire dtype of the weights; used for the vllm engine only."""
@@ -24,7 +27,7 @@ class StaleEngineError(RuntimeError):
     """The engine's log-probs of its samples disagree with the trainer's beyond `rollout.max_logp_diff`."""
 
 
-def logp_bound(rollout: Any, dtype: torch.dtype | None) -> float:
+def logp_bound(rollout: RolloutConfig, dtype: torch.dtype | None) -> float:
     """The bound in force: `rollout.max_logp_diff` when >= 0 (0: off), else "auto": `AUTO_BOUND[dtype]` for the
     vllm engine (the engine whose weights travel; the hf engine's copy is checked by its own tests) in a synchronous
     run, 0 otherwise (with `rollout.max_staleness > 0` the engine is behind on purpose)."""

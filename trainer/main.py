@@ -20,8 +20,7 @@ import sys
 import traceback
 from pathlib import Path
 
-from trainer.config import ConfigError, InputError
-from trainer.config_io import load_config
+from trainer.config import ConfigError, InputError, load_config
 from trainer.failure import EXIT_FAILED, guard_stdout, is_peer_loss, leave, report_failure
 from trainer.signals import Interrupted, StopFlag, die_with_launcher
 

@@ -20,13 +20,16 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
 from fastslow.kernels import IGNORE_INDEX
 from trainer import attention
 from trainer.dist import all_reduce
+
+if TYPE_CHECKING:
+    from trainer.config.optim import OptimConfig
 
 DEFAULT_ROW_TOKENS = {"cpu": 4096}
 """`optim.micro_batch_tokens = 0` means this per device type; 16384 elsewhere (an accelerator)."""
@@ -175,7 +178,7 @@ def row_targets(row: PackedRow, targets: torch.Tensor) -> torch.Tensor:
     return row.gather(targets, IGNORE_INDEX)
 
 
-def pack_batch(optim: Any, batch: Any, device: torch.device) -> PackedBatch | None:
+def pack_batch(optim: OptimConfig, batch: Any, device: torch.device) -> PackedBatch | None:
     """A `trainer.step.Batch`'s rows for every pass of a step, minibatch by minibatch (the update's split), or None
     when `optim.packing` is off (`optim`: the config section)."""
     if not optim.packing:

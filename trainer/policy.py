@@ -18,16 +18,14 @@ logits, a float32 log-softmax, autograd. Slower and memory-hungry, it answers "d
 from __future__ import annotations
 
 from dataclasses import dataclass, fields
-from typing import Any, Literal, get_args
+from typing import Any
 
 import torch
 from torch import nn
 
 from fastslow.kernels import linear_grpo_loss, linear_grpo_loss_ref, token_logprobs, token_logprobs_ref
 from trainer import attention
-
-Kernels = Literal["fused", "reference"]
-KERNELS: tuple[str, ...] = get_args(Kernels)
+from trainer.config.model import KERNELS, Kernels
 
 
 @dataclass

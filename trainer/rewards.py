@@ -54,6 +54,7 @@ from torch import Tensor
 
 from fastslow.math_reward import score_batch
 from trainer import tasks as builtin_tasks
+from trainer.config.reward import LENGTH_UNITS, ON_ERROR
 
 __all__ = [
     "LENGTH_UNITS",
@@ -75,8 +76,6 @@ __all__ = [
 ]
 
 TASKS = (*builtin_tasks.NAMES, "math")
-LENGTH_UNITS = ("tokens", "chars")
-ON_ERROR = ("raise", "zero")
 
 RewardFn = Callable[[list[str], list[str], list[str]], Any]
 """A user reward function: `(responses, answers, prompts) -> N numbers` (see the module docstring)."""

@@ -42,11 +42,11 @@ def run_folder(cfg: Config, info: DistInfo) -> RunFolder:
     if info.is_main and chosen[0] is None:
         runs = Path("runs")
         if cfg.checkpoint.resume == "auto":
-            earlier = sorted(runs.glob(f"{cfg.algorithm.name}-*"), key=lambda p: p.name)
+            earlier = sorted(runs.glob(f"{cfg.algorithm.label}-*"), key=lambda p: p.name)
             earlier = [p for p in earlier if ckpt.find_latest(p) is not None]
             chosen = [str(earlier[-1])] if earlier else chosen
         if chosen[0] is None:
-            chosen = [str(runs / f"{cfg.algorithm.name}-{time.strftime('%Y%m%dT%H%M%S', time.gmtime())}")]
+            chosen = [str(runs / f"{cfg.algorithm.label}-{time.strftime('%Y%m%dT%H%M%S', time.gmtime())}")]
     dist.broadcast_object_list(chosen, src=0)
     path = Path(chosen[0])
     answer: list[Any] = [(None, None, False, [])]  # (error kind, message, created, replace)

@@ -1,8 +1,8 @@
 """How a response is scored: the built-in scorer, the user reward, FAST's format and length terms, over all ranks.
 
 `score_chunk` takes one generation chunk (this rank's prompts and their `n` responses each) to scored `Group`s:
-correctness and format from the built-in scorer (`trainer.rewards`), the length in `algorithm.length_unit`, and the
-reward. With a user reward function (`reward.function`), its value is the reward: it replaces the correctness term,
+correctness and format from the built-in scorer (`trainer.rewards`), the length in `reward.thinking.length_unit`, and
+the reward. With a user reward function (`reward.function`), its value is the reward: it replaces the correctness term,
 alone for GRPO, and with FAST's format and length terms added for the thinking reward. `correct` (accuracy,
 filters, group KL, FAST's difficulty) stays the built-in scorer's. The FAST thinking reward takes its statistics
 over all ranks' chunk (one all-gather of `[N, 3]` floats), and each rank keeps its own slice.
@@ -46,7 +46,7 @@ def score_chunk(
 ) -> tuple[list[Group], int]:
     """The chunk's groups, scored, and how many samples `reward.on_error = "zero"` scored 0 (0 without a user
     reward function). `items[i]` is a prompt record ("prompt", "prompt_ids", "answer"), `completions[i]` its `n`
-    responses. Every rank calls it together when `algorithm.fast` is on (the all-gather)."""
+    responses. Every rank calls it together when `algorithm.reward_shaping = "thinking"` (the all-gather)."""
     n = cfg.rollout.group_size
     flat = [c for comps in completions for c in comps]
     answers = [it["answer"] for it in items for _ in range(n)]
@@ -54,7 +54,8 @@ def score_chunk(
     texts, correct, formatted = reward_fns.score_completions(
         tokenizer, flat, answers, task=task, think_opened=opened, truncated=cfg.reward.truncated
     )
-    lengths = reward_fns.lengths([len(c) for c in flat], texts, cfg.algorithm.length_unit)
+    thinking = cfg.reward.thinking
+    lengths = reward_fns.lengths([len(c) for c in flat], texts, thinking.length_unit)
     user, errors = cfg.reward.function, 0
     if user:  # resolved (and cached) when the config loaded
         prompts = [it["prompt"] for it in items for _ in range(n)]
@@ -62,21 +63,21 @@ def score_chunk(
         user_rewards, errors = reward_fns.call_reward_fn(
             fn, texts, answers, prompts, name=user, on_error=cfg.reward.on_error, timeout_s=cfg.reward.timeout_s
         )
-    if cfg.algorithm.fast:
+    if cfg.algorithm.reward_shaping == "thinking":
         local = len(flat)
         stats = torch.stack([lengths.float(), correct.float(), formatted.float()]).to(device)
         every = all_gather_cat(stats.t().contiguous()).cpu()  # [world * local, 3], rank by rank
         # The chunk's order, which FAST's brevity budget (brevity_cap) follows: rank 0's responses first, each
         # rank's in prompt order, then sample order.
         fast = thinking_reward(
-            every[:, 0], every[:, 1] > 0.5, every[:, 2] > 0.5, n, percentile=cfg.algorithm.percentile,
-            length_weight=cfg.algorithm.length_weight, format_weight=cfg.algorithm.format_weight,
-            brevity_cap=cfg.algorithm.brevity_cap,
+            every[:, 0], every[:, 1] > 0.5, every[:, 2] > 0.5, n, percentile=thinking.percentile,
+            length_weight=thinking.length_weight, format_weight=thinking.format_weight,
+            brevity_cap=thinking.brevity_cap,
         )  # fmt: skip
         rewards = fast.rewards[rank * local : (rank + 1) * local]
         if user:
-            a, length_score = cfg.algorithm, fast.length_score[rank * local : (rank + 1) * local]
-            rewards = user_rewards + a.format_weight * formatted.float() + a.length_weight * length_score
+            length_score = fast.length_score[rank * local : (rank + 1) * local]
+            rewards = user_rewards + thinking.format_weight * formatted.float() + thinking.length_weight * length_score
     else:
         rewards = user_rewards if user else correct.float()
     groups = [

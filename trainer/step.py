@@ -375,7 +375,7 @@ def learn(ctx: StepContext, batch: Batch, timing: dict[str, float] | None = None
             ctx.slow = snapshot(ctx.policy.parameters())
         a = cfg.algorithm
         update_metrics = sfpo_update(
-            ctx.policy.parameters(), run_update, inner_steps=a.sfpo_inner_steps, alpha=a.sfpo_alpha, slow=ctx.slow
+            ctx.policy.parameters(), run_update, inner_steps=a.sfpo.inner_steps, alpha=a.sfpo.alpha, slow=ctx.slow
         )
     else:
         update_metrics = run_update()

@@ -48,8 +48,7 @@ from trainer.async_rollout import (
 from trainer.build import build_models, build_optimizer
 from trainer.checkpoint import check as checkpoint_check
 from trainer.checkpoint import resume as resume_check
-from trainer.config import Config, ConfigError, InputError, input_errors
-from trainer.config_io import save_toml
+from trainer.config import Config, ConfigError, InputError, input_errors, save_toml
 from trainer.data import load_prompts
 from trainer.dist import DistInfo, all_reduce
 from trainer.eval import eval_context_tokens, evaluate, headline, load_eval_sets

@@ -6,31 +6,21 @@ in the file, is left out too). `logging.wandb_mode = "offline"` needs no network
 `run_dir/wandb/` (`wandb sync run_dir/wandb/offline-run-*` uploads them later). Each launch is a wandb run of its
 own (a resumed run is a second one, named alike, whose steps go on from the checkpoint's).
 
-`wandb_missing()` is what the config check says when wandb is asked for and not installed, so that error comes
-before any model is built.
+`wandb_missing()` (the `[logging]` section's, re-exported) is what the config check says when wandb is asked for and
+not installed, so that error comes before any model is built.
 """
 
 from __future__ import annotations
 
-import importlib.util
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from trainer.config.report import wandb_missing
+
 __all__ = ["WandbSink", "wandb_missing", "wandb_row"]
 
 _AXES = ("step", "time", "kind")
-
-
-def wandb_missing() -> str | None:
-    """Why `logging.wandb = true` cannot work here (wandb not importable), or None."""
-    try:
-        found = importlib.util.find_spec("wandb") is not None
-    except (ImportError, ValueError):  # a broken install, or a stand-in module without a spec
-        found = False
-    if found:
-        return None
-    return "wandb is not installed: pip install 'fastslow[wandb]' (or pip install wandb), or set logging.wandb = false"
 
 
 def wandb_row(record: Mapping[str, Any]) -> dict[str, float | int]:

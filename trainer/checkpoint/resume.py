@@ -9,7 +9,8 @@ is an error naming each. Everything else (learning rate, total steps, logging, e
 change; the changes are listed in one line, so the run's log says where it departs from its saved config.
 
 The saved config is the run folder's `config.toml`, which the Trainer writes only once a run has started (a failed
-start or resume leaves it untouched).
+start or resume leaves it untouched). One written with former key names (`rollout.vllm_mode`, `algorithm.name`) is
+read under the new ones (`trainer.config.aliases.rename_saved`), so it compares like with like.
 """
 
 from __future__ import annotations
@@ -21,11 +22,12 @@ from typing import Any
 import tomllib
 
 from trainer.config import Config, ConfigError
+from trainer.config.aliases import rename_saved
 
 FROZEN = (
     "model.path", "model.config", "model.preset", "model.hidden_size", "model.num_layers", "model.num_heads",
-    "model.num_kv_heads", "model.intermediate_size", "algorithm.name", "data.source", "seed",
-    "rollout.prompts_per_step",
+    "model.num_kv_heads", "model.intermediate_size", "algorithm.update", "algorithm.reward_shaping", "data.source",
+    "seed", "rollout.prompts_per_step",
 )  # fmt: skip
 """Keys a resumed run must keep (the checkpoint's state depends on them)."""
 
@@ -63,7 +65,7 @@ def compare(cfg: Config, saved_file: Path) -> list[str]:
     or unreadable file compares nothing (a run written before config.toml existed) and returns `[]`.
     """
     try:
-        saved = flatten(tomllib.loads(Path(saved_file).read_text(encoding="utf-8")))
+        saved = rename_saved(flatten(tomllib.loads(Path(saved_file).read_text(encoding="utf-8"))))
     except (OSError, tomllib.TOMLDecodeError):
         return []
     now = flatten(cfg.to_dict())

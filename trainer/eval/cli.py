@@ -29,8 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from trainer import checkpoint as ckpt
-from trainer.config import Config, ConfigError
-from trainer.config_io import load_config
+from trainer.config import Config, ConfigError, load_config
 from trainer.metrics import to_number
 
 

@@ -1,7 +1,7 @@
 """The `vllm` rollout engines: colocated (an in-process `vllm.LLM` per rank group) and server (a running vLLM).
 
 Both implement `RolloutEngine` and take the same `WeightStream` the hf engine takes; `rollout.engine = "vllm"`
-with `rollout.vllm_mode` picks one. vllm itself is imported only when one is built (see `vllm_params` for the
+with `rollout.vllm.mode` picks one. vllm itself is imported only when one is built (see `vllm_params` for the
 version this was written against and for everything that is tested without a GPU).
 
 Colocated, per step: `generate` (wakes weights and KV cache if asleep) -> `sleep` (level 2: weights and KV cache
@@ -123,7 +123,7 @@ class VLLMColocatedEngine:
 
     def update_weights(self, stream: WeightStream) -> None:
         """Wake the weights (not the KV cache) and stream into them: by reference through the worker extension
-        (`collective_rpc`, in this process), or vLLM's IPC engine when `vllm_weight_transfer = "native"`."""
+        (`collective_rpc`, in this process), or vLLM's IPC engine when `rollout.vllm.weight_transfer = "native"`."""
         self._wake(["weights"])
         if self.route == "native":
             if self._sender is None:

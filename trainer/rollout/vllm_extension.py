@@ -87,7 +87,7 @@ class ExtensionSender:
             if len(loaded) != self.server_workers or any(n != sent for n in loaded):
                 raise RuntimeError(
                     f"vllm server: the weight update sent {sent} tensors, the {self.server_workers} worker(s) "
-                    f"loaded {loaded}; check rollout.vllm_server_workers against the server's workers"
+                    f"loaded {loaded}; check rollout.vllm.server_workers against the server's workers"
                 )
 
     def _send_bucket(self, bucket: list[tuple[str, torch.Tensor]]) -> None:

@@ -49,7 +49,7 @@ class CompletionsClient:
         except (urllib.error.URLError, OSError) as exc:
             raise ServerError(
                 f"vllm server at {self.base_url} cannot be reached ({method} {path}: {exc}); start it first "
-                "(README: 'vLLM rollouts') or fix rollout.vllm_server_url"
+                "(README: 'vLLM rollouts') or fix rollout.vllm.server_url"
             ) from exc
         return json.loads(raw) if raw else None
 

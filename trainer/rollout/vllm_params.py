@@ -91,12 +91,12 @@ def choose_route(
     """
     if requested == "native" and not cuda:
         raise VLLMUnavailable(
-            f"rollout.vllm_weight_transfer = 'native' ({mode}): vLLM's weight-transfer backends need CUDA; on a CPU "
+            f"rollout.vllm.weight_transfer = 'native' ({mode}): vLLM's weight-transfer backends need CUDA; on a CPU "
             "use 'auto' (the worker extension)"
         )
     if requested == "native" and not native:
         raise VLLMUnavailable(
-            f"rollout.vllm_weight_transfer = 'native' ({mode}) but the installed vLLM has no "
+            f"rollout.vllm.weight_transfer = 'native' ({mode}) but the installed vLLM has no "
             f"vllm.distributed.weight_transfer trainer API; install vLLM {VLLM_VERSION} ({INSTALL_HINT}) or use 'auto'"
         )
     if requested == "auto":
@@ -113,7 +113,7 @@ def sleep_level_here(level: int, sleep_available: bool, *, warn: bool = True) ->
         import sys
 
         print(
-            f"warning: rollout.vllm_sleep_level = {level}: this platform has no vLLM sleep mode; the engine keeps its "
+            f"warning: rollout.vllm.sleep_level = {level}: this platform has no vLLM sleep mode; the engine keeps its "
             "weights and KV cache during the update (level 0)",
             file=sys.stderr,
             flush=True,
@@ -265,7 +265,7 @@ def llm_kwargs(
     """
     if world % tensor_parallel_size:
         raise ValueError(
-            f"rollout.vllm_tensor_parallel_size = {tensor_parallel_size} must divide the world size {world}"
+            f"rollout.vllm.tensor_parallel_size = {tensor_parallel_size} must divide the world size {world}"
         )
     kwargs: dict[str, Any] = {
         "model": model_dir,

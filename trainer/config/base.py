@@ -1,22 +1,26 @@
 """The base of every config section: `ConfigError`, and each field's value coerced and checked against its type hint.
 
-`trainer.config` builds the section tree on `_Section` and re-exports these names; `trainer.config_io` uses the
-type helpers (`_describe`, `_hints`, `_suggest`, `_unwrap`) for its override values and messages.
+Every section (`trainer.config.tree` assembles them; each lives beside what it configures) is a dataclass on
+`_Section`. A field typed as another `_Section` is a nested section (`[rollout.vllm]`, key `rollout.vllm.mode`);
+`subsections` and `leaves` tell the two kinds of field apart, and `leaf_keys` lists every dotted key under a section.
+`trainer.config.io` uses the type helpers (`_describe`, `_hints`, `_suggest`, `_unwrap`) for override values and
+messages.
 """
 
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import difflib
 import math
+import os
+import sys
 import types
 import typing
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from functools import cache
 from typing import Any, Literal
 
-__all__ = ["ConfigError", "InputError", "input_errors"]
+__all__ = ["ConfigError", "InputError", "input_errors", "leaf_keys", "leaves", "subsections", "warn"]
 
 
 class ConfigError(ValueError):
@@ -41,15 +45,22 @@ def input_errors() -> Iterator[None]:
         raise InputError(message) from err
 
 
-class _Section:
-    """Base of every section: coerces and type-checks each field, then runs the section's own `validate()`."""
+def warn(message: str) -> None:
+    """One warning line on stderr, from rank 0 only (every rank loads the config)."""
+    if os.environ.get("RANK", "0") == "0":
+        print(f"warning: {message}", file=sys.stderr)
 
-    SECTION = ""  # the TOML table name; "" for the top level
+
+class _Section:
+    """Base of every section: coerces and type-checks each field, then runs the section's own `validate()`.
+
+    A field typed as a `_Section` is a nested section: it takes an instance, or a mapping of its keys."""
+
+    SECTION = ""  # the dotted TOML table name ("rollout", "rollout.vllm"); "" for the top level
 
     def __post_init__(self) -> None:
-        for f in dataclasses.fields(self):  # type: ignore[arg-type]
-            if not f.metadata.get("internal"):
-                setattr(self, f.name, _coerce(self._key(f.name), getattr(self, f.name), _hints(type(self))[f.name]))
+        for name, hint in _hints(type(self)).items():
+            setattr(self, name, _coerce(self._key(name), getattr(self, name), hint))
         self.validate()
 
     def _key(self, name: str) -> str:
@@ -69,7 +80,32 @@ class _Section:
 
 @cache
 def _hints(cls: type) -> dict[str, Any]:
+    """Field name -> type of a section, in field order."""
     return typing.get_type_hints(cls)
+
+
+def _is_section(hint: Any) -> bool:
+    return isinstance(hint, type) and issubclass(hint, _Section)
+
+
+def subsections(cls: type) -> dict[str, type[_Section]]:
+    """The nested sections of `cls`: field name -> section class, in field order."""
+    return {k: t for k, t in _hints(cls).items() if _is_section(t)}
+
+
+def leaves(cls: type) -> dict[str, Any]:
+    """The value fields of `cls` (not nested sections): field name -> type, in field order."""
+    return {k: t for k, t in _hints(cls).items() if not _is_section(t)}
+
+
+@cache
+def leaf_keys(cls: type, prefix: str = "") -> dict[str, Any]:
+    """Every value key under `cls`, dotted (`rollout.vllm.mode`), -> its type: `cls`'s own, then each nested
+    section's, in field order."""
+    out = {f"{prefix}{k}": t for k, t in leaves(cls).items()}
+    for name, sub in subsections(cls).items():
+        out.update(leaf_keys(sub, f"{prefix}{name}."))
+    return out
 
 
 def _unwrap(hint: Any) -> tuple[Any, bool]:
@@ -94,9 +130,11 @@ def _describe(hint: Any) -> str:
 def _coerce(key: str, value: Any, hint: Any) -> Any:
     """`value` checked against `hint` (ints widen to float, lists to tuples); `ConfigError` when it does not fit."""
     base, optional = _unwrap(hint)
-    if isinstance(base, type) and issubclass(base, _Section):
+    if _is_section(base):
         if isinstance(value, base):
             return value
+        if isinstance(value, Mapping):
+            return base(**value)
     elif value is None:
         if optional:
             return None
