@@ -47,12 +47,16 @@ def test_shared_choices_are_one_object() -> None:
     import fastslow.choices
     import trainer.config.model
     import trainer.config.reward
+    import trainer.model
     import trainer.rollout.config
 
     assert KL_MODES is fastslow.choices.KL_MODES and FilterSchedule.PRESETS is FILTER_PRESETS
     assert KERNELS is trainer.config.model.KERNELS and ATTN_IMPLEMENTATIONS is trainer.config.model.ATTN_IMPLEMENTATIONS
     assert LENGTH_UNITS is trainer.config.reward.LENGTH_UNITS and ON_ERROR is trainer.config.reward.ON_ERROR
     assert ENGINES is trainer.rollout.config.ENGINES
+    assert trainer.model.PRESETS is trainer.config.model.PRESETS
+    assert _choices(ModelConfig, "preset") == {*trainer.model.PRESETS, "none"}
+    assert _choices(RolloutConfig, "is_correction") == {*trainer.rollout.config.IS_MODES, "true", "false"}
 
 
 def test_the_kernels_loss_agg_type_is_its_tuple() -> None:

@@ -36,6 +36,7 @@ from transformers import (
 from transformers.utils import logging as hf_logging
 
 from trainer import tasks
+from trainer.config.model import PRESETS
 
 __all__ = [
     "PAD",
@@ -55,7 +56,6 @@ __all__ = [
 PAD, BOS, EOS, UNK = "<pad>", "<bos>", "<eos>", "<unk>"
 SPECIALS = (PAD, BOS, EOS, UNK)
 """Ids 0..3 of the built-in tokenizer, in this order; the task's words follow."""
-PRESETS = ("tiny",)
 MAX_POSITIONS = 1024
 """Positions of the tiny preset: prompt + response stay far below this (64 + 16 tokens by default)."""
 

@@ -23,14 +23,10 @@ advantage, which is how the step applies it (`adv[:, None] * weights`).
 
 from __future__ import annotations
 
-from typing import Literal
-
 import torch
 
 from trainer.dist import all_reduce
 
-Mode = Literal["off", "token_truncate", "token_mask", "icepop", "sequence_mask"]
-MODES: tuple[str, ...] = ("off", "token_truncate", "token_mask", "icepop", "sequence_mask")
 ANCHOR_BOUNDS: dict[str, tuple[float, float]] = {
     "token_truncate": (0.0, 2.0),
     "token_mask": (0.0, 2.0),
@@ -68,7 +64,8 @@ def correction_weights(
     """Per-token weights for the decoupled PPO objective, and their metrics over all ranks' response tokens.
 
     Args: `proximal_logp`, `behaviour_logp` `[B, T]` (the trainer's and the engine's log-probs of the sampled
-    tokens), `mask` `[B, T]` bool (response tokens), `mode` one of `MODES` other than "off", `low <= high`.
+    tokens), `mask` `[B, T]` bool (response tokens), `mode` one of `trainer.rollout.config.IS_MODES` other than
+    "off", `low <= high`.
     Returns the weights `[B, T]` (float32, 1 outside the mask) and:
     "rollout/is_weight" (mean weight), "rollout/is_weight_max", "rollout/is_capped" (tokens whose weight the bounds
     changed: truncated or masked), "rollout/is_masked" (tokens at weight 0), "rollout/is_nonfinite",

@@ -12,7 +12,16 @@ from typing import Literal, get_args
 
 from trainer.config.base import ConfigError, _Section
 
-__all__ = ["ATTN_IMPLEMENTATIONS", "KERNELS", "AttnImplementation", "Kernels", "ModelConfig", "WarmStartConfig"]
+__all__ = [
+    "ATTN_IMPLEMENTATIONS",
+    "KERNELS",
+    "PRESETS",
+    "AttnImplementation",
+    "Kernels",
+    "ModelConfig",
+    "Preset",
+    "WarmStartConfig",
+]
 
 Kernels = Literal["fused", "reference"]
 """`model.kernels`: the fused log-prob and loss kernels, or their plain-torch references."""
@@ -20,6 +29,9 @@ KERNELS: tuple[str, ...] = get_args(Kernels)
 AttnImplementation = Literal["auto", "flash_attention_2", "sdpa", "eager"]
 """`model.attn_implementation` (`trainer.attention` resolves "auto")."""
 ATTN_IMPLEMENTATIONS: tuple[str, ...] = get_args(AttnImplementation)
+Preset = Literal["tiny"]
+"""The built-in models `model.preset` names (`trainer.model` builds them); "none" besides them builds nothing."""
+PRESETS: tuple[str, ...] = get_args(Preset)
 
 
 @dataclass
@@ -32,7 +44,7 @@ class ModelConfig(_Section):
     config: str | None = None
     """Local folder with a Hugging Face `config.json` and tokenizer files (no weights needed): build that
     architecture with seeded random weights. Used when `path` is unset; takes precedence over `preset`."""
-    preset: Literal["tiny", "none"] = "tiny"
+    preset: Literal[Preset, "none"] = "tiny"
     """Used when `path` and `config` are unset: "tiny" builds a small Qwen2 from the sizes below with seeded random
     weights and the synthetic task's code-built tokenizer; "none" builds nothing, so `path` is required (the 1.5B
     presets)."""

@@ -10,7 +10,7 @@ from typing import Literal, get_args
 
 from trainer.config.base import ConfigError, _Section
 
-__all__ = ["ENGINES", "MIN_TEMPERATURE", "Engine", "RolloutConfig", "VllmConfig"]
+__all__ = ["ENGINES", "IS_MODES", "MIN_TEMPERATURE", "Engine", "IsMode", "RolloutConfig", "VllmConfig"]
 
 MIN_TEMPERATURE = 0.01
 """The smallest non-zero sampling temperature, for every engine (vLLM's own floor)."""
@@ -18,6 +18,10 @@ MIN_TEMPERATURE = 0.01
 Engine = Literal["hf", "hf_process", "vllm"]
 """`rollout.engine`: the names of `trainer.rollout.registry.REGISTRY` (a test keeps the two equal)."""
 ENGINES: tuple[str, ...] = get_args(Engine)
+IsMode = Literal["off", "token_truncate", "token_mask", "icepop", "sequence_mask"]
+"""`rollout.is_correction`'s modes (`trainer.offpolicy`); the key also takes "true" / "false", read as
+"token_truncate" / "off"."""
+IS_MODES: tuple[str, ...] = get_args(IsMode)
 
 
 @dataclass
@@ -102,7 +106,7 @@ class RolloutConfig(_Section):
     max_dry_steps: int = 0
     """Dry filter steps in a row after which the run saves and stops (exit status 4), whatever
     `on_filter_exhausted` says; 0: no limit."""
-    is_correction: Literal["off", "token_truncate", "token_mask", "icepop", "sequence_mask", "true", "false"] = "off"
+    is_correction: Literal[IsMode, "true", "false"] = "off"
     """Off-policy correction of the gap between the engine's log-probs (behaviour) and the trainer's old ones
     (proximal), decoupled PPO form (trainer/offpolicy.py): each response token's advantage is multiplied by a weight
     from `rho = exp(old - engine)`. "token_truncate" (TIS, `true` too): clamp(rho, low, high); "token_mask" (MIS):
