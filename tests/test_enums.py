@@ -13,7 +13,8 @@ from trainer.attention import ATTN_IMPLEMENTATIONS
 from trainer.config import DataConfig, ModelConfig, RewardConfig, RolloutConfig
 from trainer.config_algorithm import AlgorithmConfig
 from trainer.policy import KERNELS
-from trainer.rewards import LENGTH_UNITS, ON_ERROR
+from trainer.reward.builtin import LENGTH_UNITS
+from trainer.reward.user import ON_ERROR
 from trainer.rollout import ENGINES
 
 

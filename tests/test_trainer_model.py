@@ -11,7 +11,7 @@ import torch
 from transformers import AutoTokenizer, PreTrainedTokenizerFast
 
 from trainer import model as M
-from trainer import task
+from trainer.tasks import synthetic as task
 
 
 def _cfg(**overrides) -> SimpleNamespace:

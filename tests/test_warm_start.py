@@ -9,9 +9,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from trainer import task, warm_start
+from trainer import warm_start
 from trainer.config import ConfigError, from_dict
 from trainer.model import load_model_and_tokenizer
+from trainer.tasks import synthetic as task
 
 
 def _cfg(**ws):

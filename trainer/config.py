@@ -190,7 +190,7 @@ class DataConfig(_Section):
 class RewardConfig(_Section):
     """The reward of a response: the data's built-in scorer, or a user function plugged in by import path.
 
-    A user function is called once per generation chunk (see `trainer.rewards` for its contract and an example):
+    A user function is called once per generation chunk (see `trainer.reward.user` for its contract and an example):
 
         def my_reward(responses: list[str], answers: list[str], prompts: list[str]) -> list[float] | Tensor
 
@@ -208,7 +208,7 @@ class RewardConfig(_Section):
     think_opened: Literal["auto", "true", "false"] = "auto"
     """Whether the generation prompt already opens the `<think>` block (R1-distilled chat templates end with it), so
     that FAST's format term expects a response that closes it without opening it. "auto": read from each rendered
-    prompt (`trainer.rewards.prompt_opens_think`); "true" / "false" (or TOML booleans) force it."""
+    prompt (`trainer.reward.builtin.prompt_opens_think`); "true" / "false" (or TOML booleans) force it."""
     truncated: Literal["wrong", "score"] = "wrong"
     """A response cut at `rollout.max_new_tokens` (no stop token): "wrong" counts it as incorrect and unformatted,
     whatever it holds (it never finished its answer; without this, a correctness-only reward lets text after the
@@ -227,7 +227,7 @@ class RewardConfig(_Section):
         self.function = self.function.strip()
         self._require(math.isfinite(self.timeout_s) and self.timeout_s >= 0, "timeout_s", "must be a number >= 0")
         if self.function:
-            from trainer.rewards import RewardError, load_reward_fn  # torch and the verifiers: only when needed
+            from trainer.reward.user import RewardError, load_reward_fn  # torch: only when needed
 
             try:
                 load_reward_fn(self.function)

@@ -3,8 +3,8 @@
 `load_model_and_tokenizer(cfg.model, device=..., dtype=...)` is the one entry point: with `model.path` set it loads
 that folder with `AutoModelForCausalLM` / `AutoTokenizer` (remote code only when `model.trust_remote_code`), else it
 builds the `tiny` preset: a Qwen2 with the config's sizes and random weights, seeded so that every rank builds the
-same weights, and a tokenizer built in code with one token per word of the synthetic task (`trainer.task.VOCAB`).
-`build_reference` gives the same model frozen, for the KL term.
+same weights, and a tokenizer built in code with one token per word of the synthetic task
+(`trainer.tasks.synthetic.VOCAB`). `build_reference` gives the same model frozen, for the KL term.
 
 The model config is read by attribute (duck typing): `path`, `preset`, `hidden_size`, `num_layers`, `num_heads`,
 `num_kv_heads`, `intermediate_size`, `trust_remote_code`.

@@ -24,8 +24,8 @@ from trainer.engine_check import check_engine, logp_bound, mean_logp_gap
 from trainer.offpolicy import bounds_for, correction_on, correction_weights
 from trainer.packing import PackedBatch, PackedRow, layout_metrics, pack_batch, packed_inputs
 from trainer.policy import LossArgs
+from trainer.reward.scoring import Group, score_chunk
 from trainer.rollout import SamplingParams
-from trainer.scoring import Group, score_chunk
 from trainer.step_result import StepResult
 from trainer.weight_sync import sync_weights
 
@@ -87,7 +87,7 @@ def _sampling(ctx: StepContext, step: int, chunk: int) -> SamplingParams:
 
 
 def _score_chunk(ctx: StepContext, items: list[dict], completions: list[list[list[int]]]) -> tuple[list[Group], int]:
-    """`trainer.scoring.score_chunk` with the context's config, tokenizer, task and rank."""
+    """`trainer.reward.scoring.score_chunk` with the context's config, tokenizer, task and rank."""
     info = ctx.info
     return score_chunk(ctx.cfg, ctx.tokenizer, items, completions, task=ctx.task, rank=info.rank, device=info.device)
 

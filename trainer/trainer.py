@@ -36,7 +36,7 @@ import torch
 import torch.distributed as dist
 
 from trainer import checkpoint as ckpt
-from trainer import reward_worker, tasks
+from trainer import tasks
 from trainer.algorithm_build import build_algorithm
 from trainer.async_rollout import (
     RolloutPipeline,
@@ -56,7 +56,8 @@ from trainer.eval import eval_context_tokens, evaluate, headline, load_eval_sets
 from trainer.metrics import MetricsLogger, system_metrics
 from trainer.model import engine_dtype as run_engine_dtype
 from trainer.model import load_tokenizer, mixed_precision
-from trainer.rewards import task_for
+from trainer.reward import worker as reward_worker
+from trainer.reward.builtin import task_for
 from trainer.rollout import build_engine, engine_spec
 from trainer.run_folder import RUN_FILES, run_folder
 from trainer.sampler import PromptSampler

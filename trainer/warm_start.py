@@ -2,11 +2,11 @@
 
 The papers run RL on models that already answer at length (distilled long-CoT or math models), not on random
 weights. The built-in job's stand-in: the tiny preset, trained with plain next-token cross-entropy on responses to
-the task's *training* split (`trainer.task`, never its held-out split) written three ways, chosen per example:
-a direct answer (probability `warm_start.direct`), else the running-sum thought, followed by filler words (each one
-more with probability `warm_start.filler`, so 0, 1, 2, ... of them). The mixture is fixed before any RL run and is
-the same for every algorithm: the model it makes thinks about half the time, pads some thoughts, and gets the hard
-levels right only when it thinks (see `trainer.task` for the measured accuracies). The "chain" task
+the task's *training* split (`trainer.tasks.synthetic`, never its held-out split) written three ways, chosen per
+example: a direct answer (probability `warm_start.direct`), else the running-sum thought, followed by filler words
+(each one more with probability `warm_start.filler`, so 0, 1, 2, ... of them). The mixture is fixed before any RL
+run and is the same for every algorithm: the model it makes thinks about half the time, pads some thoughts, and gets
+the hard levels right only when it thinks (see `trainer.tasks.synthetic` for the measured accuracies). The "chain" task
 (`trainer.tasks.chain`) has its own mixture: a direct answer, else a thought that `filler` pads with a restatement.
 
 The weights are a property of the model's shape and these settings, not of the RL seed (the papers start every seed
@@ -35,11 +35,11 @@ from safetensors import safe_open
 from safetensors.torch import load_model, save_model
 from transformers import PretrainedConfig, PreTrainedModel, PreTrainedTokenizerBase
 
-from trainer import task as digit_sum
 from trainer import tasks
 from trainer.checkpoint import checksums
 from trainer.data import encode_prompts
 from trainer.signals import Interrupted, stop_requested
+from trainer.tasks import synthetic as digit_sum
 
 if TYPE_CHECKING:
     from trainer.config import Config, WarmStartConfig

@@ -1,4 +1,4 @@
-"""The built-in synthetic verifiable task: the last digit of a sum of digits, with a think trace that can help.
+"""The built-in task "synthetic" (the default): the last digit of a sum of digits, with a think trace that can help.
 
 A prompt is `NUM_DIGITS` digits and `=`, e.g. `"3 0 0 5 0 2 ="`; the answer is the last digit of their sum (`0`).
 The level (difficulty) of a problem is how many of its digits are not zero, 1 to `MAX_LEVEL`. Two ways to answer:
@@ -38,7 +38,7 @@ other words.
   most one `<think>` and at most one `</think>`, both before `<answer>`; a `<think>` must be closed by a later
   `</think>` (a lone `</think>` is fine: the prompt may have opened the block); (3) the answer is closed: exactly one
   `</answer>`, right after the answer's digit, and nothing after it. A direct answer (no think block) is formatted:
-  fast thinking skips the block, which `fastslow.math_reward.format_ok` allows as an empty `<think></think>`.
+  fast thinking skips the block, which `trainer.reward.math_grader.format_ok` allows as an empty `<think></think>`.
   Rule (3) is the seed's: its format regex (as `format_ok` implements it) wants `<answer>X</answer>` with only white
   space after it. An earlier version also accepted an unclosed `<answer> d`, and FAST's brevity reward found it
   (`<think>...</think><answer>2<eos>`, one token shorter); a response cut at the token limit is wrong either way
