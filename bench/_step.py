@@ -15,7 +15,7 @@ from typing import Any
 from transformers import Qwen2Config
 
 from trainer.config import Config, from_dict
-from trainer.model import build_tokenizer
+from trainer.model.tiny import build_tokenizer
 from trainer.step import Batch, collect, make_batch
 from trainer.trainer import Trainer
 

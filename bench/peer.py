@@ -47,8 +47,8 @@ def prepare(work: Path) -> tuple[Path, Path, list[str]]:
     """The warm-started model as a Hugging Face folder and the task's prompts as JSONL; notes on what differs."""
     from trainer.config_io import load_config
     from trainer.data import load_prompts
-    from trainer.model import load_tokenizer, model_config, model_from_config
-    from trainer.warm_start import warm_start
+    from trainer.model.load import load_tokenizer, model_config, model_from_config
+    from trainer.model.warm_start import warm_start
 
     cfg = load_config([f"warm_start.cache={work / 'warm'}"])
     tok = load_tokenizer(cfg.model)

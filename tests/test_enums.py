@@ -9,9 +9,9 @@ import pytest
 
 from fastslow.dynamic_kl import KL_MODES
 from fastslow.kernels.grpo_args import LOSS_AGGS, LossAgg
-from trainer.attention import ATTN_IMPLEMENTATIONS
 from trainer.config import DataConfig, ModelConfig, RewardConfig, RolloutConfig
 from trainer.config_algorithm import AlgorithmConfig
+from trainer.model.attention import ATTN_IMPLEMENTATIONS
 from trainer.policy import KERNELS
 from trainer.reward.builtin import LENGTH_UNITS
 from trainer.reward.user import ON_ERROR

@@ -21,7 +21,8 @@ from trainer import data
 from trainer import eval as ev
 from trainer.config import ConfigError, from_dict
 from trainer.config_io import load_config
-from trainer.model import build_tokenizer, model_config, model_from_config
+from trainer.model.load import model_config, model_from_config
+from trainer.model.tiny import build_tokenizer
 from trainer.rollout import Completion, HFEngine
 from trainer.tasks import synthetic as task
 

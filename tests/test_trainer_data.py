@@ -14,7 +14,7 @@ import pytest
 import torch
 
 from trainer import data
-from trainer.model import build_tokenizer
+from trainer.model.tiny import build_tokenizer
 from trainer.reward import builtin as rewards
 from trainer.tasks import synthetic as task
 

@@ -15,7 +15,7 @@ import torch
 
 from trainer import step as step_mod
 from trainer.config import Config, from_dict
-from trainer.model import build_tokenizer
+from trainer.model.tiny import build_tokenizer
 from trainer.reward import builtin, scoring
 from trainer.reward import user as R
 

@@ -100,7 +100,7 @@ class ModelConfig(_Section):
     flash-attn's varlen kernels on CUDA when flash-attn is installed (`pip install .[flash]`), else an exact
     per-sequence SDPA ("fastslow_sdpa"); "flash_attention_2" (an error without CUDA and flash-attn); "sdpa" and
     "eager": transformers' own, given a block-diagonal causal mask for packed rows (exact, quadratic in the row).
-    See `trainer/attention.py`."""
+    See `trainer/model/attention.py`."""
 
     def validate(self) -> None:
         if self.path is not None and not self.path.strip():
@@ -125,7 +125,7 @@ class ModelConfig(_Section):
 
 @dataclass
 class WarmStartConfig(_Section):
-    """The built-in warm start (`trainer.warm_start`): a short supervised pass on the synthetic task's worked
+    """The built-in warm start (`trainer.model.warm_start`): a short supervised pass on the synthetic task's worked
     solutions, cached, so that RL starts from a model that already answers (directly or by thinking), as the
     papers' models do."""
 

@@ -25,8 +25,8 @@ from typing import Any
 import torch
 
 from fastslow.kernels import IGNORE_INDEX
-from trainer import attention
 from trainer.dist import all_reduce
+from trainer.model import attention
 
 DEFAULT_ROW_TOKENS = {"cpu": 4096}
 """`optim.micro_batch_tokens = 0` means this per device type; 16384 elsewhere (an accelerator)."""
@@ -91,7 +91,7 @@ class PackedRow:
         out[self.seq[keep], self.pos[keep]] = values[0][keep].to(out.dtype)
 
     def model_kwargs(self, impl: str, dtype: torch.dtype) -> dict:
-        """The decoder's keyword arguments for this row (`trainer.attention.packed_model_kwargs`)."""
+        """The decoder's keyword arguments for this row (`trainer.model.attention.packed_model_kwargs`)."""
         return attention.packed_model_kwargs(impl, self.pos[None], self.cu_seqlens, self.max_len, dtype)
 
 

@@ -64,7 +64,7 @@ LETTERS = "abcdefghijklmnop"
 TERMS = tuple(f"{letter}{d}" for letter in LETTERS for d in range(1, 10))
 VERIFY = "wait"
 VOCAB = (*DIGITS, "=", THINK_OPEN, THINK_CLOSE, ANSWER_OPEN, ANSWER_CLOSE, VERIFY, *TERMS)
-"""The task's words, in token-id order after the special tokens (see `trainer.model.build_tokenizer`)."""
+"""The task's words, in token-id order after the special tokens (see `trainer.model.tiny.build_tokenizer`)."""
 SPLITS = ("train", "eval")
 
 assert len(LETTERS) == MAX_LEVEL

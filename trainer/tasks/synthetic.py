@@ -15,7 +15,7 @@ model:
   running sum is the previous one plus the prompt's j-th digit, which sits at a fixed distance back (every prompt
   has the same length), so a small transformer learns the step and it generalises to unseen digit strings; the
   direct answer needs the whole sum at once, which the same model gets right for one non-zero digit (a copy) and
-  rarely for three or more. After the built-in warm start (`trainer.warm_start`, 200 steps on the training split),
+  rarely for three or more. After the built-in warm start (`trainer.model.warm_start`, 200 steps on the training split),
   measured on 64 held-out problems per level, sampled at temperature 1 (level 1 -> 5): a direct answer is right
   0.95, 0.66, 0.06, 0.14, 0.11 of the time, a thought 0.97, 0.95, 0.91, 0.86, 0.84.
 - Lengths vary and can move both ways: 4 tokens for a direct answer, 12 or more for a thought, a stop token after
@@ -84,7 +84,7 @@ OPERATORS = ("+", "-", "=")
 FILLER = ("so", "is", "plus", "makes", "then", "ok", "wait", "hmm", "check", "count")
 """Thinking words: they carry no information, they only let a response be longer or shorter."""
 VOCAB = DIGITS + OPERATORS + TAGS + FILLER
-"""The task's words, in token-id order after the special tokens (see `trainer.model.build_tokenizer`)."""
+"""The task's words, in token-id order after the special tokens (see `trainer.model.tiny.build_tokenizer`)."""
 
 NUM_DIGITS = 6
 """Digits per prompt: every prompt has the same length, so each running sum's digit is a fixed distance back."""
@@ -164,7 +164,7 @@ def solution(digits: list[int], *, think: bool, fillers: int = 0, rng: random.Ra
 
 
 def warm_start_examples(n: int, *, seed: int, direct: float, filler: float) -> list[tuple[str, str]]:
-    """`n` (prompt, response) pairs on the training split for the warm start (`trainer.warm_start`): direct with
+    """`n` (prompt, response) pairs on the training split for the warm start (`trainer.model.warm_start`): direct with
     probability `direct`, else a thought with a geometric number of filler words (each further one with probability
     `filler`)."""
     rng = random.Random(f"warm-start:{seed}")

@@ -14,7 +14,8 @@ from one base model): they are trained once from `warm_start.seed` and cached as
 (by default the run folder's parent, `runs/.warm_start/`), named by a hash of everything that determines them, so a
 comparison of many runs pays for it once. With several ranks, rank 0 trains and writes the file (atomically) while
 the others wait at a barrier (`ensure_cache`); `warm_start` then loads it into a model on every rank that calls it,
-and the trainer's sharded construction (`trainer.build`) loads it on rank 0 only, which broadcasts it into the shards.
+and the trainer's sharded construction (`trainer.model.build`) loads it on rank 0 only, which broadcasts it into the
+shards.
 """
 
 from __future__ import annotations
@@ -38,6 +39,7 @@ from transformers import PretrainedConfig, PreTrainedModel, PreTrainedTokenizerB
 from trainer import tasks
 from trainer.checkpoint import checksums
 from trainer.data import encode_prompts
+from trainer.model.load import model_from_config
 from trainer.signals import Interrupted, stop_requested
 from trainer.tasks import synthetic as digit_sum
 
@@ -212,8 +214,6 @@ def _train_and_save(
     made it ~6x slower whenever another process kept a core busy (OpenMP threads spinning at their barriers), and the
     tiny model gains little from a second thread on an idle machine.
     """
-    from trainer.model import model_from_config
-
     ws = cfg.warm_start
     fresh = model_from_config(config, seed=ws.seed).to(device)
     print(f"warm start: {ws.steps} supervised steps on the task's worked solutions -> {path}", flush=True)
