@@ -17,7 +17,6 @@ logits, a float32 log-softmax, autograd. Slower and memory-hungry, it answers "d
 
 from __future__ import annotations
 
-from dataclasses import dataclass, fields
 from typing import Any, Literal, get_args
 
 import torch
@@ -26,33 +25,10 @@ from torch import nn
 from fastslow.kernels import linear_grpo_loss, linear_grpo_loss_ref, token_logprobs, token_logprobs_ref
 from trainer.model import attention
 from trainer.model.adapter import ModelAdapter
+from trainer.objective import LossArgs
 
 Kernels = Literal["fused", "reference"]
 KERNELS: tuple[str, ...] = get_args(Kernels)
-
-
-@dataclass
-class LossArgs:
-    """`fastslow.kernels.linear_grpo_loss`'s arguments after `targets`, for one micro-batch or packed row (`[B, T]` or
-    `[1, N]`, like its targets)."""
-
-    old_logp: torch.Tensor | None  # [B, T]; None: on-policy (see `fastslow.kernels.grpo_loss`)
-    advantages: torch.Tensor  # [B] or [B, T]; packed: [1, N]
-    mask: torch.Tensor  # [B, T] bool
-    ref_logp: torch.Tensor | None = None  # [B, T]
-    kl_coef: float | torch.Tensor = 0.0  # a float, or [B] (per-group KL); packed [1, N]
-    clip_low: float = 0.2
-    clip_high: float = 0.2
-    dual_clip: float | None = None
-    loss_agg: str = "token-mean"
-    entropy_coef: float = 0.0
-    num_tokens: float | torch.Tensor | None = None  # the global token count ("token-mean")
-    norm_len: float | None = None  # Dr. GRPO's normaliser
-    seq_ids: torch.Tensor | None = None  # [1, N] packed rows: each token's sequence
-
-    def as_kwargs(self) -> dict[str, Any]:
-        """The fields as keyword arguments (the tensors themselves, not copies)."""
-        return {f.name: getattr(self, f.name) for f in fields(self)}
 
 
 class Policy(nn.Module):
