@@ -15,7 +15,7 @@ from typing import Any
 from transformers import Qwen2Config
 
 from trainer.config import Config, from_dict
-from trainer.model import build_tokenizer
+from trainer.model.tiny import build_tokenizer
 from trainer.step import Batch, collect, make_batch
 from trainer.trainer import Trainer
 
@@ -77,7 +77,7 @@ def job_config(job: StepJob, *, kernels: str, run_dir: Path, model_dir: Path | N
         "warm_start": {"mode": "off"},  # step throughput on the job's own (random) weights, as before the warm start
         "eval": {"enabled": False},
         "rollout": {"prompts_per_step": job.prompts, "group_size": job.group, "max_new_tokens": job.max_new_tokens},
-        "algorithm": {"name": "grpo", "kl_coef": job.kl_coef},
+        "algorithm": {"update": "grpo", "kl_coef": job.kl_coef},
         "optim": {"lr": job.lr, "micro_batch_size": job.micro_batch, "total_steps": 1000},
         "checkpoint": {"export_hf": False},
         "logging": {"run_dir": str(run_dir), "tensorboard": False, "console_every": 1_000_000},

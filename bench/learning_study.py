@@ -34,9 +34,9 @@ import tomllib
 from bench import learning_claims as claims
 from bench import task_frontier
 from bench._harness import device_info, results_stem
-from trainer import warm_start
 from trainer.config import eval_source_name, load_config
 from trainer.config.aliases import recipe_overrides
+from trainer.model import warm_start
 
 ROOT = Path(__file__).resolve().parents[1]
 STUDIES = ROOT / "bench" / "studies"

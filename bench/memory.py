@@ -48,7 +48,7 @@ def make_folder(folder: Path, *, hidden: int, layers: int, intermediate: int, vo
     import torch
     from transformers import Qwen2Config, Qwen2ForCausalLM
 
-    from trainer.model import build_tokenizer
+    from trainer.model.tiny import build_tokenizer
 
     tok = build_tokenizer()
     heads = max(1, hidden // 64)

@@ -2,14 +2,14 @@
 
     python -m bench.peer [--nproc 1 2] [--steps 30] [--rounds 3] [--trl-python .venv-trl/bin/python]  # make bench-peer
 
-Both train the built-in job's warm-started tiny model (written once to a Hugging Face folder from the warm-start
-cache they share) on the synthetic task with the same reward (`trainer.task.check`, a cut response wrong), group 8,
-16 prompts per step, 20 new tokens, temperature 1, no KL, one update per batch, token-mean loss, clip 0.2 / 0.28,
-lr 5e-4, AdamW, fp32, one thread per process (TRL without gradient checkpointing). Per process count: fastslow under
+Both train the built-in job's warm-started tiny model (written once to a Hugging Face folder from the warm-start cache
+they share) on the synthetic task with the same reward (`trainer.tasks.synthetic.check`, a cut response wrong), group 8,
+16 prompts per step, 20 new tokens, temperature 1, no KL, one update per batch, token-mean loss, clip 0.2 / 0.28, lr
+5e-4, AdamW, fp32, one thread per process (TRL without gradient checkpointing). Per process count: fastslow under
 torchrun (FSDP2), TRL alone or under `accelerate launch --cpu` (its own multi-process mode: DDP on gloo), the batch
-split over the processes. The runs alternate, `--rounds` times; each gives the median of its steps 6..N. TRL comes
-from its own environment (`make bench-peer` makes `.venv-trl` with `trl==1.16.0` and the same torch wheel). Prints
-the table, the settings that could not be matched, and writes `bench/results/peer_DEVICE_DATE.{json,md}`.
+split over the processes. The runs alternate, `--rounds` times; each gives the median of its steps 6..N. TRL comes from
+its own environment (`make bench-peer` makes `.venv-trl` with `trl==1.16.0` and the same torch wheel). Prints the table,
+the settings that could not be matched, and writes `bench/results/peer_DEVICE_DATE.{json,md}`.
 """
 
 from __future__ import annotations
@@ -47,8 +47,8 @@ def prepare(work: Path) -> tuple[Path, Path, list[str]]:
     """The warm-started model as a Hugging Face folder and the task's prompts as JSONL; notes on what differs."""
     from trainer.config import load_config
     from trainer.data import load_prompts
-    from trainer.model import load_tokenizer, model_config, model_from_config
-    from trainer.warm_start import warm_start
+    from trainer.model.load import load_tokenizer, model_config, model_from_config
+    from trainer.model.warm_start import warm_start
 
     cfg = load_config([f"warm_start.cache={work / 'warm'}"])
     tok = load_tokenizer(cfg.model)

@@ -5,8 +5,8 @@
 
 MODEL_DIR is the warm-started built-in model (`bench.peer` writes it), PROMPTS.jsonl the synthetic task's prompts
 and answers; every optimizer step appends `{"step", "seconds", "completion_tokens"}` to OUT.jsonl. The reward is
-fastslow's own GRPO reward for the task (`trainer.task.check(...).correct`, a response cut at the length limit
-scored wrong, as `reward.truncated = "wrong"`), imported from this checkout. Imports nothing else of fastslow.
+fastslow's own GRPO reward for the task (`trainer.tasks.synthetic.check(...).correct`, a response cut at the length
+limit scored wrong, as `reward.truncated = "wrong"`), imported from this checkout. Imports nothing else of fastslow.
 """
 
 from __future__ import annotations
@@ -61,7 +61,7 @@ def main() -> int:
     from transformers import AutoModelForCausalLM, AutoTokenizer, TrainerCallback
     from trl import GRPOConfig, GRPOTrainer
 
-    from trainer.task import check
+    from trainer.tasks.synthetic import check
 
     model_dir, prompts_file, out_file, steps = Path(sys.argv[1]), Path(sys.argv[2]), Path(sys.argv[3]), int(sys.argv[4])
     torch.set_num_threads(1)

@@ -26,10 +26,11 @@ import torch
 from safetensors.torch import load_model
 
 from bench._harness import device_info, results_stem
-from trainer import tasks, warm_start
+from trainer import tasks
 from trainer.config import load_config
 from trainer.data import encode_prompts
-from trainer.model import load_tokenizer, model_config, model_from_config
+from trainer.model import warm_start
+from trainer.model.load import load_tokenizer, model_config, model_from_config
 
 ROOT = Path(__file__).resolve().parents[1]
 MODES = {"free": "", "direct": "<answer>", "thought": "<think>"}

@@ -11,7 +11,7 @@ as the trainer's mixed precision). The receiving side is an `HFEngine` holding i
 - `ours_bucket<size>`: the same with another bucket size (1 GiB on a GPU, 4 MiB on the CPU);
 - `dcp_full_state_dict`: the usual route from FSDP2, `torch.distributed.checkpoint.state_dict.get_model_state_dict(
   model, options=StateDictOptions(full_state_dict=True))` (every full tensor at once, on the device), names mapped
-  (`trainer.param_names.hf_name`), then `engine.model.load_state_dict(...)`;
+  (`trainer.model.names.hf_name`), then `engine.model.load_state_dict(...)`;
 - `unsharded_load_state_dict`: no FSDP at all, `engine.model.load_state_dict(plain.state_dict())` from an unsharded
   float32 copy of the model on the same device: the copy-speed reference, what a sync costs without the gathers.
 
@@ -40,7 +40,7 @@ from bench._harness import GiB, MiB, bench_device, dtype_name, free_memory, run_
 from bench._models import QWEN25_05B, QWEN25_15B, ModelConfig
 from trainer.config import RolloutConfig
 from trainer.dist import parallelize
-from trainer.param_names import hf_name
+from trainer.model.names import hf_name
 from trainer.policy import Policy
 from trainer.rollout import HFEngine
 from trainer.weight_sync import sync_weights

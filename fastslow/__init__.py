@@ -5,8 +5,8 @@
 
 No distributed code here: the trainer (or any other) calls these on its local tensors.
 
-The names below load on first use (PEP 562), so `import fastslow.kernels` pulls in neither math-verify nor sympy
-nor transformers: only torch and, where it is installed, Triton.
+The names below load on first use (PEP 562), so `import fastslow.kernels` loads none of them: only torch and, where
+it is installed, Triton. Scoring responses (the math grader and its verifier) is the trainer's: `trainer.reward`.
 """
 
 from __future__ import annotations
@@ -27,13 +27,6 @@ _EXPORTS: dict[str, str] = {
     "KL_MODES": "dynamic_kl",
     "KLController": "dynamic_kl",
     "group_kl_coef": "dynamic_kl",
-    "MathScore": "math_reward",
-    "check_answer": "math_reward",
-    "extract_answer": "math_reward",
-    "extract_boxed": "math_reward",
-    "format_ok": "math_reward",
-    "math_reward": "math_reward",
-    "score_batch": "math_reward",
     "EntropySwitch": "sfpo",
     "sfpo_update": "sfpo",
     "ThinkingReward": "thinking_reward",
@@ -48,17 +41,10 @@ __all__ = [
     "FilterExhausted",
     "FilterSchedule",
     "KLController",
-    "MathScore",
     "OnlineFilter",
     "ThinkingReward",
-    "check_answer",
-    "extract_answer",
-    "extract_boxed",
-    "format_ok",
     "group_advantages",
     "group_kl_coef",
-    "math_reward",
-    "score_batch",
     "sfpo_update",
     "thinking_reward",
 ]
@@ -67,15 +53,6 @@ if TYPE_CHECKING:  # for type checkers and IDEs: the same names, imported eagerl
     from fastslow.advantages import group_advantages
     from fastslow.curriculum import DAPO, SLOW2FAST, FilterExhausted, FilterSchedule, OnlineFilter
     from fastslow.dynamic_kl import KL_MODES, KLController, group_kl_coef
-    from fastslow.math_reward import (
-        MathScore,
-        check_answer,
-        extract_answer,
-        extract_boxed,
-        format_ok,
-        math_reward,
-        score_batch,
-    )
     from fastslow.sfpo import EntropySwitch, sfpo_update
     from fastslow.thinking_reward import ThinkingReward, thinking_reward
 
@@ -95,9 +72,9 @@ def __dir__() -> list[str]:
 
 
 class _Package(types.ModuleType):
-    """`fastslow` itself. Two public functions share their submodule's name (`math_reward`, `thinking_reward`);
-    importing such a submodule sets the package attribute to the module, which would shadow the function for
-    every later `from fastslow import thinking_reward`. The function wins, as it did when this file imported
+    """`fastslow` itself. A public function may share its submodule's name (`thinking_reward`); importing such a
+    submodule sets the package attribute to the module, which would shadow the function for every later
+    `from fastslow import thinking_reward`. The function wins, as it did when this file imported
     everything eagerly."""
 
     def __setattr__(self, name: str, value: Any) -> None:

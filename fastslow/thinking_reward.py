@@ -25,8 +25,8 @@ config asks for the seed's unit. The rule is scale-free (only `len / L` enters),
 through the different relative lengths.
 
 Departures from the seed code: the seed counts characters (after removing whitespace around `<`, `>` and `/`, see
-`trainer.rewards.lengths`); we count tokens by default (characters as an option, chosen by the caller). `L == 0`
-(every response empty) gives a length score of 0 rather than 0/0 = NaN. Everything else, the brevity budget
+`trainer.reward.builtin.lengths`); we count tokens by default (characters as an option, chosen by the caller).
+`L == 0` (every response empty) gives a length score of 0 rather than 0/0 = NaN. Everything else, the brevity budget
 included, is the seed's rule.
 """
 

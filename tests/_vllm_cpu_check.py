@@ -128,7 +128,7 @@ def main(out_dir: str, mode: str, tie: str, url: str = "") -> None:
 
 def write_model_dir(folder: Path, tie: str) -> None:
     """The config and the built-in tokenizer (a server's `/v1/completions` wants one, token ids in or not)."""
-    from trainer.model import build_tokenizer
+    from trainer.model.tiny import build_tokenizer
 
     model_config(tie).save_pretrained(folder)
     build_tokenizer().save_pretrained(folder)

@@ -20,7 +20,7 @@ import torch.distributed as dist
 import transformers
 from torch.distributed.fsdp import fully_shard
 
-from trainer.model import build_tokenizer
+from trainer.model.tiny import build_tokenizer
 from trainer.rollout import SamplingParams
 from trainer.rollout.vllm_engine import VLLMColocatedEngine, VLLMServerEngine
 from trainer.weight_sync import sync_weights

@@ -30,7 +30,8 @@ def _mixed_precision_rank(rank: int) -> None:
     from torch.distributed.tensor import DTensor
 
     from trainer.dist import DistInfo, parallelize
-    from trainer.policy import LossArgs, Policy
+    from trainer.objective import LossArgs
+    from trainer.policy import Policy
 
     info = DistInfo(rank=rank, world=2, local_rank=rank, device=torch.device("cpu"),
                     mesh=init_device_mesh("cpu", (2,)))  # fmt: skip

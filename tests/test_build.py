@@ -1,6 +1,6 @@
-"""trainer.build: sharded construction gives today's weights (presets and folders, tied or not); the reference equals
-the initial policy; the template is a config on meta; the engine's copy is empty until synced; errors reach every
-rank."""
+"""trainer.model.build: sharded construction gives today's weights (presets and folders, tied or not); the reference
+equals the initial policy; the template is a config on meta; the engine's copy is empty until synced; errors reach
+every rank."""
 
 from __future__ import annotations
 
@@ -13,10 +13,10 @@ from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_
 from torch.distributed.device_mesh import init_device_mesh
 
 from tests._distributed import run_two_ranks
-from trainer.build import build_models, params_on_meta
 from trainer.config import from_dict
 from trainer.dist import DistInfo
-from trainer.model import load_model_and_tokenizer, load_tokenizer
+from trainer.model.build import build_models, params_on_meta
+from trainer.model.load import load_model_and_tokenizer, load_tokenizer
 
 TIMEOUT_S = 240.0
 UNTIED = {"hidden_size": 32, "num_layers": 1, "num_heads": 2, "num_kv_heads": 1, "intermediate_size": 64}

@@ -9,11 +9,13 @@ from pathlib import Path
 import pytest
 from transformers import PretrainedConfig
 
-from trainer import rewards, tasks, warm_start
+from trainer import tasks
 from trainer.config import ConfigError, load_config
 from trainer.data import load_prompts
 from trainer.eval import load_eval_sets
-from trainer.model import build_tokenizer
+from trainer.model import warm_start
+from trainer.model.tiny import build_tokenizer
+from trainer.reward import builtin as rewards
 from trainer.tasks import chain
 
 

@@ -4,6 +4,7 @@ and the engine registry import torch, which loading a config must not), tied her
 
 from __future__ import annotations
 
+import dataclasses
 import typing
 
 import pytest
@@ -11,11 +12,14 @@ import pytest
 from fastslow.choices import FILTER_PRESETS
 from fastslow.curriculum import FilterSchedule
 from fastslow.dynamic_kl import KL_MODES
-from fastslow.kernels.grpo_args import LOSS_AGGS, LossAgg
-from trainer.attention import ATTN_IMPLEMENTATIONS
+from fastslow.kernels.kl import KL_ESTIMATORS
+from fastslow.kernels.loss_settings import LOSS_AGGS, LossAgg, LossSettings
 from trainer.config import AlgorithmConfig, DataConfig, ModelConfig, RewardConfig, RolloutConfig, ThinkingConfig
+from trainer.model.attention import ATTN_IMPLEMENTATIONS
+from trainer.objective import loss_settings
 from trainer.policy import KERNELS
-from trainer.rewards import LENGTH_UNITS, ON_ERROR
+from trainer.reward.builtin import LENGTH_UNITS
+from trainer.reward.user import ON_ERROR
 from trainer.rollout import ENGINES, REGISTRY
 
 
@@ -28,6 +32,7 @@ def _choices(section: type, key: str) -> set[str]:
     [
         (AlgorithmConfig, "loss_agg", LOSS_AGGS),
         (AlgorithmConfig, "kl_type", KL_MODES),
+        (AlgorithmConfig, "kl_estimator", KL_ESTIMATORS),
         (AlgorithmConfig, "filter", ("none", *FilterSchedule.PRESETS, "custom")),
         (ThinkingConfig, "length_unit", LENGTH_UNITS),
         (RewardConfig, "on_error", ON_ERROR),
@@ -45,22 +50,31 @@ def test_config_choices_equal_the_owners(section: type, key: str, owner: tuple[s
 def test_shared_choices_are_one_object() -> None:
     """Where the config can import the owner's definition (or the owner the config's), there is one tuple."""
     import fastslow.choices
-    import trainer.config.model
-    import trainer.config.reward
-    import trainer.model
+    import trainer.model.config
+    import trainer.model.tiny
+    import trainer.reward.config
     import trainer.rollout.config
 
     assert KL_MODES is fastslow.choices.KL_MODES and FilterSchedule.PRESETS is FILTER_PRESETS
-    assert KERNELS is trainer.config.model.KERNELS and ATTN_IMPLEMENTATIONS is trainer.config.model.ATTN_IMPLEMENTATIONS
-    assert LENGTH_UNITS is trainer.config.reward.LENGTH_UNITS and ON_ERROR is trainer.config.reward.ON_ERROR
+    assert KERNELS is trainer.model.config.KERNELS and ATTN_IMPLEMENTATIONS is trainer.model.config.ATTN_IMPLEMENTATIONS
+    assert LENGTH_UNITS is trainer.reward.config.LENGTH_UNITS and ON_ERROR is trainer.reward.config.ON_ERROR
     assert ENGINES is trainer.rollout.config.ENGINES
-    assert trainer.model.PRESETS is trainer.config.model.PRESETS
-    assert _choices(ModelConfig, "preset") == {*trainer.model.PRESETS, "none"}
+    assert trainer.model.tiny.PRESETS is trainer.model.config.PRESETS
+    assert _choices(ModelConfig, "preset") == {*trainer.model.tiny.PRESETS, "none"}
     assert _choices(RolloutConfig, "is_correction") == {*trainer.rollout.config.IS_MODES, "true", "false"}
 
 
 def test_the_kernels_loss_agg_type_is_its_tuple() -> None:
     assert set(typing.get_args(LossAgg)) == set(LOSS_AGGS)
+
+
+def test_every_loss_setting_is_an_algorithm_key() -> None:
+    """`trainer.objective.loss_settings` reads each `LossSettings` field from the `[algorithm]` key of its name."""
+    section = AlgorithmConfig(clip_high=0.3, dual_clip=3.0, loss_agg="seq-mean-token-mean", entropy_coef=0.01)
+    settings = loss_settings(section)
+    for field in dataclasses.fields(LossSettings):
+        assert hasattr(section, field.name), f"LossSettings.{field.name} has no algorithm.{field.name}"
+        assert getattr(settings, field.name) == getattr(section, field.name), field.name
 
 
 def test_data_choices() -> None:

@@ -17,11 +17,13 @@ import pytest
 import torch
 from test_trainer_run import ROOT, run
 
-from trainer import data, task
+from trainer import data
 from trainer import eval as ev
 from trainer.config import ConfigError, from_dict, load_config
-from trainer.model import build_tokenizer, model_config, model_from_config
+from trainer.model.load import model_config, model_from_config
+from trainer.model.tiny import build_tokenizer
 from trainer.rollout import Completion, HFEngine
+from trainer.tasks import synthetic as task
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 FILES = ("math500", "gsm8k_test", "aime24", "amc23")

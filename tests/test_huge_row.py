@@ -13,7 +13,7 @@ from types import SimpleNamespace
 import pytest
 
 from trainer import data
-from trainer.model import build_tokenizer
+from trainer.model.tiny import build_tokenizer
 
 HUGE_CHARS = 20_000_000
 

@@ -92,7 +92,7 @@ t1 = time.perf_counter()
 import fastslow.kernels
 from fastslow.kernels import grpo_loss, linear_grpo_loss, low_var_kl, reposition_, token_logprobs
 t2 = time.perf_counter()
-heavy = ["sympy", "math_verify", "transformers", "torch.distributed.tensor", "trainer", "fastslow.math_reward"]
+heavy = ["sympy", "math_verify", "transformers", "torch.distributed.tensor", "trainer"]
 print(json.dumps({"torch_s": t1 - t0, "kernels_s": t2 - t1, "loaded": [m for m in heavy if m in sys.modules],
                   "file": fastslow.kernels.__file__}))
 """

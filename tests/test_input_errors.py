@@ -42,8 +42,8 @@ def _group_of_one():
 @pytest.fixture(scope="module")
 def files(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     """The inputs the cases point at: good and broken model folders, data files, a reward module, a finished run."""
-    from trainer import model as M
     from trainer.config import load_config
+    from trainer.model import load as M
 
     root = tmp_path_factory.mktemp("inputs")
     good = root / "model"

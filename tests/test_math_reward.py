@@ -13,8 +13,9 @@ import time
 import pytest
 import torch
 
-from fastslow import verifier
-from fastslow.math_reward import (
+from fastslow.thinking_reward import thinking_reward
+from trainer.reward import verifier
+from trainer.reward.math_grader import (
     REASON_COUNTS,
     MathScore,
     Verdict,
@@ -26,7 +27,6 @@ from fastslow.math_reward import (
     math_reward,
     score_batch,
 )
-from fastslow.thinking_reward import thinking_reward
 
 
 def boxed(answer: str) -> str:
@@ -34,7 +34,7 @@ def boxed(answer: str) -> str:
     return f"<think>Let me work it out.</think> The final answer is $\\boxed{{{answer}}}$."
 
 
-# (response, reference, correct). Debatable choices, as decided in fastslow/math_reward.py's docstring:
+# (response, reference, correct). Debatable choices, as decided in trainer/reward/math_grader.py's docstring:
 # numbers agree to 6 decimals (math-verify's float_rounding), so 0.333333 ~ 1/3 but 0.33 and 3.14 do not;
 # a percentage reference matches both 50 and 0.5; a trailing LaTeX unit and degrees are ignored; `x=3` answers `3`.
 TABLE = [

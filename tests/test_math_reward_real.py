@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from fastslow.math_reward import extract_boxed, math_reward
+from trainer.reward.math_grader import extract_boxed, math_reward
 
 DATA = Path(os.environ.get("FASTSLOW_EVAL_DATA", Path(__file__).parents[2] / "shared" / "data"))
 SETS = {"math500": 500, "gsm8k_test": 1319, "aime24": 30, "amc23": 40}  # file stem: rows

@@ -1,4 +1,4 @@
-"""Packed rows (trainer/packing.py, trainer/attention.py): the layout, sequence boundaries, packed == padded."""
+"""Packed rows (trainer/packing.py, trainer/model/attention.py): the layout, sequence boundaries, packed == padded."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import torch
 from _tiny import tiny_lm
 
 from fastslow.kernels._dispatch import force_backend
-from trainer import attention
+from trainer.model import attention
 from trainer.packing import first_fit_decreasing, make_row, pack_minibatches
 from trainer.policy import Policy
 from trainer.rollout.base import Completion
@@ -143,7 +143,7 @@ def test_packed_attention_splits_equal_per_sequence_slices() -> None:
 
     import torch.nn.functional as F
 
-    from trainer.attention import packed_sdpa_forward
+    from trainer.model.attention import packed_sdpa_forward
 
     torch.manual_seed(0)
     n, hq, hkv, d = 23, 4, 2, 8

@@ -16,10 +16,11 @@ from _tiny import tiny_lm
 from _tolerance import assert_close
 from conftest import DEVICE
 
-from fastslow.kernels import IGNORE_INDEX, LOSS_AGGS
+from fastslow.kernels import IGNORE_INDEX, LOSS_AGGS, LossSettings
 from fastslow.kernels._dispatch import force_backend
 from trainer.config import ConfigError, from_dict, load_config
-from trainer.policy import KERNELS, LossArgs, Policy
+from trainer.objective import LossArgs
+from trainer.policy import KERNELS, Policy
 
 VOCAB = 40  # tests/_tiny.py
 
@@ -71,7 +72,7 @@ def test_loss_and_gradients_agree(backend: str, loss_agg: str) -> None:
     loss_args = LossArgs(
         old_logp=logp + 0.1 * torch.randn_like(logp), ref_logp=logp + 0.1 * torch.randn_like(logp),
         advantages=torch.randn(B, device=DEVICE), mask=batch["mask"], kl_coef=torch.rand(B, device=DEVICE) * 0.05,
-        clip_low=0.2, clip_high=0.28, dual_clip=3.0, loss_agg=loss_agg, entropy_coef=0.01,
+        settings=LossSettings(clip_low=0.2, clip_high=0.28, dual_clip=3.0, loss_agg=loss_agg, entropy_coef=0.01),
     )  # fmt: skip
     results = {}
     for name, policy in policies().items():

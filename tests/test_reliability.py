@@ -13,7 +13,7 @@ import pytest
 
 from trainer import data
 from trainer.config import load_config
-from trainer.model import build_tokenizer
+from trainer.model.tiny import build_tokenizer
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -102,7 +102,7 @@ def test_weights_that_do_not_fit_the_model_stop_the_load(tmp_path: Path, edit, e
     from _tiny import tiny_lm
     from safetensors.torch import load_file, save_file
 
-    from trainer.model import load_model_and_tokenizer
+    from trainer.model.load import load_model_and_tokenizer
 
     folder = tmp_path / "model"
     tiny_lm().save_pretrained(folder)

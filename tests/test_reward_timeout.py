@@ -15,8 +15,8 @@ import numpy as np
 import pytest
 import torch
 
-from trainer import reward_worker
-from trainer import rewards as R
+from trainer.reward import user as R
+from trainer.reward import worker as reward_worker
 from trainer.signals import Interrupted, StopFlag
 
 ROOT = Path(__file__).resolve().parents[1]

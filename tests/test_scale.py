@@ -53,8 +53,8 @@ def test_offloaded_shards_optimizer_and_sfpo_state_live_on_the_host(
     from fastslow.kernels import snapshot
     from fastslow.kernels._dispatch import backend_for, native_available
     from tests.test_build import _info
-    from trainer.build import build_models
-    from trainer.model import load_tokenizer
+    from trainer.model.build import build_models
+    from trainer.model.load import load_tokenizer
 
     cfg = from_dict({"model": {"cpu_offload": True, "num_layers": 1}, "warm_start": {"mode": "off"}})
     built = build_models(cfg, _info(), load_tokenizer(cfg.model), tmp_path, mixed_precision=False, needs_ref=True)

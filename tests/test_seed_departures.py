@@ -11,11 +11,12 @@ import pytest
 import torch
 
 from fastslow import SLOW2FAST, OnlineFilter
-from trainer import data, scoring
-from trainer import rewards as R
+from trainer import data
 from trainer import step as step_mod
 from trainer.config import ConfigError, from_dict
-from trainer.model import build_tokenizer
+from trainer.model.tiny import build_tokenizer
+from trainer.reward import builtin as R
+from trainer.reward import scoring
 
 # --------------------------------------------------------------------------------------------- character lengths
 

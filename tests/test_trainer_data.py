@@ -1,4 +1,5 @@
-"""trainer.task / data / rewards: the synthetic task's rule, prompt files and their errors, the sampler, scoring."""
+"""trainer.tasks.synthetic / data / reward.builtin: the synthetic task's rule, prompt files and their errors, the
+sampler, scoring."""
 
 from __future__ import annotations
 
@@ -12,8 +13,10 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from trainer import data, rewards, task
-from trainer.model import build_tokenizer
+from trainer import data
+from trainer.model.tiny import build_tokenizer
+from trainer.reward import builtin as rewards
+from trainer.tasks import synthetic as task
 
 
 @pytest.fixture(scope="module")
@@ -43,7 +46,7 @@ def _jsonl(path: Path, rows: list) -> Path:
 # ------------------------------------------------------------------------------------------------ synthetic task
 
 
-# The task itself (problems, split, levels, the reward rule) is tested in tests/test_task.py.
+# The task itself (problems, split, levels, the reward rule) is tested in tests/test_synthetic_task.py.
 
 
 # ------------------------------------------------------------------------------------------------ load_prompts

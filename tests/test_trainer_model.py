@@ -1,4 +1,5 @@
-"""trainer.model: the built-in tokenizer, the seeded tiny Qwen2, HF folders and their errors, the frozen reference."""
+"""trainer.model.load and .tiny: the built-in tokenizer, the seeded tiny Qwen2, HF folders and their errors, the frozen
+reference."""
 
 from __future__ import annotations
 
@@ -10,8 +11,9 @@ import pytest
 import torch
 from transformers import AutoTokenizer, PreTrainedTokenizerFast
 
-from trainer import model as M
-from trainer import task
+from trainer.model import load as M
+from trainer.model import tiny
+from trainer.tasks import synthetic as task
 
 
 def _cfg(**overrides) -> SimpleNamespace:
@@ -49,16 +51,16 @@ def saved(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, torch.nn.Modu
 
 
 def test_tokenizer_specials_and_vocab() -> None:
-    tok = M.build_tokenizer()
+    tok = tiny.build_tokenizer()
     assert isinstance(tok, PreTrainedTokenizerFast)
-    assert len(tok) == len(M.SPECIALS) + len(task.VOCAB) == 31
+    assert len(tok) == len(tiny.SPECIALS) + len(task.VOCAB) == 31
     assert (tok.pad_token, tok.bos_token, tok.eos_token) == ("<pad>", "<bos>", "<eos>")
     assert (tok.pad_token_id, tok.bos_token_id, tok.eos_token_id) == (0, 1, 2)
     assert [tok.convert_tokens_to_ids(w) for w in task.VOCAB] == list(range(4, 31))
 
 
 def test_tokenizer_round_trip() -> None:
-    tok = M.build_tokenizer()
+    tok = tiny.build_tokenizer()
     text = "3 + 1 = <think> so 1 plus 3 makes 4 </think> <answer> 4 </answer>"
     ids = tok(text)["input_ids"]
     assert ids == [tok.convert_tokens_to_ids(w) for w in text.split()]  # one token per word, nothing added
@@ -73,7 +75,7 @@ def test_tokenizer_round_trip() -> None:
 def test_tokenizer_save_load_next_to_a_qwen2_config(saved: tuple[Path, torch.nn.Module]) -> None:
     # The folder holds a qwen2 config.json: AutoTokenizer must still give back exactly the same tokenizer.
     folder, _ = saved
-    tok, loaded = M.build_tokenizer(), AutoTokenizer.from_pretrained(folder)
+    tok, loaded = tiny.build_tokenizer(), AutoTokenizer.from_pretrained(folder)
     assert json.loads((folder / "config.json").read_text())["model_type"] == "qwen2"
     assert loaded.get_vocab() == tok.get_vocab()
     assert (loaded.pad_token_id, loaded.eos_token_id) == (tok.pad_token_id, tok.eos_token_id)
@@ -186,7 +188,7 @@ def test_tokenizer_without_pad_token_gets_eos(saved: tuple[Path, torch.nn.Module
     folder, _ = saved
     for f in folder.iterdir():
         (tmp_path / f.name).write_bytes(f.read_bytes())
-    tok = M.build_tokenizer()
+    tok = tiny.build_tokenizer()
     tok.pad_token = None
     tok.save_pretrained(tmp_path)
     assert AutoTokenizer.from_pretrained(tmp_path).pad_token is None
@@ -197,7 +199,7 @@ def test_tokenizer_without_pad_token_gets_eos(saved: tuple[Path, torch.nn.Module
 def test_model_config_folder_builds_random_weights(tmp_path):
     """`model.config`: the architecture and tokenizer of a folder without weights, seeded random init."""
     from trainer.config import Config, ConfigError, from_dict
-    from trainer.model import load_model_and_tokenizer
+    from trainer.model.load import load_model_and_tokenizer
 
     tiny, tok = load_model_and_tokenizer(Config().model, seed=0)
     tiny.config.save_pretrained(tmp_path)
@@ -221,7 +223,7 @@ def test_model_vocab_smaller_than_the_tokenizer(saved: tuple[Path, torch.nn.Modu
     rows = model.get_input_embeddings().weight.shape[0]
     for f in folder.iterdir():
         (tmp_path / f.name).write_bytes(f.read_bytes())
-    tok = M.build_tokenizer()
+    tok = tiny.build_tokenizer()
     tok.add_tokens(["extra_word_1", "extra_word_2"])
     tok.save_pretrained(tmp_path)
     message = rf"model\.path: {tmp_path}: the model's vocabulary \({rows} tokens.*tokenizer's \({rows + 2} tokens"

@@ -1,5 +1,5 @@
-"""trainer.rewards: user reward functions (loading by import path or file, every failure mode under on_error
-"raise" and "zero") and their wiring into the step's scoring (`trainer.scoring.score_chunk`)."""
+"""trainer.reward.user: user reward functions (loading by import path or file, every failure mode under on_error
+"raise" and "zero") and their wiring into the step's scoring (`trainer.reward.scoring.score_chunk`)."""
 
 from __future__ import annotations
 
@@ -13,11 +13,11 @@ import numpy as np
 import pytest
 import torch
 
-from trainer import rewards as R
-from trainer import scoring
 from trainer import step as step_mod
 from trainer.config import Config, from_dict
-from trainer.model import build_tokenizer
+from trainer.model.tiny import build_tokenizer
+from trainer.reward import builtin, scoring
+from trainer.reward import user as R
 
 RESPONSES = ["<think>so</think><answer>3</answer>", "4", "<answer>3</answer>", ""]
 ANSWERS = ["3", "3", "3", "3"]
@@ -338,7 +338,7 @@ def test_score_completions_cut_at_the_limit(truncated: str, expected: list[bool]
     tok = build_tokenizer()
     ids = tok("<answer> 3 </answer>")["input_ids"]
     completions = [[*ids, tok.eos_token_id], ids]  # the second was cut at the token limit
-    texts, correct, formatted = R.score_completions(
+    texts, correct, formatted = builtin.score_completions(
         tok, completions, ["3", "3"], task="synthetic", think_opened=[False, False], truncated=truncated
     )
     assert texts == ["<answer>3</answer>"] * 2

@@ -19,7 +19,7 @@ from _distributed import run_two_ranks
 from _tiny import tiny_lm
 from torch import nn
 
-from trainer.param_names import hf_name
+from trainer.model.names import hf_name
 from trainer.rollout import HFEngine
 from trainer.weight_sync import iter_full_tensors, sync_weights
 

@@ -1,4 +1,5 @@
-"""trainer.warm_start: when it applies, what it trains on, that it learns, and the cache that makes it a one-off."""
+"""trainer.model.warm_start: when it applies, what it trains on, that it learns, and the cache that makes it a
+one-off."""
 
 from __future__ import annotations
 
@@ -9,9 +10,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from trainer import task, warm_start
 from trainer.config import ConfigError, from_dict
-from trainer.model import load_model_and_tokenizer
+from trainer.model import warm_start
+from trainer.model.load import load_model_and_tokenizer
+from trainer.tasks import synthetic as task
 
 
 def _cfg(**ws):

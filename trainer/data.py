@@ -22,9 +22,9 @@ held in a list.
 The data config is read by attribute (duck typing; `trainer.data_formats.DataSource`): `source` (a built-in task of
 `trainer.tasks`, "synthetic" or "chain", or a path to .jsonl / .json / .parquet / .pq), `prompt_key`, `answer_key`,
 `max_prompt_tokens`, `on_long_prompt` ("skip" | "error"), `apply_chat_template`, and optionally `synthetic_size`,
-`synthetic_split` ("train", the default, or "eval": the task's held-out split, see `trainer.task.make_dataset`) and
-`difficulty_key` (a column name; unset or "": no difficulty). The training data config (`DataConfig`) sets none of
-the optional ones; the evaluation (`trainer.eval`) sets them.
+`synthetic_split` ("train", the default, or "eval": the task's held-out split, see
+`trainer.tasks.synthetic.make_dataset`) and `difficulty_key` (a column name; unset or "": no difficulty). The training
+data config (`DataConfig`) sets none of the optional ones; the evaluation (`trainer.eval`) sets them.
 """
 
 from __future__ import annotations

@@ -24,10 +24,12 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 import torch.distributed as dist
-from torch import nn
 
 if TYPE_CHECKING:
+    from torch import nn
+
     from trainer.config.parallel import ParallelConfig
+    from trainer.model.adapter import ModelAdapter
 
 
 @dataclass(frozen=True)
@@ -147,8 +149,11 @@ def parallelize(
     cpu_offload: bool = False,
 ) -> None:
     """FSDP2 in torchtitan's order: activation checkpointing, then `fully_shard` per decoder block, then the root.
+    `policy` is a `trainer.policy.Policy` (its `lm` and `adapter` are read; typed as a module, as the policy
+    imports the objective, which imports this module).
 
-    `policy.lm.model.layers` are the decoder blocks of a Hugging Face causal LM. With `mixed_precision`, parameters
+    The units are the LM's parts as its adapter names them (`policy.adapter`, `trainer.model.adapter`): each decoder
+    block, the input embedding when the head does not share it, then the root. With `mixed_precision`, parameters
     are gathered in bf16 and gradients reduced in fp32. On a 2-D mesh this is HSDP (see the module docstring);
     with `cpu_offload`, FSDP2's `CPUOffloadPolicy` (shards on the host, pinned when on CUDA).
     """
@@ -158,19 +163,17 @@ def parallelize(
         # Hugging Face's own per-layer checkpointing (non-reentrant): its decoder layers route their keyword
         # arguments (masks, position embeddings) through it correctly, which a generic wrapper does not.
         policy.lm.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-    layers = policy.lm.model.layers
+    adapter: ModelAdapter = policy.adapter
     mp = MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32) if mixed_precision else None
     kwargs: dict[str, Any] = {"mesh": info.mesh} | ({"mp_policy": mp} if mp is not None else {})
     if cpu_offload:
         kwargs["offload_policy"] = CPUOffloadPolicy(pin_memory=info.device.type == "cuda")
-    for layer in layers:
-        fully_shard(layer, **kwargs)
-    embed = policy.lm.get_input_embeddings()
-    head = policy.lm.get_output_embeddings()
-    if head is None or embed.weight is not head.weight:  # untied: the embedding is a unit of its own
+    for block in adapter.blocks:
+        fully_shard(block, **kwargs)
+    if not adapter.tied:  # untied: the embedding is a unit of its own
         # Gathered only around the lookup (and its backward) instead of for the whole pass with the root's head:
         # with a real vocabulary the embedding is a large part of the model (torchtitan shards it apart too).
-        fully_shard(embed, **kwargs)
+        fully_shard(adapter.embedding, **kwargs)
     fully_shard(policy, **kwargs)
     for name in getattr(policy, "FSDP_FORWARD_METHODS", ()):  # forward passes besides `forward` (Policy.loss)
         register_fsdp_forward_method(policy, name)

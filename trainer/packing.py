@@ -4,7 +4,8 @@ Each row (one micro-batch, `[1, N]`) concatenates whole sequences, prompt + resp
 at 0 for each; first-fit decreasing fills the rows, and a sequence longer than the budget gets a row of its own. The
 batch's tensors stay padded `[B, T]` (old and reference log-probs, advantages, masks): a row gathers its tokens from
 them (`PackedRow.gather`) and scatters its log-probs back (`PackedRow.scatter`), so everything outside the forward
-passes is the same with packing on or off.
+passes is the same with packing on or off. With packing off, `PaddedRow`s (a few whole `[b, T]` sequences each) offer
+the same interface, so the passes loop over rows either way (`pass_rows`, `update_rows`).
 
 FSDP2 runs collectives in every forward and backward, so every rank must make as many micro-batches as the others:
 `pack_minibatches` all-reduces the row count of each minibatch and gives a rank with fewer rows empty ones (one
@@ -25,8 +26,8 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from fastslow.kernels import IGNORE_INDEX
-from trainer import attention
 from trainer.dist import all_reduce
+from trainer.model import attention
 
 if TYPE_CHECKING:
     from trainer.config.optim import OptimConfig
@@ -77,6 +78,11 @@ class PackedRow:
     def tokens(self) -> int:
         return self.seq.numel()
 
+    @property
+    def n_seqs(self) -> int:
+        """The sequences in the row (0 for an empty one)."""
+        return len(self.members)
+
     def gather(self, x: torch.Tensor, fill: float | int = 0) -> torch.Tensor:
         """`[1, N]` values of a padded `[B]` (per sequence) or `[B, W]` (per position, any W) tensor; `fill` where
         a token has no value (padding, or a position past W)."""
@@ -94,8 +100,48 @@ class PackedRow:
         out[self.seq[keep], self.pos[keep]] = values[0][keep].to(out.dtype)
 
     def model_kwargs(self, impl: str, dtype: torch.dtype) -> dict:
-        """The decoder's keyword arguments for this row (`trainer.attention.packed_model_kwargs`)."""
+        """The decoder's keyword arguments for this row (`trainer.model.attention.packed_model_kwargs`)."""
         return attention.packed_model_kwargs(impl, self.pos[None], self.cu_seqlens, self.max_len, dtype)
+
+    def inputs(self, policy: Any, batch: Any) -> tuple:
+        """`Policy.forward`'s positional arguments for this row of a `trainer.step.Batch`, then its keywords."""
+        kwargs = self.model_kwargs(getattr(policy, "attn", "sdpa"), torch.float32)
+        return self.gather(batch.input_ids), None, row_targets(self, batch.targets), {"packed": kwargs}
+
+
+@dataclass(frozen=True)
+class PaddedRow:
+    """A padded micro-batch with a packed row's interface: the batch's sequences `idx`, `[b, T]` at the batch's
+    width, each in a row of its own (so the kernels need no `seq_ids`)."""
+
+    idx: torch.Tensor  # [b] long: the batch indices of its sequences
+    mask: torch.Tensor  # [B, T] bool: the batch's response tokens
+    seq_ids: None = None  # one sequence per row: the kernels' default
+
+    @property
+    def n_seqs(self) -> int:
+        return len(self.idx)
+
+    @property
+    def scored(self) -> torch.Tensor:
+        """Sequences with at least one response token: a 0-d float tensor (no device sync, unlike a packed row's)."""
+        return self.mask[self.idx].any(-1).sum().float()
+
+    def gather(self, x: torch.Tensor, fill: float | int = 0) -> torch.Tensor:
+        """The micro-batch's rows of a padded `[B]` or `[B, W]` tensor (`fill` unused: no token lacks a value)."""
+        return x[self.idx]
+
+    def scatter(self, out: torch.Tensor, values: torch.Tensor) -> None:
+        """Write the micro-batch's `[b, T]` values into the padded `out [B, T]`."""
+        out[self.idx] = values.to(out.dtype)
+
+    def inputs(self, policy: Any, batch: Any) -> tuple:
+        """`Policy.forward`'s positional arguments for this micro-batch of a `trainer.step.Batch`, then its keywords."""
+        return batch.input_ids[self.idx], batch.attention_mask[self.idx], batch.targets[self.idx], {}
+
+
+Row = PackedRow | PaddedRow
+"""One micro-batch of a pass, packed or padded: `gather`, `scatter`, `inputs`, `seq_ids`, `scored`, `n_seqs`."""
 
 
 def make_row(members: list[int], lengths: Sequence[int], scored: Sequence[bool], device: torch.device) -> PackedRow:
@@ -190,7 +236,24 @@ def pack_batch(optim: OptimConfig, batch: Any, device: torch.device) -> PackedBa
     )  # fmt: skip
 
 
-def packed_inputs(policy: Any, batch: Any, row: PackedRow) -> tuple:
-    """`Policy.forward`'s positional arguments for one row of a `trainer.step.Batch`, then its `packed=` keyword."""
-    kwargs = row.model_kwargs(getattr(policy, "attn", "sdpa"), torch.float32)
-    return row.gather(batch.input_ids), None, row_targets(row, batch.targets), {"packed": kwargs}
+def padded_rows(indices: torch.Tensor, size: int, mask: torch.Tensor) -> list[PaddedRow]:
+    """The batch's sequences `indices`, `size` at a time, as padded micro-batches (`mask`: the batch's)."""
+    return [PaddedRow(r, mask) for r in torch.split(indices, max(1, size))]
+
+
+def pass_rows(batch: Any, micro: int, packed: PackedBatch | None) -> list[Row]:
+    """The micro-batches of a log-prob pass over a `trainer.step.Batch`: its packed rows, or `micro` sequences at a
+    time in batch order."""
+    if packed is not None:
+        return packed.rows
+    return padded_rows(torch.arange(batch.input_ids.shape[0], device=batch.input_ids.device), micro, batch.mask)
+
+
+def update_rows(
+    batch: Any, minibatches: Sequence[torch.Tensor], micro: int, packed: PackedBatch | None
+) -> list[list[Row]]:
+    """The micro-batches of each of the update's `minibatches` (`[b]` batch indices): the packed rows, or `micro`
+    sequences at a time."""
+    if packed is not None:
+        return packed.minibatches
+    return [padded_rows(mb, micro, batch.mask) for mb in minibatches]

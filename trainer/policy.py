@@ -6,8 +6,8 @@ norm, LM head) are gathered around `Policy.forward`, so the head's weight is a p
 formed.
 
 Packed rows (`packed=`, built by `trainer.packing`): `input_ids` `[1, N]` holds several sequences back to back, and
-the decoder gets the position ids and attention arguments `trainer.attention` makes for `attn_implementation`, so no
-token attends across a sequence boundary; the hidden state at every position is kept (the last token of each
+the decoder gets the position ids and attention arguments `trainer.model.attention` makes for `attn_implementation`,
+so no token attends across a sequence boundary; the hidden state at every position is kept (the last token of each
 sequence simply has no target).
 
 `kernels="reference"` (`model.kernels` in the config) swaps those two for their plain-torch references
@@ -17,43 +17,24 @@ logits, a float32 log-softmax, autograd. Slower and memory-hungry, it answers "d
 
 from __future__ import annotations
 
-from dataclasses import dataclass, fields
 from typing import Any
 
 import torch
 from torch import nn
 
 from fastslow.kernels import linear_grpo_loss, linear_grpo_loss_ref, token_logprobs, token_logprobs_ref
-from trainer import attention
-from trainer.config.model import KERNELS, Kernels
-
-
-@dataclass
-class LossArgs:
-    """`fastslow.kernels.linear_grpo_loss`'s arguments after `targets`, for one micro-batch or packed row (`[B, T]` or
-    `[1, N]`, like its targets)."""
-
-    old_logp: torch.Tensor | None  # [B, T]; None: on-policy (see `fastslow.kernels.grpo_loss`)
-    advantages: torch.Tensor  # [B] or [B, T]; packed: [1, N]
-    mask: torch.Tensor  # [B, T] bool
-    ref_logp: torch.Tensor | None = None  # [B, T]
-    kl_coef: float | torch.Tensor = 0.0  # a float, or [B] (per-group KL); packed [1, N]
-    clip_low: float = 0.2
-    clip_high: float = 0.2
-    dual_clip: float | None = None
-    loss_agg: str = "token-mean"
-    entropy_coef: float = 0.0
-    num_tokens: float | torch.Tensor | None = None  # the global token count ("token-mean")
-    norm_len: float | None = None  # Dr. GRPO's normaliser
-    seq_ids: torch.Tensor | None = None  # [1, N] packed rows: each token's sequence
-
-    def as_kwargs(self) -> dict[str, Any]:
-        """The fields as keyword arguments (the tensors themselves, not copies)."""
-        return {f.name: getattr(self, f.name) for f in fields(self)}
+from trainer.model import attention
+from trainer.model.adapter import ModelAdapter
+from trainer.model.config import KERNELS, Kernels
+from trainer.objective import LossArgs
 
 
 class Policy(nn.Module):
-    """Hidden states from `lm.model`, then the log-prob (`forward`) or loss (`loss`) kernels with the LM head."""
+    """Hidden states from the LM's decoder, then the log-prob (`forward`) or loss (`loss`) kernels with its head weight.
+
+    The LM's parts come from its `ModelAdapter` (`self.adapter`, which refuses a layout it does not know); the LM
+    itself is the one submodule (`lm.`), so parameter names are the HF model's with that prefix.
+    """
 
     FSDP_FORWARD_METHODS = ("loss",)
     """Methods besides `forward` that run the model: `trainer.dist.parallelize` registers them with FSDP2."""
@@ -63,9 +44,11 @@ class Policy(nn.Module):
         if kernels not in KERNELS:
             raise ValueError(f"Policy: kernels = {kernels!r}; allowed: {', '.join(map(repr, KERNELS))}")
         self.lm = lm
+        self.adapter = ModelAdapter(lm)
+        """The decoder, blocks and head weight of `lm` (`trainer.model.adapter`): what this and FSDP2 use."""
         self.kernels = kernels
         self.attn = attention.configure(lm, attn_implementation)
-        """The transformers attention implementation in use (`trainer.attention.resolve`)."""
+        """The transformers attention implementation in use (`trainer.model.attention.resolve`)."""
 
     def forward(
         self,
@@ -82,9 +65,9 @@ class Policy(nn.Module):
             input_ids: `[B, L]` prompt + response tokens, right-padded; packed: `[1, N]`.
             attention_mask: `[B, L]` 1 on real tokens; unused when packed (None).
             targets: `[B, L - 1]` the next token at each position, -100 where nothing is scored; packed `[1, N]`.
-            packed: a packed row's `trainer.attention.packed_model_kwargs` (position ids, attention arguments).
+            packed: a packed row's `trainer.model.attention.packed_model_kwargs` (position ids, attention arguments).
         """
-        hidden, weight = self._hidden(input_ids, attention_mask, packed), self.lm.lm_head.weight
+        hidden, weight = self._hidden(input_ids, attention_mask, packed), self.adapter.head_weight
         if self.kernels == "reference":
             return token_logprobs_ref(hidden, weight, targets, temperature=temperature)
         return token_logprobs(hidden, weight, targets, temperature=temperature, with_entropy=True)
@@ -102,7 +85,7 @@ class Policy(nn.Module):
         """The loss pass: `(loss, metrics)` as `fastslow.kernels.linear_grpo_loss` gives them, for `args`; the inputs
         as in `forward`. A second FSDP2 forward method (`FSDP_FORWARD_METHODS`): the root's parameters are gathered
         around it as around `forward`."""
-        hidden, weight = self._hidden(input_ids, attention_mask, packed), self.lm.lm_head.weight
+        hidden, weight = self._hidden(input_ids, attention_mask, packed), self.adapter.head_weight
         kwargs = args.as_kwargs()
         if self.kernels == "reference":
             return linear_grpo_loss_ref(hidden, weight, targets, temperature=temperature, eager=True, **kwargs)
@@ -112,6 +95,7 @@ class Policy(nn.Module):
         self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None, packed: dict[str, Any] | None
     ) -> torch.Tensor:
         """The decoder's last hidden states at the positions that predict `targets`: `[B, L - 1, H]` or `[1, N, H]`."""
+        decoder = self.adapter.decoder
         if packed is not None:
-            return self.lm.model(input_ids=input_ids, **packed).last_hidden_state
-        return self.lm.model(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state[:, :-1]
+            return decoder(input_ids=input_ids, **packed).last_hidden_state
+        return decoder(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state[:, :-1]

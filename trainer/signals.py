@@ -25,7 +25,7 @@ _installed: list[StopFlag] = []  # the StopFlag whose handlers are in place (at 
 
 class Interrupted(Exception):
     """A stop was requested while a step waited on something that would not return by itself (a hanging reward
-    function, see trainer/reward_worker.py): the step in progress is dropped, the run stops without saving it."""
+    function, see trainer/reward/worker.py): the step in progress is dropped, the run stops without saving it."""
 
 
 def stop_requested() -> bool:

@@ -21,11 +21,11 @@ from fastslow.kernels import IGNORE_INDEX
 from trainer.async_rollout import OverlapTally
 from trainer.dist import DistInfo, all_reduce
 from trainer.engine_check import check_engine, logp_bound, mean_logp_gap
+from trainer.objective import Objective, Totals, loss_settings
 from trainer.offpolicy import bounds_for, correction_on, correction_weights
-from trainer.packing import PackedBatch, PackedRow, layout_metrics, pack_batch, packed_inputs
-from trainer.policy import LossArgs
+from trainer.packing import PackedBatch, layout_metrics, pack_batch, pass_rows, update_rows
+from trainer.reward.scoring import Group, score_chunk
 from trainer.rollout import SamplingParams
-from trainer.scoring import Group, score_chunk
 from trainer.step_result import StepResult
 from trainer.weight_sync import sync_weights
 
@@ -87,7 +87,7 @@ def _sampling(ctx: StepContext, step: int, chunk: int) -> SamplingParams:
 
 
 def _score_chunk(ctx: StepContext, items: list[dict], completions: list[list[list[int]]]) -> tuple[list[Group], int]:
-    """`trainer.scoring.score_chunk` with the context's config, tokenizer, task and rank."""
+    """`trainer.reward.scoring.score_chunk` with the context's config, tokenizer, task and rank."""
     info = ctx.info
     return score_chunk(ctx.cfg, ctx.tokenizer, items, completions, task=ctx.task, rank=info.rank, device=info.device)
 
@@ -207,33 +207,22 @@ def make_batch(groups: list[Group], pad_id: int, device: torch.device) -> Batch:
     )  # fmt: skip
 
 
-def _micro(rows: torch.Tensor, size: int) -> list[torch.Tensor]:
-    return list(torch.split(rows, max(1, size)))
-
-
 @torch.no_grad()
 def logprobs(
     policy: nn.Module, batch: Batch, micro: int, temperature: float, packed: PackedBatch | None = None
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """`(logp [B, T], entropy [B, T])` of the batch's targets under `policy`, micro-batch by micro-batch (`micro`
     sequences each), or packed row by packed row (0 where a position has no target)."""
-    if packed is not None:
-        logp, ent = (torch.zeros(batch.targets.shape, device=batch.targets.device) for _ in range(2))
-        for row in packed.rows:
-            *args, extra = packed_inputs(policy, batch, row)
-            out = policy(*args, temperature=temperature, **extra)
-            row.scatter(logp, out[0])
-            row.scatter(ent, out[1])
-        policy.reshard()
-        return logp, ent
-    outs = [
-        policy(batch.input_ids[r], batch.attention_mask[r], batch.targets[r], temperature=temperature)
-        for r in _micro(torch.arange(batch.input_ids.shape[0], device=batch.input_ids.device), micro)
-    ]
+    logp, ent = (torch.zeros(batch.targets.shape, device=batch.targets.device) for _ in range(2))
+    for row in pass_rows(batch, micro, packed):
+        *args, extra = row.inputs(policy, batch)
+        out = policy(*args, temperature=temperature, **extra)
+        row.scatter(logp, out[0])
+        row.scatter(ent, out[1])
     # FSDP2 keeps the root's parameters gathered after a forward (it expects a backward next); put them back in
     # shards, or the SFPO snapshot and reposition would see the gathered copies, freed at the next reshard.
     policy.reshard()
-    return torch.cat([o[0] for o in outs]), torch.cat([o[1] for o in outs])
+    return logp, ent
 
 
 def update(
@@ -248,50 +237,24 @@ def update(
     """One full policy update: `epochs` passes of `minibatches` optimizer steps, micro-batched (or `packed`).
     `old_logp` None: on-policy (`skips_old_logprobs`), each micro-batch's own log-probs are the old ones.
 
-    Normalisation is global: every micro-batch's loss is scaled so that the sum over micro-batches and ranks is the
-    minibatch's loss under `loss_agg` (FSDP averages gradients over ranks, hence the factor `world`). Packed rows
-    aggregate per sequence through the kernels' `seq_ids`; Dr. GRPO's normaliser stays the padded width T.
+    The loss of each micro-batch (its arguments and its share of the minibatch's loss) is `trainer.objective`'s;
+    FSDP averages gradients over ranks, hence the factor `world`.
     """
     cfg, world, device = ctx.cfg, ctx.info.world, ctx.info.device
-    a, o = cfg.algorithm, cfg.optim
-    B = batch.input_ids.shape[0]
+    o = cfg.optim
+    objective = Objective(loss_settings(cfg.algorithm), batch.mask, adv, old_logp, ref_logp, kl_coef)
     sums: dict[str, float] = {}
     grad_norms, skipped = [], 0
-    rows_all = torch.arange(B, device=device)
+    minibatches = torch.tensor_split(torch.arange(batch.input_ids.shape[0], device=device), o.minibatches)
+    micro_batches = update_rows(batch, minibatches, o.micro_batch_size, packed)
     for _ in range(o.epochs):
-        for i_mb, mb in enumerate(torch.tensor_split(rows_all, o.minibatches)):
-            # clamp: a minibatch without response tokens (every response empty) has a zero loss, not 0 / 0.
-            n_tok = all_reduce(batch.mask[mb].sum().float()).clamp(min=1.0)
-            n_seq = all_reduce(batch.mask[mb].any(-1).sum().float())
-            n_rows = all_reduce(torch.tensor(float(len(mb)), device=device))
-            micros = _micro(mb, o.micro_batch_size) if packed is None else packed.minibatches[i_mb]
-            for r in micros:
-                if isinstance(r, PackedRow):
-                    take, n_scored, n_in = r.gather, float(r.scored), len(r.members)
-                    *inputs, extra = packed_inputs(ctx.policy, batch, r)
-                    seq_ids, norm_len = r.seq_ids, None
-                    if a.loss_agg == "seq-mean-token-sum-norm":  # the padded path's default: T
-                        norm_len = float(batch.targets.shape[1])
-                else:
-                    take, n_scored, n_in = (lambda x, r=r: x[r]), batch.mask[r].any(-1).sum().float(), len(r)
-                    inputs, extra = [batch.input_ids[r], batch.attention_mask[r], batch.targets[r]], {}
-                    seq_ids, norm_len = None, None
-                args = LossArgs(
-                    old_logp=None if old_logp is None else take(old_logp), advantages=take(adv), mask=take(batch.mask),
-                    ref_logp=None if ref_logp is None else take(ref_logp),
-                    kl_coef=take(kl_coef) if isinstance(kl_coef, torch.Tensor) else kl_coef,
-                    clip_low=a.clip_low, clip_high=a.clip_high, dual_clip=a.dual_clip, loss_agg=a.loss_agg,
-                    entropy_coef=a.entropy_coef, num_tokens=n_tok if a.loss_agg == "token-mean" else None,
-                    norm_len=norm_len, seq_ids=seq_ids,
-                )  # fmt: skip
-                if a.loss_agg == "token-mean":
-                    scale = 1.0
-                elif a.loss_agg == "seq-mean-token-mean":
-                    scale = n_scored / n_seq.clamp(min=1.0)
-                else:
-                    scale = n_in / n_rows
+        for mb, rows in zip(minibatches, micro_batches, strict=True):
+            mb_totals = Totals.of(batch.mask[mb], device)
+            for row in rows:
+                *inputs, extra = row.inputs(ctx.policy, batch)
+                args = objective.args(row, mb_totals)
                 loss, m = ctx.policy.loss(*inputs, args, temperature=cfg.rollout.temperature, **extra)
-                (loss * scale * world).backward()
+                (loss * objective.scale(row, mb_totals) * world).backward()
                 tokens = m["tokens"].item()
                 for k in ("pg_loss", "kl", "ratio", "clip_frac", "dual_clip_frac", "entropy"):
                     sums[k] = sums.get(k, 0.0) + m[k].item() * tokens

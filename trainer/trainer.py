@@ -36,7 +36,7 @@ import torch
 import torch.distributed as dist
 
 from trainer import checkpoint as ckpt
-from trainer import reward_worker, tasks
+from trainer import tasks
 from trainer.algorithm_build import build_algorithm
 from trainer.async_rollout import (
     RolloutPipeline,
@@ -45,7 +45,6 @@ from trainer.async_rollout import (
     overlap_problem,
     restore_rank_state,
 )
-from trainer.build import build_models, build_optimizer
 from trainer.checkpoint import check as checkpoint_check
 from trainer.checkpoint import resume as resume_check
 from trainer.config import Config, ConfigError, InputError, input_errors, save_toml
@@ -53,9 +52,11 @@ from trainer.data import load_prompts
 from trainer.dist import DistInfo, all_reduce
 from trainer.eval import eval_context_tokens, evaluate, headline, load_eval_sets
 from trainer.metrics import MetricsLogger, system_metrics
-from trainer.model import engine_dtype as run_engine_dtype
-from trainer.model import load_tokenizer, mixed_precision
-from trainer.rewards import task_for
+from trainer.model.build import build_models, build_optimizer
+from trainer.model.load import engine_dtype as run_engine_dtype
+from trainer.model.load import load_tokenizer, mixed_precision
+from trainer.reward import worker as reward_worker
+from trainer.reward.builtin import task_for
 from trainer.rollout import build_engine, engine_spec
 from trainer.run_folder import RUN_FILES, run_folder
 from trainer.sampler import PromptSampler
@@ -122,7 +123,7 @@ class Trainer:
         torch.manual_seed(cfg.seed)
         a = cfg.algorithm
         needs_ref = a.kl_type != "fixed" or a.kl_coef != 0.0
-        with input_errors():  # sharded construction: no rank holds a whole copy of the policy (trainer/build.py)
+        with input_errors():  # sharded construction: no rank holds a whole copy of the policy (trainer/model/build.py)
             models = build_models(cfg, info, self.tokenizer, self.run_dir, mixed_precision=mixed, needs_ref=needs_ref)
         self.policy, self.ref, self.template = models.policy, models.ref, models.template  # template: meta, config
         engine_dtype = run_engine_dtype(cfg.model, info.device)

@@ -3,7 +3,7 @@
 `ModelWeightStream` is the one stream every engine consumes (`RolloutEngine.update_weights`): the hf engine copies
 each bucket into its model; the vllm engine hands the same stream to vLLM's weight-transfer API (CUDA IPC when
 colocated, NCCL to a server). Names are mapped from the trainer's to the HF checkpoint's
-(`trainer.param_names.hf_name`, shared with the export), which is what both transformers models and vLLM's
+(`trainer.model.names.hf_name`, shared with the export), which is what both transformers models and vLLM's
 `load_weights` take.
 """
 
@@ -16,7 +16,7 @@ import torch
 from torch import nn
 from torch.distributed.tensor import DTensor
 
-from trainer.param_names import hf_name
+from trainer.model.names import hf_name
 from trainer.rollout.base import ParamInfo, RolloutEngine
 
 

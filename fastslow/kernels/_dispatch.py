@@ -112,7 +112,7 @@ def workspace_bytes(device: torch.device) -> int:
 def flash_attn_available(device: torch.device) -> bool:
     """flash-attn's varlen kernels can serve attention on `device`: a CUDA device with `flash_attn` installed.
 
-    The trainer's attention choice (`trainer.attention`, `model.attn_implementation = "auto"`) asks this.
+    The trainer's attention choice (`trainer.model.attention`, `model.attn_implementation = "auto"`) asks this.
     """
     import importlib.util
 

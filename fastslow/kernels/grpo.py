@@ -1,4 +1,4 @@
-"""Clipped GRPO policy loss with clip-higher, dual clip and per-sequence k3 KL, fused forward and backward.
+"""Clipped GRPO policy loss with clip-higher, dual clip and a per-token KL (k3), fused forward and backward.
 
 One kernel pass over the tokens computes, per token, the loss term `l = pg + beta * kl` and its derivative
 w.r.t. `logp` already scaled by the aggregation weight, plus per-row partial sums for the loss and metrics.
@@ -18,18 +18,23 @@ makes that token's loss term and its gradient NaN, hence the loss and the token-
 count comparisons, which are false for NaN, and stay finite). A masked-out token is multiplied by its 0 weight, as
 torch does it, and `0 * NaN = NaN`: a NaN there poisons the loss as well, and its own gradient entry is NaN.
 Empty `[B, 0]` or `[0, T]` inputs give a zero loss and an empty gradient.
+
+The fixed knobs come in one `LossSettings` (`fastslow.kernels.loss_settings`); inside, the fused op takes them as
+flat scalars (`GRPOTerms.scalars`), the KL estimator's name a constexpr of the kernel.
 """
 
 from __future__ import annotations
+
+from typing import Any
 
 import torch
 
 from fastslow.kernels._checks import check_float
 from fastslow.kernels._dispatch import backend_for
 from fastslow.kernels._triton import tl, triton
-from fastslow.kernels.grpo_args import _N_STATS, LossAgg, grpo_metrics, prepare_grpo
-from fastslow.kernels.kl import _kl_terms, clamp_ref, low_var_kl_ref
-from fastslow.kernels.kl import _torch_terms as _kl_torch_terms
+from fastslow.kernels.grpo_args import _N_STATS, grpo_metrics, prepare_grpo
+from fastslow.kernels.kl import _kl_estimate, clamp_ref, kl_estimate_ref, kl_estimate_torch
+from fastslow.kernels.loss_settings import LossSettings, settings_of
 
 # BLOCK_T=1024, 4 warps: a tile of one row per program; memory-bound, so any tile >= 512 saturates in theory.
 # Not yet tuned on a GPU (bench/ measures it).
@@ -60,6 +65,7 @@ def _grpo_loss_fwd_kernel(
     BETA_PER_TOKEN: tl.constexpr,
     W_PER_TOKEN: tl.constexpr,
     DUAL_CLIP: tl.constexpr,
+    KL_ESTIMATOR: tl.constexpr,
     N_STATS: tl.constexpr,
     BLOCK_T: tl.constexpr,
 ):
@@ -103,7 +109,7 @@ def _grpo_loss_fwd_kernel(
     kl = tl.zeros_like(pg)
     if HAS_REF:
         ref = tl.load(ref_ptr + idx, mask=inb, other=0.0).to(tl.float32)
-        kl, dkl = _kl_terms(logp, ref)
+        kl, dkl = _kl_estimate(logp, ref, KL_ESTIMATOR)
         if BETA_PER_TOKEN:
             beta = tl.load(beta_ptr + idx, mask=inb, other=0.0)
         elif BETA_PER_ROW:
@@ -143,6 +149,7 @@ def _launch(
     clip_low: float,
     clip_high: float,
     dual_clip: float,
+    kl_estimator: str,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     B, T = logp.shape
     n_tiles = max(triton.cdiv(T, _BLOCK_T), 1)
@@ -156,7 +163,8 @@ def _launch(
             row_w, grad, stats, T, n_tiles, kl_coef, clip_low, clip_high, dual_clip,
             ADV_PER_TOKEN=adv.dim() == 2, HAS_REF=ref_logp is not None, BETA_PER_ROW=beta is not None,
             BETA_PER_TOKEN=beta is not None and beta.dim() == 2, W_PER_TOKEN=row_w.dim() == 2,
-            DUAL_CLIP=dual_clip > 0.0, N_STATS=_N_STATS, BLOCK_T=_BLOCK_T, num_warps=_NUM_WARPS,
+            DUAL_CLIP=dual_clip > 0.0, KL_ESTIMATOR=kl_estimator, N_STATS=_N_STATS, BLOCK_T=_BLOCK_T,
+            num_warps=_NUM_WARPS,
         )  # fmt: skip
     else:
         stats.zero_()
@@ -175,6 +183,7 @@ def _torch_terms(
     clip_low: float,
     clip_high: float,
     dual_clip: float,
+    kl_estimator: str,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """The CPU path: the kernel's float32 math in torch, returning (grad [B, T], row stats [B, _N_STATS]).
 
@@ -199,7 +208,7 @@ def _torch_terms(
         dual = dual_on.float()
     loss, dloss, kl = pg, dpg, torch.zeros_like(pg)
     if ref_logp is not None:
-        kl, dkl = _kl_torch_terms(logp, ref_logp)
+        kl, dkl = kl_estimate_torch(logp, ref_logp, kl_estimator)
         b = kl_coef if beta is None else (beta if beta.dim() == 2 else beta[:, None])
         loss, dloss = loss + b * kl, dloss + b * dkl
     w = row_w if row_w.dim() == 2 else row_w[:, None]
@@ -223,12 +232,15 @@ def _grpo_loss_fwd(
     clip_low: float,
     clip_high: float,
     dual_clip: float,
+    kl_estimator: str = "k3",
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Returns (loss [], row stats [B, _N_STATS], d loss / d logp [B, T] float32).
 
-    The gradient stays float32 until the backward has scaled it, so bf16 logp sees one rounding, not two.
+    The numbers after `row_w` are `GRPOTerms.scalars`. The gradient stays float32 until the backward has scaled it,
+    so bf16 logp sees one rounding, not two.
     """
-    args = (logp, old_logp, advantages, mask, ref_logp, beta, row_w, kl_coef, clip_low, clip_high, dual_clip)
+    args = (logp, old_logp, advantages, mask, ref_logp, beta, row_w, kl_coef, clip_low, clip_high, dual_clip,
+            kl_estimator)  # fmt: skip
     if backend_for(logp.device) == "triton":
         grad, stats = _launch(*args)
     else:
@@ -238,7 +250,7 @@ def _grpo_loss_fwd(
 
 
 @_grpo_loss_fwd.register_fake
-def _(logp, old_logp, advantages, mask, ref_logp, beta, row_w, kl_coef, clip_low, clip_high, dual_clip):
+def _(logp, *_args, **_kwargs):
     B = logp.shape[0]
     return (
         logp.new_empty((), dtype=torch.float32),
@@ -251,19 +263,19 @@ class GRPOLossFunction(torch.autograd.Function):
     """Forward runs the fused kernel and keeps its gradient; backward scales it by the incoming gradient."""
 
     @staticmethod
-    def forward(ctx, logp, old_logp, advantages, mask, ref_logp, beta, row_w, kl_coef, clip_low, clip_high, dual_clip):
-        loss, stats, grad = torch.ops.fastslow.grpo_loss_fwd(
-            logp, old_logp, advantages, mask, ref_logp, beta, row_w, kl_coef, clip_low, clip_high, dual_clip
-        )
+    def forward(ctx, logp, *args):
+        """`args`: `_grpo_loss_fwd`'s after `logp` (`GRPOTerms.block`)."""
+        loss, stats, grad = torch.ops.fastslow.grpo_loss_fwd(logp, *args)
         ctx.save_for_backward(grad)
         ctx.logp_dtype = logp.dtype
+        ctx.n_args = len(args)
         ctx.mark_non_differentiable(stats)
         return loss, stats
 
     @staticmethod
     def backward(ctx, grad_loss: torch.Tensor, _grad_stats: torch.Tensor | None):
         (grad,) = ctx.saved_tensors
-        return (grad * grad_loss).to(ctx.logp_dtype), *([None] * 10)
+        return (grad * grad_loss).to(ctx.logp_dtype), *([None] * ctx.n_args)
 
 
 def grpo_loss(
@@ -274,19 +286,18 @@ def grpo_loss(
     *,
     ref_logp: torch.Tensor | None = None,
     kl_coef: float | torch.Tensor = 0.0,
-    clip_low: float = 0.2,
-    clip_high: float = 0.2,
-    dual_clip: float | None = None,
-    loss_agg: LossAgg = "token-mean",
+    settings: LossSettings | None = None,
     num_tokens: float | torch.Tensor | None = None,
     norm_len: float | None = None,
     seq_ids: torch.Tensor | None = None,
+    **knobs: Any,
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-    """Clipped GRPO/PPO policy loss plus per-token k3 KL, aggregated over masked tokens.
+    """Clipped GRPO/PPO policy loss plus a per-token KL estimate (k3), aggregated over masked tokens.
 
-    Per token: `ratio = exp(clamp(logp - old_logp, -20, 20))`,
+    Per token, with the fields of `settings`: `ratio = exp(clamp(logp - old_logp, -20, 20))`,
     `pg = max(-A * ratio, -A * clamp(ratio, 1 - clip_low, 1 + clip_high))`, and with `dual_clip = c` (c > 1)
-    `pg = min(pg, -A * c)` where `A < 0`; `l = pg + beta * low_var_kl(logp, ref_logp)`.
+    `pg = min(pg, -A * c)` where `A < 0`; `l = pg + beta * kl(logp, ref_logp)`, `kl` the `kl_estimator`
+    ("k3": `low_var_kl`); `loss_agg` makes the loss of the `l`s.
 
     Args:
         logp: `[B, T]` float log-probs of the sampled tokens under the current policy (gets the gradient).
@@ -300,9 +311,8 @@ def grpo_loss(
         ref_logp: `[B, T]` reference-model log-probs; required when `kl_coef` is non-zero.
         kl_coef: the KL weight beta >= 0: a float, or a float tensor `[B]` with each sequence's (group's)
             coefficient, or `[B, T]` with each token's (packed rows).
-        clip_low, clip_high: the clip range `[1 - clip_low, 1 + clip_high]` (clip-higher when they differ).
-        dual_clip: `c > 1` enables the dual clip for negative advantages; None disables it.
-        loss_agg: "token-mean", "seq-mean-token-mean" or "seq-mean-token-sum-norm" (Dr. GRPO).
+        settings: the fixed knobs, a `LossSettings` (clip_low, clip_high, dual_clip, loss_agg, kl_estimator; its
+            entropy_coef must be 0: no entropies here, see `linear_grpo_loss`). None: `LossSettings(**knobs)`.
         num_tokens: for "token-mean", a global token count > 0 replacing `sum(mask)` (shared across
             micro-batches and ranks); a number or a one-element tensor.
         norm_len: for "seq-mean-token-sum-norm", the length normaliser (default T).
@@ -310,6 +320,8 @@ def grpo_loss(
             in `[0, B*T)`, -1 for tokens of no sequence (padding; their mask must be 0). The per-sequence modes
             then aggregate per id: "seq-mean-token-mean" over ids with a masked token, Dr. GRPO's `1/B` with B the
             number of distinct ids. None: each row is one sequence.
+        knobs: `LossSettings`' fields one by one (`clip_high=0.28, loss_agg="seq-mean-token-mean"`), as this
+            function took them before `settings`; not together with `settings`.
 
     The checks on tensor values (`mask`, a tensor `kl_coef` or `num_tokens`) cost one device sync together.
 
@@ -318,16 +330,26 @@ def grpo_loss(
         float32 scalars, token means over masked tokens: "pg_loss", "kl", "ratio", "clip_frac",
         "dual_clip_frac", and "tokens" (the masked-token count).
     """
+    settings = _without_entropy(settings_of(settings, knobs))
     check_float("logp", logp)
     if logp.dim() != 2:
         raise ValueError(f"logp must be [B, T], got shape {tuple(logp.shape)}")
     terms = prepare_grpo(
         logp.shape, logp.device, "logp", old_logp, advantages, mask, ref_logp=ref_logp, kl_coef=kl_coef,
-        clip_low=clip_low, clip_high=clip_high, dual_clip=dual_clip, loss_agg=loss_agg, num_tokens=num_tokens,
-        norm_len=norm_len, seq_ids=seq_ids,
+        settings=settings, num_tokens=num_tokens, norm_len=norm_len, seq_ids=seq_ids,
     )  # fmt: skip
     loss, stats = GRPOLossFunction.apply(logp.contiguous(), *terms.block(slice(None), logp=logp))
     return loss, grpo_metrics(stats, terms.counts)
+
+
+def _without_entropy(settings: LossSettings) -> LossSettings:
+    """`settings`, whose entropy bonus must be off: `grpo_loss` sees log-probs, not the entropies it would need."""
+    if settings.entropy_coef != 0.0:
+        raise ValueError(
+            f"grpo_loss has no entropy term, but settings.entropy_coef = {settings.entropy_coef}: use "
+            "linear_grpo_loss, which computes the entropies, or entropy_coef = 0"
+        )
+    return settings
 
 
 def grpo_loss_ref(
@@ -338,18 +360,18 @@ def grpo_loss_ref(
     *,
     ref_logp: torch.Tensor | None = None,
     kl_coef: float | torch.Tensor = 0.0,
-    clip_low: float = 0.2,
-    clip_high: float = 0.2,
-    dual_clip: float | None = None,
-    loss_agg: LossAgg = "token-mean",
+    settings: LossSettings | None = None,
     num_tokens: float | torch.Tensor | None = None,
     norm_len: float | None = None,
     seq_ids: torch.Tensor | None = None,
+    **knobs: Any,
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """Plain-torch GRPO loss written straight from the formulas (autograd does the backward).
 
     Same arguments and results as `grpo_loss`; computes in the inputs' dtype (use float64 for a reference).
     """
+    s = _without_entropy(settings_of(settings, knobs))
+    clip_low, clip_high, dual_clip, loss_agg = s.clip_low, s.clip_high, s.dual_clip, s.loss_agg
     if old_logp is None:  # on-policy: the ratio is exp(logp - logp.detach()), 1 with logp's gradient
         old_logp = logp.detach()
     m = mask.to(logp.dtype)
@@ -363,7 +385,7 @@ def grpo_loss_ref(
         lower = -adv * dual_clip
         dual_on = (adv < 0) & (pg > lower)
         pg = torch.where(adv < 0, torch.minimum(pg, lower), pg)
-    kl = torch.zeros_like(pg) if ref_logp is None else low_var_kl_ref(logp, ref_logp)
+    kl = torch.zeros_like(pg) if ref_logp is None else kl_estimate_ref(logp, ref_logp, s.kl_estimator)
     beta = kl_coef[:, None] if isinstance(kl_coef, torch.Tensor) and kl_coef.dim() == 1 else kl_coef
     per_token = pg + beta * kl
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Literal
 
 import torch
 
@@ -18,9 +17,7 @@ from fastslow.kernels._checks import (
     raise_on_values,
 )
 from fastslow.kernels.logprobs import IGNORE_INDEX
-
-LossAgg = Literal["token-mean", "seq-mean-token-mean", "seq-mean-token-sum-norm"]
-LOSS_AGGS: tuple[str, ...] = ("token-mean", "seq-mean-token-mean", "seq-mean-token-sum-norm")
+from fastslow.kernels.loss_settings import LossSettings
 
 # Per-row partial sums the fused op returns, in this order (all over masked tokens, mask-weighted).
 _STATS = ("loss", "pg_loss", "kl", "ratio", "clip_frac", "dual_clip_frac")
@@ -128,8 +125,6 @@ def _validate(
         checks.append((bad().any(), lambda: f"kl_coef must be finite and >= 0, found {kl_coef[bad()][:5].tolist()}"))
     if seq_ids is not None:
         checks.extend(_check_seq_ids(seq_ids, mask, shape, device, like))
-    if loss_agg not in LOSS_AGGS:
-        raise ValueError(f"loss_agg must be one of {LOSS_AGGS}, got {loss_agg!r}")
     if num_tokens is not None and loss_agg != "token-mean":
         raise ValueError(f"num_tokens only applies to loss_agg='token-mean', got loss_agg={loss_agg!r}")
     if isinstance(num_tokens, torch.Tensor):
@@ -172,10 +167,12 @@ class GRPOTerms:
     beta: torch.Tensor | None  # [B] or [B, T] float32 KL coefficient, or None for the scalar `kl_coef`
     row_w: torch.Tensor  # [B] or [B, T] float32 aggregation weight (per row, or per token)
     counts: torch.Tensor  # [B] float32 masked tokens per row
+    # `LossSettings` as the fused ops take it: flat scalars, in this order after `kl_coef`
     kl_coef: float
     clip_low: float
     clip_high: float
     dual_clip: float  # 0.0 when off
+    kl_estimator: str
 
     @property
     def on_policy(self) -> bool:
@@ -190,9 +187,13 @@ class GRPOTerms:
         old = logp.detach().contiguous() if self.on_policy and logp is not None else self.old_logp[rows, cols]
         return (
             old.contiguous(), adv.contiguous(), self.mask[rows, cols].contiguous(), ref,
-            _part(self.beta, rows, cols), _part(self.row_w, rows, cols), self.kl_coef, self.clip_low,
-            self.clip_high, self.dual_clip,
+            _part(self.beta, rows, cols), _part(self.row_w, rows, cols), *self.scalars,
         )  # fmt: skip
+
+    @property
+    def scalars(self) -> tuple[float, float, float, float, str]:
+        """The fused ops' number arguments: `kl_coef`, then the `LossSettings` fields they use, flat."""
+        return self.kl_coef, self.clip_low, self.clip_high, self.dual_clip, self.kl_estimator
 
     def weights(self, rows: slice, cols: slice = slice(None)) -> torch.Tensor:
         """The aggregation weights of the tokens `[rows, cols]`, broadcastable to them (`[n, 1]` or `[n, m]`)."""
@@ -216,17 +217,15 @@ def prepare_grpo(
     *,
     ref_logp: torch.Tensor | None,
     kl_coef: float | torch.Tensor,
-    clip_low: float,
-    clip_high: float,
-    dual_clip: float | None,
-    loss_agg: str,
+    settings: LossSettings,
     num_tokens: float | torch.Tensor | None,
     norm_len: float | None,
     seq_ids: torch.Tensor | None = None,
     targets: torch.Tensor | None = None,
     value_checks: Sequence[ValueCheck] = (),
 ) -> GRPOTerms:
-    """Check every GRPO argument against the `[B, T]` token grid (`shape`, on `device`, named `like`).
+    """Check every GRPO argument against the `[B, T]` token grid (`shape`, on `device`, named `like`); `settings`
+    checked itself when it was made.
 
     `seq_ids` (`[B, T]` integer, or None: each row is one sequence) says which sequence each token belongs to, for
     packed rows; `targets` (`linear_grpo_loss`'s token ids, already checked) must not be ignored where `mask` counts
@@ -234,20 +233,10 @@ def prepare_grpo(
     The checks on tensor values (`mask` in {0, 1}, those `targets`, a tensor `kl_coef` >= 0, a tensor `num_tokens`
     > 0) run with the caller's `value_checks` in one device sync.
     """
+    loss_agg = settings.loss_agg
     checks = _validate(
         shape, device, like, old_logp, advantages, mask, ref_logp, kl_coef, loss_agg, num_tokens, targets, seq_ids
     )
-    clip_low = check_finite_number("clip_low", clip_low)
-    clip_high = check_finite_number("clip_high", clip_high)
-    if clip_low <= 0 or clip_low >= 1:
-        raise ValueError(f"clip_low must be in (0, 1), got {clip_low}")
-    if clip_high <= 0:
-        raise ValueError(f"clip_high must be > 0, got {clip_high}")
-    dual = 0.0
-    if dual_clip is not None:
-        dual = check_finite_number("dual_clip", dual_clip)
-        if dual <= 1.0:
-            raise ValueError(f"dual_clip must be > 1 (or None to disable), got {dual}")
     beta = None
     coef = 0.0
     if isinstance(kl_coef, torch.Tensor):
@@ -274,9 +263,10 @@ def prepare_grpo(
         row_w=row_w,
         counts=counts,
         kl_coef=coef,
-        clip_low=clip_low,
-        clip_high=clip_high,
-        dual_clip=dual,
+        clip_low=settings.clip_low,
+        clip_high=settings.clip_high,
+        dual_clip=0.0 if settings.dual_clip is None else settings.dual_clip,
+        kl_estimator=settings.kl_estimator,
     )
 
 

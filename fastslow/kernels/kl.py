@@ -6,15 +6,25 @@ reference log-probs are a constant of the loss.
 NaN in, NaN out, on every backend and in `low_var_kl_ref`: a NaN in `logp` or `ref_logp` gives a NaN estimate and a
 NaN gradient there (the clamps keep NaN; torch.clamp's own backward would turn it into 0, so the reference uses
 `clamp_ref`).
+
+The GRPO loss names its estimator (`LossSettings.kl_estimator`, one of `KL_ESTIMATORS`) and takes it from here in
+three forms: `_kl_estimate` (Triton), `kl_estimate_torch` (its CPU path) and `kl_estimate_ref` (plain torch). A new
+estimator is a name in `KLEstimator` and a branch in each of the three.
 """
 
 from __future__ import annotations
+
+from typing import Literal, get_args
 
 import torch
 
 from fastslow.kernels._checks import check_device, check_float, check_shape
 from fastslow.kernels._dispatch import backend_for
 from fastslow.kernels._triton import cast_rtne, tl, triton
+
+KLEstimator = Literal["k3"]
+KL_ESTIMATORS: tuple[str, ...] = get_args(KLEstimator)
+"""The per-token KL estimators of the GRPO loss: "k3", the low-variance `exp(d) - d - 1` of this file."""
 
 # BLOCK=1024, 4 warps: the usual choice for a memory-bound elementwise kernel; not yet tuned on a GPU.
 _BLOCK = 1024
@@ -36,6 +46,13 @@ def _kl_terms(logp, ref):
     saturated = (diff < -20.0) | (diff > 20.0) | (raw < -10.0) | (raw > 10.0)
     dkl = tl.where(saturated, 0.0, 1.0 - e)
     return kl, dkl
+
+
+@triton.jit
+def _kl_estimate(logp, ref, ESTIMATOR: tl.constexpr):
+    """The float32 estimate named `ESTIMATOR` (one of `KL_ESTIMATORS`) and its derivative w.r.t. logp."""
+    tl.static_assert(ESTIMATOR == "k3", "unknown KL estimator")
+    return _kl_terms(logp, ref)
 
 
 @triton.jit
@@ -85,6 +102,13 @@ def _torch_terms(logp: torch.Tensor, ref: torch.Tensor) -> tuple[torch.Tensor, t
     raw = e - d - 1.0
     saturated = (diff < -20.0) | (diff > 20.0) | (raw < -10.0) | (raw > 10.0)
     return raw.clamp(-10.0, 10.0), torch.where(saturated, 0.0, 1.0 - e)
+
+
+def kl_estimate_torch(logp: torch.Tensor, ref: torch.Tensor, estimator: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """`_kl_estimate` in torch: the float32 estimate named `estimator` and its derivative w.r.t. logp."""
+    if estimator != "k3":
+        raise ValueError(f"kl_estimator must be one of {KL_ESTIMATORS}, got {estimator!r}")
+    return _torch_terms(logp, ref)
 
 
 @torch.library.custom_op("fastslow::low_var_kl_fwd", mutates_args=())
@@ -156,3 +180,10 @@ def low_var_kl_ref(logp: torch.Tensor, ref_logp: torch.Tensor) -> torch.Tensor:
     """Plain-torch k3 estimator (autograd does the backward); the reference the kernel is tested against."""
     d = clamp_ref(ref_logp - logp, -20.0, 20.0)
     return clamp_ref(d.exp() - d - 1.0, -10.0, 10.0)
+
+
+def kl_estimate_ref(logp: torch.Tensor, ref_logp: torch.Tensor, estimator: str) -> torch.Tensor:
+    """Plain-torch estimate named `estimator` (autograd does the backward): the GRPO loss's reference."""
+    if estimator != "k3":
+        raise ValueError(f"kl_estimator must be one of {KL_ESTIMATORS}, got {estimator!r}")
+    return low_var_kl_ref(logp, ref_logp)

@@ -6,18 +6,23 @@ and right away `dL/dlogits` and the two gradient GEMMs. So the whole forward+bac
 `2*N*H*V` FLOPs, and the backward is a scale of the saved `dL/dhidden` and `dL/dweight` by the incoming scalar gradient.
 
 The loss is `grpo_loss(logp, ...) - entropy_coef * agg(entropy)`, where `agg` weights tokens exactly as the
-GRPO loss's `loss_agg` does (so an entropy bonus follows the same normalisation).
+GRPO loss's `loss_agg` does (so an entropy bonus follows the same normalisation); both knobs are `LossSettings`
+fields.
 """
 
 from __future__ import annotations
 
+import dataclasses
+from typing import Any
+
 import torch
 
-from fastslow.kernels._checks import ValueCheck, check_finite_number
+from fastslow.kernels._checks import ValueCheck
 from fastslow.kernels._chunks import backward_chunk, chunk_logits, chunk_rows, row_stats
 from fastslow.kernels.grpo import grpo_loss, grpo_loss_ref
-from fastslow.kernels.grpo_args import _N_STATS, GRPOTerms, LossAgg, _row_weights, grpo_metrics, prepare_grpo
+from fastslow.kernels.grpo_args import _N_STATS, GRPOTerms, _row_weights, grpo_metrics, prepare_grpo
 from fastslow.kernels.logprobs import check_logprob_inputs, token_logprobs, token_logprobs_ref
+from fastslow.kernels.loss_settings import LossSettings, settings_of
 
 
 def _blocks(B: int, T: int, chunk: int) -> list[tuple[slice, slice]]:
@@ -94,6 +99,7 @@ def _linear_grpo_fwd(
     clip_low: float,
     clip_high: float,
     dual_clip: float,
+    kl_estimator: str,
     inv_temp: float,
     entropy_coef: float,
     chunk: int,
@@ -105,8 +111,8 @@ def _linear_grpo_fwd(
     A custom op's schema takes tensors and numbers only, so `GRPOTerms`' fields travel one by one, in its order.
     """
     terms = GRPOTerms(
-        old_logp=old_logp, advantages=advantages, mask=mask, ref_logp=ref_logp, beta=beta, row_w=row_w,
-        counts=counts, kl_coef=kl_coef, clip_low=clip_low, clip_high=clip_high, dual_clip=dual_clip,
+        old_logp, advantages, mask, ref_logp, beta, row_w, counts, kl_coef, clip_low, clip_high, dual_clip,
+        kl_estimator,
     )  # fmt: skip
     return _forward_backward(
         hidden, weight, targets, terms, inv_temp=inv_temp, entropy_coef=entropy_coef, chunk=chunk,
@@ -115,11 +121,8 @@ def _linear_grpo_fwd(
 
 
 @_linear_grpo_fwd.register_fake
-def _(
-    hidden, weight, targets, old_logp, advantages, mask, ref_logp, beta, row_w, counts, kl_coef, clip_low,
-    clip_high, dual_clip, inv_temp, entropy_coef, chunk, need_hidden, need_weight,
-):  # fmt: skip
-    B = targets.shape[0]
+def _(hidden, weight, targets, *args):
+    B, (need_hidden, need_weight) = targets.shape[0], args[-2:]
     return (
         hidden.new_empty((), dtype=torch.float32),
         hidden.new_empty((B, _N_STATS + 1), dtype=torch.float32),
@@ -131,21 +134,17 @@ def _(
 class LinearGRPOFunction(torch.autograd.Function):
     """Forward does all the work and keeps the two gradients; backward scales them.
 
-    Its arguments are `_linear_grpo_fwd`'s without the two `need_*` flags (autograd says those).
+    Its arguments are `_linear_grpo_fwd`'s without the two `need_*` flags (autograd says those): `hidden`, `weight`,
+    then `args` (targets, the GRPO terms, inv_temp, entropy_coef, chunk), none of which gets a gradient.
     """
 
     @staticmethod
-    def forward(
-        ctx, hidden, weight, targets, old_logp, advantages, mask, ref_logp, beta, row_w, counts, kl_coef, clip_low,
-        clip_high, dual_clip, inv_temp, entropy_coef, chunk,
-    ):  # fmt: skip
+    def forward(ctx, hidden, weight, *args):
         need_hidden, need_weight = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
-        loss, stats, dh, dw = torch.ops.fastslow.linear_grpo_fwd(
-            hidden, weight, targets, old_logp, advantages, mask, ref_logp, beta, row_w, counts, kl_coef, clip_low,
-            clip_high, dual_clip, inv_temp, entropy_coef, chunk, need_hidden, need_weight,
-        )  # fmt: skip
+        loss, stats, dh, dw = torch.ops.fastslow.linear_grpo_fwd(hidden, weight, *args, need_hidden, need_weight)
         ctx.save_for_backward(dh, dw)
         ctx.need = (need_hidden, need_weight)
+        ctx.n_args = len(args)
         ctx.mark_non_differentiable(stats)
         return loss, stats
 
@@ -155,11 +154,7 @@ class LinearGRPOFunction(torch.autograd.Function):
         need_hidden, need_weight = ctx.need
         grad_h = (dh * grad_loss).to(dh.dtype) if need_hidden else None
         grad_w = (dw * grad_loss).to(dw.dtype) if need_weight else None
-        return grad_h, grad_w, *([None] * _NOT_DIFFERENTIABLE)
-
-
-_NOT_DIFFERENTIABLE = 15
-"""`LinearGRPOFunction.forward`'s arguments after `weight` (targets, the GRPO terms, inv_temp, entropy_coef, chunk)."""
+        return grad_h, grad_w, *([None] * ctx.n_args)
 
 
 def linear_grpo_loss(
@@ -172,16 +167,13 @@ def linear_grpo_loss(
     *,
     ref_logp: torch.Tensor | None = None,
     kl_coef: float | torch.Tensor = 0.0,
-    clip_low: float = 0.2,
-    clip_high: float = 0.2,
-    dual_clip: float | None = None,
-    loss_agg: LossAgg = "token-mean",
+    settings: LossSettings | None = None,
     num_tokens: float | torch.Tensor | None = None,
     norm_len: float | None = None,
     seq_ids: torch.Tensor | None = None,
     temperature: float = 1.0,
-    entropy_coef: float = 0.0,
     chunk_tokens: int | None = None,
+    **knobs: Any,
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """`grpo_loss(token_logprobs(hidden, weight, targets), ...)` minus an optional entropy bonus, fused.
 
@@ -190,12 +182,13 @@ def linear_grpo_loss(
         weight: `[V, H]` LM head, same dtype and device as `hidden`.
         targets: `[B, T]` int64/int32 sampled token ids (or -100 where `mask` is 0; a -100 where `mask` is 1 is a
             ValueError: that token would count in the loss with a log-prob of 0 and no gradient).
-        old_logp, advantages, mask, ref_logp, kl_coef, clip_low, clip_high, dual_clip, loss_agg, num_tokens,
-            norm_len, seq_ids: exactly as in `fastslow.kernels.grpo_loss` (`[B, T]` token grid; packed rows are
-            `[1, N, H]` hidden with `seq_ids` saying where each sequence lies; `old_logp = None`: on-policy, each
-            chunk's own log-probs are the old ones, so no separate old-log-prob pass is needed).
+        old_logp, advantages, mask, ref_logp, kl_coef, num_tokens, norm_len, seq_ids: exactly as in
+            `fastslow.kernels.grpo_loss` (`[B, T]` token grid; packed rows are `[1, N, H]` hidden with `seq_ids`
+            saying where each sequence lies; `old_logp = None`: on-policy, each chunk's own log-probs are the old
+            ones, so no separate old-log-prob pass is needed).
+        settings, knobs: the `LossSettings`, or its fields one by one, as in `grpo_loss`; here `entropy_coef`
+            weights an entropy bonus, subtracted from the loss with the same token weights.
         temperature: runtime float > 0 dividing the logits (the sampling temperature).
-        entropy_coef: weight of the entropy bonus, subtracted from the loss with the same token weights.
         chunk_tokens: override the tokens per chunk (an int > 0; default from the workspace budget).
 
     Returns:
@@ -205,22 +198,22 @@ def linear_grpo_loss(
 
     All checks on tensor values (`targets`, `mask`, a tensor `kl_coef` or `num_tokens`) cost one device sync.
     """
+    settings = settings_of(settings, knobs)
     value_checks: list[ValueCheck] = []
     V, inv_temp = check_logprob_inputs(hidden, weight, targets, temperature, value_checks=value_checks)
     if hidden.dim() != 3:
         raise ValueError(f"hidden must be [B, T, H], got shape {tuple(hidden.shape)}")
     terms = prepare_grpo(
         targets.shape, hidden.device, "targets", old_logp, advantages, mask, ref_logp=ref_logp, kl_coef=kl_coef,
-        clip_low=clip_low, clip_high=clip_high, dual_clip=dual_clip, loss_agg=loss_agg, num_tokens=num_tokens,
-        norm_len=norm_len, seq_ids=seq_ids, targets=targets, value_checks=value_checks,
+        settings=settings, num_tokens=num_tokens, norm_len=norm_len, seq_ids=seq_ids, targets=targets,
+        value_checks=value_checks,
     )  # fmt: skip
-    entropy_coef = check_finite_number("entropy_coef", entropy_coef)
     B, T, H = hidden.shape
     chunk = chunk_rows(B * T, V, hidden.device, chunk_tokens)
     loss, stats = LinearGRPOFunction.apply(
         hidden.reshape(B * T, H).contiguous(), weight.contiguous(), targets.contiguous(),
         terms.old_logp, terms.advantages, terms.mask, terms.ref_logp, terms.beta, terms.row_w, terms.counts,
-        terms.kl_coef, terms.clip_low, terms.clip_high, terms.dual_clip, inv_temp, entropy_coef, chunk,
+        *terms.scalars, inv_temp, settings.entropy_coef, chunk,
     )  # fmt: skip
     metrics = grpo_metrics(stats[:, :_N_STATS], terms.counts)
     metrics["entropy"] = stats[:, _N_STATS].sum() / terms.counts.sum().clamp(min=1.0)
@@ -235,18 +228,22 @@ def linear_grpo_loss_ref(
     advantages: torch.Tensor,
     mask: torch.Tensor,
     *,
+    settings: LossSettings | None = None,
     temperature: float = 1.0,
-    entropy_coef: float = 0.0,
     chunk_tokens: int | None = None,
     eager: bool = False,
-    **grpo_kwargs,
+    **grpo_kwargs: Any,
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """The unfused composition this op must equal: `token_logprobs` then `grpo_loss` (plus the entropy term).
 
     With `eager=True` every piece is plain torch instead: `token_logprobs_ref` (the full `[B, T, V]` logits, a
     float32 log-softmax) then `grpo_loss_ref`, autograd doing the backward (`chunk_tokens` is then unused). That is
-    the path a policy with `model.kernels = "reference"` trains with. Same arguments and results either way.
+    the path a policy with `model.kernels = "reference"` trains with. Same arguments and results either way
+    (`grpo_kwargs`: `grpo_loss`'s other keywords, and without `settings` its knobs one by one).
     """
+    names = {f.name for f in dataclasses.fields(LossSettings)}
+    settings = settings_of(settings, {k: grpo_kwargs.pop(k) for k in list(grpo_kwargs) if k in names})
+    grpo_kwargs["settings"] = dataclasses.replace(settings, entropy_coef=0.0)  # the entropy term comes below
     if eager:
         logp, ent = token_logprobs_ref(hidden, weight, targets, temperature=temperature)
         loss, metrics = grpo_loss_ref(logp, old_logp, advantages, mask, **grpo_kwargs)
@@ -256,11 +253,10 @@ def linear_grpo_loss_ref(
         )
         loss, metrics = grpo_loss(logp, old_logp, advantages, mask, **grpo_kwargs)
     row_w, counts = _row_weights(
-        mask, grpo_kwargs.get("loss_agg", "token-mean"), grpo_kwargs.get("num_tokens"), grpo_kwargs.get("norm_len"),
-        grpo_kwargs.get("seq_ids"),
-    )  # fmt: skip
+        mask, settings.loss_agg, grpo_kwargs.get("num_tokens"), grpo_kwargs.get("norm_len"), grpo_kwargs.get("seq_ids")
+    )
     ent_rows = (ent * mask.float()).sum(-1)
     w = row_w[:, None] if row_w.dim() == 1 else row_w
-    loss = loss - entropy_coef * (ent * mask.float() * w.to(ent.dtype)).sum()
+    loss = loss - settings.entropy_coef * (ent * mask.float() * w.to(ent.dtype)).sum()
     metrics["entropy"] = (ent_rows.sum() / counts.sum().clamp(min=1.0)).detach()
     return loss, metrics

@@ -51,7 +51,7 @@ from torch.distributed.checkpoint.state_dict import (
 )
 
 from trainer.checkpoint import checksums
-from trainer.param_names import hf_name
+from trainer.model.names import hf_name
 
 CHECKPOINTS = "checkpoints"
 LATEST = "latest"

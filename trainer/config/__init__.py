@@ -6,10 +6,11 @@
 - `io`: the command-line loader (`load_config`), presets (`configs/*.toml`), TOML writing (`to_toml`, `save_toml`).
 - `aliases`: former keys (`rollout.vllm_mode`, `algorithm.name`, ...) and what they are now.
 - `base`: what every section is built on (`_Section`: coercion, checks) and `ConfigError`.
-- the sections: `model`, `data`, `reward`, `algorithm`, `optim`, `checkpoint`, `report` (`[logging]`), `eval`,
-  `parallel` here, and `[rollout]` beside the engines in `trainer.rollout.config`. A section sits beside its
-  component where that component's package is light to import; loading a config imports neither torch nor
-  transformers. The names below load on first use.
+- the sections: beside their components, `trainer.model.config` (`[model]`, `[warm_start]`),
+  `trainer.rollout.config` (`[rollout]`), `trainer.reward.config` (`[reward]`); here, where the component's package
+  imports torch at package level or is no package, `data`, `algorithm`, `optim`, `checkpoint`, `report`
+  (`[logging]`), `eval`, `parallel`. Loading a config imports neither torch nor transformers. The names below
+  load on first use.
 """
 
 from __future__ import annotations
@@ -37,13 +38,13 @@ _EXPORTS: dict[str, str] = {
     "save_toml": "trainer.config.io",
     "to_toml": "trainer.config.io",
     "usage": "trainer.config.io",
-    "ModelConfig": "trainer.config.model",
-    "WarmStartConfig": "trainer.config.model",
+    "ModelConfig": "trainer.model.config",
+    "WarmStartConfig": "trainer.model.config",
     "OptimConfig": "trainer.config.optim",
     "ParallelConfig": "trainer.config.parallel",
     "LoggingConfig": "trainer.config.report",
-    "RewardConfig": "trainer.config.reward",
-    "ThinkingConfig": "trainer.config.reward",
+    "RewardConfig": "trainer.reward.config",
+    "ThinkingConfig": "trainer.reward.config",
     "Config": "trainer.config.tree",
     "from_dict": "trainer.config.tree",
     "MIN_TEMPERATURE": "trainer.rollout.config",
@@ -91,12 +92,12 @@ if TYPE_CHECKING:  # for type checkers and IDEs: the same names, imported eagerl
     from trainer.config.data import DataConfig
     from trainer.config.eval import EVAL_SUFFIXES, EvalConfig, eval_source_name
     from trainer.config.io import configs_dir, find_config, load_config, save_toml, to_toml, usage
-    from trainer.config.model import ModelConfig, WarmStartConfig
     from trainer.config.optim import OptimConfig
     from trainer.config.parallel import ParallelConfig
     from trainer.config.report import LoggingConfig
-    from trainer.config.reward import RewardConfig, ThinkingConfig
     from trainer.config.tree import Config, from_dict
+    from trainer.model.config import ModelConfig, WarmStartConfig
+    from trainer.reward.config import RewardConfig, ThinkingConfig
     from trainer.rollout.config import MIN_TEMPERATURE, RolloutConfig, VllmConfig
 
 

@@ -71,6 +71,9 @@ class AlgorithmConfig(_Section):
     config does not)."""
     entropy_coef: float = 0.0
     """Entropy bonus coefficient (0: off)."""
+    kl_estimator: Literal["k3"] = "k3"
+    """Per-token KL estimator to the reference model: "k3" (low-variance, `exp(d) - d - 1`). Its coefficient is
+    `kl_type`'s. The kernels' `KL_ESTIMATORS` (a test keeps the two equal, as for `loss_agg`)."""
     kl_type: KlMode = "fixed"
     """KL coefficient: fixed `kl_coef`, or from batch / group accuracy between `kl_min` and `kl_max`."""
     kl_coef: float = 0.0

@@ -3,10 +3,10 @@ configures.
 
 | section                           | module                       |
 | --------------------------------- | ---------------------------- |
-| `[model]`, `[warm_start]`         | `trainer.config.model`       |
+| `[model]`, `[warm_start]`         | `trainer.model.config`       |
 | `[data]`                          | `trainer.config.data`        |
 | `[rollout]`, `[rollout.vllm]`     | `trainer.rollout.config`     |
-| `[reward]`, `[reward.thinking]`   | `trainer.config.reward`      |
+| `[reward]`, `[reward.thinking]`   | `trainer.reward.config`      |
 | `[algorithm]`, `[algorithm.sfpo]` | `trainer.config.algorithm`   |
 | `[optim]`                         | `trainer.config.optim`       |
 | `[checkpoint]`                    | `trainer.config.checkpoint`  |
@@ -14,9 +14,11 @@ configures.
 | `[eval]`                          | `trainer.config.eval`        |
 | `[parallel]`                      | `trainer.config.parallel`    |
 
-A section sits beside its component where importing that component is light (the rollout engines' package loads
-them lazily); the others import torch or transformers at package level, so their sections are here, in
-`trainer/config/`, and the component imports its choices from them. Loading a config imports neither.
+A section sits in its component's package where importing that package is light (`trainer.model`, `trainer.reward`,
+and `trainer.rollout`, which loads its engines lazily); the others are here, in `trainer/config/`: `trainer.eval` and
+`trainer.checkpoint` import torch at package level, and the data, the optimizer, the algorithm's state, logging and
+the mesh are flat modules. A component imports its choices from its section, never the other way round; loading a
+config imports neither torch nor transformers.
 
 Every section coerces and type-checks its fields, then runs its own range and cross-field checks, in `__post_init__`;
 a bad value raises `ConfigError` naming the dotted key, the value and what is allowed. A section may hold nested
@@ -39,11 +41,11 @@ from trainer.config.base import ConfigError, _Section, _suggest, leaf_keys, leav
 from trainer.config.checkpoint import CheckpointConfig
 from trainer.config.data import BUILTIN_TEXT, DataConfig
 from trainer.config.eval import EvalConfig
-from trainer.config.model import ModelConfig, WarmStartConfig
 from trainer.config.optim import OptimConfig
 from trainer.config.parallel import ParallelConfig
 from trainer.config.report import LoggingConfig
-from trainer.config.reward import RewardConfig
+from trainer.model.config import ModelConfig, WarmStartConfig
+from trainer.reward.config import RewardConfig
 from trainer.rollout.config import RolloutConfig
 from trainer.tasks import is_builtin as is_builtin_task
 

@@ -4,9 +4,10 @@ The trainer calls `evaluate` before the first step (after the first weight sync)
 the end; `python -m trainer.eval MODEL` runs it standalone on a Hugging Face folder or a checkpoint
 (`trainer.eval.cli`). One evaluation, for each source of `eval.source`:
 
-1. Prompts: the synthetic task's held-out split (`trainer.task.make_dataset(..., split="eval")`, disjoint from the
-   training prompts) or a JSONL / Parquet file, through `trainer.data` like the training prompts (same columns,
-   chat template and length limit; too long ones are skipped and counted); the first `eval.max_prompts`.
+1. Prompts: the synthetic task's held-out split (`trainer.tasks.synthetic.make_dataset(..., split="eval")`,
+   disjoint from the training prompts) or a JSONL / Parquet file, through `trainer.data` like the training prompts
+   (same columns, chat template and length limit; too long ones are skipped and counted); the first
+   `eval.max_prompts`.
 2. Sharding: the prompts are cut into blocks of `eval.batch_size`; block b goes to rank b % world. Every rank makes
    the same number of `generate` calls (an empty one when it has no block left), as an engine whose ranks generate
    together (vLLM tensor parallel) needs.
@@ -14,11 +15,12 @@ the end; `python -m trainer.eval MODEL` runs it standalone on a Hugging Face fol
    the same for any number of ranks, are reproduced by the standalone command on the same weights and step, and
    never touch the training's random streams: those (python, numpy, torch CPU and CUDA) are saved before and
    restored after, so a run trains the same with and without evaluation.
-4. Scoring: the training scorer, `trainer.rewards.score_completions` ("synthetic" for the built-in task, "math" for
-   files; a response cut at the token limit is wrong under `reward.truncated = "wrong"`, as in training). The
-   vote's answers are `trainer.task.check(...).predicted` and `fastslow.math_reward.extract_answer`; two incorrect
-   math answers are the same vote when they are equal as stripped strings or `answers_match` says so (normalised
-   strings, then math-verify), see `trainer.eval.metrics.majority_correct`.
+4. Scoring: the training scorer, `trainer.reward.builtin.score_completions` ("synthetic" for the built-in task,
+   "math" for files; a response cut at the token limit is wrong under `reward.truncated = "wrong"`, as in
+   training). The vote's answers are `trainer.tasks.synthetic.check(...).predicted` and
+   `trainer.reward.math_grader.extract_answer`; two incorrect math answers are the same vote when they are equal as
+   stripped strings or `answers_match` says so (normalised strings, then math-verify), see
+   `trainer.eval.metrics.majority_correct`.
 5. Every rank's per-prompt results are gathered to every rank, which all compute the same metrics
    (`trainer.eval.metrics`): `eval/<source>/avg@n`, `pass@k`, `maj@n`, `length`, `length_correct`,
    `length_incorrect`, `format`, `prompts`, `skipped_prompts`, and `eval/<source>/level_<d>/...` per difficulty.
@@ -39,13 +41,13 @@ from typing import Any
 
 import torch.distributed as dist
 
-from fastslow.math_reward import answers_match, extract_answer
 from trainer import checkpoint as ckpt
-from trainer import rewards
 from trainer import tasks as builtin_tasks
 from trainer.config import Config, eval_source_name
 from trainer.data import load_prompts
 from trainer.eval.metrics import PromptResult, difficulty_label, eval_metrics, majority_correct
+from trainer.reward.builtin import score_completions, think_opened_flags
+from trainer.reward.math_grader import answers_match, extract_answer
 from trainer.rollout import SamplingParams
 
 __all__ = [
@@ -70,7 +72,7 @@ class EvalSet:
     name: str
     """How its metrics are named: a built-in task's name ("synthetic", "chain") or the file stem (`eval/<name>/...`)."""
     task: str
-    """The scorer: a built-in task's name or "math" (`trainer.rewards.score`)."""
+    """The scorer: a built-in task's name or "math" (`trainer.reward.builtin.score`)."""
     prompts: Sequence[dict]
     """Items of `trainer.data.load_prompts` (read from disk on access for files), with "difficulty"."""
     count: int
@@ -163,8 +165,8 @@ def _score_block(
     n = cfg.eval.n
     flat = [c for comps in completions for c in comps]
     answers = [str(it["answer"]) for it in items for _ in range(n)]
-    opened = rewards.think_opened_flags(cfg.reward.think_opened, tokenizer, items, n)
-    texts, correct, formatted = rewards.score_completions(
+    opened = think_opened_flags(cfg.reward.think_opened, tokenizer, items, n)
+    texts, correct, formatted = score_completions(
         tokenizer, flat, answers, task=task, think_opened=opened, truncated=cfg.reward.truncated
     )
     same: Callable[[str, str], bool]

@@ -97,7 +97,7 @@ def _load_model(cfg: Config, src: ModelSource) -> tuple[Any, Any]:
     from torch.distributed.checkpoint.state_dict import get_model_state_dict, set_model_state_dict
 
     from trainer import tasks
-    from trainer.model import load_model_and_tokenizer, load_tokenizer
+    from trainer.model.load import load_model_and_tokenizer, load_tokenizer
     from trainer.policy import Policy
 
     tokenizer = load_tokenizer(cfg.model, task=tasks.of_source(cfg.data.source).NAME)
@@ -113,7 +113,7 @@ def _load_model(cfg: Config, src: ModelSource) -> tuple[Any, Any]:
 
 def _engine(cfg: Config, src: ModelSource, lm: Any, tokenizer: Any, info: Any, workdir: Path) -> Any:
     from trainer.eval import eval_context_tokens
-    from trainer.model import engine_dtype
+    from trainer.model.load import engine_dtype
     from trainer.rollout import build_engine, engine_spec
     from trainer.weight_sync import sync_weights
 

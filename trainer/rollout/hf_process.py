@@ -1,7 +1,7 @@
 """The `hf_process` rollout engine: the hf engine in a process of its own, so generation can run on other cores while
 the trainer trains (`rollout.max_staleness > 0`, trainer/async_rollout.py) and be timed without vLLM.
 
-The child builds the model's architecture from its config (`trainer.build.empty_model`), runs an `HFEngine` on it
+The child builds the model's architecture from its config (`trainer.model.build.empty_model`), runs an `HFEngine` on it
 with one CPU thread (`FASTSLOW_ROLLOUT_THREADS`; `FASTSLOW_ROLLOUT_CPUS=1` pins it to core 1) or its GPU, and
 answers requests over a pipe: generate (prompts, sampling) -> completions as plain lists; load (one bucket of
 `(hf_name, tensor)`, the tensors in shared memory through torch.multiprocessing's pickler) -> the count loaded;
@@ -27,7 +27,7 @@ def _child(conn: multiprocessing.connection.Connection, config: Any, dtype: torc
     cpus = os.environ.get("FASTSLOW_ROLLOUT_CPUS")  # e.g. "1": keep the rollout process off the trainer's core
     if cpus and hasattr(os, "sched_setaffinity"):
         os.sched_setaffinity(0, {int(c) for c in cpus.split(",")})
-    from trainer.build import empty_model
+    from trainer.model.build import empty_model
     from trainer.rollout.hf import HFEngine
 
     engine = HFEngine(lambda: empty_model(config, device=torch.device(device), dtype=dtype), pad_token_id=pad,

@@ -13,7 +13,7 @@ from types import ModuleType
 
 __all__ = ["DEFAULT", "NAMES", "get", "is_builtin", "of_source"]
 
-_MODULES = {"synthetic": "trainer.task", "chain": "trainer.tasks.chain"}
+_MODULES = {"synthetic": "trainer.tasks.synthetic", "chain": "trainer.tasks.chain"}
 NAMES = tuple(_MODULES)
 DEFAULT = "synthetic"
 

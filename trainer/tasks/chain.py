@@ -17,8 +17,8 @@ accuracy reward has no reason to drop it, a length reward has every reason to. (
 steps in full; copying them cost accuracy, and GRPO dropped the pass on its own.) Lengths run from 4 tokens (a
 direct answer) to 2 + 32 + 17 + 4 = 55 (level 16, checked 16 times).
 
-Why this task, beside the quick digit-sum one (`trainer.task`, which saturates: GRPO reaches about 0.93 in 40-70
-steps and every answer is about 12 tokens long):
+Why this task, beside the quick digit-sum one (`trainer.tasks.synthetic`, which saturates: GRPO reaches about 0.93
+in 40-70 steps and every answer is about 12 tokens long):
 - It leaves headroom on a 2-core budget: a thought at level L is right only if all L lookups and sums are, so the
   long chains stay hard (from the warm start's 0.67 held-out, GRPO at lr 2e-4 levels off near 0.83 by step 40 of
   60, level 16 near 0.5; `bench/results/study_full_cpu_*.md`).
@@ -29,9 +29,9 @@ steps and every answer is about 12 tokens long):
 
 The split: `split="eval"` is the fifth of prompts whose CRC-32 is divisible by 5, `split="train"` the rest.
 
-The reward rule is the digit-sum task's (`trainer.task.check`): the answer is the first digit after `<answer>`
-(the pieces of a term token are its letter and its digit, so a thought's digits are never read as the answer), and
-a response is formatted when its answer is closed, `<answer> d </answer>` with nothing after it.
+The reward rule is the digit-sum task's (`trainer.tasks.synthetic.check`): the answer is the first digit after
+`<answer>` (the pieces of a term token are its letter and its digit, so a thought's digits are never read as the
+answer), and a response is formatted when its answer is closed, `<answer> d </answer>` with nothing after it.
 """
 
 from __future__ import annotations
@@ -39,7 +39,7 @@ from __future__ import annotations
 import random
 import zlib
 
-from trainer.task import ANSWER_CLOSE, ANSWER_OPEN, DIGITS, THINK_CLOSE, THINK_OPEN, Verdict, check
+from trainer.tasks.synthetic import ANSWER_CLOSE, ANSWER_OPEN, DIGITS, THINK_CLOSE, THINK_OPEN, Verdict, check
 
 __all__ = [
     "LETTERS",
@@ -64,7 +64,7 @@ LETTERS = "abcdefghijklmnop"
 TERMS = tuple(f"{letter}{d}" for letter in LETTERS for d in range(1, 10))
 VERIFY = "wait"
 VOCAB = (*DIGITS, "=", THINK_OPEN, THINK_CLOSE, ANSWER_OPEN, ANSWER_CLOSE, VERIFY, *TERMS)
-"""The task's words, in token-id order after the special tokens (see `trainer.model.build_tokenizer`)."""
+"""The task's words, in token-id order after the special tokens (see `trainer.model.tiny.build_tokenizer`)."""
 SPLITS = ("train", "eval")
 
 assert len(LETTERS) == MAX_LEVEL

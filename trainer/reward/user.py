@@ -1,8 +1,4 @@
-"""Reward functions: the built-in scorers (correct/formatted bits), user reward functions, and response lengths.
-
-`score(responses, answers, task=...)` gives the two `[N]` bool tensors that `fastslow.thinking_reward` (FAST) and
-plain GRPO (correctness only) take: the synthetic task's rule (`trainer.task.check`) or the math verifier
-(`fastslow.math_reward.score_batch`). `task_for(data_cfg)` picks the task from the data source.
+"""User reward functions: plugged in by import path, loaded once, called per chunk, their values checked.
 
 A user reward function (`reward.function` in the config) plugs in by import path, "package.module:function" or
 "path/to/file.py:function". `load_reward_fn(spec)` imports it once (the config does this when it loads, so a bad
@@ -26,11 +22,12 @@ one prompt are adjacent (group by group). It returns one finite number per respo
 
 run with `reward.function=my_rewards:brevity` (from the folder holding it, or with it on PYTHONPATH) or
 `reward.function=path/to/my_rewards.py:brevity`. The user's value is the reward GRPO's advantages use; the
-built-in scorer still judges correctness for the accuracy metric, the online filters, the accuracy-based KL and
-FAST's difficulty (see `trainer.step`). The function runs on every rank, on that rank's responses; when it raises,
-`call_reward_fn` with on_error="raise" calls it again on each sample alone to name the first one that fails.
-With `reward.timeout_s > 0` (the default) each call runs in a forked child process that is killed past the limit
-(`trainer.reward_worker`), so a function that hangs costs at most that long and Ctrl-C still stops the run.
+built-in scorer (`trainer.reward.builtin`) still judges correctness for the accuracy metric, the online filters,
+the accuracy-based KL and FAST's difficulty (see `trainer.step`). The function runs on every rank, on that rank's
+responses; when it raises, `call_reward_fn` with on_error="raise" calls it again on each sample alone to name the
+first one that fails. With `reward.timeout_s > 0` (the default) each call runs in a forked child process that is
+killed past the limit (`trainer.reward.worker`), so a function that hangs costs at most that long and Ctrl-C still
+stops the run.
 """
 
 from __future__ import annotations
@@ -43,39 +40,24 @@ import inspect
 import math
 import numbers
 import os
-import re
 import sys
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
-from typing import Any, NoReturn, Protocol
+from typing import Any, NoReturn
 
 import torch
 from torch import Tensor
 
-from fastslow.math_reward import score_batch
-from trainer import tasks as builtin_tasks
-from trainer.config.reward import LENGTH_UNITS, ON_ERROR
+from trainer.reward.config import ON_ERROR
 
 __all__ = [
-    "LENGTH_UNITS",
     "ON_ERROR",
-    "TASKS",
     "RewardError",
     "RewardFn",
-    "TaskSource",
     "call_reward_fn",
-    "char_length",
-    "decode_responses",
-    "lengths",
     "load_reward_fn",
-    "prompt_opens_think",
-    "score",
-    "score_completions",
-    "task_for",
-    "think_opened_flags",
 ]
 
-TASKS = (*builtin_tasks.NAMES, "math")
 
 RewardFn = Callable[[list[str], list[str], list[str]], Any]
 """A user reward function: `(responses, answers, prompts) -> N numbers` (see the module docstring)."""
@@ -87,150 +69,6 @@ _LOADED: dict[str, RewardFn] = {}
 
 class RewardError(RuntimeError):
     """A user reward function that cannot be loaded, or a call that failed or returned a bad value."""
-
-
-class TaskSource(Protocol):
-    """What `task_for` reads of a data config: its `source` (`trainer.config.DataConfig`, or a stand-in)."""
-
-    @property
-    def source(self) -> str: ...
-
-
-def task_for(data_cfg: TaskSource) -> str:
-    """The reward task of a data source: a built-in task's own name ("synthetic", "chain"), "math" for a file."""
-    source = str(data_cfg.source)
-    return source if builtin_tasks.is_builtin(source) else "math"
-
-
-def score(
-    responses: Sequence[str],
-    answers: Sequence[str],
-    *,
-    task: str,
-    think_opened: bool | Sequence[bool] = False,
-    timeout_s: float = 2.0,
-) -> tuple[Tensor, Tensor]:
-    """Scores `N` decoded responses against their reference answers.
-
-    Args:
-        responses: `N` generated texts (special tokens already stripped).
-        answers: `N` reference answers, `answers[i]` for `responses[i]`.
-        task: a built-in task (`trainer.tasks`: "synthetic", "chain"; their `check`) or "math"
-            (`fastslow.math_reward`: boxed or `<answer>` answer, exact then symbolic comparison, FAST's format).
-        think_opened: math only: the prompt (chat template) already opened the `<think>` block, so FAST's format
-            term expects the response to close it without opening it: one bool for all, or one per response
-            (`prompt_opens_think` tells it from a rendered prompt).
-        timeout_s: math only: limit of one symbolic check.
-
-    Returns:
-        `(correct, formatted)`: `[N]` bool CPU tensors.
-    """
-    if task not in TASKS:
-        raise ValueError(f"task must be one of {', '.join(TASKS)}, got {task!r}")
-    if isinstance(responses, str) or isinstance(answers, str):
-        raise ValueError("responses and answers must be sequences of strings, not one string")
-    if len(responses) != len(answers):
-        raise ValueError(f"answers has {len(answers)} items but responses has {len(responses)}")
-    opened = [bool(think_opened)] * len(responses) if isinstance(think_opened, bool) else list(think_opened)
-    if len(opened) != len(responses):
-        raise ValueError(f"think_opened has {len(opened)} items but responses has {len(responses)}")
-    if task == "math":
-        correct = torch.zeros(len(responses), dtype=torch.bool)
-        formatted = torch.zeros(len(responses), dtype=torch.bool)
-        for flag in (False, True):  # one verifier batch per kind of prompt
-            idx = [i for i, o in enumerate(opened) if o == flag]
-            if idx:
-                c, f, _ = score_batch(
-                    [responses[i] for i in idx], [str(answers[i]) for i in idx], timeout_s=timeout_s,
-                    think_opened=flag,
-                )  # fmt: skip
-                correct[idx], formatted[idx] = c, f
-        return correct, formatted
-    check = builtin_tasks.get(task).check
-    verdicts = [check(r, str(a)) for r, a in zip(responses, answers)]
-    correct = torch.tensor([v.correct for v in verdicts], dtype=torch.bool)
-    formatted = torch.tensor([v.formatted for v in verdicts], dtype=torch.bool)
-    return correct, formatted
-
-
-def score_completions(
-    tokenizer: Any,
-    completions: Sequence[Sequence[int]],
-    answers: Sequence[str],
-    *,
-    task: str,
-    think_opened: Sequence[bool],
-    truncated: str,
-) -> tuple[list[str], Tensor, Tensor]:
-    """`(texts, correct, formatted)` of generated completions, as training and evaluation both score them.
-
-    `score` on the decoded texts; with `truncated = "wrong"` (`reward.truncated`) a completion that does not end
-    with the stop token (cut at the token limit: its answer was never finished) is neither correct nor formatted.
-    """
-    texts = decode_responses(tokenizer, completions)
-    correct, formatted = score(texts, answers, task=task, think_opened=think_opened)
-    if truncated == "wrong":
-        eos = tokenizer.eos_token_id
-        ended = torch.tensor([bool(c) and c[-1] == eos for c in completions], dtype=torch.bool)
-        correct, formatted = correct & ended, formatted & ended
-    return texts, correct, formatted
-
-
-def decode_responses(tokenizer: Any, completions: Sequence[Sequence[int]]) -> list[str]:
-    """The texts the scorers read: each completion decoded without its stop token and special tokens."""
-    eos = tokenizer.eos_token_id
-    return [tokenizer.decode([t for t in c if t != eos], skip_special_tokens=True) for c in completions]
-
-
-def think_opened_flags(mode: str, tokenizer: Any, items: Sequence[dict], n: int) -> list[bool]:
-    """`reward.think_opened` per response of `items` (each with `n` responses): forced by "true" / "false", or
-    read from each item's rendered prompt ("auto", `prompt_opens_think`)."""
-    if mode != "auto":
-        return [mode == "true"] * (len(items) * n)
-    return [prompt_opens_think(tokenizer, it["prompt_ids"]) for it in items for _ in range(n)]
-
-
-def prompt_opens_think(tokenizer: Any, prompt_ids: Sequence[int]) -> bool:
-    """Whether a rendered generation prompt ends inside an open think block (R1-distilled models' chat templates end
-    with `<think>`): its last tokens, decoded with the special tokens kept, end with `<think>` once trailing white
-    space is removed."""
-    tail = tokenizer.decode(list(prompt_ids[-16:]), skip_special_tokens=False)
-    return tail.rstrip().endswith("<think>")
-
-
-def lengths(response_token_counts: Sequence[int] | Tensor, responses: Sequence[str], unit: str) -> Tensor:
-    """Response lengths for the FAST length score, in `unit`: "tokens" (the counts given) or "chars" (of the text,
-    counted as the seed does: `char_length`).
-
-    Args:
-        response_token_counts: `[N]` generated tokens per response (the stop token included, padding not).
-        responses: `N` decoded texts.
-        unit: "tokens" or "chars".
-
-    Returns:
-        `[N]` float32 CPU tensor.
-    """
-    if unit not in LENGTH_UNITS:
-        raise ValueError(f"unit must be one of {', '.join(LENGTH_UNITS)}, got {unit!r}")
-    n_tokens = len(response_token_counts)
-    if n_tokens != len(responses):
-        raise ValueError(f"response_token_counts has {n_tokens} items but responses has {len(responses)}")
-    if unit == "chars":
-        return torch.tensor([float(char_length(r)) for r in responses], dtype=torch.float32)
-    if isinstance(response_token_counts, Tensor):
-        return response_token_counts.detach().to("cpu", torch.float32).reshape(-1)
-    return torch.tensor([float(c) for c in response_token_counts], dtype=torch.float32)
-
-
-_TAG_SPACE = re.compile(r"\s*([<>/])\s*")
-
-
-def char_length(response: str) -> int:
-    """The FAST seed's character count: `len(response)` once the whitespace around `<`, `>` and `/` is removed.
-
-    `"<think> 3 / 4 </think> The answer is \\boxed{42}"` is 42 characters (47 before the removal).
-    """
-    return len(_TAG_SPACE.sub(r"\1", response))
 
 
 def load_reward_fn(spec: str) -> RewardFn:
@@ -328,7 +166,7 @@ def call_reward_fn(
         on_error: what a failure does: "raise" (a `RewardError` naming `name`, the first bad sample's index in
             this chunk and what was wrong) or "zero" (the bad samples score 0: each bad entry, or all `N` when the
             call raised, timed out or returned the wrong count or type).
-        timeout_s: `> 0`: the call runs in a child process (`trainer.reward_worker`) killed after this many
+        timeout_s: `> 0`: the call runs in a child process (`trainer.reward.worker`) killed after this many
             seconds, which counts as a failure of the whole call; a stop requested meanwhile raises
             `trainer.signals.Interrupted`. 0: called in this process, without a limit.
 
@@ -342,15 +180,15 @@ def call_reward_fn(
         raise ValueError(f"responses, answers and prompts differ in length: {n}, {len(answers)}, {len(prompts)}")
     args = (list(responses), list(answers), list(prompts))
     if timeout_s > 0:
-        from trainer import reward_worker
+        from trainer.reward import worker
 
         try:
-            outcome = reward_worker.run(_checked(fn, on_error), args, timeout_s)
-        except reward_worker.RewardTimeout as exc:
+            outcome = worker.run(_checked(fn, on_error), args, timeout_s)
+        except worker.RewardTimeout as exc:
             outcome = ("failed", f"took longer than reward.timeout_s = {timeout_s:g} s on a chunk of {n} samples")
             if on_error == "raise":
                 raise RewardError(f"reward function {name} {outcome[1]} ({exc})") from None
-        except reward_worker.ChildError as exc:
+        except worker.ChildError as exc:
             outcome = ("failed", f"failed on a chunk of {n} samples: {exc}")
     else:
         outcome = _outcome(fn, on_error, *args, keep_exception=True)

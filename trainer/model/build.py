@@ -13,6 +13,10 @@ parameters go to meta (`params_on_meta`), kept aside, and put back on the comput
 
 The export template is a meta model (class + config + generation config, no weights). The hf engine's inference copy
 is the one full copy this rank holds besides its shards: built empty on the device, filled by the first weight sync.
+
+Construction flows one way: this module takes the config, its checks and rank 0's initial weights from
+`trainer.model.load` (and `trainer.model.warm_start`), the model's parts from `trainer.model.adapter`; none of them
+calls back.
 """
 
 from __future__ import annotations
@@ -27,19 +31,21 @@ import torch
 import torch.distributed as dist
 from safetensors.torch import load_model
 from torch import nn
-from transformers import AutoModelForCausalLM, GenerationConfig, PretrainedConfig, PreTrainedModel, Qwen2Config
+from transformers import PretrainedConfig, PreTrainedModel
 from transformers import PreTrainedTokenizerBase as Tokenizer
 
-from trainer import warm_start
 from trainer.dist import DistInfo, parallelize
-from trainer.model import _check_vocab, _folder, _quiet_transformers, freeze, load_model_and_tokenizer, model_config
+from trainer.model import warm_start
+from trainer.model.adapter import ModelAdapter, new_causal_lm
+from trainer.model.load import checked_config, freeze, generation_config, load_model_and_tokenizer, quiet_transformers
 from trainer.policy import Policy
 
 if TYPE_CHECKING:
-    from trainer.config import Config, ModelConfig, OptimConfig
+    from trainer.config import Config, OptimConfig
 
 __all__ = [
-    "Models", "build_models", "build_optimizer", "empty_model", "fill_from_rank0", "meta_model", "params_on_meta",
+    "Models", "build_models", "build_optimizer", "empty_model", "fill_from_rank0", "materialize", "meta_model",
+    "params_on_meta",
 ]  # fmt: skip
 
 
@@ -77,59 +83,15 @@ def params_on_meta() -> Iterator[None]:
 
 
 def meta_model(config: PretrainedConfig, *, trust_remote_code: bool = False) -> PreTrainedModel:
-    """The causal LM of `config` in float32 with its parameters on meta and its buffers real (CPU); train mode."""
-    with params_on_meta(), torch.random.fork_rng(devices=[]), _quiet_transformers():  # draws nothing from the RNG
-        if isinstance(config, Qwen2Config):
-            from transformers import Qwen2ForCausalLM
+    """The causal LM of `config` in float32 with its parameters on meta and its buffers real (CPU); train mode.
 
-            model = Qwen2ForCausalLM(config)
-        else:
-            model = AutoModelForCausalLM.from_config(config, trust_remote_code=trust_remote_code)
-    check_layout(model)
-    return model.to(torch.float32).train()
-
-
-HEAD_TRANSFORMS: tuple[tuple[str, object], ...] = (
-    ("final_logit_softcapping", None),  # Gemma-2: logits = cap * tanh(logits / cap)
-    ("logit_scale", 1.0),  # Cohere, Cohere2: logits * scale
-    ("logits_scaling", 1.0),  # Granite: logits / scaling
-    ("lm_head_multiplier", 1.0),  # Falcon-H1: logits * multiplier
-)
-"""Config keys of models that transform the LM head's output, with the value that means "no transform"."""
-
-
-def check_layout(model: nn.Module) -> None:
-    """The decoder-only layout the policy, FSDP2 and the export use, and a plain LM head.
-
-    The layout: `model.model.layers` (the blocks) and an output embedding (`lm_head`), as Llama, Qwen2, Mistral and
-    their kin have; anything else (GPT-2's `transformer.h`, BERT's `bert.encoder`) is refused. The head: the fused
-    kernels compute log-probs from `hidden @ lm_head.weight.T` and nothing else, so a model whose logits are
-    transformed after that (Gemma-2's final-logit softcapping, Cohere's and Granite's logit scaling, a head bias)
-    would train on other log-probs than the engine samples from, silently; it is refused until the kernels take the
-    transform. Each is a ValueError naming the class and what is wrong, before any weight is loaded.
+    Every model the trainer builds starts here, so a layout or head the trainer does not support
+    (`trainer.model.adapter`) is refused before any weight is loaded.
     """
-    inner = getattr(model, "model", None)
-    kind = getattr(getattr(model, "config", None), "model_type", "?")
-    what = f"model.path: a {type(model).__name__} (model_type {kind!r})"
-    head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
-    if not isinstance(getattr(inner, "layers", None), nn.ModuleList) or head is None:
-        raise ValueError(
-            f"{what} has not the decoder-only layout the trainer needs "
-            "(`model.layers` blocks and an `lm_head`, as Llama, Qwen2 or Mistral)"
-        )
-    config = getattr(model, "config", None)
-    for key, neutral in HEAD_TRANSFORMS:
-        value = getattr(config, key, neutral)
-        if value is not None and value != neutral:
-            raise ValueError(
-                f"{what} transforms its logits after the head ({key} = {value!r}); the fused log-prob kernels take "
-                "the head's raw output, so the trainer's log-probs would not be the engine's: not supported yet"
-            )
-    if getattr(head, "bias", None) is not None:
-        raise ValueError(
-            f"{what} has a bias on its LM head; the fused log-prob kernels take `hidden @ weight.T` only, so the "
-            "trainer's log-probs would not be the engine's: not supported yet"
-        )
+    with params_on_meta(), torch.random.fork_rng(devices=[]), quiet_transformers():  # draws nothing from the RNG
+        model = new_causal_lm(config, trust_remote_code=trust_remote_code)
+    ModelAdapter(model).check_head()
+    return model.to(torch.float32).train()
 
 
 def materialize(module: nn.Module, *, device: torch.device, buffer_device: torch.device) -> None:
@@ -210,14 +172,6 @@ def _initial_weights(cfg: Config, tokenizer: Tokenizer, warm: Path | None) -> di
     return lm.state_dict()
 
 
-def _generation_config(model_cfg: ModelConfig, model: PreTrainedModel) -> None:
-    """The folder's `generation_config.json` on the template, as `from_pretrained` would set it (for the export)."""
-    path, _ = _folder(model_cfg)
-    if path is not None and (Path(path).expanduser() / "generation_config.json").is_file():
-        with contextlib.suppress(Exception):  # an unreadable one: the config-derived default, as transformers does
-            model.generation_config = GenerationConfig.from_pretrained(Path(path).expanduser())
-
-
 def build_models(
     cfg: Config,
     info: DistInfo,
@@ -233,15 +187,11 @@ def build_models(
     Raises `ValueError` / `FileNotFoundError` (on every rank) for a model folder or preset that cannot be built.
     """
     m = cfg.model
-    config = model_config(m, tokenizer)
-    vocab = getattr(config, "vocab_size", None)
-    if isinstance(vocab, int):
-        _check_vocab(vocab, tokenizer, m)
-    if config.pad_token_id is None:
-        config.pad_token_id = tokenizer.pad_token_id
+    config = checked_config(m, tokenizer)
     trust = bool(m.trust_remote_code)
     template = meta_model(config, trust_remote_code=trust)
-    _generation_config(m, template)
+    if (generation := generation_config(m)) is not None:  # as `from_pretrained` sets it, for the export
+        template.generation_config = generation
 
     offload = bool(getattr(m, "cpu_offload", False))
     shard_device = torch.device("cpu") if offload else info.device

@@ -1,10 +1,11 @@
-"""Builds or loads the policy's causal LM and tokenizer: a local Hugging Face folder, or the built-in tiny Qwen2.
+"""Loads the policy's causal LM and tokenizer: a local Hugging Face folder, or the built-in tiny preset's, seeded.
 
 `load_model_and_tokenizer(cfg.model, device=..., dtype=...)` is the one entry point: with `model.path` set it loads
 that folder with `AutoModelForCausalLM` / `AutoTokenizer` (remote code only when `model.trust_remote_code`), else it
-builds the `tiny` preset: a Qwen2 with the config's sizes and random weights, seeded so that every rank builds the
-same weights, and a tokenizer built in code with one token per word of the synthetic task (`trainer.task.VOCAB`).
-`build_reference` gives the same model frozen, for the KL term.
+builds the `tiny` preset (`trainer.model.tiny`): a Qwen2 with the config's sizes and random weights, seeded so that
+every rank builds the same weights, and a tokenizer built in code with one token per word of the synthetic task
+(`trainer.tasks.synthetic.VOCAB`). `build_reference` gives the same model frozen, for the KL term. The sharded
+construction the trainer uses (`trainer.model.build`) reads its config, checks and initial weights from here.
 
 The model config is read by attribute (duck typing): `path`, `preset`, `hidden_size`, `num_layers`, `num_heads`,
 `num_kv_heads`, `intermediate_size`, `trust_remote_code`.
@@ -19,45 +20,38 @@ from pathlib import Path
 from typing import Any, Protocol
 
 import torch
-from tokenizers import AddedToken
 from transformers import (
     MODEL_FOR_CAUSAL_LM_MAPPING,
     AutoConfig,
     AutoModelForCausalLM,
     AutoTokenizer,
+    GenerationConfig,
     PretrainedConfig,
     PreTrainedModel,
     PreTrainedTokenizerBase,
-    PreTrainedTokenizerFast,
-    Qwen2Config,
-    Qwen2ForCausalLM,
-    Qwen2Tokenizer,
 )
 from transformers.utils import logging as hf_logging
 
 from trainer import tasks
-from trainer.config.model import PRESETS
+from trainer.model.adapter import new_causal_lm
+from trainer.model.tiny import TinySpec, build_tokenizer, tiny_config
 
 __all__ = [
-    "PAD",
-    "PRESETS",
-    "SPECIALS",
     "ModelSpec",
     "PrecisionChoice",
     "build_reference",
-    "build_tokenizer",
+    "checked_config",
+    "engine_dtype",
+    "folder_of",
     "freeze",
+    "generation_config",
     "load_model_and_tokenizer",
     "load_tokenizer",
+    "mixed_precision",
     "model_config",
     "model_from_config",
+    "quiet_transformers",
 ]
-
-PAD, BOS, EOS, UNK = "<pad>", "<bos>", "<eos>", "<unk>"
-SPECIALS = (PAD, BOS, EOS, UNK)
-"""Ids 0..3 of the built-in tokenizer, in this order; the task's words follow."""
-MAX_POSITIONS = 1024
-"""Positions of the tiny preset: prompt + response stay far below this (64 + 16 tokens by default)."""
 
 _WEIGHT_FILES = (
     "model.safetensors",
@@ -68,7 +62,7 @@ _WEIGHT_FILES = (
 _TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model", "vocab.json")
 
 
-class ModelSpec(Protocol):
+class ModelSpec(TinySpec, Protocol):
     """What this module reads of the model config, by attribute (the module docstring): `trainer.config.ModelConfig`,
     or a stand-in (the tests' `SimpleNamespace`). `config` (a folder with config.json and tokenizer, no weights) and
     `dtype` are read with `getattr` and a default, so a stand-in may lack them. Read-only properties, so that a
@@ -76,18 +70,6 @@ class ModelSpec(Protocol):
 
     @property
     def path(self) -> str | None: ...
-    @property
-    def preset(self) -> str: ...
-    @property
-    def hidden_size(self) -> int: ...
-    @property
-    def num_layers(self) -> int: ...
-    @property
-    def num_heads(self) -> int: ...
-    @property
-    def num_kv_heads(self) -> int: ...
-    @property
-    def intermediate_size(self) -> int: ...
     @property
     def trust_remote_code(self) -> bool: ...
 
@@ -112,40 +94,7 @@ def engine_dtype(model_cfg: PrecisionChoice, device: torch.device) -> torch.dtyp
     return torch.bfloat16 if mixed_precision(model_cfg, device) else torch.float32
 
 
-def build_tokenizer(task: str = tasks.DEFAULT) -> PreTrainedTokenizerFast:
-    """The built-in tokenizer of a built-in task (`trainer.tasks`): one token per word of its `VOCAB`, as a
-    `Qwen2Tokenizer`. The default task's is described below; the "chain" task's has 164 tokens.
-
-    Ids: `<pad>` 0, `<bos>` 1, `<eos>` 2, `<unk>` 3, then `VOCAB` in order (27 words, 31 tokens in all). Each word is
-    an added token that swallows the white space around it, so `"1 + 2 ="` and `"1+2="` both encode to the same four
-    ids; nothing is added when encoding (no BOS/EOS); decoding concatenates the words without spaces
-    (`"<think>so</think><answer>3</answer>"`), and re-encoding a decoded text gives the same ids back. Text outside
-    the vocabulary is dropped (the byte-level model below has no unknown token).
-
-    Why a Qwen2Tokenizer and not a plain word-level one: from transformers 5, `AutoTokenizer.from_pretrained` on a
-    folder whose config says `model_type = "qwen2"` always builds a `Qwen2Tokenizer` from the saved vocabulary,
-    whatever class `tokenizer_config.json` names; a word-level tokenizer saved next to the tiny Qwen2 would come back
-    as a byte-level one that silently drops most words. Built as a Qwen2Tokenizer it round-trips exactly through
-    `save_pretrained` / `AutoTokenizer.from_pretrained`, checkpoints and HF exports included.
-    """
-    words_of_task = tuple(tasks.get(task).VOCAB)
-    vocab = {w: i for i, w in enumerate(SPECIALS + words_of_task)}
-    tok = Qwen2Tokenizer(
-        vocab=vocab,
-        merges=[],
-        unk_token=UNK,
-        bos_token=BOS,
-        eos_token=EOS,
-        pad_token=PAD,
-        model_max_length=MAX_POSITIONS,
-        clean_up_tokenization_spaces=False,
-    )
-    words = [AddedToken(w, lstrip=True, rstrip=True, normalized=False, special=False) for w in words_of_task]
-    tok.add_tokens(words)
-    return tok
-
-
-def _folder(model_cfg: ModelSpec) -> tuple[str | None, str]:
+def folder_of(model_cfg: ModelSpec) -> tuple[str | None, str]:
     """The Hugging Face folder to read (`model.path`, else `model.config`) and the config key it came from."""
     path = getattr(model_cfg, "path", None)
     if path is not None:
@@ -156,12 +105,12 @@ def _folder(model_cfg: ModelSpec) -> tuple[str | None, str]:
 def load_tokenizer(model_cfg: ModelSpec, *, task: str = tasks.DEFAULT) -> PreTrainedTokenizerBase:
     """The tokenizer of `model.path` / `model.config` (pad = eos when it has no pad token), or the built-in one of
     the built-in `task` (the tiny preset's)."""
-    path, key = _folder(model_cfg)
+    path, key = folder_of(model_cfg)
     if path is None:
         return build_tokenizer(task)
     folder = _check_folder(path, need_weights=False, key=key)
     try:
-        with _quiet_transformers():  # it reads config.json too: an odd one warns before any check of ours
+        with quiet_transformers():  # it reads config.json too: an odd one warns before any check of ours
             tok = AutoTokenizer.from_pretrained(
                 folder, trust_remote_code=bool(model_cfg.trust_remote_code), **_undeclared_specials(folder)
             )
@@ -191,16 +140,13 @@ def _undeclared_specials(folder: Path) -> dict[str, None]:
 
 
 def model_config(model_cfg: ModelSpec, tokenizer: PreTrainedTokenizerBase) -> PretrainedConfig:
-    """The Hugging Face config of the model: read from `model_cfg.path`, or the tiny preset's Qwen2Config.
-
-    The tiny preset takes its sizes from `model_cfg` (`hidden_size`, `num_layers`, `num_heads`, `num_kv_heads`,
-    `intermediate_size`), its vocabulary size and special ids from `tokenizer`, and ties input and output embeddings.
-    """
-    path, key = _folder(model_cfg)
+    """The Hugging Face config of the model: read from `model_cfg.path` (or `model.config`), or the tiny preset's
+    (`trainer.model.tiny.tiny_config`: its sizes from `model_cfg`, its vocabulary from `tokenizer`)."""
+    path, key = folder_of(model_cfg)
     if path is not None:
         folder = _check_folder(path, need_weights=key == "model.path", key=key)
         try:
-            with _quiet_transformers():  # an unknown model_type: transformers' own warning line, then the error
+            with quiet_transformers():  # an unknown model_type: transformers' own warning line, then the error
                 config = AutoConfig.from_pretrained(folder, trust_remote_code=bool(model_cfg.trust_remote_code))
         except Exception as exc:
             first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
@@ -211,32 +157,31 @@ def model_config(model_cfg: ModelSpec, tokenizer: PreTrainedTokenizerBase) -> Pr
                 "LM: transformers has no AutoModelForCausalLM for it"
             )
         return config
-    preset = getattr(model_cfg, "preset", "tiny")
-    if preset not in PRESETS:
-        raise ValueError(f"model.preset: unknown preset {preset!r}; allowed: {', '.join(PRESETS)}")
-    if model_cfg.hidden_size % model_cfg.num_heads != 0:
-        raise ValueError(
-            f"model.hidden_size ({model_cfg.hidden_size}) must be a multiple of model.num_heads ({model_cfg.num_heads})"
-        )
-    if model_cfg.num_heads % model_cfg.num_kv_heads != 0:
-        raise ValueError(
-            f"model.num_heads ({model_cfg.num_heads}) must be a multiple of "
-            f"model.num_kv_heads ({model_cfg.num_kv_heads})"
-        )
-    return Qwen2Config(
-        vocab_size=len(tokenizer),
-        hidden_size=model_cfg.hidden_size,
-        intermediate_size=model_cfg.intermediate_size,
-        num_hidden_layers=model_cfg.num_layers,
-        num_attention_heads=model_cfg.num_heads,
-        num_key_value_heads=model_cfg.num_kv_heads,
-        max_position_embeddings=MAX_POSITIONS,
-        tie_word_embeddings=True,
-        pad_token_id=tokenizer.pad_token_id,
-        bos_token_id=tokenizer.bos_token_id,
-        eos_token_id=tokenizer.eos_token_id,
-        use_cache=True,
-    )
+    return tiny_config(model_cfg, tokenizer)
+
+
+def checked_config(model_cfg: ModelSpec, tokenizer: PreTrainedTokenizerBase) -> PretrainedConfig:
+    """`model_config`, checked against `tokenizer` before any weight exists: a vocabulary smaller than the
+    tokenizer's is a `ValueError`; a missing `pad_token_id` is the tokenizer's."""
+    config = model_config(model_cfg, tokenizer)
+    vocab = getattr(config, "vocab_size", None)
+    if isinstance(vocab, int):
+        _check_vocab(vocab, tokenizer, model_cfg)
+    if config.pad_token_id is None:
+        config.pad_token_id = tokenizer.pad_token_id
+    return config
+
+
+def generation_config(model_cfg: ModelSpec) -> GenerationConfig | None:
+    """The folder's `generation_config.json` (`model.path` / `model.config`), as `from_pretrained` would read it; None
+    when there is none or it does not read (transformers then derives a default from the model config)."""
+    path, _ = folder_of(model_cfg)
+    if path is None or not (Path(path).expanduser() / "generation_config.json").is_file():
+        return None
+    try:
+        return GenerationConfig.from_pretrained(Path(path).expanduser())
+    except Exception:  # an unreadable one: the config-derived default, as transformers does
+        return None
 
 
 def model_from_config(config: PretrainedConfig, *, seed: int, dtype: torch.dtype = torch.float32) -> PreTrainedModel:
@@ -247,10 +192,7 @@ def model_from_config(config: PretrainedConfig, *, seed: int, dtype: torch.dtype
     """
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        if isinstance(config, Qwen2Config):
-            model = Qwen2ForCausalLM(config)
-        else:
-            model = AutoModelForCausalLM.from_config(config)
+        model = new_causal_lm(config)
     return model.to(dtype)
 
 
@@ -282,11 +224,9 @@ def load_model_and_tokenizer(
         model = model_from_config(model_config(model_cfg, tok), seed=seed, dtype=dtype)
     else:
         folder = _check_folder(path, need_weights=True)
-        vocab = getattr(model_config(model_cfg, tok), "vocab_size", None)
-        if isinstance(vocab, int):  # fail before reading the weights; the embedding is checked below either way
-            _check_vocab(vocab, tok, model_cfg)
+        checked_config(model_cfg, tok)  # fail before reading the weights; the embedding is checked below too
         try:
-            with _quiet_transformers():  # its progress bar and load report: _check_loaded says what matters
+            with quiet_transformers():  # its progress bar and load report: _check_loaded says what matters
                 model, info = AutoModelForCausalLM.from_pretrained(
                     folder, dtype=dtype, trust_remote_code=bool(model_cfg.trust_remote_code), output_loading_info=True
                 )
@@ -306,7 +246,7 @@ _BENIGN_KEYS = ("rotary_emb.inv_freq",)
 
 
 @contextlib.contextmanager
-def _quiet_transformers() -> Iterator[None]:
+def quiet_transformers() -> Iterator[None]:
     """No progress bar and no warnings from transformers inside (they would come from every rank)."""
     bars, level = hf_logging.is_progress_bar_enabled(), hf_logging.get_verbosity()
     hf_logging.disable_progress_bar()
@@ -361,7 +301,7 @@ def _check_vocab(model_vocab: int, tokenizer: PreTrainedTokenizerBase, model_cfg
     A larger model vocabulary is fine (Qwen pads its embedding to a multiple of 128 past the tokenizer's ids).
     """
     if model_vocab < len(tokenizer):
-        path, key = _folder(model_cfg)
+        path, key = folder_of(model_cfg)
         where = f"{key}: {Path(path).expanduser()}" if path is not None else "the built-in model"
         raise ValueError(
             f"{where}: the model's vocabulary ({model_vocab} tokens: config.vocab_size / embedding rows) is smaller "

@@ -28,7 +28,7 @@ from transformers.integrations.sdpa_attention import sdpa_attention_forward
 from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS, sdpa_mask
 
 from fastslow.kernels._dispatch import flash_attn_available
-from trainer.config.model import ATTN_IMPLEMENTATIONS
+from trainer.model.config import ATTN_IMPLEMENTATIONS
 
 PACKED_SDPA = "fastslow_sdpa"
 

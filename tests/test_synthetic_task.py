@@ -1,4 +1,4 @@
-"""trainer.task: the digit-sum task (held-out split, levels, worked solutions) and its reward rule."""
+"""trainer.tasks.synthetic: the digit-sum task (held-out split, levels, worked solutions) and its reward rule."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from collections import Counter
 
 import pytest
 
-from trainer import task
+from trainer.tasks import synthetic as task
 
 
 def test_dataset_is_deterministic_with_levels_and_right_answers() -> None:

@@ -1,8 +1,8 @@
 """The `[model]` and `[warm_start]` sections: the policy (and frozen reference) model, and the built-in warm start.
 
-Here, not beside the model code, because that code imports torch and transformers at module level and loading a
-config must not; `trainer.policy` and `trainer.attention` import their choices (`Kernels`, `AttnImplementation`)
-from this module.
+Light (no torch, no transformers: the config loader imports it); the model code imports its choices from here
+(`PRESETS` in `trainer.model.tiny`, `ATTN_IMPLEMENTATIONS` in `trainer.model.attention`, `KERNELS` in
+`trainer.policy`).
 """
 
 from __future__ import annotations
@@ -27,10 +27,10 @@ Kernels = Literal["fused", "reference"]
 """`model.kernels`: the fused log-prob and loss kernels, or their plain-torch references."""
 KERNELS: tuple[str, ...] = get_args(Kernels)
 AttnImplementation = Literal["auto", "flash_attention_2", "sdpa", "eager"]
-"""`model.attn_implementation` (`trainer.attention` resolves "auto")."""
+"""`model.attn_implementation` (`trainer.model.attention` resolves "auto")."""
 ATTN_IMPLEMENTATIONS: tuple[str, ...] = get_args(AttnImplementation)
 Preset = Literal["tiny"]
-"""The built-in models `model.preset` names (`trainer.model` builds them); "none" besides them builds nothing."""
+"""The built-in models `model.preset` names (`trainer.model.tiny` builds them); "none" besides them builds nothing."""
 PRESETS: tuple[str, ...] = get_args(Preset)
 
 
@@ -80,7 +80,7 @@ class ModelConfig(_Section):
     flash-attn's varlen kernels on CUDA when flash-attn is installed (`pip install .[flash]`), else an exact
     per-sequence SDPA ("fastslow_sdpa"); "flash_attention_2" (an error without CUDA and flash-attn); "sdpa" and
     "eager": transformers' own, given a block-diagonal causal mask for packed rows (exact, quadratic in the row).
-    See `trainer/attention.py`."""
+    See `trainer/model/attention.py`."""
 
     def validate(self) -> None:
         if self.path is not None and not self.path.strip():
@@ -105,7 +105,7 @@ class ModelConfig(_Section):
 
 @dataclass
 class WarmStartConfig(_Section):
-    """The built-in warm start (`trainer.warm_start`): a short supervised pass on the synthetic task's worked
+    """The built-in warm start (`trainer.model.warm_start`): a short supervised pass on the synthetic task's worked
     solutions, cached, so that RL starts from a model that already answers (directly or by thinking), as the
     papers' models do."""
 

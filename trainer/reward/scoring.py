@@ -1,11 +1,12 @@
 """How a response is scored: the built-in scorer, the user reward, FAST's format and length terms, over all ranks.
 
 `score_chunk` takes one generation chunk (this rank's prompts and their `n` responses each) to scored `Group`s:
-correctness and format from the built-in scorer (`trainer.rewards`), the length in `reward.thinking.length_unit`, and
-the reward. With a user reward function (`reward.function`), its value is the reward: it replaces the correctness term,
-alone for GRPO, and with FAST's format and length terms added for the thinking reward. `correct` (accuracy,
-filters, group KL, FAST's difficulty) stays the built-in scorer's. The FAST thinking reward takes its statistics
-over all ranks' chunk (one all-gather of `[N, 3]` floats), and each rank keeps its own slice.
+correctness and format from the built-in scorer (`trainer.reward.builtin`), the length in
+`reward.thinking.length_unit`, and the reward. With a user reward function (`reward.function`, `trainer.reward.user`),
+its value is the reward: it replaces the correctness term, alone for GRPO, and with the thinking reward's format and
+length terms added (`algorithm.reward_shaping = "thinking"`). `correct` (accuracy, filters, group KL, FAST's
+difficulty) stays the built-in scorer's. The FAST thinking reward takes its statistics over all ranks' chunk (one
+all-gather of `[N, 3]` floats), and each rank keeps its own slice.
 """
 
 from __future__ import annotations
@@ -16,8 +17,9 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from fastslow import thinking_reward
-from trainer import rewards as reward_fns
 from trainer.dist import all_gather_cat
+from trainer.reward import builtin
+from trainer.reward.user import call_reward_fn, load_reward_fn
 
 if TYPE_CHECKING:
     from trainer.config import Config
@@ -50,17 +52,17 @@ def score_chunk(
     n = cfg.rollout.group_size
     flat = [c for comps in completions for c in comps]
     answers = [it["answer"] for it in items for _ in range(n)]
-    opened = reward_fns.think_opened_flags(cfg.reward.think_opened, tokenizer, items, n)
-    texts, correct, formatted = reward_fns.score_completions(
+    opened = builtin.think_opened_flags(cfg.reward.think_opened, tokenizer, items, n)
+    texts, correct, formatted = builtin.score_completions(
         tokenizer, flat, answers, task=task, think_opened=opened, truncated=cfg.reward.truncated
     )
     thinking = cfg.reward.thinking
-    lengths = reward_fns.lengths([len(c) for c in flat], texts, thinking.length_unit)
+    lengths = builtin.lengths([len(c) for c in flat], texts, thinking.length_unit)
     user, errors = cfg.reward.function, 0
     if user:  # resolved (and cached) when the config loaded
         prompts = [it["prompt"] for it in items for _ in range(n)]
-        fn = reward_fns.load_reward_fn(user)
-        user_rewards, errors = reward_fns.call_reward_fn(
+        fn = load_reward_fn(user)
+        user_rewards, errors = call_reward_fn(
             fn, texts, answers, prompts, name=user, on_error=cfg.reward.on_error, timeout_s=cfg.reward.timeout_s
         )
     if cfg.algorithm.reward_shaping == "thinking":

@@ -1,7 +1,8 @@
 """The `[reward]` section and its `[reward.thinking]` table: what scores a response, and FAST-GRPO's thinking reward.
 
-Here, not beside the reward code, because that code imports torch at module level and loading a config must not;
-`trainer.rewards` imports its choices (`LengthUnit`, `OnError`) from this module.
+Light (no torch: the config loader imports it); the reward code imports its choices from here (`LENGTH_UNITS` in
+`trainer.reward.builtin`, `ON_ERROR` in `trainer.reward.user`), and the check of `reward.function` loads
+`trainer.reward.user` only when a function is given.
 """
 
 from __future__ import annotations
@@ -53,7 +54,7 @@ class ThinkingConfig(_Section):
 class RewardConfig(_Section):
     """The reward of a response: the data's built-in scorer, or a user function plugged in by import path.
 
-    A user function is called once per generation chunk (see `trainer.rewards` for its contract and an example):
+    A user function is called once per generation chunk (see `trainer.reward.user` for its contract and an example):
 
         def my_reward(responses: list[str], answers: list[str], prompts: list[str]) -> list[float] | Tensor
 
@@ -71,7 +72,7 @@ class RewardConfig(_Section):
     think_opened: Literal["auto", "true", "false"] = "auto"
     """Whether the generation prompt already opens the `<think>` block (R1-distilled chat templates end with it), so
     that the format check expects a response that closes it without opening it. "auto": read from each rendered
-    prompt (`trainer.rewards.prompt_opens_think`); "true" / "false" (or TOML booleans) force it."""
+    prompt (`trainer.reward.builtin.prompt_opens_think`); "true" / "false" (or TOML booleans) force it."""
     truncated: Literal["wrong", "score"] = "wrong"
     """A response cut at `rollout.max_new_tokens` (no stop token): "wrong" counts it as incorrect and unformatted,
     whatever it holds (it never finished its answer; without this, a correctness-only reward lets text after the
@@ -92,7 +93,7 @@ class RewardConfig(_Section):
         self.function = self.function.strip()
         self._require(math.isfinite(self.timeout_s) and self.timeout_s >= 0, "timeout_s", "must be a number >= 0")
         if self.function:
-            from trainer.rewards import RewardError, load_reward_fn  # torch and the verifiers: only when needed
+            from trainer.reward.user import RewardError, load_reward_fn  # torch: only when needed
 
             try:
                 load_reward_fn(self.function)

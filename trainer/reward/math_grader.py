@@ -1,4 +1,4 @@
-"""Math answer rewards: extract the final answer, check it against the reference, and check the think/answer format.
+"""The math grader: extract the final answer, check it against the reference, and check the think/answer format.
 
 `math_reward(response, reference)` gives one response's correctness and format bit; `score_batch` gives a chunk's as
 the bool tensors `fastslow.thinking_reward` takes. Correctness is decided in two stages:
@@ -9,7 +9,7 @@ the bool tensors `fastslow.thinking_reward` takes. Correctness is decided in two
    in `\\text{}`, `%`, thousands separators, a trailing full stop and all white space are dropped, then the strings
    are compared; plain numbers (`0.5`, `1/2`, `\\frac{1}{2}`, `1.5e3`, `073`) are compared as exact fractions, so
    AIME's zero-padded `073` is `73`. Cheap and needs no sympy.
-2. Symbolic (`"symbolic"` / `"mismatch"`): math-verify, in a pool of verifier subprocesses (`fastslow.verifier`)
+2. Symbolic (`"symbolic"` / `"mismatch"`): math-verify, in a pool of verifier subprocesses (`trainer.reward.verifier`)
    that enforces `timeout_s` from any thread, even on sympy stuck in C code (`"timeout"`). Numbers match when they
    agree to 6 decimals (math-verify's `float_rounding`): `0.333333` matches `\\frac{1}{3}`, `0.33` does not.
 
@@ -47,7 +47,7 @@ import torch
 from torch import Tensor
 
 from fastslow._checks import check_finite_number
-from fastslow.verifier import start_verifier, stop_verifier, symbolic_check, worker_count
+from trainer.reward.verifier import start_verifier, stop_verifier, symbolic_check, worker_count
 
 __all__ = [
     "MAX_ANSWER_CHARS",
@@ -341,7 +341,7 @@ def check_answer(predicted: str, reference: str, *, timeout_s: float = 2.0) -> V
     Args:
         predicted: the model's answer (e.g. from `extract_answer`), not the whole response.
         reference: the gold answer, LaTeX or plain (`$...$` and `\\boxed{}` around it are fine).
-        timeout_s: wall-clock limit of the symbolic stage, enforced from any thread (`fastslow.verifier`).
+        timeout_s: wall-clock limit of the symbolic stage, enforced from any thread (`trainer.reward.verifier`).
 
     Returns:
         A `Verdict`; an empty prediction is `'no_answer'`, an empty reference `'error'`. Never raises for any string

@@ -1,4 +1,4 @@
-"""The built-in synthetic verifiable task: the last digit of a sum of digits, with a think trace that can help.
+"""The built-in task "synthetic" (the default): the last digit of a sum of digits, with a think trace that can help.
 
 A prompt is `NUM_DIGITS` digits and `=`, e.g. `"3 0 0 5 0 2 ="`; the answer is the last digit of their sum (`0`).
 The level (difficulty) of a problem is how many of its digits are not zero, 1 to `MAX_LEVEL`. Two ways to answer:
@@ -15,7 +15,7 @@ model:
   running sum is the previous one plus the prompt's j-th digit, which sits at a fixed distance back (every prompt
   has the same length), so a small transformer learns the step and it generalises to unseen digit strings; the
   direct answer needs the whole sum at once, which the same model gets right for one non-zero digit (a copy) and
-  rarely for three or more. After the built-in warm start (`trainer.warm_start`, 200 steps on the training split),
+  rarely for three or more. After the built-in warm start (`trainer.model.warm_start`, 200 steps on the training split),
   measured on 64 held-out problems per level, sampled at temperature 1 (level 1 -> 5): a direct answer is right
   0.95, 0.66, 0.06, 0.14, 0.11 of the time, a thought 0.97, 0.95, 0.91, 0.86, 0.84.
 - Lengths vary and can move both ways: 4 tokens for a direct answer, 12 or more for a thought, a stop token after
@@ -38,7 +38,7 @@ other words.
   most one `<think>` and at most one `</think>`, both before `<answer>`; a `<think>` must be closed by a later
   `</think>` (a lone `</think>` is fine: the prompt may have opened the block); (3) the answer is closed: exactly one
   `</answer>`, right after the answer's digit, and nothing after it. A direct answer (no think block) is formatted:
-  fast thinking skips the block, which `fastslow.math_reward.format_ok` allows as an empty `<think></think>`.
+  fast thinking skips the block, which `trainer.reward.math_grader.format_ok` allows as an empty `<think></think>`.
   Rule (3) is the seed's: its format regex (as `format_ok` implements it) wants `<answer>X</answer>` with only white
   space after it. An earlier version also accepted an unclosed `<answer> d`, and FAST's brevity reward found it
   (`<think>...</think><answer>2<eos>`, one token shorter); a response cut at the token limit is wrong either way
@@ -84,7 +84,7 @@ OPERATORS = ("+", "-", "=")
 FILLER = ("so", "is", "plus", "makes", "then", "ok", "wait", "hmm", "check", "count")
 """Thinking words: they carry no information, they only let a response be longer or shorter."""
 VOCAB = DIGITS + OPERATORS + TAGS + FILLER
-"""The task's words, in token-id order after the special tokens (see `trainer.model.build_tokenizer`)."""
+"""The task's words, in token-id order after the special tokens (see `trainer.model.tiny.build_tokenizer`)."""
 
 NUM_DIGITS = 6
 """Digits per prompt: every prompt has the same length, so each running sum's digit is a fixed distance back."""
@@ -164,7 +164,7 @@ def solution(digits: list[int], *, think: bool, fillers: int = 0, rng: random.Ra
 
 
 def warm_start_examples(n: int, *, seed: int, direct: float, filler: float) -> list[tuple[str, str]]:
-    """`n` (prompt, response) pairs on the training split for the warm start (`trainer.warm_start`): direct with
+    """`n` (prompt, response) pairs on the training split for the warm start (`trainer.model.warm_start`): direct with
     probability `direct`, else a thought with a geometric number of filler words (each further one with probability
     `filler`)."""
     rng = random.Random(f"warm-start:{seed}")

@@ -1,6 +1,6 @@
 """A pool of verifier subprocesses that run math-verify's symbolic answer check under a timeout, from any thread.
 
-`symbolic_check(gold, pred, timeout_s)` is the symbolic stage of `fastslow.math_reward.check_answer`:
+`symbolic_check(gold, pred, timeout_s)` is the symbolic stage of `trainer.reward.math_grader.check_answer`:
 math-verify's `verify(parse(gold), parse(pred))`, each side wrapped in `\\boxed{}` so `parse` takes exactly it; prose
 such as `The answer is 5` is also parsed bare, so math-verify's anchors find the value.
 
@@ -17,7 +17,7 @@ Starting a worker (importing sympy, ~1-3 s) is waited for separately and not cou
 are recycled after `_MAX_CHECKS_PER_WORKER` checks (sympy's caches grow), exit when the parent's pipe closes, and
 a forked child of the trainer starts its own pool instead of sharing the parent's pipes.
 
-The worker runs this file by path (`_worker_main`), so it imports neither `fastslow/__init__` nor torch: this file
+The worker runs this file by path (`_worker_main`), so it imports neither the `trainer` packages nor torch: this file
 imports only the standard library at the top, and math-verify inside the worker.
 """
 
