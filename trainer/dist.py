@@ -26,7 +26,9 @@ import torch
 import torch.distributed as dist
 
 if TYPE_CHECKING:
-    from trainer.policy import Policy
+    from torch import nn
+
+    from trainer.model.adapter import ModelAdapter
 
 
 @dataclass(frozen=True)
@@ -138,7 +140,7 @@ def init_distributed(parallel: Any = None, *, cpu_offload: bool = False) -> Dist
 
 
 def parallelize(
-    policy: Policy,
+    policy: nn.Module,
     info: DistInfo,
     *,
     mixed_precision: bool,
@@ -146,6 +148,8 @@ def parallelize(
     cpu_offload: bool = False,
 ) -> None:
     """FSDP2 in torchtitan's order: activation checkpointing, then `fully_shard` per decoder block, then the root.
+    `policy` is a `trainer.policy.Policy` (its `lm` and `adapter` are read; typed as a module, as the policy
+    imports the objective, which imports this module).
 
     The units are the LM's parts as its adapter names them (`policy.adapter`, `trainer.model.adapter`): each decoder
     block, the input embedding when the head does not share it, then the root. With `mixed_precision`, parameters
@@ -158,7 +162,7 @@ def parallelize(
         # Hugging Face's own per-layer checkpointing (non-reentrant): its decoder layers route their keyword
         # arguments (masks, position embeddings) through it correctly, which a generic wrapper does not.
         policy.lm.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-    adapter = policy.adapter
+    adapter: ModelAdapter = policy.adapter
     mp = MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32) if mixed_precision else None
     kwargs: dict[str, Any] = {"mesh": info.mesh} | ({"mp_policy": mp} if mp is not None else {})
     if cpu_offload:
