@@ -80,6 +80,11 @@ class PackedRow:
         """The sequences in the row (0 for an empty one)."""
         return len(self.members)
 
+    @property
+    def batch_indices(self) -> torch.Tensor:
+        """`[S]` long: the batch indices of the row's sequences (`members`)."""
+        return torch.tensor(self.members, dtype=torch.long, device=self.seq.device)
+
     def gather(self, x: torch.Tensor, fill: float | int = 0) -> torch.Tensor:
         """`[1, N]` values of a padded `[B]` (per sequence) or `[B, W]` (per position, any W) tensor; `fill` where
         a token has no value (padding, or a position past W)."""
@@ -120,6 +125,11 @@ class PaddedRow:
         return len(self.idx)
 
     @property
+    def batch_indices(self) -> torch.Tensor:
+        """`[b]` long: the batch indices of the micro-batch's sequences (`idx`)."""
+        return self.idx
+
+    @property
     def scored(self) -> torch.Tensor:
         """Sequences with at least one response token: a 0-d float tensor (no device sync, unlike a packed row's)."""
         return self.mask[self.idx].any(-1).sum().float()
@@ -138,7 +148,8 @@ class PaddedRow:
 
 
 Row = PackedRow | PaddedRow
-"""One micro-batch of a pass, packed or padded: `gather`, `scatter`, `inputs`, `seq_ids`, `scored`, `n_seqs`."""
+"""One micro-batch of a pass, packed or padded: `gather`, `scatter`, `inputs`, `seq_ids`, `scored`, `n_seqs`,
+`batch_indices`."""
 
 
 def make_row(members: list[int], lengths: Sequence[int], scored: Sequence[bool], device: torch.device) -> PackedRow:

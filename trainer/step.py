@@ -22,7 +22,7 @@ from trainer.async_rollout import OverlapTally
 from trainer.dist import DistInfo, all_reduce
 from trainer.engine_check import check_engine, logp_bound, mean_logp_gap
 from trainer.objective import Objective, Totals, loss_settings
-from trainer.offpolicy import bounds_for, correction_on, correction_weights
+from trainer.offpolicy import ForwardCorrection, bounds_for, correction_on, correction_weights
 from trainer.packing import PackedBatch, layout_metrics, pack_batch, pass_rows, update_rows
 from trainer.reward.scoring import Group, score_chunk
 from trainer.rollout import SamplingParams
@@ -233,9 +233,11 @@ def update(
     adv: torch.Tensor,
     kl_coef: torch.Tensor | float,
     packed: PackedBatch | None = None,
+    correction: ForwardCorrection | None = None,
 ) -> dict[str, float]:
     """One full policy update: `epochs` passes of `minibatches` optimizer steps, micro-batched (or `packed`).
-    `old_logp` None: on-policy (`skips_old_logprobs`), each micro-batch's own log-probs are the old ones.
+    `old_logp` None: one optimizer step (`skips_old_logprobs`), each micro-batch's own log-probs are the old ones;
+    `correction` then weighs the advantages from them (its metrics join the update's).
 
     The loss of each micro-batch (its arguments and its share of the minibatch's loss) is `trainer.objective`'s;
     FSDP averages gradients over ranks, hence the factor `world`.
@@ -253,6 +255,8 @@ def update(
             for row in rows:
                 *inputs, extra = row.inputs(ctx.policy, batch)
                 args = objective.args(row, mb_totals)
+                if correction is not None:
+                    extra["advantages_of"] = correction.advantages_of(row)
                 loss, m = ctx.policy.loss(*inputs, args, temperature=cfg.rollout.temperature, **extra)
                 (loss * objective.scale(row, mb_totals) * world).backward()
                 tokens = m["tokens"].item()
@@ -276,7 +280,7 @@ def update(
     out["entropy"] = out.pop("actor/entropy")
     out["actor/grad_norm"] = sum(grad_norms) / max(len(grad_norms), 1)
     out["actor/skipped_updates"] = float(skipped)
-    return out
+    return out if correction is None else {**out, **correction.metrics()}
 
 
 def learn(ctx: StepContext, batch: Batch, timing: dict[str, float] | None = None) -> dict[str, float]:
@@ -313,24 +317,29 @@ def learn(ctx: StepContext, batch: Batch, timing: dict[str, float] | None = None
     if ctx.ref is not None:
         ref_logp, _ = logprobs(ctx.ref, batch, cfg.optim.micro_batch_size, cfg.rollout.temperature, packed)
     adv = group_advantages(batch.rewards, n, std_normalize=cfg.algorithm.std_normalize)
+    correction = None
     if correction_on(cfg.rollout):
         r = cfg.rollout
         if batch.rollout_logp is None:
             raise RuntimeError("rollout.is_correction is on but the engine returned no log-probs")
-        assert old_logp is not None  # is_correction needs them: never skipped (skips_old_logprobs)
         low, high = bounds_for(r.is_correction, r.is_bounds, r.is_cap)
-        weights, weight_metrics = correction_weights(
-            old_logp, batch.rollout_logp, batch.mask, r.is_correction, low, high
-        )
-        is_metrics.update(weight_metrics)
-        adv = adv[:, None] * weights  # [B, T]: per-token advantages (weights > 0, so the clipping is unchanged)
+        if old_logp is None:  # one optimizer step: the proximal log-probs are the update's own (offpolicy.py)
+            correction = ForwardCorrection(r.is_correction, low, high, batch.rollout_logp, batch.mask, adv)
+        else:
+            weights, weight_metrics = correction_weights(
+                old_logp, batch.rollout_logp, batch.mask, r.is_correction, low, high
+            )
+            is_metrics.update(weight_metrics)
+            adv = adv[:, None] * weights  # [B, T]: per-token advantages (weights > 0, so the clipping is unchanged)
     kl_coef: torch.Tensor | float = float(cfg.algorithm.kl_coef)  # "fixed": one scalar, the kernel's fast path
     if cfg.algorithm.kl_type != "fixed":
         kl_coef = ctx.kl.coefficients(batch.correct, n).to(info.device)
         _global_kl_summary(ctx)
     seconds_logprobs, t = time.perf_counter() - t, time.perf_counter()
 
-    run_update: Callable[[], dict[str, float]] = lambda: update(ctx, batch, old_logp, ref_logp, adv, kl_coef, packed)
+    run_update: Callable[[], dict[str, float]] = lambda: update(
+        ctx, batch, old_logp, ref_logp, adv, kl_coef, packed, correction
+    )
     if sfpo_on:
         if ctx.slow is None:
             from fastslow.kernels import snapshot
@@ -349,7 +358,7 @@ def learn(ctx: StepContext, batch: Batch, timing: dict[str, float] | None = None
     if timing is not None:
         timing["logprobs"], timing["update"] = seconds_logprobs, time.perf_counter() - t
     out = {**update_metrics, **is_metrics, **layout, "sfpo": float(sfpo_on)}
-    out["actor/old_logp_pass"] = float(not skip_old)  # 0: on-policy, the ratio taken as 1 (no separate pass)
+    out["actor/old_logp_pass"] = float(not skip_old)  # 0: one optimizer step, the ratio taken as 1 (no pass)
     return out
 
 
@@ -365,30 +374,23 @@ class PassSettings(Protocol):
 
 
 class OldLogpSettings(Protocol):
-    """What `skips_old_logprobs` reads of the config (`Config` or a stand-in); `rollout` is read with `getattr`."""
+    """What `skips_old_logprobs` reads of the config (`Config` or a stand-in)."""
 
     @property
     def optim(self) -> PassSettings: ...
-    @property
-    def rollout(self) -> object: ...
 
 
 def skips_old_logprobs(cfg: OldLogpSettings, sfpo_on: bool) -> bool:
-    """Whether the old-log-prob pass is redundant: the batch is used for exactly one optimizer step taken from the
-    weights that generated it (one epoch, one minibatch, no SFPO inner steps; the engine's weights are synced every
-    step, so nothing is stale), and nothing else needs the old log-probs (`rollout.is_correction` compares them with
-    the engine's; the stale-weights check, `rollout.max_logp_diff`, keeps the pass too: see `learn`). Then the ratio is
-    1 with the gradient of `exp(logp - logp.detach())`, as TRL, prime-rl and verl's bypass mode do;
-    `optim.skip_old_logprobs = false` keeps the pass (a check)."""
+    """Whether the old-log-prob pass is redundant: the batch is used for exactly one optimizer step (one epoch, one
+    minibatch, no SFPO inner steps), so the proximal policy of the decoupled form is the weights the update starts
+    from, and each micro-batch's own log-probs are the old ones. Then the ratio is 1 with the gradient of
+    `exp(logp - logp.detach())`, as TRL, prime-rl and verl's bypass mode do, on-policy or stale (`max_staleness`:
+    staleness enters through the importance weights, not the ratio), and `rollout.is_correction` takes its
+    proximal log-probs from the update's forward (`trainer.offpolicy.ForwardCorrection`). The stale-weights check
+    (`rollout.max_logp_diff`) keeps the pass (see `learn`); `optim.skip_old_logprobs = false` keeps it too (a
+    check)."""
     o = cfg.optim
-    return (
-        o.skip_old_logprobs
-        and o.epochs == 1
-        and o.minibatches == 1
-        and not sfpo_on
-        and not correction_on(cfg.rollout)
-        and getattr(cfg.rollout, "max_staleness", 0) == 0
-    )
+    return o.skip_old_logprobs and o.epochs == 1 and o.minibatches == 1 and not sfpo_on
 
 
 def _global_kl_summary(ctx: StepContext) -> None:
