@@ -106,7 +106,7 @@ class PackedRow:
         return attention.packed_model_kwargs(impl, self.pos[None], self.cu_seqlens, self.max_len, dtype)
 
     def inputs(self, policy: Any, batch: Any) -> tuple:
-        """`Policy.forward`'s positional arguments for this row of a `trainer.step.Batch`, then its keywords."""
+        """`Policy.forward`'s positional arguments for this row of a `trainer.batch.Batch`, then its keywords."""
         kwargs = self.model_kwargs(getattr(policy, "attn", "sdpa"), torch.float32)
         return self.gather(batch.input_ids), None, row_targets(self, batch.targets), {"packed": kwargs}
 
@@ -143,7 +143,8 @@ class PaddedRow:
         out[self.idx] = values.to(out.dtype)
 
     def inputs(self, policy: Any, batch: Any) -> tuple:
-        """`Policy.forward`'s positional arguments for this micro-batch of a `trainer.step.Batch`, then its keywords."""
+        """`Policy.forward`'s positional arguments for this micro-batch of a `trainer.batch.Batch`, then its
+        keywords."""
         return batch.input_ids[self.idx], batch.attention_mask[self.idx], batch.targets[self.idx], {}
 
 
@@ -233,7 +234,7 @@ def row_targets(row: PackedRow, targets: torch.Tensor) -> torch.Tensor:
 
 
 def pack_batch(optim: Any, batch: Any, device: torch.device) -> PackedBatch | None:
-    """A `trainer.step.Batch`'s rows for every pass of a step, minibatch by minibatch (the update's split), or None
+    """A `trainer.batch.Batch`'s rows for every pass of a step, minibatch by minibatch (the update's split), or None
     when `optim.packing` is off (`optim`: the config section)."""
     if not optim.packing:
         return None
@@ -250,7 +251,7 @@ def padded_rows(indices: torch.Tensor, size: int, mask: torch.Tensor) -> list[Pa
 
 
 def pass_rows(batch: Any, micro: int, packed: PackedBatch | None) -> list[Row]:
-    """The micro-batches of a log-prob pass over a `trainer.step.Batch`: its packed rows, or `micro` sequences at a
+    """The micro-batches of a log-prob pass over a `trainer.batch.Batch`: its packed rows, or `micro` sequences at a
     time in batch order."""
     if packed is not None:
         return packed.rows

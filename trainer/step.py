@@ -17,14 +17,14 @@ import torch
 from torch import nn
 
 from fastslow import FilterExhausted, OnlineFilter, group_advantages, sfpo_update
-from fastslow.kernels import IGNORE_INDEX
 from trainer.async_rollout import OverlapTally
+from trainer.batch import Batch, Group, Rollouts, make_batch
 from trainer.dist import DistInfo, all_reduce
 from trainer.engine_check import check_engine, logp_bound, mean_logp_gap
 from trainer.objective import Objective, Totals, loss_settings
 from trainer.offpolicy import ForwardCorrection, bounds_for, correction_on, correction_weights
 from trainer.packing import PackedBatch, layout_metrics, pack_batch, pass_rows, update_rows
-from trainer.reward.scoring import Group, score_chunk
+from trainer.reward.scoring import score_chunk
 from trainer.rollout import SamplingParams
 from trainer.step_result import StepResult
 from trainer.weight_sync import sync_weights
@@ -36,20 +36,6 @@ if TYPE_CHECKING:
     from trainer.policy import Policy
     from trainer.rollout.base import RolloutEngine
     from trainer.sampler import PromptSampler
-
-
-@dataclass
-class Batch:
-    """One rank's kept rollouts as tensors, group by group (B = groups * n sequences, T = L - 1 positions)."""
-
-    input_ids: torch.Tensor  # [B, L]
-    attention_mask: torch.Tensor  # [B, L]
-    targets: torch.Tensor  # [B, T], -100 outside responses
-    mask: torch.Tensor  # [B, T] bool: response tokens
-    rewards: torch.Tensor  # [B]
-    correct: torch.Tensor  # [B] bool
-    lengths: torch.Tensor  # [B]
-    rollout_logp: torch.Tensor | None = None  # [B, T] the engine's log-probs of the response tokens (0 elsewhere)
 
 
 @dataclass
@@ -92,7 +78,7 @@ def _score_chunk(ctx: StepContext, items: list[dict], completions: list[list[lis
     return score_chunk(ctx.cfg, ctx.tokenizer, items, completions, task=ctx.task, rank=info.rank, device=info.device)
 
 
-def collect(ctx: StepContext, step: int) -> tuple[list[Group], dict[str, float]]:
+def collect(ctx: StepContext, step: int) -> Rollouts:
     """Generate chunks of prompts until every rank holds its share of kept groups (or the chunk cap is hit).
 
     With a user reward function, the metrics hold "reward/errors": the samples it scored 0 for an error
@@ -102,7 +88,7 @@ def collect(ctx: StepContext, step: int) -> tuple[list[Group], dict[str, float]]
     if ctx.cfg.reward.function:
         count = torch.tensor([float(errors)], dtype=torch.float64, device=ctx.info.device)
         metrics["reward/errors"] = all_reduce(count).item()
-    return groups, metrics
+    return Rollouts(groups, metrics)
 
 
 def _collect(ctx: StepContext, step: int) -> tuple[list[Group], dict[str, float], int]:
@@ -175,36 +161,6 @@ def _dry(ctx: StepContext, filt: OnlineFilter, chunks: int, why: str) -> tuple[l
         "rollout/chunks": float(chunks), "rollout/kept_groups": counts[0].item(),
         "rollout/filled_groups": counts[1].item(), "rollout/dry": 1.0, "rollout/skipped": float(skipped),
     }  # fmt: skip
-
-
-def make_batch(groups: list[Group], pad_id: int, device: torch.device) -> Batch:
-    """Right-padded prompt + response sequences; targets and mask cover the response tokens only."""
-    seqs = [(g.prompt_ids, c) for g in groups for c in g.completions]
-    L = max(2, max(len(p) + len(c) for p, c in seqs))
-    B = len(seqs)
-    input_ids = torch.full((B, L), pad_id, dtype=torch.long)
-    attention = torch.zeros(B, L, dtype=torch.long)
-    targets = torch.full((B, L - 1), IGNORE_INDEX, dtype=torch.long)
-    for i, (p, c) in enumerate(seqs):
-        ids = torch.tensor(p + c, dtype=torch.long)
-        input_ids[i, : len(ids)] = ids
-        attention[i, : len(ids)] = 1
-        if c:  # position t predicts token t + 1: responses start at position len(p) - 1
-            targets[i, len(p) - 1 : len(ids) - 1] = ids[len(p) :]
-    mask = targets != IGNORE_INDEX
-    rollout_logp = None
-    if seqs and all(getattr(c, "logprobs", None) is not None for _, c in seqs):
-        rollout_logp = torch.zeros(B, L - 1, dtype=torch.float32)
-        for i, (p, c) in enumerate(seqs):
-            if c:
-                rollout_logp[i, len(p) - 1 : len(p) - 1 + len(c)] = torch.tensor(c.logprobs, dtype=torch.float32)
-        rollout_logp = rollout_logp.to(device)
-    cat = lambda name: torch.cat([getattr(g, name) for g in groups])
-    return Batch(
-        input_ids.to(device), attention.to(device), targets.to(device), mask.to(device),
-        cat("rewards").float().to(device), cat("correct").to(device), cat("lengths").float().to(device),
-        rollout_logp,
-    )  # fmt: skip
 
 
 @torch.no_grad()
@@ -431,10 +387,10 @@ def train_step(ctx: StepContext, step: int) -> StepResult:
 
     ctx.engine.wake_up()
     try:
-        groups, metrics = collect(ctx, step)
+        rollouts = collect(ctx, step)
     finally:  # a dry filter that stops the run leaves the engine asleep too
         ctx.engine.sleep()
-    batch = make_batch(groups, ctx.tokenizer.pad_token_id, info.device)
+    batch, metrics = make_batch(rollouts.groups, ctx.tokenizer.pad_token_id, info.device), rollouts.metrics
     timing["rollout"] = time.perf_counter() - t
 
     update_metrics: dict[str, float] = {}
