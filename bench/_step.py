@@ -14,9 +14,10 @@ from typing import Any
 
 from transformers import Qwen2Config
 
+from trainer.batch import Batch, make_batch
 from trainer.config import Config, from_dict
 from trainer.model.tiny import build_tokenizer
-from trainer.step import Batch, collect, make_batch
+from trainer.step import collect
 from trainer.trainer import Trainer
 
 KERNELS = {"ours": "fused", "reference": "reference"}
@@ -94,8 +95,7 @@ def build_trainer(job: StepJob, provider: str, info: Any, tmp: Path) -> Trainer:
 def fixed_batch(trainer: Trainer) -> Batch:
     """One step's batch, collected by the trainer's engine from its initial weights (the same for both providers)."""
     ctx = trainer.ctx
-    groups, _ = collect(ctx, step=0)
-    return make_batch(groups, ctx.tokenizer.pad_token_id, ctx.info.device)
+    return make_batch(collect(ctx, step=0).groups, ctx.tokenizer.pad_token_id, ctx.info.device)
 
 
 def param_count(trainer: Trainer) -> int:

@@ -48,7 +48,8 @@ import torch
 from bench._harness import backend_name, bench_device, free_memory, ours_backend, run_case
 from bench._models import QWEN25_05B
 from bench._step import KERNELS, StepJob, build_trainer, fixed_batch, param_count
-from trainer.step import Batch, learn, train_step
+from trainer.batch import Batch
+from trainer.step import learn, train_step
 from trainer.trainer import Trainer
 
 DEVICE = bench_device()
@@ -186,8 +187,8 @@ UNEVEN = UNEVEN_GPU if ON_GPU else UNEVEN_CPU
 def uneven_batch(trainer: Trainer, job: StepJob, seed: int = 0) -> Batch:
     """`job.prompts` x `job.group` responses: per group, one at `job.max_new_tokens`, the others 8-32 tokens long;
     rewards 0/1 at random (both in every group, so the advantages and the gradient are not zero)."""
+    from trainer.batch import Group, make_batch
     from trainer.rollout.base import Completion
-    from trainer.step import Group, make_batch
 
     g = torch.Generator().manual_seed(seed)
     vocab = min(job.vocab, len(trainer.tokenizer))

@@ -8,7 +8,9 @@ holds it.
 
 from __future__ import annotations
 
+import importlib.util
 import json
+import logging
 import os
 import subprocess
 import sys
@@ -70,6 +72,11 @@ def files(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
         "t5": lambda: transformers.T5ForConditionalGeneration(
             transformers.T5Config(num_layers=1, d_model=32, num_heads=2, d_ff=64, vocab_size=64)
         ),
+        "bert": lambda: transformers.BertForMaskedLM(
+            transformers.BertConfig(
+                num_hidden_layers=1, hidden_size=32, num_attention_heads=2, intermediate_size=64, vocab_size=64
+            )
+        ),
     }.items():
         model().save_pretrained(root / name)
         tok.save_pretrained(root / name)
@@ -95,6 +102,10 @@ def files(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
         "bad_json": '{"prompt": "1 + 1 =", "answer": "2"}\n{"prompt": oops}\n',
         "no_answer": '{"prompt": "1 + 1 =", "solution": "2"}\n',
         "nan_answer": '{"prompt": "1 + 1 =", "answer": NaN}\n',
+        # words outside the built-in vocabulary are dropped: a prompt of only such words is no tokens at all
+        "no_tokens": '{"prompt": "1 + 1 =", "answer": "2"}\n{"prompt": "hello world", "answer": "2"}\n',
+        "all_long": '{"prompt": "1 + 1 + 1 =", "answer": "3"}\n{"prompt": "2 + 2 + 2 =", "answer": "6"}\n',
+        "all_far_too_long": "".join('{"prompt": "' + "1 + " * 200 + '1 =", "answer": "201"}\n' for _ in range(3)),
     }
     for name, text in rows.items():
         (root / f"{name}.jsonl").write_text(text)
@@ -113,7 +124,34 @@ def files(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
         subprocess.run(["cp", "-r", str(run), str(folder)], check=True)
         _cut(folder / "checkpoints" / "step_00000001" / victim)
         out[name] = folder
+    for name in ("zeroed_shard", "zeroed_shard_no_sums"):  # bytes changed in place: the size is kept
+        folder = root / name
+        subprocess.run(["cp", "-r", str(run), str(folder)], check=True)
+        shard = folder / "checkpoints" / "step_00000001" / "__0_0.distcp"
+        shard.write_bytes(bytes(shard.stat().st_size))
+        if name == "zeroed_shard_no_sums":  # as a checkpoint written before checksums: only DCP's load can tell
+            (shard.parent / "checksums.json").unlink()
+        out[name] = folder
+    if importlib.util.find_spec("pyarrow") is not None:
+        out["corrupt_parquet"] = _corrupt_parquet(root / "corrupt.parquet")
     return out
+
+
+def _corrupt_parquet(path: Path) -> Path:
+    """8 rows in 2 row groups; the second group's prompt column zeroed in place (a bad disk block mid-file): the
+    footer and the first group still read, the damaged page header does not (pyarrow: "Couldn't deserialize
+    thrift")."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    rows = [{"prompt": f"{i % 9} + 1 =", "answer": str(i % 9 + 1)} for i in range(8)]
+    pq.write_table(pa.Table.from_pylist(rows), path, row_group_size=4)
+    chunk = pq.ParquetFile(path).metadata.row_group(1).column(0)
+    start = chunk.dictionary_page_offset or chunk.data_page_offset
+    data = bytearray(path.read_bytes())
+    data[start : start + chunk.total_compressed_size] = bytes(chunk.total_compressed_size)
+    path.write_bytes(bytes(data))
+    return path
 
 
 def _cut(path: Path) -> None:
@@ -133,6 +171,7 @@ CASES: dict[str, tuple[Callable[[dict[str, Path]], list[str]], str, str]] = {
     "bad_choice": (lambda f: ["rollout.on_filter_exhausted=later"], "fresh", "rollout.on_filter_exhausted"),
     "negative_timeout": (lambda f: ["reward.timeout_s=-1"], "fresh", "reward.timeout_s"),
     "process_group_timeout": (lambda f: ["parallel.timeout_s=1e15"], "fresh", "parallel.timeout_s"),
+    "process_group_timeout_tiny": (lambda f: ["parallel.timeout_s=1e-7"], "fresh", "parallel.timeout_s"),
     "tiny_temperature": (lambda f: ["rollout.temperature=1e-30"], "fresh", "rollout.temperature"),
     "reward_exits_at_import": (lambda f: [f"reward.function={f['root'] / 'exits.py'}:fn"], "fresh", "SystemExit"),
     # reward function
@@ -154,6 +193,27 @@ CASES: dict[str, tuple[Callable[[dict[str, Path]], list[str]], str, str]] = {
     "data_surrogate": (lambda f: [f"data.source={f['surrogate']}"], "fresh", "line 1: data.prompt_key='prompt' holds"),
     "data_huge_int": (lambda f: [f"data.source={f['huge_int']}"], "fresh", "line 1: not valid JSON: a number of"),
     "data_fewer_than_a_step": (lambda f: [f"data.source={f['one_row']}"], "fresh", "rollout.prompts_per_step = 2"),
+    "data_no_tokens": (
+        lambda f: [f"data.source={f['no_tokens']}"],
+        "fresh",
+        "no_tokens.jsonl: line 2: the prompt encodes to no tokens",
+    ),
+    "data_corrupt_parquet": (
+        lambda f: [f"data.source={f['corrupt_parquet']}"],
+        "fresh",
+        "corrupt.parquet: row group 1 (rows 4-7) does not read",
+    ),
+    # every prompt too long: the error alone, without a "skipped N prompts" line before it
+    "data_all_too_long": (
+        lambda f: [f"data.source={f['all_long']}", "data.max_prompt_tokens=4"],
+        "fresh",
+        "all_long.jsonl holds no prompts (all 2 were longer than data.max_prompt_tokens=4)",
+    ),
+    "data_all_far_too_long": (
+        lambda f: [f"data.source={f['all_far_too_long']}", "data.max_prompt_tokens=4"],
+        "fresh",
+        "all_far_too_long.jsonl holds no prompts (all 3 were longer than data.max_prompt_tokens=4)",
+    ),
     "eval_missing": (
         lambda f: ["eval.enabled=true", f"eval.source={f['root'] / 'nope.jsonl'}"],
         "fresh",
@@ -167,6 +227,7 @@ CASES: dict[str, tuple[Callable[[dict[str, Path]], list[str]], str, str]] = {
     "model_bad_tokenizer": (lambda f: [f"model.path={f['bad_tokenizer']}"], "fresh", "tokenizer"),
     "model_gpt2": (lambda f: [f"model.path={f['gpt2']}"], "fresh", "a GPT2LMHeadModel (model_type 'gpt2')"),
     "model_t5": (lambda f: [f"model.path={f['t5']}"], "fresh", "holds a 't5' model (T5Config), which is not"),
+    "model_bert": (lambda f: [f"model.path={f['bert']}"], "fresh", "bert"),
     "model_unknown_arch": (lambda f: [f"model.path={f['unknown_arch']}"], "fresh", "`nosuchmodel`"),
     "model_bad_chat_template": (
         lambda f: [
@@ -199,11 +260,36 @@ CASES: dict[str, tuple[Callable[[dict[str, Path]], list[str]], str, str]] = {
         "step_00000001/trainer_state.pt does not load",
     ),
     "resume_auto_all_damaged": (lambda f: ["--resume", "auto"], "cut_shard", "none of the 1 checkpoints"),
+    "resume_zeroed_shard": (
+        lambda f: [f"checkpoint.resume={f['zeroed_shard'] / 'checkpoints' / 'step_00000001'}"],
+        "zeroed_shard",
+        "step_00000001/__0_0.distcp does not match its checksum",
+    ),
+    # no checksums.json: the size check passes, and the models are built before DCP's load finds the damage
+    "checkpoint_zeroed_shard_no_sums": (
+        lambda f: [f"checkpoint.resume={f['zeroed_shard_no_sums'] / 'checkpoints' / 'step_00000001'}"],
+        "zeroed_shard_no_sums",
+        "step_00000001",
+    ),
     # run folder
     "run_folder_holds_a_run": (lambda f: ["optim.lr=1e-4"], "run", "holds a run"),
     "run_folder_is_a_file": (lambda f: [], "a_file", "is a file"),
     "run_folder_under_a_file": (lambda f: [], "under_a_file", "cannot create"),
 }
+
+
+def _printed_by_a_real_run(record: logging.LogRecord) -> bool:
+    """Whether a run prints this record on stderr: the trainer configures no logging, so logging's last resort
+    prints a WARNING or worse whose logger has no handler of its own on the way to the root (torch's DCP logger has a
+    NullHandler: silent). Under pytest the records go to its capture instead, off stderr."""
+    logger = logging.getLogger(record.name)
+    while logger.parent is not None:
+        if logger.handlers:
+            return False
+        if not logger.propagate:
+            break
+        logger = logger.parent
+    return record.levelno >= logging.lastResort.level
 
 
 def _snapshot(folder: Path) -> dict[str, bytes]:
@@ -212,9 +298,11 @@ def _snapshot(folder: Path) -> dict[str, bytes]:
 
 @pytest.mark.parametrize("case", CASES)
 def test_a_bad_input_is_one_line_and_exit_2(
-    case: str, files: dict[str, Path], tmp_path: Path, capfd, monkeypatch: pytest.MonkeyPatch
+    case: str, files: dict[str, Path], tmp_path: Path, capfd, caplog, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     args, where, named = CASES[case]
+    if case == "data_corrupt_parquet":
+        pytest.importorskip("pyarrow")
     if case.startswith(("data_", "eval_", "resume_", "run_folder_")):  # found before any model is built
 
         def no_model(*args, **kwargs):
@@ -226,8 +314,9 @@ def test_a_bad_input_is_one_line_and_exit_2(
     capfd.readouterr()
     assert main([f"logging.run_dir={run_dir}", *QUICK, *args(files)]) == 2
     err = capfd.readouterr().err
-    lines = [line for line in err.splitlines() if line.strip()]
-    assert len(lines) == 1, err
+    logged = [r.getMessage() for r in caplog.records if _printed_by_a_real_run(r)]
+    lines = logged + [line for line in err.splitlines() if line.strip()]
+    assert len(lines) == 1, lines
     assert lines[0].startswith(("config error: ", "error: ")) and named in lines[0], lines[0]
     if where == "fresh":
         assert not run_dir.exists()  # a failed start leaves no folder behind

@@ -32,10 +32,11 @@ def _first_step(info, tmp_path: Path, rollout: dict, **sections: dict) -> dict[s
 @pytest.mark.slow
 @pytest.mark.parametrize("mode", ["token_mask", "sequence_mask"])
 def test_a_trainer_step_applies_the_mode(one_rank, tmp_path, mode: str) -> None:
-    """Wired through the step: the engine is asked for log-probs, the old-log-prob pass runs, and the metrics come
-    out (the hf engine agrees with the trainer to ~1e-7 on CPU: every weight is 1, nothing is masked)."""
+    """Wired through the step: the engine is asked for log-probs, the proximal log-probs come from the update's own
+    forward (one optimizer step: no old-log-prob pass), and the metrics come out (the hf engine agrees with the
+    trainer to ~1e-7 on CPU: every weight is 1, nothing is masked). Against the pass: tests/test_on_policy.py."""
     m = _first_step(one_rank, tmp_path, {"is_correction": mode})
-    assert m["actor/old_logp_pass"] == 1.0
+    assert m["actor/old_logp_pass"] == 0.0
     assert m["rollout/is_weight"] == pytest.approx(1.0, abs=1e-4) and m["rollout/is_masked"] == 0.0
     assert m["rollout/mismatch_kl"] < 1e-6 and m["rollout/logp_abs_diff"] < 1e-4
 

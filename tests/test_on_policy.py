@@ -73,8 +73,8 @@ def test_the_pass_is_skipped_only_when_redundant() -> None:
     assert not skips_old_logprobs(_cfg(minibatches=2), sfpo_on=False)
     assert not skips_old_logprobs(_cfg(skip_old_logprobs=False), sfpo_on=False)
     with_is = _cfg()
-    with_is.rollout.is_correction = True  # compares the trainer's old log-probs with the engine's
-    assert not skips_old_logprobs(with_is, sfpo_on=False)
+    with_is.rollout.is_correction = True  # the proximal log-probs come from the update's forward then
+    assert skips_old_logprobs(with_is, sfpo_on=False)
 
 
 @pytest.mark.slow
@@ -104,4 +104,57 @@ def test_a_trainer_step_is_the_same_either_way(one_rank, tmp_path: Path) -> None
     for key in ("reward", "actor/pg_loss", "actor/kl", "actor/ratio", "actor/clip_frac", "entropy", "actor/grad_norm"):
         assert on[key] == pytest.approx(full[key], rel=1e-5, abs=1e-6), key
     for a, b in zip(params[True], params[False]):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+
+
+def _noisy(generate):
+    """The engine's `generate` with its log-probs moved by up to +-1 (seeded): importance weights past the bounds."""
+    gen = torch.Generator().manual_seed(7)
+
+    def wrapped(prompts, sampling):
+        out = generate(prompts, sampling)
+        for group in out:
+            for c in group:
+                noise = (torch.rand(len(c.logprobs), generator=gen) - 0.5) * 2.0
+                c.logprobs = [x + float(d) for x, d in zip(c.logprobs, noise, strict=True)]
+        return out
+
+    return wrapped
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(("mode", "packing"), [("token_truncate", True), ("sequence_mask", False), ("icepop", True)])
+def test_a_correction_from_the_forward_equals_the_pass(one_rank, tmp_path: Path, mode: str, packing: bool) -> None:
+    """`rollout.is_correction` with one optimizer step: the importance weights taken from the update's own forward
+    (no old-log-prob pass, `trainer.offpolicy.ForwardCorrection`) give the step the pass gives, weights, metrics and
+    parameters alike, packed and padded, with engine log-probs far enough off that the bounds act."""
+    from trainer.step import train_step
+    from trainer.trainer import Trainer
+
+    metrics, params = {}, {}
+    bounds = {"sequence_mask": [0.9, 1.1]}.get(mode)
+    for skip in (True, False):
+        cfg = from_dict({
+            "optim": {"skip_old_logprobs": skip, "packing": packing},
+            "warm_start": {"steps": 30, "cache": str(tmp_path / "warm_start")},
+            "rollout": {"prompts_per_step": 2, "group_size": 4, "max_new_tokens": 6, "is_correction": mode,
+                        **({"is_bounds": bounds} if bounds else {})},
+            "logging": {"run_dir": str(tmp_path / f"{skip}"), "tensorboard": False},
+        })  # fmt: skip
+        trainer = Trainer(cfg, one_rank)
+        try:
+            trainer.ctx.engine.generate = _noisy(trainer.ctx.engine.generate)
+            with force_backend("torch"):
+                metrics[skip] = train_step(trainer.ctx, 0).metrics
+            params[skip] = [p.detach().to_local().clone() for p in trainer.policy.parameters()]
+        finally:
+            trainer.close()
+    forward, full = metrics[True], metrics[False]
+    assert forward["actor/old_logp_pass"] == 0.0 and full["actor/old_logp_pass"] == 1.0
+    assert full["rollout/is_capped"] > 0  # the bounds acted: the weights are not all 1
+    keys = ("rollout/is_weight", "rollout/is_weight_max", "rollout/is_capped", "rollout/is_masked",
+            "rollout/mismatch_kl", "actor/pg_loss", "entropy", "actor/grad_norm")  # fmt: skip
+    for key in keys:
+        assert forward[key] == pytest.approx(full[key], rel=1e-5, abs=1e-6), key
+    for a, b in zip(params[True], params[False], strict=True):
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)

@@ -7,11 +7,12 @@ import torch
 from _tiny import tiny_lm
 
 from fastslow.kernels._dispatch import force_backend
+from trainer.batch import Group, make_batch
 from trainer.model import attention
 from trainer.packing import first_fit_decreasing, make_row, pack_minibatches
 from trainer.policy import Policy
 from trainer.rollout.base import Completion
-from trainer.step import Group, logprobs, make_batch
+from trainer.step import logprobs
 
 IMPLS = [attention.PACKED_SDPA, "sdpa", "eager"]
 

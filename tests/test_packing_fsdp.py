@@ -37,8 +37,8 @@ class _Capture:
 
 
 def _batch(rank: int):
+    from trainer.batch import Group, make_batch
     from trainer.rollout.base import Completion
-    from trainer.step import Group, make_batch
 
     g = torch.Generator().manual_seed(10 + rank)
     lengths = [3, 0, 2, 4, 1, 3, 2, 4] if rank == 0 else [30, 20, 40, 25, 35, 22, 28, 26]

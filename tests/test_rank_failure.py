@@ -33,6 +33,18 @@ def exit_zero(responses, answers, prompts):
 
 def hard_exit_zero(responses, answers, prompts):
     os._exit(0)
+
+def exit_zero_on_rank1(responses, answers, prompts):
+    if os.environ.get("RANK") == "1":
+        sys.exit(0)
+    return [0.0] * len(responses)
+
+def out_of_memory(responses, answers, prompts):
+    table = bytearray(1 << 60)  # 1 EiB: malloc fails at once, a real MemoryError
+    return [float(len(table))] * len(responses)
+
+def generator(responses, answers, prompts):
+    return (0.0 for _ in responses)
 """
 
 
@@ -67,6 +79,47 @@ def test_a_reward_that_raises_on_one_rank_ends_the_job_in_seconds(tmp_path: Path
     assert "trainer/step.py" not in out.stderr  # no traceback on the console
     # The start (two processes importing torch and building the model) dominates; the teardown itself is seconds.
     assert seconds < 60, seconds
+
+
+@pytest.mark.distributed
+@pytest.mark.slow
+def test_sys_exit_on_one_rank_ends_the_job_in_seconds(tmp_path: Path) -> None:
+    """`sys.exit(0)` in an in-process reward on rank 1 of 2: before, the same silent hang as a raise (rank 1 in the
+    closing barrier, rank 0 in the step's all-reduce) until `parallel.timeout_s`."""
+    fn = f"reward.function={tmp_path / 'rewards_mod.py'}:exit_zero_on_rank1"
+    out, seconds = _launch(tmp_path, fn, "reward.timeout_s=0", "parallel.timeout_s=600", nproc=2)
+    assert out.returncode != 0, out.stderr[-3000:]
+    lines = [ln for ln in out.stderr.splitlines() if ln.startswith("rank 1 failed")]
+    assert len(lines) == 1, out.stderr[-3000:]
+    assert f"at step 1: RewardError: reward function {tmp_path / 'rewards_mod.py'}:exit_zero_on_rank1" in lines[0]
+    assert "called sys.exit(0)" in lines[0], lines[0]
+    assert (tmp_path / "err.txt").read_text() == lines[0] + "\n"
+    assert "trainer/step.py" not in out.stderr  # no traceback on the console
+    assert seconds < 60, seconds  # start-up included; the teardown itself is seconds
+
+
+@pytest.mark.distributed
+@pytest.mark.slow
+@pytest.mark.parametrize("timeout_s", ["0", "120"], ids=["in_process", "in_a_child"])
+@pytest.mark.parametrize(
+    ("fn", "what"),
+    [
+        # SMALL: 4 prompts x 4 responses, one chunk on one rank
+        ("out_of_memory", "raised on a chunk of 16 samples: MemoryError; the first sample that raises alone is 0"),
+        ("generator", "returned a generator, not a list of 16 numbers (one per response)"),
+    ],
+)
+def test_a_reward_out_of_memory_or_returning_a_generator_is_one_line_exit_1(
+    tmp_path: Path, fn: str, what: str, timeout_s: str
+) -> None:
+    """Before: a 29-line traceback, though the message inside was good."""
+    out, _ = _launch(tmp_path, f"reward.function={tmp_path / 'rewards_mod.py'}:{fn}", f"reward.timeout_s={timeout_s}")
+    assert "exitcode  : 1" in out.stderr, out.stderr[-3000:]  # `rank R failed`: exit 1 (README, exit codes)
+    lines = [ln for ln in out.stderr.splitlines() if ln.startswith("rank ")]
+    assert len(lines) == 1, out.stderr[-3000:]
+    assert lines[0].startswith(f"rank 0 failed at step 1: RewardError: reward function {tmp_path / 'rewards_mod.py'}")
+    assert f":{fn} {what}" in lines[0], lines[0]
+    assert str(ROOT / "trainer") not in out.stderr, out.stderr[-3000:]  # no frame of ours (torchrun has its own)
 
 
 @pytest.mark.distributed

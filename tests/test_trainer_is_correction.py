@@ -8,9 +8,9 @@ import math
 import pytest
 import torch
 
+from trainer.batch import Group, make_batch
 from trainer.offpolicy import correction_weights
 from trainer.rollout import Completion
-from trainer.step import Group, make_batch
 
 
 def _group(prompt: list[int], comps: list[Completion]) -> Group:

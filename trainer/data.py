@@ -161,7 +161,7 @@ def load_prompts(data_cfg: DataSource, tokenizer: PreTrainedTokenizerBase, *, se
         stamp = _stamp(path)
         offsets = array("q")
         digest = [0]  # the file's CRC-32, summed while it is read: a later `touch` is told from an edit by it
-        skipped = _scan(
+        skipped, notes = _scan(
             str(path),
             jsonl_rows(path, data_cfg, digest),
             tokenizer,
@@ -175,7 +175,7 @@ def load_prompts(data_cfg: DataSource, tokenizer: PreTrainedTokenizerBase, *, se
     elif suffix in PARQUET_SUFFIXES:
         pq = import_pyarrow(path)
         rows_kept = array("q")
-        skipped = _scan(
+        skipped, notes = _scan(
             str(path),
             parquet_rows(pq, path, data_cfg),
             tokenizer,
@@ -189,18 +189,28 @@ def load_prompts(data_cfg: DataSource, tokenizer: PreTrainedTokenizerBase, *, se
         raise ValueError(
             f"data.source: {path} has an unknown type {suffix!r}; allowed: 'synthetic', " + ", ".join(DATA_SUFFIXES)
         )
-    return _finish(str(path), items, skipped, limit)
+    return _finish(str(path), items, skipped, limit, notes)
 
 
 def _eager(where: str, rows: Iterator[Row], tokenizer: PreTrainedTokenizerBase, data_cfg: DataSource) -> Prompts:
     """Small sources (the synthetic task, a JSON array) held in a list."""
     items: list[Item] = []
-    skipped = _scan(where, rows, tokenizer, data_cfg, lambda _, item: items.append(item), keep_items=True)
-    return _finish(where, items, skipped, int(data_cfg.max_prompt_tokens))
+    skipped, notes = _scan(where, rows, tokenizer, data_cfg, lambda _, item: items.append(item), keep_items=True)
+    return _finish(where, items, skipped, int(data_cfg.max_prompt_tokens), notes)
 
 
-def _finish(where: str, items: Sequence[Item], skipped: int, limit: int) -> Prompts:
+_NOTED_ROWS = 5
+"""Rows skipped without tokenising (`_far_too_long`) that are named one by one; the rest are counted in one line."""
+
+
+def _finish(where: str, items: Sequence[Item], skipped: int, limit: int, notes: list[str]) -> Prompts:
+    """The loaded prompts, after the warnings the load deferred (`notes`: rows skipped for their characters) and the
+    count of the skipped ones; with no prompt left, only the error, in one line."""
     if skipped and len(items):  # with none left, the error below says it all, in one line
+        for note in notes[:_NOTED_ROWS]:
+            log.warning("%s: skipped without tokenising it", note)
+        if len(notes) > _NOTED_ROWS:
+            log.warning("%s: %d more prompts skipped without tokenising them", where, len(notes) - _NOTED_ROWS)
         log.warning("%s: skipped %d prompts longer than data.max_prompt_tokens=%d", where, skipped, limit)
     if not len(items):
         why = f" (all {skipped} were longer than data.max_prompt_tokens={limit})" if skipped else ""
@@ -216,9 +226,10 @@ def _scan(
     keep: Callable[[int, Item | None], None],
     *,
     keep_items: bool,
-) -> int:
+) -> tuple[int, list[str]]:
     """Checks and tokenises every row (in batches), calls `keep(locator, item)` for each usable one in order, and
-    returns how many were skipped as too long (or raises for one, with `on_long_prompt = "error"`).
+    returns how many were skipped as too long (or raises for one, with `on_long_prompt = "error"`), with what to say
+    about each one skipped for its characters alone (said by `_finish`, once it is known whether any prompt is left).
 
     With `keep_items` false (the streamed sources) the item is None and only token counts are computed, through
     `_TokenCounter`'s fast path where it applies."""
@@ -226,7 +237,7 @@ def _scan(
     counter = None if keep_items else _TokenCounter(tokenizer, chat_template=chat_template)
     limit = int(data_cfg.max_prompt_tokens)
     char_cap = _LONG_SLACK * max_chars_per_token(tokenizer) * limit  # longer than this cannot fit: never tokenised
-    skipped = 0
+    skipped, notes = 0, []
     batch: list[tuple[str, str, str, int, Any]] = []
     with_difficulty = difficulty_key(data_cfg) is not None
 
@@ -254,7 +265,7 @@ def _scan(
         level = _check_difficulty(where, row, level)
         entry = (row, *_check_row(where, row, prompt, answer, data_cfg), loc, level)
         if len(entry[1]) > char_cap:  # one huge row would take many GB to tokenise (100 MB: 24 GB, then OOM)
-            _far_too_long(where, row, len(entry[1]), data_cfg)
+            notes.append(_far_too_long(where, row, len(entry[1]), data_cfg))
             skipped += 1
             continue
         batch.append(entry)
@@ -262,7 +273,7 @@ def _scan(
             flush()
     if batch:
         flush()
-    return skipped
+    return skipped, notes
 
 
 class _TokenCounter:
@@ -330,14 +341,14 @@ def max_chars_per_token(tokenizer: PreTrainedTokenizerBase) -> int:
     return max((len(token) for token in vocab), default=256) or 1
 
 
-def _far_too_long(where: str, row: str, n_chars: int, data_cfg: DataSource) -> None:
+def _far_too_long(where: str, row: str, n_chars: int, data_cfg: DataSource) -> str:
     """A prompt of `n_chars` characters, past any tokenisation of `max_prompt_tokens`: an error naming the file and
-    the row with `on_long_prompt = "error"`, else a warning naming them (the row is skipped, never tokenised)."""
+    the row with `on_long_prompt = "error"`, else what the warning will say (the row is skipped, never tokenised)."""
     limit = int(data_cfg.max_prompt_tokens)
     what = f"{where}: {row}: the prompt has {n_chars:,} characters, far more than data.max_prompt_tokens={limit} holds"
     if data_cfg.on_long_prompt == "error":
         raise ValueError(f"{what} (raise the limit, or set data.on_long_prompt='skip')")
-    log.warning("%s: skipped without tokenising it", what)
+    return what
 
 
 def _too_long(where: str, row: str, n_tokens: int, data_cfg: DataSource) -> bool:

@@ -16,6 +16,7 @@ shows a live progress line on a terminal and plain lines elsewhere (`trainer.pro
 
 from __future__ import annotations
 
+import errno
 import json
 import math
 import numbers
@@ -182,8 +183,7 @@ class MetricsLogger:
     def _write(self, step: int, metrics: Mapping[str, Any], head: dict[str, Any]) -> dict[str, Any]:
         record: dict[str, Any] = {"step": int(step), "time": time.time(), **head}
         record.update({k: to_number(k, v) for k, v in metrics.items()})
-        assert self._file is not None
-        self._file.write((json.dumps(record) + "\n").encode())
+        self._append((json.dumps(record) + "\n").encode())
         self._rows += 1
         if self._tb is not None:
             for key, value in record.items():
@@ -192,6 +192,21 @@ class MetricsLogger:
         if self._wandb is not None:
             self._wandb.log(record)
         return record
+
+    def _append(self, row: bytes) -> None:
+        """Write one row whole. A full disk takes part of a row and returns a short count: the rest is written at
+        once, and its error (`ENOSPC`) stops the run with the cut row last in the file, where the next start drops it;
+        ignored, the next row would land on the cut one as soon as space came back (an old checkpoint deleted)."""
+        assert self._file is not None
+        view = memoryview(row)
+        try:
+            while view:
+                written = self._file.write(view)
+                if not written:  # a regular file says why with an error; this is only in case
+                    raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+                view = view[written:]
+        except OSError as err:  # the file object's error names no file: name it
+            raise OSError(err.errno, err.strerror, str(self.path)) from err
 
     def format_line(self, step: int, metrics: Mapping[str, Any]) -> str:
         """`step 12/60 | reward 0.512 | acc 0.438 | len 14.2 | ...`: the fields of CONSOLE_FIELDS present."""

@@ -23,9 +23,15 @@ advantage, which is how the step applies it (`adv[:, None] * weights`).
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import TYPE_CHECKING
+
 import torch
 
 from trainer.dist import all_reduce
+
+if TYPE_CHECKING:
+    from trainer.packing import Row
 
 ANCHOR_BOUNDS: dict[str, tuple[float, float]] = {
     "token_truncate": (0.0, 2.0),
@@ -53,25 +59,10 @@ def bounds_for(mode: str, bounds: tuple[float, float] | None, cap: float | None 
     return low, high
 
 
-def correction_weights(
-    proximal_logp: torch.Tensor,
-    behaviour_logp: torch.Tensor,
-    mask: torch.Tensor,
-    mode: str,
-    low: float,
-    high: float,
-) -> tuple[torch.Tensor, dict[str, float]]:
-    """Per-token weights for the decoupled PPO objective, and their metrics over all ranks' response tokens.
-
-    Args: `proximal_logp`, `behaviour_logp` `[B, T]` (the trainer's and the engine's log-probs of the sampled
-    tokens), `mask` `[B, T]` bool (response tokens), `mode` one of `trainer.rollout.config.IS_MODES` other than
-    "off", `low <= high`.
-    Returns the weights `[B, T]` (float32, 1 outside the mask) and:
-    "rollout/is_weight" (mean weight), "rollout/is_weight_max", "rollout/is_capped" (tokens whose weight the bounds
-    changed: truncated or masked), "rollout/is_masked" (tokens at weight 0), "rollout/is_nonfinite",
-    "rollout/mismatch_kl" (the k3 estimate of KL(behaviour || proximal) per token, `rho - 1 - log rho`, over the
-    finite tokens) and "rollout/logp_abs_diff" (mean |proximal - behaviour|, finite tokens).
-    """
+def _local(
+    proximal_logp: torch.Tensor, behaviour_logp: torch.Tensor, mask: torch.Tensor, mode: str, low: float, high: float
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """This rank's part of `correction_weights`: float64 `(weights, changed, finite, log_rho, rho)`, all `[B, T]`."""
     if mode not in ANCHOR_BOUNDS:
         raise ValueError(f"correction_weights: mode {mode!r}; expected one of {', '.join(ANCHOR_BOUNDS)}")
     if not low <= high:
@@ -95,6 +86,38 @@ def correction_weights(
         changed = ~keep_row[:, None].expand_as(rho)
     weights = torch.where(finite, weights, torch.zeros_like(weights))
     changed = (changed & finite) | (mask & ~finite)
+    return weights, changed, finite, log_rho, rho
+
+
+def token_weights(
+    proximal_logp: torch.Tensor, behaviour_logp: torch.Tensor, mask: torch.Tensor, mode: str, low: float, high: float
+) -> torch.Tensor:
+    """`correction_weights`' weights alone (float32 `[B, T]`, 1 outside the mask), with no collective: for some
+    sequences of the batch at a time (`ForwardCorrection`)."""
+    weights = _local(proximal_logp, behaviour_logp, mask, mode, low, high)[0]
+    return weights.to(torch.float32).masked_fill(~mask, 1.0)
+
+
+def correction_weights(
+    proximal_logp: torch.Tensor,
+    behaviour_logp: torch.Tensor,
+    mask: torch.Tensor,
+    mode: str,
+    low: float,
+    high: float,
+) -> tuple[torch.Tensor, dict[str, float]]:
+    """Per-token weights for the decoupled PPO objective, and their metrics over all ranks' response tokens.
+
+    Args: `proximal_logp`, `behaviour_logp` `[B, T]` (the trainer's and the engine's log-probs of the sampled
+    tokens), `mask` `[B, T]` bool (response tokens), `mode` one of `trainer.rollout.config.IS_MODES` other than
+    "off", `low <= high`.
+    Returns the weights `[B, T]` (float32, 1 outside the mask) and:
+    "rollout/is_weight" (mean weight), "rollout/is_weight_max", "rollout/is_capped" (tokens whose weight the bounds
+    changed: truncated or masked), "rollout/is_masked" (tokens at weight 0), "rollout/is_nonfinite",
+    "rollout/mismatch_kl" (the k3 estimate of KL(behaviour || proximal) per token, `rho - 1 - log rho`, over the
+    finite tokens) and "rollout/logp_abs_diff" (mean |proximal - behaviour|, finite tokens).
+    """
+    weights, changed, finite, log_rho, rho = _local(proximal_logp, behaviour_logp, mask, mode, low, high)
     m, f = mask.double(), finite.double()
     k3 = (rho - 1.0 - log_rho) * f
     local_max = (weights * m).amax() if mask.any() else weights.new_zeros(())
@@ -115,3 +138,48 @@ def correction_weights(
         "rollout/mismatch_kl": k3_sum / finite_n,
         "rollout/logp_abs_diff": abs_sum / finite_n,
     }
+
+
+class ForwardCorrection:
+    """The correction with the proximal log-probs taken in the update's own forward passes, not a pass before it.
+
+    When the batch gets one optimizer step (one epoch, one minibatch, no SFPO inner steps), the proximal policy is
+    the weights the update starts from, so each micro-batch's own log-probs are the proximal ones: the clip ratio is
+    exactly 1 (the kernels' `old_logp=None`) and the importance weights come from the micro-batch's log-probs,
+    computed without a gradient from the hidden states the loss uses (`trainer.policy.Policy.loss`'s
+    `advantages_of`). Whatever the staleness, this saves the old-log-prob pass; the weights and metrics equal the
+    pass's to float32 rounding (tests/test_on_policy.py).
+
+    `behaviour_logp`, `mask` `[B, T]` (the engine's log-probs, response tokens); `advantages` `[B]` or `[B, T]`.
+    """
+
+    def __init__(
+        self,
+        mode: str,
+        low: float,
+        high: float,
+        behaviour_logp: torch.Tensor,
+        mask: torch.Tensor,
+        advantages: torch.Tensor,
+    ) -> None:
+        self.mode, self.low, self.high = mode, low, high
+        self.behaviour, self.mask = behaviour_logp, mask
+        self.base = (advantages[:, None] if advantages.dim() == 1 else advantages).expand_as(mask).float()
+        self.proximal = torch.zeros(mask.shape, dtype=torch.float32, device=mask.device)  # filled row by row
+        self.weighted = self.base.clone()
+
+    def advantages_of(self, row: Row) -> Callable[[torch.Tensor], torch.Tensor]:
+        """The hook for `row` (a `trainer.packing` micro-batch): its log-probs in, its weighted advantages out."""
+
+        def weigh(logp: torch.Tensor) -> torch.Tensor:
+            row.scatter(self.proximal, logp)
+            idx = row.batch_indices
+            w = token_weights(self.proximal[idx], self.behaviour[idx], self.mask[idx], self.mode, self.low, self.high)
+            self.weighted[idx] = self.base[idx] * w
+            return row.gather(self.weighted)
+
+        return weigh
+
+    def metrics(self) -> dict[str, float]:
+        """`correction_weights`' metrics over the whole batch (every rank; call once every row has been through)."""
+        return correction_weights(self.proximal, self.behaviour, self.mask, self.mode, self.low, self.high)[1]

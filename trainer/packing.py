@@ -83,6 +83,11 @@ class PackedRow:
         """The sequences in the row (0 for an empty one)."""
         return len(self.members)
 
+    @property
+    def batch_indices(self) -> torch.Tensor:
+        """`[S]` long: the batch indices of the row's sequences (`members`)."""
+        return torch.tensor(self.members, dtype=torch.long, device=self.seq.device)
+
     def gather(self, x: torch.Tensor, fill: float | int = 0) -> torch.Tensor:
         """`[1, N]` values of a padded `[B]` (per sequence) or `[B, W]` (per position, any W) tensor; `fill` where
         a token has no value (padding, or a position past W)."""
@@ -104,7 +109,7 @@ class PackedRow:
         return attention.packed_model_kwargs(impl, self.pos[None], self.cu_seqlens, self.max_len, dtype)
 
     def inputs(self, policy: Any, batch: Any) -> tuple:
-        """`Policy.forward`'s positional arguments for this row of a `trainer.step.Batch`, then its keywords."""
+        """`Policy.forward`'s positional arguments for this row of a `trainer.batch.Batch`, then its keywords."""
         kwargs = self.model_kwargs(getattr(policy, "attn", "sdpa"), torch.float32)
         return self.gather(batch.input_ids), None, row_targets(self, batch.targets), {"packed": kwargs}
 
@@ -123,6 +128,11 @@ class PaddedRow:
         return len(self.idx)
 
     @property
+    def batch_indices(self) -> torch.Tensor:
+        """`[b]` long: the batch indices of the micro-batch's sequences (`idx`)."""
+        return self.idx
+
+    @property
     def scored(self) -> torch.Tensor:
         """Sequences with at least one response token: a 0-d float tensor (no device sync, unlike a packed row's)."""
         return self.mask[self.idx].any(-1).sum().float()
@@ -136,12 +146,14 @@ class PaddedRow:
         out[self.idx] = values.to(out.dtype)
 
     def inputs(self, policy: Any, batch: Any) -> tuple:
-        """`Policy.forward`'s positional arguments for this micro-batch of a `trainer.step.Batch`, then its keywords."""
+        """`Policy.forward`'s positional arguments for this micro-batch of a `trainer.batch.Batch`, then its
+        keywords."""
         return batch.input_ids[self.idx], batch.attention_mask[self.idx], batch.targets[self.idx], {}
 
 
 Row = PackedRow | PaddedRow
-"""One micro-batch of a pass, packed or padded: `gather`, `scatter`, `inputs`, `seq_ids`, `scored`, `n_seqs`."""
+"""One micro-batch of a pass, packed or padded: `gather`, `scatter`, `inputs`, `seq_ids`, `scored`, `n_seqs`,
+`batch_indices`."""
 
 
 def make_row(members: list[int], lengths: Sequence[int], scored: Sequence[bool], device: torch.device) -> PackedRow:
@@ -225,7 +237,7 @@ def row_targets(row: PackedRow, targets: torch.Tensor) -> torch.Tensor:
 
 
 def pack_batch(optim: OptimConfig, batch: Any, device: torch.device) -> PackedBatch | None:
-    """A `trainer.step.Batch`'s rows for every pass of a step, minibatch by minibatch (the update's split), or None
+    """A `trainer.batch.Batch`'s rows for every pass of a step, minibatch by minibatch (the update's split), or None
     when `optim.packing` is off (`optim`: the config section)."""
     if not optim.packing:
         return None
@@ -242,7 +254,7 @@ def padded_rows(indices: torch.Tensor, size: int, mask: torch.Tensor) -> list[Pa
 
 
 def pass_rows(batch: Any, micro: int, packed: PackedBatch | None) -> list[Row]:
-    """The micro-batches of a log-prob pass over a `trainer.step.Batch`: its packed rows, or `micro` sequences at a
+    """The micro-batches of a log-prob pass over a `trainer.batch.Batch`: its packed rows, or `micro` sequences at a
     time in batch order."""
     if packed is not None:
         return packed.rows

@@ -17,6 +17,8 @@ logits, a float32 log-softmax, autograd. Slower and memory-hungry, it answers "d
 
 from __future__ import annotations
 
+import dataclasses
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -81,11 +83,23 @@ class Policy(nn.Module):
         *,
         temperature: float = 1.0,
         packed: dict[str, Any] | None = None,
+        advantages_of: Callable[[torch.Tensor], torch.Tensor] | None = None,
     ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """The loss pass: `(loss, metrics)` as `fastslow.kernels.linear_grpo_loss` gives them, for `args`; the inputs
         as in `forward`. A second FSDP2 forward method (`FSDP_FORWARD_METHODS`): the root's parameters are gathered
-        around it as around `forward`."""
+        around it as around `forward`.
+
+        `advantages_of`: the off-policy correction with the proximal log-probs taken here (`trainer.offpolicy.
+        ForwardCorrection`): it gets the micro-batch's own log-probs (no gradient, shaped like `targets`) and gives
+        the advantages that replace `args.advantages`."""
         hidden, weight = self._hidden(input_ids, attention_mask, packed), self.adapter.head_weight
+        if advantages_of is not None:
+            with torch.no_grad():
+                if self.kernels == "reference":
+                    logp = token_logprobs_ref(hidden.detach(), weight.detach(), targets, temperature=temperature)[0]
+                else:
+                    logp = token_logprobs(hidden.detach(), weight.detach(), targets, temperature=temperature)[0]
+            args = dataclasses.replace(args, advantages=advantages_of(logp))
         kwargs = args.as_kwargs()
         if self.kernels == "reference":
             return linear_grpo_loss_ref(hidden, weight, targets, temperature=temperature, eager=True, **kwargs)

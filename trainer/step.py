@@ -17,14 +17,14 @@ import torch
 from torch import nn
 
 from fastslow import FilterExhausted, OnlineFilter, group_advantages, sfpo_update
-from fastslow.kernels import IGNORE_INDEX
 from trainer.async_rollout import OverlapTally
+from trainer.batch import Batch, Group, Rollouts, make_batch
 from trainer.dist import DistInfo, all_reduce
 from trainer.engine_check import check_engine, logp_bound, mean_logp_gap
 from trainer.objective import Objective, Totals, loss_settings
-from trainer.offpolicy import bounds_for, correction_on, correction_weights
+from trainer.offpolicy import ForwardCorrection, bounds_for, correction_on, correction_weights
 from trainer.packing import PackedBatch, layout_metrics, pack_batch, pass_rows, update_rows
-from trainer.reward.scoring import Group, score_chunk
+from trainer.reward.scoring import score_chunk
 from trainer.rollout import SamplingParams
 from trainer.step_result import StepResult
 from trainer.weight_sync import sync_weights
@@ -36,20 +36,6 @@ if TYPE_CHECKING:
     from trainer.policy import Policy
     from trainer.rollout.base import RolloutEngine
     from trainer.sampler import PromptSampler
-
-
-@dataclass
-class Batch:
-    """One rank's kept rollouts as tensors, group by group (B = groups * n sequences, T = L - 1 positions)."""
-
-    input_ids: torch.Tensor  # [B, L]
-    attention_mask: torch.Tensor  # [B, L]
-    targets: torch.Tensor  # [B, T], -100 outside responses
-    mask: torch.Tensor  # [B, T] bool: response tokens
-    rewards: torch.Tensor  # [B]
-    correct: torch.Tensor  # [B] bool
-    lengths: torch.Tensor  # [B]
-    rollout_logp: torch.Tensor | None = None  # [B, T] the engine's log-probs of the response tokens (0 elsewhere)
 
 
 @dataclass
@@ -92,7 +78,7 @@ def _score_chunk(ctx: StepContext, items: list[dict], completions: list[list[lis
     return score_chunk(ctx.cfg, ctx.tokenizer, items, completions, task=ctx.task, rank=info.rank, device=info.device)
 
 
-def collect(ctx: StepContext, step: int) -> tuple[list[Group], dict[str, float]]:
+def collect(ctx: StepContext, step: int) -> Rollouts:
     """Generate chunks of prompts until every rank holds its share of kept groups (or the chunk cap is hit).
 
     With a user reward function, the metrics hold "reward/errors": the samples it scored 0 for an error
@@ -102,7 +88,7 @@ def collect(ctx: StepContext, step: int) -> tuple[list[Group], dict[str, float]]
     if ctx.cfg.reward.function:
         count = torch.tensor([float(errors)], dtype=torch.float64, device=ctx.info.device)
         metrics["reward/errors"] = all_reduce(count).item()
-    return groups, metrics
+    return Rollouts(groups, metrics)
 
 
 def _collect(ctx: StepContext, step: int) -> tuple[list[Group], dict[str, float], int]:
@@ -177,36 +163,6 @@ def _dry(ctx: StepContext, filt: OnlineFilter, chunks: int, why: str) -> tuple[l
     }  # fmt: skip
 
 
-def make_batch(groups: list[Group], pad_id: int, device: torch.device) -> Batch:
-    """Right-padded prompt + response sequences; targets and mask cover the response tokens only."""
-    seqs = [(g.prompt_ids, c) for g in groups for c in g.completions]
-    L = max(2, max(len(p) + len(c) for p, c in seqs))
-    B = len(seqs)
-    input_ids = torch.full((B, L), pad_id, dtype=torch.long)
-    attention = torch.zeros(B, L, dtype=torch.long)
-    targets = torch.full((B, L - 1), IGNORE_INDEX, dtype=torch.long)
-    for i, (p, c) in enumerate(seqs):
-        ids = torch.tensor(p + c, dtype=torch.long)
-        input_ids[i, : len(ids)] = ids
-        attention[i, : len(ids)] = 1
-        if c:  # position t predicts token t + 1: responses start at position len(p) - 1
-            targets[i, len(p) - 1 : len(ids) - 1] = ids[len(p) :]
-    mask = targets != IGNORE_INDEX
-    rollout_logp = None
-    if seqs and all(getattr(c, "logprobs", None) is not None for _, c in seqs):
-        rollout_logp = torch.zeros(B, L - 1, dtype=torch.float32)
-        for i, (p, c) in enumerate(seqs):
-            if c:
-                rollout_logp[i, len(p) - 1 : len(p) - 1 + len(c)] = torch.tensor(c.logprobs, dtype=torch.float32)
-        rollout_logp = rollout_logp.to(device)
-    cat = lambda name: torch.cat([getattr(g, name) for g in groups])
-    return Batch(
-        input_ids.to(device), attention.to(device), targets.to(device), mask.to(device),
-        cat("rewards").float().to(device), cat("correct").to(device), cat("lengths").float().to(device),
-        rollout_logp,
-    )  # fmt: skip
-
-
 @torch.no_grad()
 def logprobs(
     policy: nn.Module, batch: Batch, micro: int, temperature: float, packed: PackedBatch | None = None
@@ -233,9 +189,11 @@ def update(
     adv: torch.Tensor,
     kl_coef: torch.Tensor | float,
     packed: PackedBatch | None = None,
+    correction: ForwardCorrection | None = None,
 ) -> dict[str, float]:
     """One full policy update: `epochs` passes of `minibatches` optimizer steps, micro-batched (or `packed`).
-    `old_logp` None: on-policy (`skips_old_logprobs`), each micro-batch's own log-probs are the old ones.
+    `old_logp` None: one optimizer step (`skips_old_logprobs`), each micro-batch's own log-probs are the old ones;
+    `correction` then weighs the advantages from them (its metrics join the update's).
 
     The loss of each micro-batch (its arguments and its share of the minibatch's loss) is `trainer.objective`'s;
     FSDP averages gradients over ranks, hence the factor `world`.
@@ -253,6 +211,8 @@ def update(
             for row in rows:
                 *inputs, extra = row.inputs(ctx.policy, batch)
                 args = objective.args(row, mb_totals)
+                if correction is not None:
+                    extra["advantages_of"] = correction.advantages_of(row)
                 loss, m = ctx.policy.loss(*inputs, args, temperature=cfg.rollout.temperature, **extra)
                 (loss * objective.scale(row, mb_totals) * world).backward()
                 tokens = m["tokens"].item()
@@ -276,7 +236,7 @@ def update(
     out["entropy"] = out.pop("actor/entropy")
     out["actor/grad_norm"] = sum(grad_norms) / max(len(grad_norms), 1)
     out["actor/skipped_updates"] = float(skipped)
-    return out
+    return out if correction is None else {**out, **correction.metrics()}
 
 
 def learn(ctx: StepContext, batch: Batch, timing: dict[str, float] | None = None) -> dict[str, float]:
@@ -313,24 +273,29 @@ def learn(ctx: StepContext, batch: Batch, timing: dict[str, float] | None = None
     if ctx.ref is not None:
         ref_logp, _ = logprobs(ctx.ref, batch, cfg.optim.micro_batch_size, cfg.rollout.temperature, packed)
     adv = group_advantages(batch.rewards, n, std_normalize=cfg.algorithm.std_normalize)
+    correction = None
     if correction_on(cfg.rollout):
         r = cfg.rollout
         if batch.rollout_logp is None:
             raise RuntimeError("rollout.is_correction is on but the engine returned no log-probs")
-        assert old_logp is not None  # is_correction needs them: never skipped (skips_old_logprobs)
         low, high = bounds_for(r.is_correction, r.is_bounds, r.is_cap)
-        weights, weight_metrics = correction_weights(
-            old_logp, batch.rollout_logp, batch.mask, r.is_correction, low, high
-        )
-        is_metrics.update(weight_metrics)
-        adv = adv[:, None] * weights  # [B, T]: per-token advantages (weights > 0, so the clipping is unchanged)
+        if old_logp is None:  # one optimizer step: the proximal log-probs are the update's own (offpolicy.py)
+            correction = ForwardCorrection(r.is_correction, low, high, batch.rollout_logp, batch.mask, adv)
+        else:
+            weights, weight_metrics = correction_weights(
+                old_logp, batch.rollout_logp, batch.mask, r.is_correction, low, high
+            )
+            is_metrics.update(weight_metrics)
+            adv = adv[:, None] * weights  # [B, T]: per-token advantages (weights > 0, so the clipping is unchanged)
     kl_coef: torch.Tensor | float = float(cfg.algorithm.kl_coef)  # "fixed": one scalar, the kernel's fast path
     if cfg.algorithm.kl_type != "fixed":
         kl_coef = ctx.kl.coefficients(batch.correct, n).to(info.device)
         _global_kl_summary(ctx)
     seconds_logprobs, t = time.perf_counter() - t, time.perf_counter()
 
-    run_update: Callable[[], dict[str, float]] = lambda: update(ctx, batch, old_logp, ref_logp, adv, kl_coef, packed)
+    run_update: Callable[[], dict[str, float]] = lambda: update(
+        ctx, batch, old_logp, ref_logp, adv, kl_coef, packed, correction
+    )
     if sfpo_on:
         if ctx.slow is None:
             from fastslow.kernels import snapshot
@@ -349,7 +314,7 @@ def learn(ctx: StepContext, batch: Batch, timing: dict[str, float] | None = None
     if timing is not None:
         timing["logprobs"], timing["update"] = seconds_logprobs, time.perf_counter() - t
     out = {**update_metrics, **is_metrics, **layout, "sfpo": float(sfpo_on)}
-    out["actor/old_logp_pass"] = float(not skip_old)  # 0: on-policy, the ratio taken as 1 (no separate pass)
+    out["actor/old_logp_pass"] = float(not skip_old)  # 0: one optimizer step, the ratio taken as 1 (no pass)
     return out
 
 
@@ -365,30 +330,23 @@ class PassSettings(Protocol):
 
 
 class OldLogpSettings(Protocol):
-    """What `skips_old_logprobs` reads of the config (`Config` or a stand-in); `rollout` is read with `getattr`."""
+    """What `skips_old_logprobs` reads of the config (`Config` or a stand-in)."""
 
     @property
     def optim(self) -> PassSettings: ...
-    @property
-    def rollout(self) -> object: ...
 
 
 def skips_old_logprobs(cfg: OldLogpSettings, sfpo_on: bool) -> bool:
-    """Whether the old-log-prob pass is redundant: the batch is used for exactly one optimizer step taken from the
-    weights that generated it (one epoch, one minibatch, no SFPO inner steps; the engine's weights are synced every
-    step, so nothing is stale), and nothing else needs the old log-probs (`rollout.is_correction` compares them with
-    the engine's; the stale-weights check, `rollout.max_logp_diff`, keeps the pass too: see `learn`). Then the ratio is
-    1 with the gradient of `exp(logp - logp.detach())`, as TRL, prime-rl and verl's bypass mode do;
-    `optim.skip_old_logprobs = false` keeps the pass (a check)."""
+    """Whether the old-log-prob pass is redundant: the batch is used for exactly one optimizer step (one epoch, one
+    minibatch, no SFPO inner steps), so the proximal policy of the decoupled form is the weights the update starts
+    from, and each micro-batch's own log-probs are the old ones. Then the ratio is 1 with the gradient of
+    `exp(logp - logp.detach())`, as TRL, prime-rl and verl's bypass mode do, on-policy or stale (`max_staleness`:
+    staleness enters through the importance weights, not the ratio), and `rollout.is_correction` takes its
+    proximal log-probs from the update's forward (`trainer.offpolicy.ForwardCorrection`). The stale-weights check
+    (`rollout.max_logp_diff`) keeps the pass (see `learn`); `optim.skip_old_logprobs = false` keeps it too (a
+    check)."""
     o = cfg.optim
-    return (
-        o.skip_old_logprobs
-        and o.epochs == 1
-        and o.minibatches == 1
-        and not sfpo_on
-        and not correction_on(cfg.rollout)
-        and getattr(cfg.rollout, "max_staleness", 0) == 0
-    )
+    return o.skip_old_logprobs and o.epochs == 1 and o.minibatches == 1 and not sfpo_on
 
 
 def _global_kl_summary(ctx: StepContext) -> None:
@@ -429,10 +387,10 @@ def train_step(ctx: StepContext, step: int) -> StepResult:
 
     ctx.engine.wake_up()
     try:
-        groups, metrics = collect(ctx, step)
+        rollouts = collect(ctx, step)
     finally:  # a dry filter that stops the run leaves the engine asleep too
         ctx.engine.sleep()
-    batch = make_batch(groups, ctx.tokenizer.pad_token_id, info.device)
+    batch, metrics = make_batch(rollouts.groups, ctx.tokenizer.pad_token_id, info.device), rollouts.metrics
     timing["rollout"] = time.perf_counter() - t
 
     update_metrics: dict[str, float] = {}

@@ -31,10 +31,11 @@ class OptimConfig(_Section):
     epochs: int = 1
     """Passes over the batch per update."""
     skip_old_logprobs: bool = True
-    """Skip the old-log-prob pass when it is redundant (one epoch, one minibatch, no SFPO inner steps, no
-    `rollout.is_correction`): the update then takes the ratio as 1 with the gradient of `exp(logp - logp.detach())`,
-    the same loss, gradients and metrics to float rounding (`trainer.step.skips_old_logprobs`; the metric
-    `actor/old_logp_pass` says which path ran). False: always run the pass."""
+    """Skip the old-log-prob pass when it is redundant (one epoch, one minibatch, no SFPO inner steps; stale batches
+    and `rollout.is_correction` included, which take the proximal log-probs from the update's forward): the update
+    then takes the ratio as 1 with the gradient of `exp(logp - logp.detach())`, the same loss, gradients and metrics
+    to float rounding (`trainer.step.skips_old_logprobs`; the metric `actor/old_logp_pass` says which path ran).
+    False: always run the pass."""
     micro_batch_size: int = 32
     """Sequences per forward/backward (gradient accumulation within a minibatch) when `packing` is off."""
     packing: bool = True

@@ -20,10 +20,12 @@ shards.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import math
 import os
+import shutil
 import sys
 import time
 from pathlib import Path
@@ -38,6 +40,7 @@ from transformers import PretrainedConfig, PreTrainedModel, PreTrainedTokenizerB
 
 from trainer import tasks
 from trainer.checkpoint import checksums
+from trainer.config.base import InputError
 from trainer.data import encode_prompts
 from trainer.model.load import model_from_config
 from trainer.signals import Interrupted, stop_requested
@@ -169,16 +172,25 @@ def ensure_cache(
     device: torch.device | str = "cpu",
 ) -> Path:
     """The cached warm-start weights for a model of `config` (a `PretrainedConfig`): trained on `device` by rank 0
-    and written first when missing. Every rank calls it (a barrier when a process group is up)."""
+    and written first when missing. Every rank calls it (a barrier when a process group is up).
+
+    Raises:
+        InputError: rank 0 could not write the cache (a full disk, a read-only folder): one line naming the file
+            (exit 2, as for a run folder that cannot be used); the other ranks then raise `FileNotFoundError`
+            (which `trainer.config.input_errors` makes an `InputError` too, said by rank 0 only).
+    """
     path = cache_path(cfg, config, run_dir)
     distributed = dist.is_available() and dist.is_initialized()
     if path.is_file() and is_main and (why := cache_damage(path)):
         print(f"warning: warm start: the cache is damaged ({why}): training it again", file=sys.stderr, flush=True)
         path.unlink(missing_ok=True)
+    problem = None
     if not path.is_file() and is_main:
-        _train_and_save(config, tokenizer, cfg, path, torch.device(device))
-    if distributed:
+        problem = _train_and_save(config, tokenizer, cfg, path, torch.device(device))
+    if distributed:  # rank 0 comes here even when the write failed: the others find no file and stop quietly
         dist.barrier()
+    if problem is not None:
+        raise InputError(problem)
     if not path.is_file():
         raise FileNotFoundError(f"warm start: {path} was not written (does every rank see warm_start.cache?)")
     return path
@@ -207,8 +219,9 @@ def cache_damage(path: Path) -> str | None:
 
 def _train_and_save(
     config: PretrainedConfig, tokenizer: PreTrainedTokenizerBase, cfg: Config, path: Path, device: torch.device
-) -> None:
-    """Fresh init from `warm_start.seed`, the supervised pass, then an atomic write.
+) -> str | None:
+    """Fresh init from `warm_start.seed`, the supervised pass, then an atomic write; what kept the file from being
+    written (a full disk: one phrase naming it, its partial files removed), else None.
 
     The pass runs on the process's own threads (torchrun's OMP_NUM_THREADS=1 by default): raising them to every core
     made it ~6x slower whenever another process kept a core busy (OpenMP threads spinning at their barriers), and the
@@ -224,11 +237,32 @@ def _train_and_save(
         f"warm start: loss {stats['loss_first']:.3f} -> {stats['loss_last']:.3f} in {stats['seconds']:.1f} s",
         flush=True,
     )
-    path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f"{path.name}.tmp{os.getpid()}")  # written whole, then renamed: never half a file
     tmp_json = tmp.with_name(f"{tmp.name}.json")
-    save_model(fresh, str(tmp))
-    size, crc = checksums.file_sum(tmp)
-    tmp_json.write_text(json.dumps({**stats, "settings": _settings(ws), "bytes": size, "crc32": crc}, indent=1))
-    os.replace(tmp_json, path.with_suffix(".json"))
-    os.replace(tmp, path)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        save_model(fresh, str(tmp))
+        size, crc = checksums.file_sum(tmp)
+        tmp_json.write_text(json.dumps({**stats, "settings": _settings(ws), "bytes": size, "crc32": crc}, indent=1))
+        os.replace(tmp_json, path.with_suffix(".json"))
+        os.replace(tmp, path)
+    except Exception as err:  # OSError, or safetensors' SafetensorError ("I/O error: No space left on device ...")
+        if not isinstance(err, OSError) and "os error" not in str(err):
+            raise
+        for partial in (tmp, tmp_json):  # a full disk is not left fuller
+            with contextlib.suppress(OSError):
+                partial.unlink(missing_ok=True)
+        return _unwritten(path, err)
+    return None
+
+
+def _unwritten(path: Path, err: Exception) -> str:
+    """The one line for a cache that could not be written: the file, the error, and how full its disk is."""
+    what = err.strerror if isinstance(err, OSError) and err.strerror else " ".join(str(err).split())[:160]
+    free = ""
+    with contextlib.suppress(OSError):
+        free = f"; {shutil.disk_usage(path.parent).free / 2**20:.1f} MiB free on its disk"
+    return (
+        f"warm start: cannot write the cache {path} ({type(err).__name__}: {what}{free}): free space there, or set "
+        "warm_start.cache to another folder"
+    )

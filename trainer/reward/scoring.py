@@ -11,29 +11,18 @@ all-gather of `[N, 3]` floats), and each rank keeps its own slice.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import torch
 
 from fastslow import thinking_reward
+from trainer.batch import Group
 from trainer.dist import all_gather_cat
 from trainer.reward import builtin
 from trainer.reward.user import call_reward_fn, load_reward_fn
 
 if TYPE_CHECKING:
     from trainer.config import Config
-
-
-@dataclass
-class Group:
-    """One prompt and its `n` sampled responses, scored."""
-
-    prompt_ids: list[int]
-    completions: list[list[int]]
-    rewards: torch.Tensor  # [n] float32
-    correct: torch.Tensor  # [n] bool
-    lengths: torch.Tensor  # [n] float32
 
 
 def score_chunk(

@@ -246,7 +246,8 @@ def _what(exc: BaseException) -> str:
     """An exception as the error line shows it: `Type: message`, or what the code called to exit."""
     if isinstance(exc, SystemExit):
         return f"SystemExit: called sys.exit({exc.code!r})"
-    return f"{type(exc).__name__}: {exc}"
+    message = str(exc)  # MemoryError() has none: "MemoryError", not "MemoryError: "
+    return f"{type(exc).__name__}: {message}" if message else type(exc).__name__
 
 
 class UserExit(Exception):

@@ -1,0 +1,75 @@
+"""The forms a step's rollouts take, in order: scored `Group`s per prompt, a step's `Rollouts` (what `collect`
+returns), and the padded `Batch` of tensors the passes read (`make_batch`). The passes' micro-batches over a batch,
+packed rows or padded ones, are `trainer.packing`'s (`PackedRow`, `PaddedRow`, `PackedBatch`)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+
+from fastslow.kernels import IGNORE_INDEX
+
+
+@dataclass
+class Group:
+    """One prompt and its `n` sampled responses, scored."""
+
+    prompt_ids: list[int]
+    completions: list[list[int]]
+    rewards: torch.Tensor  # [n] float32
+    correct: torch.Tensor  # [n] bool
+    lengths: torch.Tensor  # [n] float32
+
+
+@dataclass
+class Rollouts:
+    """What a step's collection gives the update: this rank's kept groups and the step's rollout metrics (all ranks:
+    chunks, kept and filled groups, dry, skipped, staleness, reward errors)."""
+
+    groups: list[Group]
+    metrics: dict[str, float] = field(default_factory=dict)
+
+
+@dataclass
+class Batch:
+    """One rank's kept rollouts as tensors, group by group (B = groups * n sequences, T = L - 1 positions)."""
+
+    input_ids: torch.Tensor  # [B, L]
+    attention_mask: torch.Tensor  # [B, L]
+    targets: torch.Tensor  # [B, T], -100 outside responses
+    mask: torch.Tensor  # [B, T] bool: response tokens
+    rewards: torch.Tensor  # [B]
+    correct: torch.Tensor  # [B] bool
+    lengths: torch.Tensor  # [B]
+    rollout_logp: torch.Tensor | None = None  # [B, T] the engine's log-probs of the response tokens (0 elsewhere)
+
+
+def make_batch(groups: list[Group], pad_id: int, device: torch.device) -> Batch:
+    """Right-padded prompt + response sequences; targets and mask cover the response tokens only."""
+    seqs = [(g.prompt_ids, c) for g in groups for c in g.completions]
+    L = max(2, max(len(p) + len(c) for p, c in seqs))
+    B = len(seqs)
+    input_ids = torch.full((B, L), pad_id, dtype=torch.long)
+    attention = torch.zeros(B, L, dtype=torch.long)
+    targets = torch.full((B, L - 1), IGNORE_INDEX, dtype=torch.long)
+    for i, (p, c) in enumerate(seqs):
+        ids = torch.tensor(p + c, dtype=torch.long)
+        input_ids[i, : len(ids)] = ids
+        attention[i, : len(ids)] = 1
+        if c:  # position t predicts token t + 1: responses start at position len(p) - 1
+            targets[i, len(p) - 1 : len(ids) - 1] = ids[len(p) :]
+    mask = targets != IGNORE_INDEX
+    rollout_logp = None
+    if seqs and all(getattr(c, "logprobs", None) is not None for _, c in seqs):
+        rollout_logp = torch.zeros(B, L - 1, dtype=torch.float32)
+        for i, (p, c) in enumerate(seqs):
+            if c:
+                rollout_logp[i, len(p) - 1 : len(p) - 1 + len(c)] = torch.tensor(c.logprobs, dtype=torch.float32)
+        rollout_logp = rollout_logp.to(device)
+    cat = lambda name: torch.cat([getattr(g, name) for g in groups])
+    return Batch(
+        input_ids.to(device), attention.to(device), targets.to(device), mask.to(device),
+        cat("rewards").float().to(device), cat("correct").to(device), cat("lengths").float().to(device),
+        rollout_logp,
+    )  # fmt: skip
