@@ -109,6 +109,37 @@ def _check_sync(rank: int, world: int) -> None:
     assert oversize > 0
     assert names == list(tiny_weights), "not every parameter once, in order, under its HF name"
     assert "lm_head.weight" not in names  # the tied duplicate is skipped
+    # One collective per bucket gives each tensor its own gather's value.
+    (whole,) = list(iter_full_tensors(policy, HUGE_BUCKET, prefix="lm."))
+    for (name, tensor), (_, param) in zip(whole, policy.named_parameters(), strict=True):
+        full = param.full_tensor() if isinstance(param, DTensor) else param  # the root may be unsharded
+        assert torch.equal(tensor, full), name
+
+
+def _check_uneven(rank: int, world: int) -> None:
+    """Rows that do not split evenly over the ranks (5, 7), and fewer rows than ranks (1): one rank holds none.
+    The bucketed gather equals `full_tensor()`, and each parameter keeps its place and shape."""
+    from torch.distributed.device_mesh import init_device_mesh
+    from torch.distributed.fsdp import fully_shard
+
+    mesh = init_device_mesh("cpu", (world,))
+    torch.manual_seed(0)  # the same values on every rank
+    shapes = [(5, 3), (1, 4), (7,), (2, 2, 3)]
+    model = nn.Module()
+    for i, shape in enumerate(shapes):
+        model.register_parameter(f"p{i}", nn.Parameter(torch.randn(shape)))
+    fully_shard(model, mesh=mesh)
+    assert model.p1.to_local().shape[0] == (1 if rank == 0 else 0)  # (1, 4): rank 1 holds no rows
+    for bucket in (HUGE_BUCKET, 40):  # one bucket; a bucket a tensor
+        got = [t for b in iter_full_tensors(model, bucket) for _, t in b]
+        assert [tuple(t.shape) for t in got] == shapes
+        for t, p in zip(got, model.parameters(), strict=True):
+            assert torch.equal(t, p.full_tensor())
+
+
+@pytest.mark.distributed
+def test_bucketed_gather_of_uneven_shards_two_ranks() -> None:
+    run_two_ranks(_check_uneven, 2, timeout_s=TIMEOUT_S)
 
 
 @pytest.fixture

@@ -9,12 +9,14 @@ colocated, NCCL to a server). Names are mapped from the trainer's to the HF chec
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Iterator
 
 import torch
+import torch.distributed as dist
 from torch import nn
-from torch.distributed.tensor import DTensor
+from torch.distributed.tensor import DTensor, Shard
 
 from trainer.model.names import hf_name
 from trainer.rollout.base import ParamInfo, RolloutEngine
@@ -26,29 +28,80 @@ def iter_full_tensors(
 ) -> Iterator[list[tuple[str, torch.Tensor]]]:
     """Buckets of `(hf_name, full tensor)` covering every parameter of `model` once, in `named_parameters` order.
 
-    A DTensor (FSDP2 shard; a CPU-offloaded one is moved to its mesh's device first) is gathered with
-    `full_tensor()`: a collective, so every rank must run this generator
-    to the end, in step. Plain tensors are passed as they are (detached, no copy). A bucket holds at most
-    `bucket_bytes` of full tensors, except that a tensor larger than that goes alone; the bucket is gathered only
-    when the previous one has been consumed and dropped, so the extra memory at any time is one bucket (the
-    consumer must not keep the tensors). Tied weights appear once (`named_parameters` skips the duplicate).
-    `dtype`, when given, is the wire dtype: each tensor is cast after its gather (bucket sizes count wire bytes).
+    DTensors (FSDP2 shards; a CPU-offloaded one is moved to its mesh's device first) are gathered with one
+    collective per bucket when they are all row shards (`Shard(0)`) of one 1-D mesh in one dtype, as FSDP2 makes
+    them (`_gather_bucket`); otherwise (HSDP's 2-D mesh, mixed dtypes) each with `full_tensor()`. Either way a
+    collective: every rank must run this generator to the end, in step. Plain tensors are passed as they are
+    (detached, no copy). A bucket holds at most `bucket_bytes` of full tensors, except that a tensor larger than
+    that goes alone; the bucket is gathered only when the previous one has been consumed and dropped, so the extra
+    memory is one bucket (two while a bucket is assembled from its gathered shards; the consumer must not keep the
+    tensors). Tied weights appear once (`named_parameters` skips the duplicate). `dtype`, when given, is the wire
+    dtype: each tensor is cast after its gather (bucket sizes count wire bytes).
     """
     if bucket_bytes <= 0:
         raise ValueError(f"iter_full_tensors: bucket_bytes = {bucket_bytes}: must be > 0")
-    bucket: list[tuple[str, torch.Tensor]] = []
+    planned: list[tuple[str, torch.Tensor]] = []
     filled = 0
     for name, param in model.named_parameters():
         wire = param.dtype if dtype is None else dtype
         size = param.numel() * wire.itemsize  # full size: a DTensor reports its global shape
-        if bucket and filled + size > bucket_bytes:
-            yield bucket
-            bucket, filled = [], 0  # drop the consumed bucket before gathering the next tensor
-        tensor = _on_mesh_device(param).full_tensor() if isinstance(param, DTensor) else param.detach()
-        bucket.append((hf_name(name, prefix), tensor.to(wire)))
+        if planned and filled + size > bucket_bytes:
+            yield _full_bucket(planned, prefix, dtype)
+            planned, filled = [], 0  # drop the consumed bucket before gathering the next one
+        planned.append((name, param))
         filled += size
-    if bucket:
-        yield bucket
+    if planned:
+        yield _full_bucket(planned, prefix, dtype)
+
+
+def _full_bucket(
+    planned: list[tuple[str, torch.Tensor]], prefix: str, dtype: torch.dtype | None
+) -> list[tuple[str, torch.Tensor]]:
+    """The bucket `planned` (trainer names and parameters) as `(hf_name, full tensor)` in the wire dtype."""
+    shards = [_on_mesh_device(p) for _, p in planned if isinstance(p, DTensor)]
+    gathered = iter(_gather_bucket(shards) if shards else [])
+    out = []
+    for name, param in planned:
+        tensor = next(gathered) if isinstance(param, DTensor) else param.detach()
+        out.append((hf_name(name, prefix), tensor.to(param.dtype if dtype is None else dtype)))
+    return out
+
+
+def _gather_bucket(shards: list[DTensor]) -> list[torch.Tensor]:
+    """The full tensors of `shards`, in order. Row shards of one 1-D mesh in one dtype: each rank's local rows,
+    flattened into one buffer, one `all_gather`, then each tensor put together from its ranks' pieces (ranks hold
+    `torch.chunk`'s split of dim 0, as FSDP2 and `Shard(0)` lay it out; a rank may hold none). Else `full_tensor()`
+    each. One collective instead of one per tensor: on gloo each costs about a millisecond."""
+    mesh = shards[0].device_mesh
+    simple = mesh.ndim == 1 and all(
+        s.device_mesh == mesh and s.placements == (Shard(0),) and s.dtype == shards[0].dtype and s.dim() > 0
+        for s in shards
+    )
+    if not simple:
+        return [s.full_tensor() for s in shards]
+    world, rank = mesh.size(), mesh.get_local_rank()
+    rows = []
+    for s in shards:
+        split = [len(c) for c in torch.empty(s.shape[0], device="meta").chunk(world)]
+        rows.append(split + [0] * (world - len(split)))
+    mine = [s.to_local() for s in shards]
+    if any(m.shape[0] != r[rank] for m, r in zip(mine, rows)):  # not the layout assumed: gather each
+        return [s.full_tensor() for s in shards]
+    per_row = [math.prod(s.shape[1:]) for s in shards]  # elements per row
+    lengths = [sum(r[k] * w for r, w in zip(rows, per_row)) for k in range(world)]
+    send = torch.zeros(max(lengths), dtype=shards[0].dtype, device=mine[0].device)
+    torch.cat([m.reshape(-1) for m in mine], out=send[: lengths[rank]])
+    received = [torch.empty_like(send) for _ in range(world)]
+    dist.all_gather(received, send, group=mesh.get_group())
+    out, offsets = [], [0] * world
+    for s, r, w in zip(shards, rows, per_row):
+        pieces = []
+        for k in range(world):
+            n = r[k] * w
+            pieces.append(received[k][offsets[k] : offsets[k] + n])
+            offsets[k] += n
+        out.append(torch.cat(pieces).view(s.shape))
+    return out
 
 
 def _on_mesh_device(param: DTensor) -> DTensor:
