@@ -16,6 +16,7 @@ import torch
 from _tolerance import PAIR
 from conftest import DEVICE
 from test_linear_grpo import make, run
+from torch.distributed.tensor import DTensor
 
 from fastslow.kernels import LOSS_AGGS, grpo_loss, linear_grpo_loss, linear_grpo_loss_ref, token_logprobs
 from fastslow.kernels._dispatch import force_backend
@@ -61,6 +62,11 @@ def test_grpo_loss_on_policy_is_old_equal_to_logp(backend):
     torch.testing.assert_close(a_loss.double(), r_loss, **PAIR["reorder"])
 
 
+def _local(p: torch.Tensor) -> torch.Tensor:
+    """A parameter's local values: its shard under FSDP2, itself on one unsharded rank."""
+    return p.to_local() if isinstance(p, DTensor) else p
+
+
 def _cfg(**optim) -> SimpleNamespace:
     o = SimpleNamespace(**{"skip_old_logprobs": True, "epochs": 1, "minibatches": 1, **optim})
     return SimpleNamespace(optim=o, rollout=SimpleNamespace(is_correction=False))
@@ -95,7 +101,7 @@ def test_a_trainer_step_is_the_same_either_way(one_rank, tmp_path: Path) -> None
         try:
             with force_backend("torch"):
                 metrics[skip] = train_step(trainer.ctx, 0).metrics
-            params[skip] = [p.detach().to_local().clone() for p in trainer.policy.parameters()]
+            params[skip] = [_local(p).detach().clone() for p in trainer.policy.parameters()]
         finally:
             trainer.close()
     on, full = metrics[True], metrics[False]
@@ -146,7 +152,7 @@ def test_a_correction_from_the_forward_equals_the_pass(one_rank, tmp_path: Path,
             trainer.ctx.engine.generate = _noisy(trainer.ctx.engine.generate)
             with force_backend("torch"):
                 metrics[skip] = train_step(trainer.ctx, 0).metrics
-            params[skip] = [p.detach().to_local().clone() for p in trainer.policy.parameters()]
+            params[skip] = [_local(p).detach().clone() for p in trainer.policy.parameters()]
         finally:
             trainer.close()
     forward, full = metrics[True], metrics[False]

@@ -177,7 +177,8 @@ def logprobs(
         row.scatter(ent, out[1])
     # FSDP2 keeps the root's parameters gathered after a forward (it expects a backward next); put them back in
     # shards, or the SFPO snapshot and reposition would see the gathered copies, freed at the next reshard.
-    policy.reshard()
+    if hasattr(policy, "reshard"):  # an FSDP2 module (one rank without mixed precision runs unsharded)
+        policy.reshard()
     return logp, ent
 
 
