@@ -11,10 +11,11 @@ it is installed, Triton. Scoring responses (the math grader and its verifier) is
 
 from __future__ import annotations
 
-import importlib
 import sys
 import types
 from typing import TYPE_CHECKING, Any
+
+from fastslow.lazy_exports import lazy_exports
 
 # public name -> the submodule that defines it
 _EXPORTS: dict[str, str] = {
@@ -57,18 +58,7 @@ if TYPE_CHECKING:  # for type checkers and IDEs: the same names, imported eagerl
     from fastslow.thinking_reward import ThinkingReward, thinking_reward
 
 
-def __getattr__(name: str) -> Any:
-    """Import the submodule that defines `name` the first time it is asked for, then cache the value here."""
-    module = _EXPORTS.get(name)
-    if module is None:
-        raise AttributeError(f"module 'fastslow' has no attribute {name!r}")
-    value = getattr(importlib.import_module(f"fastslow.{module}"), name)
-    globals()[name] = value
-    return value
-
-
-def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(_EXPORTS))
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS, globals())
 
 
 class _Package(types.ModuleType):

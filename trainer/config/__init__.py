@@ -15,8 +15,9 @@
 
 from __future__ import annotations
 
-import importlib
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
+
+from fastslow.lazy_exports import lazy_exports
 
 # public name -> the module that defines it (loaded on first use, PEP 562: a section module imports
 # `trainer.config.base` without loading the whole tree, which imports the sections)
@@ -101,15 +102,4 @@ if TYPE_CHECKING:  # for type checkers and IDEs: the same names, imported eagerl
     from trainer.rollout.config import MIN_TEMPERATURE, RolloutConfig, VllmConfig
 
 
-def __getattr__(name: str) -> Any:
-    """Import the module that defines `name` the first time it is asked for, then cache the value here."""
-    module = _EXPORTS.get(name)
-    if module is None:
-        raise AttributeError(f"module 'trainer.config' has no attribute {name!r}")
-    value = getattr(importlib.import_module(module), name)
-    globals()[name] = value
-    return value
-
-
-def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(_EXPORTS))
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS, globals())

@@ -11,8 +11,9 @@ transformers.
 
 from __future__ import annotations
 
-import importlib
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
+
+from fastslow.lazy_exports import lazy_exports
 
 # public name -> the submodule that defines it
 _EXPORTS: dict[str, str] = {
@@ -59,15 +60,4 @@ if TYPE_CHECKING:  # for type checkers and IDEs: the same names, imported eagerl
     from trainer.rollout.vllm_params import VLLMUnavailable
 
 
-def __getattr__(name: str) -> Any:
-    """Import the submodule that defines `name` the first time it is asked for, then cache the value here."""
-    module = _EXPORTS.get(name)
-    if module is None:
-        raise AttributeError(f"module 'trainer.rollout' has no attribute {name!r}")
-    value = getattr(importlib.import_module(f"trainer.rollout.{module}"), name)
-    globals()[name] = value
-    return value
-
-
-def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(_EXPORTS))
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS, globals())
