@@ -67,6 +67,23 @@ def _local(p: torch.Tensor) -> torch.Tensor:
     return p.to_local() if isinstance(p, DTensor) else p
 
 
+def _first_step(cfg, info, *, noisy: bool = False) -> tuple[dict[str, float], list[torch.Tensor]]:
+    """Step 0 of a trainer on `cfg` (torch kernels): its metrics and the updated parameters' local values;
+    `noisy`: the engine's log-probs moved (`_noisy`)."""
+    from trainer.step import train_step
+    from trainer.trainer import Trainer
+
+    trainer = Trainer(cfg, info)
+    try:
+        if noisy:
+            trainer.ctx.engine.generate = _noisy(trainer.ctx.engine.generate)
+        with force_backend("torch"):
+            metrics = train_step(trainer.ctx, 0).metrics
+        return metrics, [_local(p).detach().clone() for p in trainer.policy.parameters()]
+    finally:
+        trainer.close()
+
+
 def _cfg(**optim) -> SimpleNamespace:
     o = SimpleNamespace(**{"skip_old_logprobs": True, "epochs": 1, "minibatches": 1, **optim})
     return SimpleNamespace(optim=o, rollout=SimpleNamespace(is_correction=False))
@@ -85,9 +102,6 @@ def test_the_pass_is_skipped_only_when_redundant() -> None:
 
 @pytest.mark.slow
 def test_a_trainer_step_is_the_same_either_way(one_rank, tmp_path: Path) -> None:
-    from trainer.step import train_step
-    from trainer.trainer import Trainer
-
     metrics, params = {}, {}
     for skip in (True, False):
         cfg = from_dict({
@@ -97,13 +111,7 @@ def test_a_trainer_step_is_the_same_either_way(one_rank, tmp_path: Path) -> None
             "algorithm": {"kl_coef": 0.01},
             "logging": {"run_dir": str(tmp_path / str(skip)), "tensorboard": False},
         })  # fmt: skip
-        trainer = Trainer(cfg, one_rank)
-        try:
-            with force_backend("torch"):
-                metrics[skip] = train_step(trainer.ctx, 0).metrics
-            params[skip] = [_local(p).detach().clone() for p in trainer.policy.parameters()]
-        finally:
-            trainer.close()
+        metrics[skip], params[skip] = _first_step(cfg, one_rank)
     on, full = metrics[True], metrics[False]
     assert on["actor/old_logp_pass"] == 0.0 and full["actor/old_logp_pass"] == 1.0
     assert on["actor/ratio"] == 1.0 and full["actor/grad_norm"] > 0
@@ -134,9 +142,6 @@ def test_a_correction_from_the_forward_equals_the_pass(one_rank, tmp_path: Path,
     """`rollout.is_correction` with one optimizer step: the importance weights taken from the update's own forward
     (no old-log-prob pass, `trainer.offpolicy.ForwardCorrection`) give the step the pass gives, weights, metrics and
     parameters alike, packed and padded, with engine log-probs far enough off that the bounds act."""
-    from trainer.step import train_step
-    from trainer.trainer import Trainer
-
     metrics, params = {}, {}
     bounds = {"sequence_mask": [0.9, 1.1]}.get(mode)
     for skip in (True, False):
@@ -147,14 +152,7 @@ def test_a_correction_from_the_forward_equals_the_pass(one_rank, tmp_path: Path,
                         **({"is_bounds": bounds} if bounds else {})},
             "logging": {"run_dir": str(tmp_path / f"{skip}"), "tensorboard": False},
         })  # fmt: skip
-        trainer = Trainer(cfg, one_rank)
-        try:
-            trainer.ctx.engine.generate = _noisy(trainer.ctx.engine.generate)
-            with force_backend("torch"):
-                metrics[skip] = train_step(trainer.ctx, 0).metrics
-            params[skip] = [_local(p).detach().clone() for p in trainer.policy.parameters()]
-        finally:
-            trainer.close()
+        metrics[skip], params[skip] = _first_step(cfg, one_rank, noisy=True)
     forward, full = metrics[True], metrics[False]
     assert forward["actor/old_logp_pass"] == 0.0 and full["actor/old_logp_pass"] == 1.0
     assert full["rollout/is_capped"] > 0  # the bounds acted: the weights are not all 1

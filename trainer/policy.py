@@ -70,9 +70,7 @@ class Policy(nn.Module):
             packed: a packed row's `trainer.model.attention.packed_model_kwargs` (position ids, attention arguments).
         """
         hidden, weight = self._hidden(input_ids, attention_mask, packed), self.adapter.head_weight
-        if self.kernels == "reference":
-            return token_logprobs_ref(hidden, weight, targets, temperature=temperature)
-        return token_logprobs(hidden, weight, targets, temperature=temperature, with_entropy=True)
+        return self._logprobs(hidden, weight, targets, temperature)
 
     def loss(
         self,
@@ -95,15 +93,27 @@ class Policy(nn.Module):
         hidden, weight = self._hidden(input_ids, attention_mask, packed), self.adapter.head_weight
         if advantages_of is not None:
             with torch.no_grad():
-                if self.kernels == "reference":
-                    logp = token_logprobs_ref(hidden.detach(), weight.detach(), targets, temperature=temperature)[0]
-                else:
-                    logp = token_logprobs(hidden.detach(), weight.detach(), targets, temperature=temperature)[0]
+                logp = self._logprobs(hidden.detach(), weight.detach(), targets, temperature, with_entropy=False)[0]
             args = dataclasses.replace(args, advantages=advantages_of(logp))
         kwargs = args.as_kwargs()
         if self.kernels == "reference":
             return linear_grpo_loss_ref(hidden, weight, targets, temperature=temperature, eager=True, **kwargs)
         return linear_grpo_loss(hidden, weight, targets, temperature=temperature, **kwargs)
+
+    def _logprobs(
+        self,
+        hidden: torch.Tensor,
+        weight: torch.Tensor,
+        targets: torch.Tensor,
+        temperature: float,
+        *,
+        with_entropy: bool = True,
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """`(logp, entropy)` of `targets` from `hidden` and the head `weight` with the kernels in use (the
+        reference always gives the entropy)."""
+        if self.kernels == "reference":
+            return token_logprobs_ref(hidden, weight, targets, temperature=temperature)
+        return token_logprobs(hidden, weight, targets, temperature=temperature, with_entropy=with_entropy)
 
     def _hidden(
         self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None, packed: dict[str, Any] | None
