@@ -14,8 +14,6 @@ the CPU.
 
 from __future__ import annotations
 
-import ctypes
-import ctypes.util
 import datetime
 import os
 import socket
@@ -24,6 +22,8 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 import torch.distributed as dist
+
+from trainer.host_alloc import return_freed_memory
 
 if TYPE_CHECKING:
     from torch import nn
@@ -51,26 +51,6 @@ def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
-
-
-MMAP_THRESHOLD = 512 << 10
-"""glibc: allocations of at least this size are mmap-ed, so a freed full tensor (rank 0's initial weights, a gathered
-unit, a sync bucket) goes back to the system at once instead of staying in the heap, where it would count in every
-later measurement of the process's memory; the default threshold adapts upwards (to 32 MiB) after such a free.
-`FASTSLOW_MMAP_THRESHOLD` (bytes; 0: leave glibc's adaptive default) overrides it, for measuring."""
-
-
-def _return_freed_memory() -> None:
-    """Fix glibc's mmap threshold (`mallopt(M_MMAP_THRESHOLD, ...)`); a no-op without glibc."""
-    threshold = int(os.environ.get("FASTSLOW_MMAP_THRESHOLD", MMAP_THRESHOLD))
-    name = ctypes.util.find_library("c")
-    if name is None or threshold <= 0:
-        return
-    try:
-        libc = ctypes.CDLL(name)
-        libc.mallopt(ctypes.c_int(-3), ctypes.c_int(threshold))  # M_MMAP_THRESHOLD = -3 (malloc.h)
-    except (OSError, AttributeError):  # not glibc (musl, macOS): the allocator's own policy stays
-        return
 
 
 def mesh_shape(world: int, parallel: ParallelConfig | None = None) -> tuple[int, ...]:
@@ -104,7 +84,7 @@ def init_distributed(parallel: ParallelConfig | None = None, *, cpu_offload: boo
     """
     from torch.distributed.device_mesh import init_device_mesh
 
-    _return_freed_memory()
+    return_freed_memory()
     if "RANK" not in os.environ:  # plain `python -m trainer.main`: a group of one
         os.environ.update(RANK="0", WORLD_SIZE="1", LOCAL_RANK="0", MASTER_ADDR="127.0.0.1")
         os.environ.setdefault("MASTER_PORT", str(_free_port()))

@@ -51,6 +51,7 @@ from trainer.config import Config, ConfigError, InputError, input_errors, save_t
 from trainer.data import load_prompts
 from trainer.dist import DistInfo, all_reduce
 from trainer.eval import eval_context_tokens, evaluate, headline, load_eval_sets
+from trainer.host_alloc import settle as settle_allocator
 from trainer.metrics import MetricsLogger, system_metrics
 from trainer.model.build import build_models, build_optimizer
 from trainer.model.load import engine_dtype as run_engine_dtype
@@ -332,6 +333,7 @@ class Trainer:
         max_bad = cfg.optim.max_bad_steps
         optimizer_steps = cfg.optim.epochs * cfg.optim.minibatches
         saved = self.step  # the state at start is already on disk (resumed) or is the initial one
+        settled = False
         if self.step == 0 and cfg.eval.before_train:
             self._evaluate()
         while self.step < total:
@@ -353,6 +355,9 @@ class Trainer:
                 message = self._bad_message(f"the rollout failed ({err})", "the weights had diverged")
                 raise BadStepsError(message) from err
             self.step += 1
+            if not settled:  # this process's first step is done: the build's full copies are all freed
+                settled = True
+                settle_allocator(self.policy)  # an unsharded rank's step reuses its buffers (trainer/host_alloc.py)
             metrics, diverged = result.metrics, result.diverged
             self.bad_steps = self.bad_steps + 1 if diverged or is_bad_step(result, optimizer_steps) else 0
             metrics["bad_steps"] = float(self.bad_steps)
