@@ -6,8 +6,9 @@ Both train the built-in job's warm-started tiny model (written once to a Hugging
 they share) on the synthetic task with the same reward (`trainer.tasks.synthetic.check`, a cut response wrong), group 8,
 16 prompts per step, 20 new tokens, temperature 1, no KL, one update per batch, token-mean loss, clip 0.2 / 0.28, lr
 5e-4, AdamW, fp32, one thread per process (TRL without gradient checkpointing). Per process count: fastslow under
-torchrun (FSDP2), TRL alone or under `accelerate launch --cpu` (its own multi-process mode: DDP on gloo), the batch
-split over the processes. The runs alternate, `--rounds` times; each gives the median of its steps 6..N. TRL comes from
+torchrun, TRL alone or under `accelerate launch --cpu` (its own multi-process mode: DDP on gloo), the batch split over
+the processes; with several processes fastslow runs twice, as replicas (`parallel.replicate = N`, the layout DDP's is)
+and as FSDP2 (its default). The runs alternate, `--rounds` times; each gives the median of its steps 6..N. TRL comes from
 its own environment (`make bench-peer` makes `.venv-trl` with `trl==1.16.0` and the same torch wheel). Prints the table,
 the settings that could not be matched, and writes `bench/results/peer_DEVICE_DATE.{json,md}`.
 """
@@ -70,13 +71,20 @@ def _median_after(values: list[float], skip: int = 5) -> float:
     return statistics.median(values[skip:] if len(values) > skip else values)
 
 
-def run_fastslow(work: Path, run: Path, steps: int, nproc: int) -> dict[str, float]:
+def layout_args(name: str, nproc: int) -> tuple[str, ...]:
+    """The settings of fastslow's run `name` at `nproc` processes: "fastslow" with several processes is
+    `parallel.replicate = nproc` (each rank a full replica, gradients all-reduced once per optimizer step: what
+    TRL's DDP does); "fastslow-fsdp" is the default layout, FSDP2, run beside it."""
+    return (f"parallel.replicate={nproc}",) if name == "fastslow" and nproc > 1 else ()
+
+
+def run_fastslow(work: Path, run: Path, steps: int, nproc: int, extra: tuple[str, ...] = ()) -> dict[str, float]:
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     env.pop("TRITON_INTERPRET", None)
     cmd = [
         sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
         "-m", "trainer.main", f"logging.run_dir={run}", f"optim.total_steps={steps}",
-        f"warm_start.cache={work / 'warm'}", *FASTSLOW_ARGS,
+        f"warm_start.cache={work / 'warm'}", *FASTSLOW_ARGS, *extra,
     ]  # fmt: skip
     out = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True)
     if out.returncode:
@@ -122,12 +130,13 @@ def main(argv: list[str] | None = None) -> int:
     load = [os.getloadavg()[0]]
     per_nproc: dict[int, dict[str, list[dict[str, float]]]] = {}
     for nproc in args.nproc:
-        results: dict[str, list[dict[str, float]]] = {"fastslow": [], "trl": []}
+        names = ["fastslow", "trl"] + (["fastslow-fsdp"] if nproc > 1 else [])
+        results: dict[str, list[dict[str, float]]] = {name: [] for name in names}
         for r in range(args.rounds):
-            order = ["fastslow", "trl"] if r % 2 == 0 else ["trl", "fastslow"]
-            for name in order:
-                if name == "fastslow":
-                    got = run_fastslow(work, work / f"fs-{nproc}-{r}", args.steps, nproc)
+            for name in names if r % 2 == 0 else names[::-1]:
+                if name.startswith("fastslow"):
+                    run = work / f"{name}-{nproc}-{r}"
+                    got = run_fastslow(work, run, args.steps, nproc, layout_args(name, nproc))
                 else:
                     out = work / f"trl-{nproc}-{r}.jsonl"
                     got = run_trl(args.trl_python, model, prompts, out, args.steps, nproc)
@@ -149,9 +158,13 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def summarize(results: dict[str, list[dict[str, float]]]) -> dict[str, Any]:
-    """Median over rounds of each side's per-round medians, and fastslow / TRL."""
+    """Median over rounds of each run's per-round medians, and fastslow / TRL (`ratio_time`; `ratio_time_fsdp` for
+    the FSDP2 run beside it)."""
     med = {k: {m: statistics.median(r[m] for r in v) for m in ("s_per_step", "tok_per_s")} for k, v in results.items()}
-    return {**med, "ratio_time": med["fastslow"]["s_per_step"] / med["trl"]["s_per_step"]}
+    out = {**med, "ratio_time": med["fastslow"]["s_per_step"] / med["trl"]["s_per_step"]}
+    if "fastslow-fsdp" in med:
+        out["ratio_time_fsdp"] = med["fastslow-fsdp"]["s_per_step"] / med["trl"]["s_per_step"]
+    return out
 
 
 def report(summaries: dict[int, dict[str, Any]], notes: list[str], load: list[float], args: Any) -> list[str]:
@@ -167,10 +180,14 @@ def report(summaries: dict[int, dict[str, Any]], notes: list[str], load: list[fl
     ]
     for nproc, s in summaries.items():
         f, t = s["fastslow"], s["trl"]
-        mode = "torchrun, FSDP2" if nproc > 1 else "one process"
+        mode = "torchrun, replicas (`parallel.replicate`), as DDP" if nproc > 1 else "one process"
         trl_mode = "accelerate launch, DDP" if nproc > 1 else "one process"
         lines.append(f"| {nproc} | fastslow ({mode}) | {f['s_per_step']:.3f} | {f['tok_per_s']:,.0f} | "
                      f"{s['ratio_time']:.2f}x |")  # fmt: skip
+        if "fastslow-fsdp" in s:
+            g = s["fastslow-fsdp"]
+            lines.append(f"| {nproc} | fastslow (torchrun, FSDP2: the default) | {g['s_per_step']:.3f} | "
+                         f"{g['tok_per_s']:,.0f} | {s['ratio_time_fsdp']:.2f}x |")  # fmt: skip
         lines.append(f"| {nproc} | TRL 1.16.0 ({trl_mode}) | {t['s_per_step']:.3f} | {t['tok_per_s']:,.0f} | |")
     return [*lines, "", "Goal: fastslow / TRL <= 0.75x.", "", "Not matched:", *[f"- {n}" for n in notes]]
 

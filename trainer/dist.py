@@ -7,9 +7,12 @@ The mesh (`[parallel]`): by default one dimension, FSDP over all ranks. With `pa
 `("replicate", "shard")` of shape `(R, world / R)`, and `fully_shard` on it is HSDP: parameters sharded within a
 group of `shard` ranks (one node, say), replicated across the `R` groups; gradients reduce-scattered within a group
 and all-reduced across groups. Ranks are laid out row-major, so with torchrun's node-major ranks a shard group is
-one node's GPUs when `shard` is the GPUs per node. `model.cpu_offload` keeps the shards, their gradients and the
-optimizer state on the host (FSDP2's `CPUOffloadPolicy`): gathered to the device per unit, the optimizer steps on
-the CPU.
+one node's GPUs when `shard` is the GPUs per node. With `replicate` = the world size (shards of one rank) and neither
+mixed precision nor CPU offload, there is nothing to shard: each rank keeps the plain module, as DDP does, and
+`average_gradients` all-reduces the gradients in flat buckets once per optimizer step (one collective a bucket,
+not FSDP2's gather per unit in the forward and the backward and reduce-scatter per unit). `model.cpu_offload` keeps
+the shards, their gradients and the optimizer state on the host (FSDP2's `CPUOffloadPolicy`): gathered to the device
+per unit, the optimizer steps on the CPU.
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ from __future__ import annotations
 import datetime
 import os
 import socket
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -129,7 +133,8 @@ def parallelize(
     cpu_offload: bool = False,
 ) -> None:
     """FSDP2 in torchtitan's order: activation checkpointing, then `fully_shard` per decoder block, then the root;
-    on one rank without mixed precision or CPU offload, activation checkpointing only (nothing to shard).
+    with shards of one rank (`replicated`) and without mixed precision or CPU offload, activation checkpointing only
+    (nothing to shard: the gradients are averaged by `average_gradients`).
     `policy` is a `trainer.policy.Policy` (its `lm` and `adapter` are read; typed as a module, as the policy
     imports the objective, which imports this module).
 
@@ -144,12 +149,13 @@ def parallelize(
         # Hugging Face's own per-layer checkpointing (non-reentrant): its decoder layers route their keyword
         # arguments (masks, position embeddings) through it correctly, which a generic wrapper does not.
         policy.lm.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-    if info.world == 1 and not mixed_precision and not cpu_offload:
-        # A world of one has nothing to shard: FSDP2 would only copy each unit's parameters into its gathered buffer
-        # and back, and route the optimizer and the clip through DTensor (measured ~10 ms of a ~145 ms CPU step,
-        # README "Performance"). The plain module gives the same numbers; checkpoints still load at any world size
-        # (DCP reshards plain tensors as it does DTensors). Mixed precision and CPU offload are FSDP2's policies:
-        # those keep it.
+    if replicated(info) and not mixed_precision and not cpu_offload:
+        # Shards of one rank (a world of one, or `parallel.replicate` = the world) hold nothing to shard: FSDP2
+        # would only copy each unit's parameters into its gathered buffer and back, route the optimizer and the clip
+        # through DTensor (~10 ms of a ~145 ms CPU step at one rank), and gather and reduce-scatter per unit
+        # (README "Performance"). The plain module gives the same numbers, its gradients averaged over ranks by
+        # `average_gradients`; checkpoints still load at any world size (DCP reshards plain tensors as it does
+        # DTensors). Mixed precision and CPU offload are FSDP2's policies: those keep it.
         return
     adapter: ModelAdapter = policy.adapter
     mp = MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32) if mixed_precision else None
@@ -165,6 +171,52 @@ def parallelize(
     fully_shard(policy, **kwargs)
     for name in getattr(policy, "FSDP_FORWARD_METHODS", ()):  # forward passes besides `forward` (Policy.loss)
         register_fsdp_forward_method(policy, name)
+
+
+def replicated(info: DistInfo) -> bool:
+    """True when each shard group is one rank: a world of one, or a `(world, 1)` mesh (`parallel.replicate` = the
+    world size)."""
+    mesh = info.mesh
+    return info.world == 1 or (mesh is not None and mesh.ndim == 2 and mesh.shape[-1] == 1)
+
+
+REDUCE_BUCKET_BYTES = 32 << 20
+"""`average_gradients`: the most bytes one all-reduce carries (a bucket's flat copy is this process's extra memory)."""
+
+
+def average_gradients(params: Iterable[torch.Tensor], bucket_bytes: int = REDUCE_BUCKET_BYTES) -> int:
+    """Average the gradients of replicated (plain, not FSDP2) parameters over all ranks, in place: each bucket of
+    up to `bucket_bytes` (one dtype) is flattened, all-reduced (sum) and divided by the world size. A parameter
+    without a gradient takes part as zeros (it gets one), so every rank issues the same collectives. Returns the
+    number of all-reduces. A no-op (0) in a world of one."""
+    world = dist.get_world_size()
+    if world == 1:
+        return 0
+    params = [p for p in params if p.requires_grad]
+    for p in params:
+        if p.grad is None:
+            p.grad = torch.zeros_like(p)
+    calls = 0
+    by_dtype: dict[torch.dtype, list[torch.Tensor]] = {}
+    for p in params:
+        by_dtype.setdefault(p.grad.dtype, []).append(p.grad)
+    for grads in by_dtype.values():
+        bucket: list[torch.Tensor] = []
+        size = 0
+        for g in [*grads, None]:
+            if g is not None and (not bucket or size + g.numel() * g.element_size() <= bucket_bytes):
+                bucket.append(g)
+                size += g.numel() * g.element_size()
+                continue
+            if bucket:
+                flat = torch.cat([b.reshape(-1) for b in bucket])
+                dist.all_reduce(flat)
+                flat.div_(world)
+                for b, part in zip(bucket, flat.split([b.numel() for b in bucket]), strict=True):
+                    b.copy_(part.view_as(b))
+                calls += 1
+            bucket, size = ([g], g.numel() * g.element_size()) if g is not None else ([], 0)
+    return calls
 
 
 def all_reduce(t: torch.Tensor, op: str = "sum") -> torch.Tensor:

@@ -19,7 +19,7 @@ from torch import nn
 from fastslow import FilterExhausted, OnlineFilter, group_advantages, sfpo_update
 from trainer.async_rollout import OverlapTally
 from trainer.batch import Batch, Group, Rollouts, make_batch
-from trainer.dist import DistInfo, all_reduce
+from trainer.dist import DistInfo, all_reduce, average_gradients
 from trainer.engine_check import check_engine, logp_bound, mean_logp_gap
 from trainer.objective import Objective, Totals, loss_settings
 from trainer.offpolicy import ForwardCorrection, bounds_for, correction_on, correction_weights
@@ -197,7 +197,7 @@ def update(
     `correction` then weighs the advantages from them (its metrics join the update's).
 
     The loss of each micro-batch (its arguments and its share of the minibatch's loss) is `trainer.objective`'s;
-    FSDP averages gradients over ranks, hence the factor `world`.
+    FSDP (or `average_gradients`, for plain replicas) averages gradients over ranks, hence the factor `world`.
     """
     cfg, world, device = ctx.cfg, ctx.info.world, ctx.info.device
     o = cfg.optim
@@ -220,6 +220,8 @@ def update(
                 for k in ("pg_loss", "kl", "ratio", "clip_frac", "dual_clip_frac", "entropy"):
                     sums[k] = sums.get(k, 0.0) + m[k].item() * tokens
                 sums["tokens"] = sums.get("tokens", 0.0) + tokens
+            if world > 1 and not hasattr(ctx.policy, "reshard"):  # plain replicas (trainer.dist.replicated)
+                average_gradients(ctx.policy.parameters())
             max_norm = o.grad_clip if o.grad_clip > 0 else math.inf
             norm = torch.nn.utils.clip_grad_norm_(ctx.policy.parameters(), max_norm)
             norm = norm.full_tensor() if hasattr(norm, "full_tensor") else norm

@@ -18,7 +18,9 @@ class ParallelConfig(_Section):
     SECTION = "parallel"
     replicate: int = 1
     """Replica groups (HSDP's outer mesh dimension, e.g. the number of nodes): the model is sharded within a group
-    and replicated across groups. 1: plain FSDP, sharded over every rank."""
+    and replicated across groups. 1: plain FSDP, sharded over every rank. The number of processes: every rank a
+    full replica (no mixed precision or CPU offload: the plain module, gradients all-reduced once per optimizer
+    step, as DDP; the fastest layout for a model that fits a rank several times over, `trainer.dist`)."""
     shard: int = 0
     """Ranks per replica group (the inner dimension, e.g. GPUs per node); 0: world size / `replicate`. Checked at
     start: `replicate * shard` must equal the number of processes."""
