@@ -7,8 +7,8 @@ they share) on the synthetic task with the same reward (`trainer.tasks.synthetic
 16 prompts per step, 20 new tokens, temperature 1, no KL, one update per batch, token-mean loss, clip 0.2 / 0.28, lr
 5e-4, AdamW, fp32, one thread per process (TRL without gradient checkpointing). Per process count: fastslow under
 torchrun, TRL alone or under `accelerate launch --cpu` (its own multi-process mode: DDP on gloo), the batch split over
-the processes; with several processes fastslow runs twice, as replicas (`parallel.replicate = N`, the layout DDP's is)
-and as FSDP2 (its default). The runs alternate, `--rounds` times; each gives the median of its steps 6..N. TRL comes from
+the processes; with several processes fastslow runs twice, as replicas (`parallel.replicate = N`, DDP's layout) and
+as FSDP2 (its default). The runs alternate, `--rounds` times; each gives the median of its steps 6..N. TRL comes from
 its own environment (`make bench-peer` makes `.venv-trl` with `trl==1.16.0` and the same torch wheel). Prints the table,
 the settings that could not be matched, and writes `bench/results/peer_DEVICE_DATE.{json,md}`.
 """
