@@ -72,7 +72,22 @@ def environment() -> dict[str, str]:
         "transformers": version("transformers"),
         "python": platform.python_version(),
         "cpu_capability": torch.backends.cpu.get_cpu_capability(),  # ATen's vector kernels: AVX2, AVX512, ...
+        # oneDNN and MKL choose their matmul kernels by vendor too: an AVX512 AMD EPYC and an AVX512 Intel Xeon sum
+        # the same fp32 products in other orders (grad norms apart by ~4e-6 relative in the default trace)
+        "cpu_vendor": _cpu_vendor(),
     }
+
+
+def _cpu_vendor() -> str:
+    """`vendor_id` of /proc/cpuinfo ("GenuineIntel", "AuthenticAMD"), else the platform's processor string."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("vendor_id"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
 
 
 def run_job(tmp: Path, name: str = "default_grpo_cpu", *, timeout: int = 300) -> list[dict[str, float]]:

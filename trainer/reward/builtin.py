@@ -134,7 +134,8 @@ def think_opened_flags(mode: str, tokenizer: Any, items: Sequence[dict], n: int)
     read from each item's rendered prompt ("auto", `prompt_opens_think`)."""
     if mode != "auto":
         return [mode == "true"] * (len(items) * n)
-    return [prompt_opens_think(tokenizer, it["prompt_ids"]) for it in items for _ in range(n)]
+    per_item = [prompt_opens_think(tokenizer, it["prompt_ids"]) for it in items]  # once per prompt, not per response
+    return [flag for flag in per_item for _ in range(n)]
 
 
 def prompt_opens_think(tokenizer: Any, prompt_ids: Sequence[int]) -> bool:

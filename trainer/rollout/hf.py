@@ -41,7 +41,7 @@ class HFEngine:
         # either updates the one shared tensor.
         self._params = dict(model.named_parameters(remove_duplicate=False))
 
-    @torch.no_grad()
+    @torch.inference_mode()  # no autograd bookkeeping at all (no_grad still keeps version counters): the same tokens
     def generate(self, prompt_ids: list[list[int]], sampling: SamplingParams) -> list[list[Completion]]:
         """`out[i][j]`: the j-th of `sampling.n` completions of `prompt_ids[i]` (token ids, no prompt, no padding).
 
