@@ -162,6 +162,8 @@ def summarize(results: dict[str, list[dict[str, float]]]) -> dict[str, Any]:
     the FSDP2 run beside it)."""
     med = {k: {m: statistics.median(r[m] for r in v) for m in ("s_per_step", "tok_per_s")} for k, v in results.items()}
     out = {**med, "ratio_time": med["fastslow"]["s_per_step"] / med["trl"]["s_per_step"]}
+    # each round's own ratio (its runs were next to each other): the spread says what one comparison is worth
+    out["ratio_rounds"] = [f["s_per_step"] / t["s_per_step"] for f, t in zip(results["fastslow"], results["trl"])]
     if "fastslow-fsdp" in med:
         out["ratio_time_fsdp"] = med["fastslow-fsdp"]["s_per_step"] / med["trl"]["s_per_step"]
     return out
@@ -182,8 +184,9 @@ def report(summaries: dict[int, dict[str, Any]], notes: list[str], load: list[fl
         f, t = s["fastslow"], s["trl"]
         mode = "torchrun, replicas (`parallel.replicate`), as DDP" if nproc > 1 else "one process"
         trl_mode = "accelerate launch, DDP" if nproc > 1 else "one process"
+        spread = s.get("ratio_rounds") or [s["ratio_time"]]
         lines.append(f"| {nproc} | fastslow ({mode}) | {f['s_per_step']:.3f} | {f['tok_per_s']:,.0f} | "
-                     f"{s['ratio_time']:.2f}x |")  # fmt: skip
+                     f"{s['ratio_time']:.2f}x (rounds {min(spread):.2f}-{max(spread):.2f}x) |")  # fmt: skip
         if "fastslow-fsdp" in s:
             g = s["fastslow-fsdp"]
             lines.append(f"| {nproc} | fastslow (torchrun, FSDP2: the default) | {g['s_per_step']:.3f} | "
