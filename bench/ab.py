@@ -1,6 +1,6 @@
 """A/B of the training step: the built-in job on HEAD (the working tree) and on another commit, interleaved.
 
-    python -m bench.ab REF [--nproc 1 2] [--rounds 3] [--steps 30] [-- key=value ...]
+    python -m bench.ab [--nproc 1 2] [--rounds 3] [--steps 30] REF [key=value ...]   # overrides for both trees
 
 For each process count, each round runs `torchrun -m trainer.main` on both trees (the order alternates), reads
 `metrics.jsonl` and takes the median of each phase (`time/rollout`, `time/logprobs`, `time/update`, `time/sync`,
