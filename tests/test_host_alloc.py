@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from trainer import host_alloc
+from trainer.dist import is_sharded
 
 ROOT = Path(__file__).resolve().parent.parent
 needs_glibc = pytest.mark.skipif(
@@ -42,7 +42,7 @@ def mmapped_by(nbytes):
     return grew
 
 out = {"build": host_alloc.return_freed_memory(), "during_build": mmapped_by(4 << 20)}
-out["settled"] = host_alloc.settle(torch.nn.Linear(2, 2))
+out["settled"] = host_alloc.settle_unsharded()
 out["after"] = mmapped_by(4 << 20)
 out["large_after"] = mmapped_by(64 << 20)
 print(json.dumps(out))
@@ -73,16 +73,14 @@ def test_the_override_holds_in_both_phases() -> None:
     assert out["during_build"] == 0 and out["after"] == 0  # 1 GiB threshold: all from the heap
 
 
-def test_a_sharded_policy_keeps_the_build_threshold(monkeypatch: pytest.MonkeyPatch) -> None:
-    calls = []
-    monkeypatch.setattr(host_alloc, "settle_unsharded", lambda: calls.append(1) or True)
+def test_a_sharded_policy_keeps_the_build_threshold() -> None:
+    """The trainer settles only a plain module (`is_sharded` False); FSDP2's module has `reshard`."""
 
     class Sharded(torch.nn.Linear):
         def reshard(self) -> None:  # what FSDP2's module has
             pass
 
-    assert not host_alloc.settle(Sharded(2, 2)) and not calls
-    assert host_alloc.settle(torch.nn.Linear(2, 2)) and calls == [1]
+    assert is_sharded(Sharded(2, 2)) and not is_sharded(torch.nn.Linear(2, 2))
 
 
 @pytest.mark.slow
@@ -92,7 +90,7 @@ def test_the_trainer_settles_once_after_its_first_step(one_rank, tmp_path: Path,
 
     seen: list[int] = []
     trainer_ref: list = []
-    monkeypatch.setattr(trainer_module, "settle_allocator", lambda policy: seen.append(trainer_ref[0].step))
+    monkeypatch.setattr(trainer_module, "settle_unsharded", lambda: seen.append(trainer_ref[0].step))
     cfg = from_dict({
         "optim": {"total_steps": 3},
         "warm_start": {"mode": "off"},

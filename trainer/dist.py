@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 import torch.distributed as dist
 
+from trainer.buckets import byte_buckets
 from trainer.host_alloc import return_freed_memory
 
 if TYPE_CHECKING:
@@ -173,6 +174,12 @@ def parallelize(
         register_fsdp_forward_method(policy, name)
 
 
+def is_sharded(module: nn.Module) -> bool:
+    """True for a module `parallelize` wrapped with FSDP2 (it has `reshard`); False for the plain module of an
+    unsharded or replicated rank."""
+    return hasattr(module, "reshard")
+
+
 def replicated(info: DistInfo) -> bool:
     """True when each shard group is one rank: a world of one, or a `(world, 1)` mesh (`parallel.replicate` = the
     world size)."""
@@ -201,21 +208,13 @@ def average_gradients(params: Iterable[torch.Tensor], bucket_bytes: int = REDUCE
     for p in params:
         by_dtype.setdefault(p.grad.dtype, []).append(p.grad)
     for grads in by_dtype.values():
-        bucket: list[torch.Tensor] = []
-        size = 0
-        for g in [*grads, None]:
-            if g is not None and (not bucket or size + g.numel() * g.element_size() <= bucket_bytes):
-                bucket.append(g)
-                size += g.numel() * g.element_size()
-                continue
-            if bucket:
-                flat = torch.cat([b.reshape(-1) for b in bucket])
-                dist.all_reduce(flat)
-                flat.div_(world)
-                for b, part in zip(bucket, flat.split([b.numel() for b in bucket]), strict=True):
-                    b.copy_(part.view_as(b))
-                calls += 1
-            bucket, size = ([g], g.numel() * g.element_size()) if g is not None else ([], 0)
+        for bucket in byte_buckets(grads, lambda g: g.numel() * g.element_size(), bucket_bytes):
+            flat = torch.cat([g.reshape(-1) for g in bucket])
+            dist.all_reduce(flat)
+            flat.div_(world)
+            for g, part in zip(bucket, flat.split([g.numel() for g in bucket]), strict=True):
+                g.copy_(part.view_as(g))
+            calls += 1
     return calls
 
 

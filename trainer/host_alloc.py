@@ -28,7 +28,7 @@ import ctypes
 import ctypes.util
 import os
 
-__all__ = ["BUILD_MMAP_THRESHOLD", "STEADY_MMAP_THRESHOLD", "return_freed_memory", "settle", "settle_unsharded"]
+__all__ = ["BUILD_MMAP_THRESHOLD", "STEADY_MMAP_THRESHOLD", "return_freed_memory", "settle_unsharded"]
 
 BUILD_MMAP_THRESHOLD = 512 << 10
 """While building: below the model's smaller weight matrices, so their freed full copies leave the heap."""
@@ -67,9 +67,3 @@ def settle_unsharded() -> bool:
     if _override() is not None:
         return False
     return _mallopt({_M_MMAP_THRESHOLD: STEADY_MMAP_THRESHOLD, _M_TRIM_THRESHOLD: 2 * STEADY_MMAP_THRESHOLD})
-
-
-def settle(policy: object) -> bool:
-    """After a process's first step: `settle_unsharded()` when `policy` is a plain module (not FSDP2's, which has
-    `reshard`). True if the thresholds were changed."""
-    return not hasattr(policy, "reshard") and settle_unsharded()

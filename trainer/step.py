@@ -19,7 +19,7 @@ from torch import nn
 from fastslow import FilterExhausted, OnlineFilter, group_advantages, sfpo_update
 from trainer.async_rollout import OverlapTally
 from trainer.batch import Batch, Group, Rollouts, make_batch
-from trainer.dist import DistInfo, all_reduce, average_gradients
+from trainer.dist import DistInfo, all_reduce, average_gradients, is_sharded
 from trainer.engine_check import check_engine, logp_bound, mean_logp_gap
 from trainer.objective import Objective, Totals, loss_settings
 from trainer.offpolicy import ForwardCorrection, bounds_for, correction_on, correction_weights
@@ -177,7 +177,7 @@ def logprobs(
         row.scatter(ent, out[1])
     # FSDP2 keeps the root's parameters gathered after a forward (it expects a backward next); put them back in
     # shards, or the SFPO snapshot and reposition would see the gathered copies, freed at the next reshard.
-    if hasattr(policy, "reshard"):  # an FSDP2 module (one rank without mixed precision runs unsharded)
+    if is_sharded(policy):  # an FSDP2 module (one rank without mixed precision runs unsharded)
         policy.reshard()
     return logp, ent
 
@@ -220,7 +220,7 @@ def update(
                 for k in ("pg_loss", "kl", "ratio", "clip_frac", "dual_clip_frac", "entropy"):
                     sums[k] = sums.get(k, 0.0) + m[k].item() * tokens
                 sums["tokens"] = sums.get("tokens", 0.0) + tokens
-            if world > 1 and not hasattr(ctx.policy, "reshard"):  # plain replicas (trainer.dist.replicated)
+            if not is_sharded(ctx.policy):  # plain replicas (trainer.dist.replicated); a no-op on one rank
                 average_gradients(ctx.policy.parameters())
             max_norm = o.grad_clip if o.grad_clip > 0 else math.inf
             norm = torch.nn.utils.clip_grad_norm_(ctx.policy.parameters(), max_norm)

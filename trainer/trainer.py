@@ -49,9 +49,9 @@ from trainer.checkpoint import check as checkpoint_check
 from trainer.checkpoint import resume as resume_check
 from trainer.config import Config, ConfigError, InputError, input_errors, save_toml
 from trainer.data import load_prompts
-from trainer.dist import DistInfo, all_reduce
+from trainer.dist import DistInfo, all_reduce, is_sharded
 from trainer.eval import eval_context_tokens, evaluate, headline, load_eval_sets
-from trainer.host_alloc import settle as settle_allocator
+from trainer.host_alloc import settle_unsharded
 from trainer.metrics import MetricsLogger, system_metrics
 from trainer.model.build import build_models, build_optimizer
 from trainer.model.load import engine_dtype as run_engine_dtype
@@ -357,7 +357,8 @@ class Trainer:
             self.step += 1
             if not settled:  # this process's first step is done: the build's full copies are all freed
                 settled = True
-                settle_allocator(self.policy)  # an unsharded rank's step reuses its buffers (trainer/host_alloc.py)
+                if not is_sharded(self.policy):  # an unsharded rank's step reuses its buffers (trainer/host_alloc.py)
+                    settle_unsharded()
             metrics, diverged = result.metrics, result.diverged
             self.bad_steps = self.bad_steps + 1 if diverged or is_bad_step(result, optimizer_steps) else 0
             metrics["bad_steps"] = float(self.bad_steps)

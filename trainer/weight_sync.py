@@ -18,6 +18,7 @@ import torch.distributed as dist
 from torch import nn
 from torch.distributed.tensor import DTensor, Shard
 
+from trainer.buckets import byte_buckets
 from trainer.model.names import hf_name
 from trainer.rollout.base import ParamInfo, RolloutEngine
 
@@ -40,18 +41,12 @@ def iter_full_tensors(
     """
     if bucket_bytes <= 0:
         raise ValueError(f"iter_full_tensors: bucket_bytes = {bucket_bytes}: must be > 0")
-    planned: list[tuple[str, torch.Tensor]] = []
-    filled = 0
-    for name, param in model.named_parameters():
-        wire = param.dtype if dtype is None else dtype
-        size = param.numel() * wire.itemsize  # full size: a DTensor reports its global shape
-        if planned and filled + size > bucket_bytes:
-            yield _full_bucket(planned, prefix, dtype)
-            planned, filled = [], 0  # drop the consumed bucket before gathering the next one
-        planned.append((name, param))
-        filled += size
-    if planned:
-        yield _full_bucket(planned, prefix, dtype)
+
+    def wire_bytes(named: tuple[str, torch.Tensor]) -> int:  # full size: a DTensor reports its global shape
+        return named[1].numel() * (named[1].dtype if dtype is None else dtype).itemsize
+
+    for planned in byte_buckets(model.named_parameters(), wire_bytes, bucket_bytes):
+        yield _full_bucket(planned, prefix, dtype)  # gathered only once the consumer has dropped the previous one
 
 
 def _full_bucket(
